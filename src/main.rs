@@ -1,1 +1,11 @@
-fn main() {}
+//! The `ldapsync` binary: parses the command line and hands over to `ldapsync::cli`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = ldapsync::cli::Cli::parse();
+    ldapsync::telemetry::init_logging(cli.log_format);
+    let code = ldapsync::cli::run(cli).await;
+    std::process::exit(code);
+}

@@ -1,0 +1,772 @@
+//! Typed configuration: the TOML keys of DESIGN.md §5, defaults, validation with `file:line` errors, and secrets.
+//!
+//! Every table rejects unknown keys. Errors name the file, the line and the key
+//! (`config.toml:12: unknown key "bind_pw" in [ldap]`) and never contain a secret's value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::sinks::SinkSettings;
+
+/// A configuration problem, located in the file where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Unlocated { path: String, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub ldap: LdapConfig,
+    pub groups: GroupsConfig,
+    pub users: UsersConfig,
+    pub state: StateConfig,
+    pub schedule: Option<ScheduleConfig>,
+    #[serde(default)]
+    pub safety: SafetyConfig,
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Where this configuration was read from (not a TOML key).
+    #[serde(skip)]
+    pub source_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `ldap://` or `ldaps://`; exclusive with `ldif_file`.
+    pub url: Option<String>,
+    /// Read the directory from an LDIF file instead of a server.
+    pub ldif_file: Option<PathBuf>,
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<String>,
+    pub bind_password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub starttls: bool,
+    /// Escape hatch for test labs only: accept any server certificate.
+    #[serde(default)]
+    pub danger_skip_tls_verify: bool,
+    #[serde(default = "default_page_size")]
+    pub page_size: i32,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_page_size() -> i32 {
+    500
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+
+/// How nested groups (a group that is a member of a group) are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NestedMode {
+    /// A group's members are its transitive user members.
+    #[default]
+    Flatten,
+    /// Group members of groups are dropped.
+    Ignore,
+    /// Direct user members only, and group-in-group kept for sinks that support nesting.
+    Keep,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    pub base_dn: String,
+    #[serde(default = "default_group_filter")]
+    pub filter: String,
+    #[serde(default = "default_id_attribute")]
+    pub id_attribute: String,
+    #[serde(default = "default_cn")]
+    pub name_attribute: String,
+    #[serde(default = "default_member")]
+    pub member_attribute: String,
+    #[serde(default = "default_description")]
+    pub description_attribute: String,
+    #[serde(default)]
+    pub nested: NestedMode,
+}
+
+fn default_group_filter() -> String {
+    "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)(objectClass=group))".into()
+}
+fn default_id_attribute() -> String {
+    "entryUUID".into()
+}
+fn default_cn() -> String {
+    "cn".into()
+}
+fn default_member() -> String {
+    "member".into()
+}
+fn default_description() -> String {
+    "description".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersConfig {
+    pub base_dn: String,
+    #[serde(default = "default_user_filter")]
+    pub filter: String,
+    #[serde(default = "default_id_attribute")]
+    pub id_attribute: String,
+    #[serde(default = "default_uid")]
+    pub username_attribute: String,
+    #[serde(default = "default_mail")]
+    pub email_attribute: String,
+}
+
+fn default_user_filter() -> String {
+    "(|(objectClass=inetOrgPerson)(objectClass=posixAccount)(objectClass=user))".into()
+}
+fn default_uid() -> String {
+    "uid".into()
+}
+fn default_mail() -> String {
+    "mail".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub cron: String,
+    pub timezone: Option<String>,
+    #[serde(default = "default_true")]
+    pub run_on_start: bool,
+    pub full_sync_cron: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Mass-change thresholds (DESIGN.md §4.2). A plan that exceeds any of them is held.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    #[serde(default = "default_max_group_deletes")]
+    pub max_group_deletes: u64,
+    #[serde(default = "default_percent")]
+    pub max_group_delete_percent: f64,
+    #[serde(default = "default_max_member_removes")]
+    pub max_member_removes: u64,
+    #[serde(default = "default_percent")]
+    pub max_member_remove_percent: f64,
+}
+
+fn default_max_group_deletes() -> u64 {
+    50
+}
+fn default_max_member_removes() -> u64 {
+    500
+}
+fn default_percent() -> f64 {
+    10.0
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        SafetyConfig {
+            max_group_deletes: default_max_group_deletes(),
+            max_group_delete_percent: default_percent(),
+            max_member_removes: default_max_member_removes(),
+            max_member_remove_percent: default_percent(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub ready_max_age_secs: Option<u64>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+/// One `[[sinks]]` entry: a name plus the settings of its `type`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkConfig {
+    pub name: String,
+    /// Requests per second to this target (shared HTTP layer).
+    pub rate_limit_per_second: Option<u32>,
+    /// Whole-request timeout.
+    pub timeout_secs: Option<u64>,
+    /// Retries of a request that met a 429, a 5xx or a connection error.
+    pub max_retries: Option<u32>,
+    #[serde(flatten)]
+    pub settings: SinkSettings,
+}
+
+impl SinkConfig {
+    /// Settings of the shared HTTP layer for this sink.
+    pub fn http_settings(&self) -> crate::sinks::http::HttpSettings {
+        let defaults = crate::sinks::http::HttpSettings::default();
+        crate::sinks::http::HttpSettings {
+            rate_limit_per_second: self
+                .rate_limit_per_second
+                .unwrap_or(defaults.rate_limit_per_second),
+            timeout: self
+                .timeout_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(defaults.timeout),
+            max_retries: self.max_retries.unwrap_or(defaults.max_retries),
+            ..defaults
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file. Secrets are not resolved here.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let section = section_at(text, span.start).unwrap_or_default();
+            let (message, key) = humanize_toml_error(e.message(), &section);
+            // A table-level error (e.g. inside [[sinks]]) spans the table: point at the key itself.
+            let line = key
+                .and_then(|key| {
+                    let start = text[..span.start.min(text.len())]
+                        .rfind('\n')
+                        .map_or(0, |p| p + 1);
+                    text[start..]
+                        .lines()
+                        .enumerate()
+                        .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('['))
+                        .position(|(_, l)| key_of(l.trim()) == Some(key.as_str()))
+                        .map(|offset| line_of_offset(text, start) + offset)
+                })
+                .unwrap_or_else(|| line_of_offset(text, span.start));
+            ConfigError::Invalid {
+                path: shown.clone(),
+                line,
+                message,
+            }
+        })?;
+        config.source_path = path.to_path_buf();
+        validate(&config, text, &shown)?;
+        Ok(config)
+    }
+
+    /// The config file name used in error messages.
+    pub fn shown_path(&self) -> String {
+        self.source_path.display().to_string()
+    }
+
+    /// Resolves every secret (files readable, `env:` variables set) without contacting anything.
+    pub fn resolve_secrets(&self) -> Result<(), ConfigError> {
+        let path = self.shown_path();
+        let fail = |message: String| ConfigError::Unlocated {
+            path: path.clone(),
+            message,
+        };
+        self.ldap_password().map_err(|e| fail(e.to_string()))?;
+        for sink in &self.sinks {
+            sink.settings
+                .resolve_secrets()
+                .map_err(|e| fail(format!("sink \"{}\": {e}", sink.name)))?;
+        }
+        Ok(())
+    }
+
+    /// The LDAP bind password, if one is configured.
+    pub fn ldap_password(&self) -> Result<Option<Secret>, SecretError> {
+        resolve_optional_secret(
+            "[ldap] bind_password",
+            self.ldap.bind_password.as_deref(),
+            self.ldap.bind_password_file.as_deref(),
+        )
+    }
+}
+
+fn validate(config: &Config, text: &str, path: &str) -> Result<(), ConfigError> {
+    let at = |section: &str, key: &str, message: String| ConfigError::Invalid {
+        path: path.to_string(),
+        line: locate_key(text, section, key).unwrap_or(1),
+        message,
+    };
+    let ldap = &config.ldap;
+    match (&ldap.url, &ldap.ldif_file) {
+        (None, None) => {
+            return Err(at(
+                "ldap",
+                "url",
+                "[ldap] needs either \"url\" (a server) or \"ldif_file\" (an LDIF export)".into(),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "ldap",
+                "ldif_file",
+                "[ldap] takes \"url\" or \"ldif_file\", not both".into(),
+            ));
+        }
+        (Some(url), None) => {
+            if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
+                return Err(at(
+                    "ldap",
+                    "url",
+                    format!(
+                        "invalid value for \"url\" in [ldap]: {url:?} must start with ldap:// or ldaps://"
+                    ),
+                ));
+            }
+            if url.starts_with("ldaps://") && ldap.starttls {
+                return Err(at(
+                    "ldap",
+                    "starttls",
+                    "\"starttls\" in [ldap] only applies to ldap:// URLs; ldaps:// is already TLS"
+                        .into(),
+                ));
+            }
+        }
+        (None, Some(_)) => {}
+    }
+    if ldap.bind_password.is_some() && ldap.bind_password_file.is_some() {
+        return Err(at(
+            "ldap",
+            "bind_password_file",
+            "[ldap] takes \"bind_password\" or \"bind_password_file\", not both".into(),
+        ));
+    }
+    if !(1..=100_000).contains(&ldap.page_size) {
+        return Err(at(
+            "ldap",
+            "page_size",
+            format!(
+                "invalid value for \"page_size\" in [ldap]: {} (expected 1..=100000)",
+                ldap.page_size
+            ),
+        ));
+    }
+    if ldap.timeout_secs == 0 {
+        return Err(at(
+            "ldap",
+            "timeout_secs",
+            "invalid value for \"timeout_secs\" in [ldap]: must be at least 1".into(),
+        ));
+    }
+    for (section, filter) in [
+        ("groups", &config.groups.filter),
+        ("users", &config.users.filter),
+    ] {
+        if ldap3::parse_filter(filter).is_err() {
+            return Err(at(
+                section,
+                "filter",
+                format!(
+                    "invalid value for \"filter\" in [{section}]: {filter:?} is not an LDAP filter"
+                ),
+            ));
+        }
+    }
+    for (name, value) in [
+        (
+            "max_group_delete_percent",
+            config.safety.max_group_delete_percent,
+        ),
+        (
+            "max_member_remove_percent",
+            config.safety.max_member_remove_percent,
+        ),
+    ] {
+        if !(0.0..=100.0).contains(&value) {
+            return Err(at(
+                "safety",
+                name,
+                format!("invalid value for \"{name}\" in [safety]: {value} (expected 0..=100)"),
+            ));
+        }
+    }
+    if let Some(metrics) = &config.metrics
+        && metrics.listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(at(
+            "metrics",
+            "listen",
+            format!(
+                "invalid value for \"listen\" in [metrics]: {:?} is not an address:port",
+                metrics.listen
+            ),
+        ));
+    }
+    if let Some(schedule) = &config.schedule {
+        crate::daemon::validate_schedule(schedule).map_err(|(key, message)| {
+            at(
+                "schedule",
+                key,
+                format!("invalid value for \"{key}\" in [schedule]: {message}"),
+            )
+        })?;
+    }
+    if config.sinks.is_empty() {
+        return Err(ConfigError::Unlocated {
+            path: path.to_string(),
+            message: "at least one [[sinks]] entry is required".into(),
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, sink) in config.sinks.iter().enumerate() {
+        let line = locate_sink_key(text, index, "name").unwrap_or(1);
+        if sink.name.trim().is_empty() || !seen.insert(sink.name.clone()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_string(),
+                line,
+                message: format!(
+                    "invalid value for \"name\" in [[sinks]]: {:?} is empty or used twice",
+                    sink.name
+                ),
+            });
+        }
+        sink.settings
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_string(),
+                line: locate_sink_key(text, index, key).unwrap_or(line),
+                message: format!(
+                    "invalid value for \"{key}\" in sink \"{}\": {message}",
+                    sink.name
+                ),
+            })?;
+    }
+    Ok(())
+}
+
+/// Turns serde/toml wording into the project's (`unknown key "x" in [ldap]`); also returns the key.
+fn humanize_toml_error(message: &str, section: &str) -> (String, Option<String>) {
+    let first = message.lines().next().unwrap_or(message).trim();
+    let place = if section.is_empty() {
+        String::new()
+    } else {
+        format!(" in {section}")
+    };
+    let quoted = |rest: &str| rest.split('`').next().map(str::to_string);
+    if let Some(key) = first.strip_prefix("unknown field `").and_then(quoted) {
+        return (format!("unknown key \"{key}\"{place}"), Some(key));
+    }
+    if let Some(key) = first.strip_prefix("missing field `").and_then(quoted) {
+        return (format!("missing key \"{key}\"{place}"), None);
+    }
+    if let Some(value) = first.strip_prefix("unknown variant `").and_then(quoted) {
+        let expected = first.split("expected ").nth(1).unwrap_or("");
+        return (
+            format!("invalid value \"{value}\"{place}, expected {expected}"),
+            None,
+        );
+    }
+    (format!("{first}{place}"), None)
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The `[table]` or `[[array]]` header in force at `offset`.
+fn section_at(text: &str, offset: usize) -> Option<String> {
+    let end = text[offset.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |p| offset.min(text.len()) + p);
+    text[..end]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|line| line.split('#').next().unwrap_or(line).trim().to_string())
+}
+
+/// Line of `key = …` inside `[section]`, or of the section header when the key is absent.
+fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
+    let header = format!("[{section}]");
+    let mut in_section = false;
+    let mut header_line = None;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_section = trimmed.starts_with(&header);
+            if in_section {
+                header_line = Some(index + 1);
+            }
+            continue;
+        }
+        if in_section && key_of(trimmed) == Some(key) {
+            return Some(index + 1);
+        }
+    }
+    header_line
+}
+
+/// Line of `key = …` in the `index`-th `[[sinks]]` table.
+fn locate_sink_key(text: &str, index: usize, key: &str) -> Option<usize> {
+    let mut current: Option<usize> = None;
+    let mut count = 0usize;
+    let mut header_line = None;
+    for (number, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("[[sinks]]") {
+            current = Some(count);
+            count += 1;
+            if current == Some(index) {
+                header_line = Some(number + 1);
+            }
+            continue;
+        }
+        if trimmed.starts_with('[') {
+            current = None;
+            continue;
+        }
+        if current == Some(index) && key_of(trimmed) == Some(key) {
+            return Some(number + 1);
+        }
+    }
+    header_line
+}
+
+fn key_of(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().trim_matches('"'))
+}
+
+/// A secret value. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value, for the one place that sends it (a bind, an auth header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Why a secret could not be resolved; names the key, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{key}: environment variable {var} is not set")]
+    EnvMissing { key: String, var: String },
+    #[error("{key}: cannot read secret file {path}: {source}")]
+    File {
+        key: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: secret file {path} is empty")]
+    Empty { key: String, path: String },
+    #[error("{key}: give the secret inline or as a file, not both")]
+    Both { key: String },
+    #[error("{key}: a secret is required")]
+    Missing { key: String },
+}
+
+/// Resolves a secret given inline (`value`, possibly `env:NAME`) or as `*_file`.
+pub fn resolve_optional_secret(
+    key: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, SecretError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(SecretError::Both { key: key.into() }),
+        (Some(value), None) => {
+            if let Some(var) = value.strip_prefix("env:") {
+                std::env::var(var)
+                    .map(|v| Some(Secret(v)))
+                    .map_err(|_| SecretError::EnvMissing {
+                        key: key.into(),
+                        var: var.into(),
+                    })
+            } else {
+                Ok(Some(Secret(value.to_string())))
+            }
+        }
+        (None, Some(path)) => {
+            let contents = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                key: key.into(),
+                path: path.display().to_string(),
+                source,
+            })?;
+            let trimmed = contents.trim_end_matches(['\n', '\r']);
+            if trimmed.is_empty() {
+                return Err(SecretError::Empty {
+                    key: key.into(),
+                    path: path.display().to_string(),
+                });
+            }
+            Ok(Some(Secret(trimmed.to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Like [`resolve_optional_secret`] but the secret must be present.
+pub fn resolve_secret(
+    key: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Secret, SecretError> {
+    resolve_optional_secret(key, inline, file)?
+        .ok_or_else(|| SecretError::Missing { key: key.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[ldap]
+ldif_file = "dir.ldif"
+
+[groups]
+base_dn = "ou=Groups,dc=example,dc=com"
+
+[users]
+base_dn = "ou=People,dc=example,dc=com"
+
+[state]
+path = "state.db"
+
+[[sinks]]
+name = "audit"
+type = "file"
+path = "-"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("config.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.groups.nested, NestedMode::Flatten);
+        assert_eq!(config.ldap.page_size, 500);
+        assert_eq!(config.safety.max_group_deletes, 50);
+        assert_eq!(config.sinks.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_key_and_section() {
+        let text = MINIMAL.replace(
+            "ldif_file = \"dir.ldif\"",
+            "ldif_file = \"dir.ldif\"\nbind_pw = \"x\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:4: unknown key \"bind_pw\" in [ldap]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let text = MINIMAL.replace("[ldap]\n", "[ldap]\npage_size = \"big\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("config.toml:3:"), "{err}");
+        assert!(err.contains("[ldap]"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_located() {
+        let text = MINIMAL.replace("[ldap]\n", "[ldap]\npage_size = 0\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:3: invalid value for \"page_size\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_sink_key_is_rejected() {
+        let text = format!("{MINIMAL}colour = \"red\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(err, "config.toml:18: unknown key \"colour\" in [[sinks]]");
+    }
+
+    #[test]
+    fn bad_filter_and_nested_value_are_rejected() {
+        let text = MINIMAL.replace(
+            "base_dn = \"ou=Groups,dc=example,dc=com\"",
+            "base_dn = \"ou=Groups,dc=example,dc=com\"\nfilter = \"(cn=\"",
+        );
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("not an LDAP filter")
+        );
+        let text = MINIMAL.replace(
+            "base_dn = \"ou=Groups,dc=example,dc=com\"",
+            "base_dn = \"ou=Groups,dc=example,dc=com\"\nnested = \"deep\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("config.toml:7:") && err.contains("deep"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file_and_never_display() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let s = resolve_secret("k", None, Some(&file)).unwrap();
+        assert_eq!(s.expose(), "from-file");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+        let err = resolve_secret("k", Some("env:LDAPSYNC_SURELY_UNSET_VAR"), None).unwrap_err();
+        assert!(err.to_string().contains("LDAPSYNC_SURELY_UNSET_VAR"));
+        assert!(resolve_secret("k", None, Some(&dir.path().join("nope"))).is_err());
+    }
+}

@@ -1,0 +1,618 @@
+//! The Directory model: users and groups keyed by immutable source ids, with members resolved to users.
+//!
+//! A [`DirectoryBuilder`] is fed raw entries by a source (users first, then groups), resolves
+//! member values as they stream in (DNs case-insensitively and with escapes decoded, or user
+//! names for `memberUid`), then [`DirectoryBuilder::finish`] applies the nesting mode, drops
+//! duplicate group names deterministically and sorts everything so plans are reproducible.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::config::{GroupsConfig, NestedMode, UsersConfig};
+use crate::dn;
+
+/// One entry as read from LDAP or LDIF: attribute names lower-cased, values as raw bytes.
+#[derive(Debug, Clone, Default)]
+pub struct RawEntry {
+    pub dn: String,
+    pub attrs: HashMap<String, Vec<Vec<u8>>>,
+}
+
+impl RawEntry {
+    pub fn values(&self, attribute: &str) -> &[Vec<u8>] {
+        self.attrs
+            .get(&attribute.to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: String,
+    pub dn: String,
+    pub username: String,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub id: String,
+    pub dn: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Indexes into [`Directory::users`], sorted and unique.
+    pub members: Vec<u32>,
+    /// Indexes into [`Directory::groups`] of direct group members; empty unless nesting is kept.
+    pub subgroups: Vec<u32>,
+}
+
+/// Whether ids came from Active Directory (objectGUID), which some sinks report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    #[default]
+    Ldap,
+    ActiveDirectory,
+}
+
+/// A complete, consistent read of the configured scopes.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    /// Sorted by id.
+    pub users: Vec<User>,
+    /// Sorted by id.
+    pub groups: Vec<Group>,
+    pub flavor: Flavor,
+    pub warnings: Vec<String>,
+    pub unknown_members: u64,
+}
+
+impl Directory {
+    pub fn user(&self, index: u32) -> &User {
+        &self.users[index as usize]
+    }
+    pub fn membership_count(&self) -> usize {
+        self.groups.iter().map(|g| g.members.len()).sum()
+    }
+}
+
+/// Why the read cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error(
+        "entry {dn} has no \"{attribute}\" (the configured id attribute); refusing to continue because an entry without its immutable id cannot be tracked. Check [{section}] id_attribute"
+    )]
+    MissingId {
+        dn: String,
+        attribute: String,
+        section: &'static str,
+    },
+}
+
+const MAX_LISTED_WARNINGS: usize = 50;
+
+pub struct DirectoryBuilder {
+    groups_config: GroupsConfig,
+    users_config: UsersConfig,
+    members_are_usernames: bool,
+    users: Vec<User>,
+    user_by_dn: HashMap<String, u32>,
+    user_by_name: HashMap<String, u32>,
+    user_ids: HashSet<String>,
+    groups: Vec<PendingGroup>,
+    flavor: Flavor,
+    warnings: Vec<String>,
+    suppressed_warnings: u64,
+    unknown_members: u64,
+}
+
+struct PendingGroup {
+    group: Group,
+    normalized_dn: String,
+    /// Member values that were not users: maybe groups (resolved in `finish`).
+    unresolved: Vec<String>,
+}
+
+impl DirectoryBuilder {
+    pub fn new(groups_config: &GroupsConfig, users_config: &UsersConfig) -> Self {
+        DirectoryBuilder {
+            members_are_usernames: groups_config
+                .member_attribute
+                .eq_ignore_ascii_case("memberUid"),
+            groups_config: groups_config.clone(),
+            users_config: users_config.clone(),
+            users: Vec::new(),
+            user_by_dn: HashMap::new(),
+            user_by_name: HashMap::new(),
+            user_ids: HashSet::new(),
+            groups: Vec::new(),
+            flavor: if groups_config
+                .id_attribute
+                .eq_ignore_ascii_case("objectGUID")
+            {
+                Flavor::ActiveDirectory
+            } else {
+                Flavor::Ldap
+            },
+            warnings: Vec::new(),
+            suppressed_warnings: 0,
+            unknown_members: 0,
+        }
+    }
+
+    fn warn(&mut self, message: String) {
+        if self.warnings.len() < MAX_LISTED_WARNINGS {
+            self.warnings.push(message);
+        } else {
+            self.suppressed_warnings += 1;
+        }
+    }
+
+    fn text(&mut self, entry: &RawEntry, attribute: &str) -> Option<String> {
+        let value = entry.values(attribute).first()?;
+        Some(match String::from_utf8(value.clone()) {
+            Ok(s) => s,
+            Err(_) => {
+                self.warn(format!(
+                    "{}: attribute \"{attribute}\" is not valid UTF-8; invalid bytes replaced with U+FFFD",
+                    entry.dn
+                ));
+                String::from_utf8_lossy(value).into_owned()
+            }
+        })
+    }
+
+    /// Adds a user entry. Users must all be added before the first group.
+    pub fn add_user(&mut self, entry: &RawEntry) -> Result<(), DirectoryError> {
+        let id_attribute = self.users_config.id_attribute.clone();
+        let id = source_id(entry, &id_attribute).ok_or_else(|| DirectoryError::MissingId {
+            dn: entry.dn.clone(),
+            attribute: id_attribute.clone(),
+            section: "users",
+        })?;
+        if !self.user_ids.insert(id.clone()) {
+            self.warn(format!(
+                "{}: duplicate user id {id}; entry ignored",
+                entry.dn
+            ));
+            return Ok(());
+        }
+        let username_attribute = self.users_config.username_attribute.clone();
+        let username = match self.text(entry, &username_attribute) {
+            Some(name) => name,
+            None => {
+                self.warn(format!(
+                    "{}: user has no \"{username_attribute}\"; its first RDN value is used as user name",
+                    entry.dn
+                ));
+                dn::first_rdn_value(&entry.dn).unwrap_or_else(|| entry.dn.clone())
+            }
+        };
+        let email_attribute = self.users_config.email_attribute.clone();
+        let email = self.text(entry, &email_attribute);
+        let index = self.users.len() as u32;
+        self.user_by_dn.insert(dn::normalize(&entry.dn), index);
+        self.user_by_name
+            .entry(username.to_lowercase())
+            .or_insert(index);
+        self.users.push(User {
+            id,
+            dn: entry.dn.clone(),
+            username,
+            email,
+        });
+        Ok(())
+    }
+
+    /// Adds a group entry, resolving its user members now and keeping the rest for `finish`.
+    pub fn add_group(&mut self, entry: &RawEntry) -> Result<(), DirectoryError> {
+        let id_attribute = self.groups_config.id_attribute.clone();
+        let id = source_id(entry, &id_attribute).ok_or_else(|| DirectoryError::MissingId {
+            dn: entry.dn.clone(),
+            attribute: id_attribute.clone(),
+            section: "groups",
+        })?;
+        let name_attribute = self.groups_config.name_attribute.clone();
+        let name = match self.text(entry, &name_attribute) {
+            Some(name) => name,
+            None => {
+                self.warn(format!(
+                    "{}: group has no \"{name_attribute}\"; its first RDN value is used as name",
+                    entry.dn
+                ));
+                dn::first_rdn_value(&entry.dn).unwrap_or_else(|| entry.dn.clone())
+            }
+        };
+        let description_attribute = self.groups_config.description_attribute.clone();
+        let description = self.text(entry, &description_attribute);
+        let member_attribute = self.groups_config.member_attribute.clone();
+        let mut members = Vec::new();
+        let mut unresolved = Vec::new();
+        for raw in entry.values(&member_attribute) {
+            let Ok(value) = std::str::from_utf8(raw) else {
+                self.unknown_members += 1;
+                self.warn(format!(
+                    "{}: a \"{member_attribute}\" value is not valid UTF-8; skipped",
+                    entry.dn
+                ));
+                continue;
+            };
+            if self.members_are_usernames {
+                match self.user_by_name.get(&value.trim().to_lowercase()) {
+                    Some(&index) => members.push(index),
+                    None => {
+                        self.unknown_members += 1;
+                        self.warn(format!(
+                            "{}: member user name {value:?} is not a user in [users] scope; skipped",
+                            entry.dn
+                        ));
+                    }
+                }
+            } else {
+                let normalized = dn::normalize(strip_unique_member_uid(value));
+                match self.user_by_dn.get(&normalized) {
+                    Some(&index) => members.push(index),
+                    None => unresolved.push(normalized),
+                }
+            }
+        }
+        self.groups.push(PendingGroup {
+            normalized_dn: dn::normalize(&entry.dn),
+            group: Group {
+                id,
+                dn: entry.dn.clone(),
+                name,
+                description,
+                members,
+                subgroups: Vec::new(),
+            },
+            unresolved,
+        });
+        Ok(())
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Resolves nested groups, applies the nesting mode, sorts, and reports duplicates.
+    pub fn finish(mut self) -> Directory {
+        // Sort users by id and remap member indexes.
+        let mut order: Vec<u32> = (0..self.users.len() as u32).collect();
+        order.sort_by(|&a, &b| self.users[a as usize].id.cmp(&self.users[b as usize].id));
+        let mut remap = vec![0u32; self.users.len()];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old as usize] = new as u32;
+        }
+        let mut slots: Vec<Option<User>> = self.users.drain(..).map(Some).collect();
+        let users: Vec<User> = order
+            .iter()
+            .filter_map(|&old| slots[old as usize].take())
+            .collect();
+
+        // Duplicate group ids, then duplicate names: keep the first by DN, report the rest.
+        let mut pending = std::mem::take(&mut self.groups);
+        pending.sort_by(|a, b| a.normalized_dn.cmp(&b.normalized_dn));
+        let mut seen_ids = HashSet::new();
+        let mut kept_by_name: BTreeMap<String, String> = BTreeMap::new();
+        let mut kept = Vec::with_capacity(pending.len());
+        for group in pending {
+            if !seen_ids.insert(group.group.id.clone()) {
+                self.warn(format!(
+                    "{}: duplicate group id {}; entry ignored",
+                    group.group.dn, group.group.id
+                ));
+                continue;
+            }
+            let key = group.group.name.to_lowercase();
+            if let Some(first) = kept_by_name.get(&key) {
+                let message = format!(
+                    "duplicate group name {:?}: {} is synced, {} is skipped (rename one of them in LDAP)",
+                    group.group.name, first, group.group.dn
+                );
+                self.warn(message);
+                continue;
+            }
+            kept_by_name.insert(key, group.group.dn.clone());
+            kept.push(group);
+        }
+        kept.sort_by(|a, b| a.group.id.cmp(&b.group.id));
+        let group_by_dn: HashMap<&str, u32> = kept
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.normalized_dn.as_str(), i as u32))
+            .collect();
+
+        // Direct user members (remapped) and direct subgroups.
+        let mut direct_users: Vec<Vec<u32>> = Vec::with_capacity(kept.len());
+        let mut direct_groups: Vec<Vec<u32>> = Vec::with_capacity(kept.len());
+        let mut unknown = Vec::new();
+        for group in &kept {
+            let mut members: Vec<u32> = group
+                .group
+                .members
+                .iter()
+                .map(|&i| remap[i as usize])
+                .collect();
+            members.sort_unstable();
+            members.dedup();
+            direct_users.push(members);
+            let mut subgroups = Vec::new();
+            for value in &group.unresolved {
+                match group_by_dn.get(value.as_str()) {
+                    Some(&index) => subgroups.push(index),
+                    None => unknown.push((group.group.dn.clone(), value.clone())),
+                }
+            }
+            subgroups.sort_unstable();
+            subgroups.dedup();
+            direct_groups.push(subgroups);
+        }
+        for (group_dn, member_dn) in unknown {
+            self.unknown_members += 1;
+            self.warn(format!(
+                "{group_dn}: member {member_dn} is neither a user in [users] scope nor a synced group; skipped"
+            ));
+        }
+
+        let nested = self.groups_config.nested;
+        let groups: Vec<Group> = kept
+            .into_iter()
+            .enumerate()
+            .map(|(index, pending)| {
+                let (members, subgroups) = match nested {
+                    NestedMode::Ignore => (direct_users[index].clone(), Vec::new()),
+                    NestedMode::Keep => (direct_users[index].clone(), direct_groups[index].clone()),
+                    NestedMode::Flatten => (
+                        transitive_members(index, &direct_users, &direct_groups),
+                        Vec::new(),
+                    ),
+                };
+                Group {
+                    members,
+                    subgroups,
+                    ..pending.group
+                }
+            })
+            .collect();
+
+        let mut warnings = self.warnings;
+        if self.suppressed_warnings > 0 {
+            warnings.push(format!("… and {} more warnings", self.suppressed_warnings));
+        }
+        Directory {
+            users,
+            groups,
+            flavor: self.flavor,
+            warnings,
+            unknown_members: self.unknown_members,
+        }
+    }
+}
+
+/// Users reachable from `start` through subgroups; cycles are visited once.
+fn transitive_members(start: usize, users: &[Vec<u32>], groups: &[Vec<u32>]) -> Vec<u32> {
+    if groups[start].is_empty() {
+        return users[start].clone();
+    }
+    let mut visited = vec![false; users.len()];
+    let mut stack = vec![start];
+    let mut members = Vec::new();
+    while let Some(index) = stack.pop() {
+        if std::mem::replace(&mut visited[index], true) {
+            continue;
+        }
+        members.extend_from_slice(&users[index]);
+        stack.extend(groups[index].iter().map(|&g| g as usize));
+    }
+    members.sort_unstable();
+    members.dedup();
+    members
+}
+
+/// `uniqueMember` values may carry an optional `#'0101'B` UID suffix (RFC 4519).
+fn strip_unique_member_uid(value: &str) -> &str {
+    match value.rfind("#'") {
+        Some(pos) if value.ends_with("'B") => &value[..pos],
+        _ => value,
+    }
+}
+
+/// The immutable source id: objectGUID as a canonical GUID string, other ids as text.
+pub fn source_id(entry: &RawEntry, attribute: &str) -> Option<String> {
+    let value = entry.values(attribute).first()?;
+    if attribute.eq_ignore_ascii_case("objectGUID") && value.len() == 16 {
+        let bytes: [u8; 16] = value.as_slice().try_into().ok()?;
+        return Some(uuid::Uuid::from_bytes_le(bytes).hyphenated().to_string());
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+        Ok(_) => None,
+        Err(_) => Some(value.iter().map(|b| format!("{b:02x}")).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> RawEntry {
+        RawEntry {
+            dn: dn.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, vs)| {
+                    (
+                        k.to_ascii_lowercase(),
+                        vs.iter().map(|v| v.as_bytes().to_vec()).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn configs(nested: NestedMode, member: &str) -> (GroupsConfig, UsersConfig) {
+        let text = format!(
+            "[ldap]\nldif_file=\"x\"\n[groups]\nbase_dn=\"ou=g\"\nmember_attribute=\"{member}\"\nnested=\"{}\"\n[users]\nbase_dn=\"ou=p\"\n[state]\npath=\"s\"\n[[sinks]]\nname=\"f\"\ntype=\"file\"\npath=\"-\"\n",
+            match nested {
+                NestedMode::Flatten => "flatten",
+                NestedMode::Ignore => "ignore",
+                NestedMode::Keep => "keep",
+            }
+        );
+        let c = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        (c.groups, c.users)
+    }
+
+    fn build(nested: NestedMode) -> Directory {
+        let (g, u) = configs(nested, "member");
+        let mut b = DirectoryBuilder::new(&g, &u);
+        b.add_user(&entry(
+            "uid=smith\\, j,ou=p",
+            &[("entryUUID", &["u2"]), ("uid", &["smith"])],
+        ))
+        .unwrap();
+        b.add_user(&entry(
+            "uid=Jürgen,ou=p",
+            &[("entryUUID", &["u1"]), ("uid", &["juergen"])],
+        ))
+        .unwrap();
+        b.add_group(&entry(
+            "cn=outer,ou=g",
+            &[
+                ("entryUUID", &["g1"]),
+                ("cn", &["outer"]),
+                (
+                    "member",
+                    &["UID=SMITH\\2C J,OU=P", "cn=inner,ou=g", "cn=ghost,ou=p"],
+                ),
+            ],
+        ))
+        .unwrap();
+        b.add_group(&entry(
+            "cn=inner,ou=g",
+            &[
+                ("entryUUID", &["g2"]),
+                ("cn", &["inner"]),
+                ("member", &["uid=J\\C3\\BCrgen,ou=p", "cn=outer,ou=g"]),
+            ],
+        ))
+        .unwrap();
+        b.finish()
+    }
+
+    #[test]
+    fn flatten_resolves_escaped_dns_and_survives_cycles() {
+        let d = build(NestedMode::Flatten);
+        assert_eq!(d.users[0].id, "u1");
+        let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
+        let names: Vec<_> = outer
+            .members
+            .iter()
+            .map(|&i| d.user(i).username.as_str())
+            .collect();
+        assert_eq!(names, ["juergen", "smith"]);
+        let inner = d.groups.iter().find(|g| g.name == "inner").unwrap();
+        assert_eq!(inner.members.len(), 2, "cycle inner→outer→inner adds smith");
+        assert_eq!(d.unknown_members, 1);
+        assert!(d.warnings.iter().any(|w| w.contains("ghost")));
+    }
+
+    #[test]
+    fn ignore_drops_group_members_and_keep_records_them() {
+        let d = build(NestedMode::Ignore);
+        let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
+        assert_eq!(outer.members.len(), 1);
+        assert!(outer.subgroups.is_empty());
+        let d = build(NestedMode::Keep);
+        let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
+        assert_eq!(outer.subgroups.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_names_keep_the_first_dn_and_warn() {
+        let (g, u) = configs(NestedMode::Flatten, "member");
+        let mut b = DirectoryBuilder::new(&g, &u);
+        b.add_group(&entry(
+            "cn=Dup,ou=b",
+            &[("entryUUID", &["x2"]), ("cn", &["Dup"])],
+        ))
+        .unwrap();
+        b.add_group(&entry(
+            "cn=dup,ou=a",
+            &[("entryUUID", &["x1"]), ("cn", &["dup"])],
+        ))
+        .unwrap();
+        let d = b.finish();
+        assert_eq!(d.groups.len(), 1);
+        assert_eq!(d.groups[0].dn, "cn=dup,ou=a");
+        assert!(
+            d.warnings
+                .iter()
+                .any(|w| w.contains("duplicate group name"))
+        );
+    }
+
+    #[test]
+    fn member_uid_values_are_user_names() {
+        let (g, u) = configs(NestedMode::Flatten, "memberUid");
+        let mut b = DirectoryBuilder::new(&g, &u);
+        b.add_user(&entry(
+            "uid=a,ou=p",
+            &[("entryUUID", &["u1"]), ("uid", &["Alice"])],
+        ))
+        .unwrap();
+        b.add_group(&entry(
+            "cn=p,ou=g",
+            &[
+                ("entryUUID", &["g"]),
+                ("cn", &["p"]),
+                ("memberUid", &["alice", "bob"]),
+            ],
+        ))
+        .unwrap();
+        let d = b.finish();
+        assert_eq!(d.groups[0].members, vec![0]);
+        assert_eq!(d.unknown_members, 1);
+    }
+
+    #[test]
+    fn missing_id_is_an_error_and_non_utf8_is_a_warning() {
+        let (g, u) = configs(NestedMode::Flatten, "member");
+        let mut b = DirectoryBuilder::new(&g, &u);
+        assert!(b.add_group(&entry("cn=x,ou=g", &[("cn", &["x"])])).is_err());
+        let mut e = entry("cn=y,ou=g", &[("entryUUID", &["g"])]);
+        e.attrs.insert("cn".into(), vec![vec![0xff, b'a']]);
+        b.add_group(&e).unwrap();
+        let d = b.finish();
+        assert_eq!(d.groups[0].name, "\u{fffd}a");
+        assert!(d.warnings[0].contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn object_guid_uses_microsoft_byte_order() {
+        let mut e = RawEntry::default();
+        e.attrs.insert(
+            "objectguid".into(),
+            vec![vec![
+                0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff,
+            ]],
+        );
+        assert_eq!(
+            source_id(&e, "objectGUID").unwrap(),
+            "00112233-4455-6677-8899-aabbccddeeff"
+        );
+    }
+
+    #[test]
+    fn unique_member_uid_suffix_is_stripped() {
+        assert_eq!(strip_unique_member_uid("cn=a,dc=x#'0101'B"), "cn=a,dc=x");
+        assert_eq!(strip_unique_member_uid("cn=a#b,dc=x"), "cn=a#b,dc=x");
+    }
+}

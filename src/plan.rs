@@ -1,0 +1,653 @@
+//! The planner (pure): Directory × ledger → Plan, and the safety guard that holds mass changes.
+//!
+//! Plans are deterministic: operations come in a fixed order (create, update, member_add,
+//! member_remove, delete) and, within a kind, sorted by group name then source id, so two runs
+//! over the same data print the same plan.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::SafetyConfig;
+use crate::directory::{Directory, Group};
+use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
+
+/// The group an operation concerns, with everything a sink needs to write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSpec {
+    pub source_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub dn: String,
+    /// The target's id from the ledger, when known at plan time.
+    pub target_id: Option<String>,
+}
+
+/// A user in a membership operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberRef {
+    pub source_id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub dn: String,
+    /// The target's user id recorded in the ledger, if any.
+    pub target_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Create,
+    Update,
+    MemberAdd,
+    MemberRemove,
+    Delete,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 5] = [
+        OpKind::Create,
+        OpKind::Update,
+        OpKind::Delete,
+        OpKind::MemberAdd,
+        OpKind::MemberRemove,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Create => "create",
+            OpKind::Update => "update",
+            OpKind::MemberAdd => "member_add",
+            OpKind::MemberRemove => "member_remove",
+            OpKind::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Create the group. `resume` means an earlier create was started but never confirmed:
+    /// the sink must look the object up (externalId, then name) before creating it.
+    Create { group: GroupSpec, resume: bool },
+    /// Rename and/or change the description or DN.
+    Update {
+        group: GroupSpec,
+        previous: GroupSpec,
+    },
+    MemberAdd {
+        group: GroupSpec,
+        members: Vec<MemberRef>,
+    },
+    MemberRemove {
+        group: GroupSpec,
+        members: Vec<MemberRef>,
+    },
+    /// Delete; `group` holds the last known attributes from the ledger.
+    Delete { group: GroupSpec },
+}
+
+impl Operation {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Operation::Create { .. } => OpKind::Create,
+            Operation::Update { .. } => OpKind::Update,
+            Operation::MemberAdd { .. } => OpKind::MemberAdd,
+            Operation::MemberRemove { .. } => OpKind::MemberRemove,
+            Operation::Delete { .. } => OpKind::Delete,
+        }
+    }
+
+    pub fn group(&self) -> &GroupSpec {
+        match self {
+            Operation::Create { group, .. }
+            | Operation::Update { group, .. }
+            | Operation::MemberAdd { group, .. }
+            | Operation::MemberRemove { group, .. }
+            | Operation::Delete { group } => group,
+        }
+    }
+
+    pub fn members(&self) -> &[MemberRef] {
+        match self {
+            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
+                members
+            }
+            _ => &[],
+        }
+    }
+
+    /// How many things this operation counts for in a summary (memberships for member ops).
+    pub fn weight(&self) -> u64 {
+        match self {
+            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
+                members.len() as u64
+            }
+            _ => 1,
+        }
+    }
+
+    /// The operation as the JSON plan and the file sink print it (DESIGN.md §5).
+    pub fn to_json(&self) -> Value {
+        let group = self.group();
+        let mut value = json!({
+            "op": self.kind().as_str(),
+            "group": group.name,
+            "source_id": group.source_id,
+            "dn": group.dn,
+        });
+        let object = value.as_object_mut().expect("json! object literal");
+        match self {
+            Operation::Create { resume, .. } => {
+                object.insert("description".into(), json!(group.description));
+                if *resume {
+                    object.insert("resume".into(), json!(true));
+                }
+            }
+            Operation::Update { previous, .. } => {
+                object.insert("description".into(), json!(group.description));
+                object.insert("previous_name".into(), json!(previous.name));
+                object.insert("previous_description".into(), json!(previous.description));
+                object.insert("previous_dn".into(), json!(previous.dn));
+            }
+            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
+                object.insert(
+                    "members".into(),
+                    json!(members.iter().map(|m| &m.username).collect::<Vec<_>>()),
+                );
+                object.insert(
+                    "member_ids".into(),
+                    json!(members.iter().map(|m| &m.source_id).collect::<Vec<_>>()),
+                );
+            }
+            Operation::Delete { .. } => {}
+        }
+        if let Some(target_id) = &group.target_id {
+            object.insert("target_id".into(), json!(target_id));
+        }
+        value
+    }
+}
+
+/// Counts per operation kind; member kinds count memberships.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: u64,
+    pub update: u64,
+    pub delete: u64,
+    pub member_add: u64,
+    pub member_remove: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, kind: OpKind, count: u64) {
+        match kind {
+            OpKind::Create => self.create += count,
+            OpKind::Update => self.update += count,
+            OpKind::Delete => self.delete += count,
+            OpKind::MemberAdd => self.member_add += count,
+            OpKind::MemberRemove => self.member_remove += count,
+        }
+    }
+    pub fn get(&self, kind: OpKind) -> u64 {
+        match kind {
+            OpKind::Create => self.create,
+            OpKind::Update => self.update,
+            OpKind::Delete => self.delete,
+            OpKind::MemberAdd => self.member_add,
+            OpKind::MemberRemove => self.member_remove,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        OpKind::ALL.iter().all(|&k| self.get(k) == 0)
+    }
+}
+
+/// Everything one sink must do to match the Directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub operations: Vec<Operation>,
+    /// A full reconcile was asked for (`sync --full`): sinks with cursors resend everything.
+    pub full: bool,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for op in &self.operations {
+            summary.add(op.kind(), op.weight());
+        }
+        summary
+    }
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+}
+
+fn spec_of_group(group: &Group, target_id: Option<String>) -> GroupSpec {
+    GroupSpec {
+        source_id: group.id.clone(),
+        name: group.name.clone(),
+        description: group.description.clone(),
+        dn: group.dn.clone(),
+        target_id,
+    }
+}
+
+fn spec_of_ledger(group: &LedgerGroup) -> GroupSpec {
+    GroupSpec {
+        source_id: group.source_id.clone(),
+        name: group.name.clone(),
+        description: group.description.clone(),
+        dn: group.dn.clone(),
+        target_id: group.target_id.clone(),
+    }
+}
+
+fn member_of_ledger(source_id: &str, member: &LedgerMember) -> MemberRef {
+    MemberRef {
+        source_id: source_id.to_string(),
+        username: member.username.clone(),
+        email: member.email.clone(),
+        dn: member.dn.clone(),
+        target_id: member.target_id.clone(),
+    }
+}
+
+/// Diffs the directory against a sink's ledger. Pure and deterministic.
+pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
+    let mut creates = Vec::new();
+    let mut updates = Vec::new();
+    let mut adds = Vec::new();
+    let mut removes = Vec::new();
+    let mut deletes = Vec::new();
+    let empty = BTreeMap::new();
+
+    for group in &directory.groups {
+        let recorded = ledger.groups.get(&group.id);
+        let target_id = recorded.and_then(|r| r.target_id.clone());
+        let spec = spec_of_group(group, target_id.clone());
+        let recorded_members = match recorded {
+            None => {
+                creates.push(Operation::Create {
+                    group: spec.clone(),
+                    resume: false,
+                });
+                &empty
+            }
+            Some(recorded) if recorded.target_id.is_none() => {
+                creates.push(Operation::Create {
+                    group: spec.clone(),
+                    resume: true,
+                });
+                &recorded.members
+            }
+            Some(recorded) => {
+                if recorded.name != group.name
+                    || recorded.description != group.description
+                    || recorded.dn != group.dn
+                {
+                    updates.push(Operation::Update {
+                        group: spec.clone(),
+                        previous: spec_of_ledger(recorded),
+                    });
+                }
+                &recorded.members
+            }
+        };
+        let mut added = Vec::new();
+        for &index in &group.members {
+            let user = directory.user(index);
+            if !recorded_members.contains_key(&user.id) {
+                added.push(MemberRef {
+                    source_id: user.id.clone(),
+                    username: user.username.clone(),
+                    email: user.email.clone(),
+                    dn: user.dn.clone(),
+                    target_id: None,
+                });
+            }
+        }
+        if !added.is_empty() {
+            adds.push(Operation::MemberAdd {
+                group: spec.clone(),
+                members: added,
+            });
+        }
+        if !recorded_members.is_empty() {
+            let current: std::collections::HashSet<&str> = group
+                .members
+                .iter()
+                .map(|&i| directory.user(i).id.as_str())
+                .collect();
+            let removed: Vec<MemberRef> = recorded_members
+                .iter()
+                .filter(|(id, _)| !current.contains(id.as_str()))
+                .map(|(id, m)| member_of_ledger(id, m))
+                .collect();
+            if !removed.is_empty() {
+                removes.push(Operation::MemberRemove {
+                    group: spec,
+                    members: removed,
+                });
+            }
+        }
+    }
+
+    let present: std::collections::HashSet<&str> =
+        directory.groups.iter().map(|g| g.id.as_str()).collect();
+    for recorded in ledger.groups.values() {
+        if !present.contains(recorded.source_id.as_str()) {
+            deletes.push(Operation::Delete {
+                group: spec_of_ledger(recorded),
+            });
+        }
+    }
+
+    let mut operations = Vec::new();
+    for mut batch in [creates, updates, adds, removes, deletes] {
+        batch.sort_by(|a, b| {
+            (&a.group().name, &a.group().source_id).cmp(&(&b.group().name, &b.group().source_id))
+        });
+        operations.extend(batch);
+    }
+    Plan {
+        operations,
+        full: false,
+    }
+}
+
+/// Applies a plan to a ledger the way a fully successful sink would record it (used by tests
+/// and as the reference for what `store` records per operation).
+pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
+    for op in &plan.operations {
+        let spec = op.group();
+        match op {
+            Operation::Create { .. } | Operation::Update { .. } => {
+                let entry = ledger
+                    .groups
+                    .entry(spec.source_id.clone())
+                    .or_insert_with(|| LedgerGroup {
+                        source_id: spec.source_id.clone(),
+                        target_id: None,
+                        name: String::new(),
+                        description: None,
+                        dn: String::new(),
+                        members: BTreeMap::new(),
+                    });
+                entry.target_id = Some(
+                    spec.target_id
+                        .clone()
+                        .unwrap_or_else(|| spec.source_id.clone()),
+                );
+                entry.name = spec.name.clone();
+                entry.description = spec.description.clone();
+                entry.dn = spec.dn.clone();
+            }
+            Operation::MemberAdd { members, .. } => {
+                if let Some(entry) = ledger.groups.get_mut(&spec.source_id) {
+                    for m in members {
+                        entry.members.insert(
+                            m.source_id.clone(),
+                            LedgerMember {
+                                username: m.username.clone(),
+                                email: m.email.clone(),
+                                dn: m.dn.clone(),
+                                target_id: m.target_id.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            Operation::MemberRemove { members, .. } => {
+                if let Some(entry) = ledger.groups.get_mut(&spec.source_id) {
+                    for m in members {
+                        entry.members.remove(&m.source_id);
+                    }
+                }
+            }
+            Operation::Delete { .. } => {
+                ledger.groups.remove(&spec.source_id);
+            }
+        }
+    }
+}
+
+/// Why a sink's plan is held instead of applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub reasons: Vec<String>,
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "held by the safety thresholds: {}. Review the plan with `sync --dry-run`, then rerun with --allow-deletes to proceed once",
+            self.reasons.join("; ")
+        )
+    }
+}
+
+/// Checks a plan against `[safety]`; `allow_deletes` lifts both thresholds for one run.
+pub fn guard(
+    plan: &Plan,
+    ledger: &Ledger,
+    safety: &SafetyConfig,
+    allow_deletes: bool,
+) -> Option<Hold> {
+    if allow_deletes {
+        return None;
+    }
+    let summary = plan.summary();
+    let mut reasons = Vec::new();
+    check(
+        &mut reasons,
+        "group deletes",
+        summary.delete,
+        ledger.groups.len() as u64,
+        safety.max_group_deletes,
+        safety.max_group_delete_percent,
+    );
+    check(
+        &mut reasons,
+        "membership removals",
+        summary.member_remove,
+        ledger.membership_count() as u64,
+        safety.max_member_removes,
+        safety.max_member_remove_percent,
+    );
+    (!reasons.is_empty()).then_some(Hold { reasons })
+}
+
+fn check(
+    reasons: &mut Vec<String>,
+    what: &str,
+    count: u64,
+    total: u64,
+    max: u64,
+    max_percent: f64,
+) {
+    if count == 0 {
+        return;
+    }
+    if count > max {
+        reasons.push(format!("{count} {what} exceed the limit of {max}"));
+    }
+    let percent = if total == 0 {
+        100.0
+    } else {
+        count as f64 * 100.0 / total as f64
+    };
+    if percent > max_percent {
+        reasons.push(format!(
+            "{count} {what} are {percent:.1}% of the {total} recorded, above the limit of {max_percent}%"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::User;
+    use proptest::prelude::*;
+
+    fn directory(groups: &[(&str, &str, &[u32])], users: u32) -> Directory {
+        Directory {
+            users: (0..users)
+                .map(|i| User {
+                    id: format!("u{i:03}"),
+                    dn: format!("uid=u{i},ou=p"),
+                    username: format!("user{i}"),
+                    email: None,
+                })
+                .collect(),
+            groups: groups
+                .iter()
+                .map(|(id, name, members)| Group {
+                    id: id.to_string(),
+                    dn: format!("cn={name},ou=g"),
+                    name: name.to_string(),
+                    description: None,
+                    members: members.to_vec(),
+                    subgroups: vec![],
+                })
+                .collect(),
+            ..Directory::default()
+        }
+    }
+
+    #[test]
+    fn first_plan_creates_then_adds_members() {
+        let d = directory(&[("g1", "b", &[0, 1]), ("g2", "a", &[])], 2);
+        let p = plan(&d, &Ledger::default());
+        let kinds: Vec<_> = p
+            .operations
+            .iter()
+            .map(|o| (o.kind(), o.group().name.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (OpKind::Create, "a"),
+                (OpKind::Create, "b"),
+                (OpKind::MemberAdd, "b")
+            ]
+        );
+        assert_eq!(p.summary().member_add, 2);
+    }
+
+    #[test]
+    fn rename_is_an_update_and_unconfirmed_create_resumes() {
+        let d = directory(&[("g1", "old", &[0])], 1);
+        let mut ledger = Ledger::mirroring(&d);
+        let renamed = directory(&[("g1", "new", &[0])], 1);
+        let p = plan(&renamed, &ledger);
+        assert_eq!(p.operations.len(), 1);
+        assert!(
+            matches!(&p.operations[0], Operation::Update { previous, .. } if previous.name == "old")
+        );
+        ledger.groups.get_mut("g1").unwrap().target_id = None;
+        let p = plan(&d, &ledger);
+        assert!(matches!(
+            &p.operations[0],
+            Operation::Create { resume: true, .. }
+        ));
+    }
+
+    #[test]
+    fn guard_holds_on_absolute_and_percent_and_allow_lifts() {
+        let d = directory(
+            &[("g1", "a", &[0, 1]), ("g2", "b", &[]), ("g3", "c", &[])],
+            2,
+        );
+        let ledger = Ledger::mirroring(&d);
+        let gone = directory(&[("g1", "a", &[])], 2);
+        let p = plan(&gone, &ledger);
+        let safety = SafetyConfig {
+            max_group_deletes: 1,
+            max_group_delete_percent: 100.0,
+            max_member_removes: 100,
+            max_member_remove_percent: 100.0,
+        };
+        let hold = guard(&p, &ledger, &safety, false).unwrap();
+        assert_eq!(hold.reasons.len(), 1, "{hold:?}");
+        assert!(hold.reasons[0].contains("2 group deletes"));
+        let strict_percent = SafetyConfig {
+            max_group_deletes: 10,
+            max_member_remove_percent: 50.0,
+            ..safety.clone()
+        };
+        let hold = guard(&p, &ledger, &strict_percent, false).unwrap();
+        assert!(hold.reasons[0].contains("membership removals"), "{hold:?}");
+        assert!(guard(&p, &ledger, &safety, true).is_none());
+    }
+
+    #[test]
+    fn json_shape_follows_the_contract() {
+        let d = directory(&[("g1", "a", &[0])], 1);
+        let p = plan(&d, &Ledger::default());
+        let add = p.operations[1].to_json();
+        assert_eq!(add["op"], "member_add");
+        assert_eq!(add["group"], "a");
+        assert_eq!(add["source_id"], "g1");
+        assert_eq!(add["members"], json!(["user0"]));
+    }
+
+    fn arb_directory() -> impl Strategy<Value = Directory> {
+        (
+            1u32..8,
+            prop::collection::vec(
+                (0u8..12, 0u8..4, prop::collection::btree_set(0u32..8, 0..8)),
+                0..10,
+            ),
+        )
+            .prop_map(|(users, groups)| {
+                let mut seen = std::collections::BTreeSet::new();
+                let groups: Vec<(String, String, Vec<u32>)> = groups
+                    .into_iter()
+                    .filter(|(id, _, _)| seen.insert(*id))
+                    .map(|(id, name, members)| {
+                        (
+                            format!("g{id:02}"),
+                            format!("name{name}-{id}"),
+                            members.into_iter().filter(|&m| m < users).collect(),
+                        )
+                    })
+                    .collect();
+                let refs: Vec<(&str, &str, &[u32])> = groups
+                    .iter()
+                    .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_slice()))
+                    .collect();
+                let mut d = directory(&refs, users);
+                d.groups.sort_by(|a, b| a.id.cmp(&b.id));
+                d
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn plan_against_mirror_is_empty(d in arb_directory()) {
+            prop_assert!(plan(&d, &Ledger::mirroring(&d)).is_empty());
+        }
+
+        #[test]
+        fn applying_a_plan_yields_the_directory(before in arb_directory(), after in arb_directory()) {
+            let mut ledger = Ledger::mirroring(&before);
+            let p = plan(&after, &ledger);
+            apply_to_ledger(&mut ledger, &p);
+            let mut expected = Ledger::mirroring(&after);
+            // target ids are assigned by the target; compare everything else
+            for g in ledger.groups.values_mut() { g.target_id = None; }
+            for g in expected.groups.values_mut() { g.target_id = None; }
+            prop_assert_eq!(ledger, expected);
+            prop_assert_eq!(plan(&after, &Ledger::mirroring(&after)), Plan::default());
+        }
+
+        #[test]
+        fn plans_are_deterministic(d in arb_directory(), before in arb_directory()) {
+            let ledger = Ledger::mirroring(&before);
+            prop_assert_eq!(plan(&d, &ledger), plan(&d, &ledger));
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The file sink: every applied operation as one JSON line (the dry-run operation shape) to a file or stdout.
+//!
+//! It is the embedded default target for a first run, an audit trail, and a way to feed other
+//! tools. It keeps a ledger like any sink, so a rerun writes only what changed.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{Recorder, Sink, SinkError};
+use crate::ledger::Ledger;
+use crate::plan::{Operation, Plan};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// A file to append to, or `-` for stdout.
+    pub path: String,
+}
+
+impl FileConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.path.trim().is_empty() {
+            return Err(("path", "must be a file path or \"-\" for stdout".into()));
+        }
+        Ok(())
+    }
+}
+
+pub struct FileSink {
+    name: String,
+    config: FileConfig,
+}
+
+impl FileSink {
+    pub fn new(name: String, config: FileConfig) -> Self {
+        FileSink { name, config }
+    }
+
+    fn open(&self) -> Result<Box<dyn Write + Send>, SinkError> {
+        if self.config.path == "-" {
+            return Ok(Box::new(std::io::stdout()));
+        }
+        let path = PathBuf::from(&self.config.path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| SinkError::Target {
+                sink: self.name.clone(),
+                message: format!("cannot open {} for appending: {e}", path.display()),
+            })?;
+        Ok(Box::new(std::io::BufWriter::new(file)))
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &'static str {
+        "file"
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        if self.config.path != "-" {
+            self.open()?;
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        _ledger: &Ledger,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mut out = self.open()?;
+        let write_error = |e: std::io::Error| SinkError::Target {
+            sink: self.name.clone(),
+            message: format!("cannot write to {}: {e}", self.config.path),
+        };
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for op in &plan.operations {
+            let mut line = op.to_json();
+            if let Some(object) = line.as_object_mut() {
+                object.insert("sink".into(), self.name.clone().into());
+                object.insert("time".into(), time.clone().into());
+            }
+            // Written (and flushed) before it is recorded: a crash repeats a line, never loses one.
+            writeln!(out, "{line}")
+                .and_then(|_| out.flush())
+                .map_err(write_error)?;
+            let group = op.group();
+            match op {
+                Operation::Create { .. } => {
+                    recorder.intent(group)?;
+                    recorder.created(group, &group.source_id)?;
+                }
+                Operation::Update { .. } => {
+                    let id = recorder
+                        .target_id(group)
+                        .unwrap_or_else(|| group.source_id.clone());
+                    recorder.updated(group, &id)?;
+                }
+                Operation::MemberAdd { members, .. } => recorder.members_added(group, members)?,
+                Operation::MemberRemove { members, .. } => {
+                    recorder.members_removed(group, members)?
+                }
+                Operation::Delete { .. } => recorder.deleted(group)?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,612 @@
+//! The shared HTTP layer every sink uses: auth (bearer, API key, OAuth2 client credentials), retries, rate limit.
+//!
+//! Retries: 429, 502, 503, 504 (and 500 for idempotent methods) and connection errors, with
+//! exponential backoff and jitter, honouring `Retry-After` (seconds or HTTP date, capped).
+//! A POST is retried only when the target cannot have processed it (429, 503, connect errors).
+//! OAuth2 tokens are cached until shortly before `expires_in` and refreshed once on a 401.
+//! Secrets never appear in errors or logs: errors carry the method, the URL path and the
+//! target's own error text.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub rate_limit_per_second: u32,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_retry_after: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            rate_limit_per_second: 50,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 5,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How requests authenticate.
+#[derive(Debug)]
+pub enum Auth {
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: <scheme> <key>` (Connect uses `Key`).
+    Scheme {
+        scheme: &'static str,
+        key: Secret,
+    },
+    /// OAuth2 client credentials with a cached token.
+    OAuth(OAuthClient),
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenAuthMethod {
+    #[default]
+    Basic,
+    Post,
+}
+
+#[derive(Debug)]
+pub struct OAuthClient {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub method: TokenAuthMethod,
+    pub scope: Option<String>,
+    cached: tokio::sync::Mutex<Option<(Secret, Instant)>>,
+}
+
+impl OAuthClient {
+    pub fn new(
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        method: TokenAuthMethod,
+        scope: Option<String>,
+    ) -> Self {
+        OAuthClient {
+            token_url,
+            client_id,
+            client_secret,
+            method,
+            scope,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// A failed exchange with a target.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{method} {path}: cannot reach the target: {message}")]
+    Transport {
+        method: String,
+        path: String,
+        message: String,
+    },
+    #[error("{method} {path}: HTTP {status}: {detail}")]
+    Status {
+        method: String,
+        path: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("token request to {path} failed: {detail}. Check the client id and secret")]
+    Token { path: String, detail: String },
+    #[error("{method} {path}: unexpected response: {detail}")]
+    Decode {
+        method: String,
+        path: String,
+        detail: String,
+    },
+}
+
+impl HttpError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Response {
+    pub method: Method,
+    pub path: String,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// Parses the body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
+        serde_json::from_slice(&self.body).map_err(|e| HttpError::Decode {
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            detail: format!("{e}; body starts with {:?}", self.body_excerpt()),
+        })
+    }
+
+    /// Ok when 2xx, otherwise an error carrying the target's error text.
+    pub fn success(self) -> Result<Response, HttpError> {
+        if self.is_success() {
+            Ok(self)
+        } else {
+            Err(self.into_error())
+        }
+    }
+
+    pub fn into_error(self) -> HttpError {
+        HttpError::Status {
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            status: self.status.as_u16(),
+            detail: error_detail(&self.body),
+        }
+    }
+
+    fn body_excerpt(&self) -> String {
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(200)
+            .collect()
+    }
+}
+
+/// The most useful text of a JSON error body in any of the targets' shapes
+/// (SCIM `detail`, PingOne `message`+`details`, Connect `error`, ForgeRock `message`).
+pub fn error_detail(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        let text: String = String::from_utf8_lossy(body).chars().take(300).collect();
+        return if text.trim().is_empty() {
+            "(empty body)".into()
+        } else {
+            text
+        };
+    };
+    let mut parts = Vec::new();
+    for key in ["code", "scimType"] {
+        if let Some(v) = value.get(key).filter(|v| !v.is_null()) {
+            parts.push(format!(
+                "{key}={}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            ));
+        }
+    }
+    for key in ["detail", "message", "error", "reason"] {
+        if let Some(v) = value.get(key).and_then(|v| v.as_str()) {
+            parts.push(v.to_string());
+            break;
+        }
+    }
+    if let Some(details) = value.get("details").and_then(|d| d.as_array()) {
+        for d in details.iter().take(5) {
+            let code = d.get("code").and_then(|v| v.as_str()).unwrap_or("");
+            let target = d.get("target").and_then(|v| v.as_str()).unwrap_or("");
+            let message = d.get("message").and_then(|v| v.as_str()).unwrap_or("");
+            parts.push(format!("[{code} {target}: {message}]"));
+        }
+    }
+    if parts.is_empty() {
+        value.to_string().chars().take(300).collect()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Called after every request with (duration, status or 0 for a transport error).
+pub type RequestObserver = Arc<dyn Fn(Duration, u16) + Send + Sync>;
+
+/// One target's HTTP client: base URL, auth, retries and rate limit.
+pub struct HttpClient {
+    client: reqwest::Client,
+    base_url: String,
+    auth: Auth,
+    settings: HttpSettings,
+    limiter: DefaultDirectRateLimiter,
+    extra_headers: HeaderMap,
+    observer: Option<RequestObserver>,
+}
+
+/// A request body with its content type.
+pub struct Body {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Body {
+    pub fn json(value: &serde_json::Value) -> Body {
+        Body::typed("application/json", value)
+    }
+    pub fn typed(content_type: &str, value: &serde_json::Value) -> Body {
+        Body {
+            content_type: content_type.to_string(),
+            bytes: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+}
+
+impl HttpClient {
+    pub fn new(
+        base_url: &str,
+        auth: Auth,
+        settings: HttpSettings,
+    ) -> Result<HttpClient, HttpError> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .user_agent(concat!("ldapsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpError::Transport {
+                method: "-".into(),
+                path: base_url.into(),
+                message: e.to_string(),
+            })?;
+        let rate =
+            NonZeroU32::new(settings.rate_limit_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        Ok(HttpClient {
+            client,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            auth,
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+            settings,
+            extra_headers: HeaderMap::new(),
+            observer: None,
+        })
+    }
+
+    /// Adds a header sent with every request (e.g. ForgeRock's `Accept-API-Version`).
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.extra_headers
+            .insert(name, HeaderValue::from_static(value));
+        self
+    }
+
+    pub fn with_observer(mut self, observer: RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends a request to `path` (relative to the base URL, or absolute), retrying as described
+    /// in the module doc. Any final HTTP status is returned as a [`Response`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Body>,
+    ) -> Result<Response, HttpError> {
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.base_url, path)
+        };
+        let shown_path = url.split('?').next().unwrap_or(&url).to_string();
+        let idempotent = method != Method::POST;
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            self.limiter.until_ready().await;
+            let mut request = self
+                .client
+                .request(method.clone(), &url)
+                .headers(self.extra_headers.clone())
+                .query(query);
+            request = match self.authorization(false).await? {
+                Some(value) => request.header(AUTHORIZATION, value),
+                None => request,
+            };
+            if let Some(body) = body {
+                request = request
+                    .header(CONTENT_TYPE, body.content_type.as_str())
+                    .body(body.bytes.clone());
+            }
+            let started = Instant::now();
+            let outcome = request.send().await;
+            let retry_delay = match outcome {
+                Err(e) => {
+                    self.observe(started.elapsed(), 0);
+                    let safe_to_retry = idempotent || e.is_connect();
+                    if attempt >= self.settings.max_retries || !safe_to_retry {
+                        return Err(HttpError::Transport {
+                            method: method.to_string(),
+                            path: shown_path,
+                            message: describe_reqwest_error(&e),
+                        });
+                    }
+                    tracing::debug!(path = %shown_path, error = %describe_reqwest_error(&e), "retrying after a connection error");
+                    self.backoff(attempt)
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let bytes = response
+                        .bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    self.observe(started.elapsed(), status.as_u16());
+                    if status == StatusCode::UNAUTHORIZED
+                        && !refreshed
+                        && matches!(self.auth, Auth::OAuth(_))
+                    {
+                        refreshed = true;
+                        self.authorization(true).await?;
+                        continue;
+                    }
+                    let retryable = match status.as_u16() {
+                        429 | 503 => true,
+                        500 | 502 | 504 => idempotent,
+                        _ => false,
+                    };
+                    if !retryable || attempt >= self.settings.max_retries {
+                        return Ok(Response {
+                            method: method.clone(),
+                            path: shown_path,
+                            status,
+                            headers,
+                            body: bytes,
+                        });
+                    }
+                    let delay = retry_after(&headers)
+                        .map(|d| d.min(self.settings.max_retry_after))
+                        .unwrap_or_else(|| self.backoff(attempt));
+                    tracing::info!(path = %shown_path, status = status.as_u16(), delay_ms = delay.as_millis() as u64, "target asked to slow down or failed; retrying");
+                    delay
+                }
+            };
+            attempt += 1;
+            tokio::time::sleep(retry_delay).await;
+        }
+    }
+
+    /// Sends and parses a JSON answer; non-2xx becomes an error.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Body>,
+    ) -> Result<T, HttpError> {
+        self.send(method, path, query, body)
+            .await?
+            .success()?
+            .json()
+    }
+
+    fn observe(&self, elapsed: Duration, status: u16) {
+        if let Some(observer) = &self.observer {
+            observer(elapsed, status);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .settings
+            .base_backoff
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .min(self.settings.max_backoff);
+        let jitter = rand::random_range(0.5..1.0);
+        exp.mul_f64(jitter)
+    }
+
+    async fn authorization(&self, force_refresh: bool) -> Result<Option<HeaderValue>, HttpError> {
+        let value = match &self.auth {
+            Auth::None => return Ok(None),
+            Auth::Bearer(token) => format!("Bearer {}", token.expose()),
+            Auth::Scheme { scheme, key } => format!("{scheme} {}", key.expose()),
+            Auth::OAuth(oauth) => {
+                let mut cached = oauth.cached.lock().await;
+                let fresh = cached
+                    .as_ref()
+                    .filter(|(_, expires)| !force_refresh && Instant::now() < *expires);
+                let token = match fresh {
+                    Some((token, _)) => token.clone(),
+                    None => {
+                        let (token, lifetime) = self.fetch_token(oauth).await?;
+                        // Refresh a little before the target would reject it.
+                        let margin =
+                            (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                        *cached = Some((
+                            token.clone(),
+                            Instant::now() + lifetime.saturating_sub(margin),
+                        ));
+                        token
+                    }
+                };
+                format!("Bearer {}", token.expose())
+            }
+        };
+        let mut header = HeaderValue::from_str(&value).map_err(|_| HttpError::Token {
+            path: self.base_url.clone(),
+            detail: "the credential contains characters not allowed in an HTTP header".into(),
+        })?;
+        header.set_sensitive(true);
+        Ok(Some(header))
+    }
+
+    async fn fetch_token(&self, oauth: &OAuthClient) -> Result<(Secret, Duration), HttpError> {
+        let shown = oauth
+            .token_url
+            .split('?')
+            .next()
+            .unwrap_or(&oauth.token_url)
+            .to_string();
+        let mut form = vec![("grant_type", "client_credentials".to_string())];
+        if let Some(scope) = &oauth.scope {
+            form.push(("scope", scope.clone()));
+        }
+        let mut attempt = 0;
+        loop {
+            self.limiter.until_ready().await;
+            let mut request = self.client.post(&oauth.token_url);
+            let mut fields = form.clone();
+            match oauth.method {
+                TokenAuthMethod::Basic => {
+                    request =
+                        request.basic_auth(&oauth.client_id, Some(oauth.client_secret.expose()));
+                }
+                TokenAuthMethod::Post => {
+                    fields.push(("client_id", oauth.client_id.clone()));
+                    fields.push(("client_secret", oauth.client_secret.expose().to_string()));
+                }
+            }
+            let started = Instant::now();
+            let response = request.form(&fields).send().await;
+            let response = match response {
+                Ok(r) => r,
+                Err(e) => {
+                    self.observe(started.elapsed(), 0);
+                    if attempt < self.settings.max_retries {
+                        attempt += 1;
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(HttpError::Token {
+                        path: shown,
+                        detail: describe_reqwest_error(&e),
+                    });
+                }
+            };
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            self.observe(started.elapsed(), status.as_u16());
+            if (status.as_u16() == 429 || status.is_server_error())
+                && attempt < self.settings.max_retries
+            {
+                attempt += 1;
+                let delay = retry_after(&headers).unwrap_or_else(|| self.backoff(attempt));
+                tokio::time::sleep(delay.min(self.settings.max_retry_after)).await;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(HttpError::Token {
+                    path: shown,
+                    detail: format!("HTTP {}: {}", status.as_u16(), error_detail(&body)),
+                });
+            }
+            #[derive(serde::Deserialize)]
+            struct TokenResponse {
+                access_token: String,
+                expires_in: Option<u64>,
+            }
+            let token: TokenResponse =
+                serde_json::from_slice(&body).map_err(|e| HttpError::Token {
+                    path: shown.clone(),
+                    detail: format!("unreadable token response: {e}"),
+                })?;
+            return Ok((
+                Secret::new(token.access_token),
+                Duration::from_secs(token.expires_in.unwrap_or(300)),
+            ));
+        }
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL with its query; keep only the kind and cause.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn error_detail_reads_every_target_shape() {
+        let scim = br#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"409","scimType":"uniqueness","detail":"in use"}"#;
+        assert_eq!(error_detail(scim), "scimType=uniqueness in use");
+        let ping = br#"{"id":"x","code":"INVALID_DATA","message":"bad","details":[{"code":"UNIQUENESS_VIOLATION","target":"name","message":"taken"}]}"#;
+        assert_eq!(
+            error_detail(ping),
+            "code=INVALID_DATA bad [UNIQUENESS_VIOLATION name: taken]"
+        );
+        let connect = br#"{"code":131,"error":"A group using the same unique ID already exists","payload":null}"#;
+        assert_eq!(
+            error_detail(connect),
+            "code=131 A group using the same unique ID already exists"
+        );
+        assert_eq!(error_detail(b""), "(empty body)");
+    }
+}

@@ -1,0 +1,393 @@
+//! The LDAP source: connect (ldap://, StartTLS, ldaps:// with a CA file), bind, paged searches, AD ranged retrieval.
+//!
+//! Entries are decoded from the BER structure without ldap3's panicking `SearchEntry::construct`,
+//! so a non-UTF-8 DN or value can never take the process down. Continuation references
+//! (searchResRef, e.g. AD's DomainDnsZones) are skipped and counted; a referral *result* or any
+//! other non-success result code fails the read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::asn1::{PL, StructureTag};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, ResultEntry, Scope};
+
+use super::{ReadStats, SourceError};
+use crate::config::{Config, LdapConfig};
+use crate::directory::{DirectoryBuilder, RawEntry};
+
+/// LDAP result codes that mean "success" for a search.
+const RC_SUCCESS: u32 = 0;
+const RC_REFERRAL: u32 = 10;
+
+/// Opens a connection and binds; used by the read and by `check --connect`.
+pub async fn connect(config: &Config) -> Result<Ldap, SourceError> {
+    let ldap_config = &config.ldap;
+    let url = ldap_config.url.clone().unwrap_or_default();
+    let settings = settings(ldap_config)?;
+    let (connection, mut ldap) =
+        LdapConnAsync::with_settings(settings, &url)
+            .await
+            .map_err(|e| SourceError::Connect {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.drive().await {
+            tracing::debug!(error = %e, "LDAP connection ended");
+        }
+    });
+    if let Some(bind_dn) = &ldap_config.bind_dn {
+        let password = config.ldap_password()?;
+        let result = ldap
+            .with_timeout(Duration::from_secs(ldap_config.timeout_secs))
+            .simple_bind(bind_dn, password.as_ref().map(|p| p.expose()).unwrap_or(""))
+            .await
+            .map_err(|e| SourceError::Connect {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        if result.rc != RC_SUCCESS {
+            return Err(SourceError::Bind {
+                dn: bind_dn.clone(),
+                rc: result.rc,
+                text: result.text,
+            });
+        }
+    }
+    Ok(ldap)
+}
+
+fn settings(config: &LdapConfig) -> Result<LdapConnSettings, SourceError> {
+    let mut settings = LdapConnSettings::new()
+        .set_conn_timeout(Duration::from_secs(config.timeout_secs))
+        .set_starttls(config.starttls)
+        .set_no_tls_verify(config.danger_skip_tls_verify);
+    if let Some(ca_file) = &config.ca_file {
+        settings = settings.set_config(Arc::new(tls_config(ca_file)?));
+    }
+    Ok(settings)
+}
+
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, SourceError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let fail = |message: String| SourceError::CaFile {
+        path: ca_file.display().to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| fail(e.to_string()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| fail(e.to_string()))?;
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no PEM certificate found".into()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Reads users, then groups, into `builder`.
+pub async fn read(
+    config: &Config,
+    builder: &mut DirectoryBuilder,
+) -> Result<ReadStats, SourceError> {
+    let mut ldap = connect(config).await?;
+    let mut stats = ReadStats::default();
+    let users = &config.users;
+    let user_attrs = vec![
+        users.id_attribute.clone(),
+        users.username_attribute.clone(),
+        users.email_attribute.clone(),
+    ];
+    let mut failure = None;
+    stats.continuation_references_skipped += search(
+        &mut ldap,
+        config,
+        "users",
+        &users.base_dn,
+        &users.filter,
+        user_attrs,
+        |entry| {
+            stats.users += 1;
+            builder.add_user(&entry).map_err(SourceError::from)
+        },
+        &mut failure,
+    )
+    .await?;
+    let groups = &config.groups;
+    let group_attrs = vec![
+        groups.id_attribute.clone(),
+        groups.name_attribute.clone(),
+        groups.member_attribute.clone(),
+        groups.description_attribute.clone(),
+    ];
+    let mut ranged: Vec<RawEntry> = Vec::new();
+    let member_attribute = groups.member_attribute.to_ascii_lowercase();
+    stats.continuation_references_skipped += search(
+        &mut ldap,
+        config,
+        "groups",
+        &groups.base_dn,
+        &groups.filter,
+        group_attrs,
+        |entry| {
+            stats.groups += 1;
+            if entry
+                .attrs
+                .keys()
+                .any(|k| is_range_of(k, &member_attribute))
+            {
+                ranged.push(entry);
+                Ok(())
+            } else {
+                builder.add_group(&entry).map_err(SourceError::from)
+            }
+        },
+        &mut failure,
+    )
+    .await?;
+    for mut entry in ranged {
+        complete_ranges(&mut ldap, config, &mut entry, &member_attribute).await?;
+        builder.add_group(&entry)?;
+    }
+    let _ = ldap.unbind().await;
+    Ok(stats)
+}
+
+/// Runs one paged subtree search, feeding decoded entries to `each`.
+/// Returns the number of continuation references skipped.
+#[allow(clippy::too_many_arguments)]
+async fn search(
+    ldap: &mut Ldap,
+    config: &Config,
+    section: &'static str,
+    base: &str,
+    filter: &str,
+    attrs: Vec<String>,
+    mut each: impl FnMut(RawEntry) -> Result<(), SourceError>,
+    failure: &mut Option<SourceError>,
+) -> Result<u64, SourceError> {
+    let search_error = |message: String| SourceError::Search {
+        base: base.to_string(),
+        filter: filter.to_string(),
+        message,
+    };
+    tracing::debug!(
+        "equivalent: ldapsearch -H {} -b {base:?} -E pr={}/noprompt {filter:?} {}",
+        config.ldap.url.as_deref().unwrap_or(""),
+        config.ldap.page_size,
+        attrs.join(" ")
+    );
+    let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> = vec![
+        Box::new(EntriesOnly::new()),
+        Box::new(PagedResults::new(config.ldap.page_size)),
+    ];
+    let mut stream = ldap
+        .with_timeout(Duration::from_secs(config.ldap.timeout_secs))
+        .streaming_search_with(adapters, base, Scope::Subtree, filter, attrs)
+        .await
+        .map_err(|e| search_error(e.to_string()))?;
+    loop {
+        match stream.next().await {
+            Ok(Some(entry)) => {
+                if failure.is_some() {
+                    continue;
+                }
+                match decode_entry(entry) {
+                    Some(raw) => {
+                        if let Err(e) = each(raw) {
+                            *failure = Some(e);
+                        }
+                    }
+                    None => {
+                        *failure = Some(search_error(
+                            "the server sent an entry that could not be decoded".into(),
+                        ))
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = stream.finish().await;
+                return Err(search_error(e.to_string()));
+            }
+        }
+    }
+    let result = stream.finish().await;
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    if result.rc == RC_REFERRAL {
+        return Err(SourceError::Referral {
+            base: base.to_string(),
+            section,
+            referrals: result.refs.join(", "),
+        });
+    }
+    if result.rc != RC_SUCCESS {
+        return Err(search_error(format!(
+            "result code {} {}",
+            result.rc, result.text
+        )));
+    }
+    let skipped = result.refs.len() as u64;
+    if skipped > 0 {
+        tracing::info!(
+            base,
+            count = skipped,
+            refs = %result.refs.join(", "),
+            "skipped continuation references (entries in other naming contexts are not read)"
+        );
+    }
+    Ok(skipped)
+}
+
+/// `member;range=0-1499` is a range of `member`.
+fn is_range_of(key: &str, attribute: &str) -> bool {
+    key.strip_prefix(attribute)
+        .is_some_and(|rest| rest.starts_with(";range="))
+}
+
+/// Parses `member;range=1500-2999` → (1500, Some(2999)); `…-*` → (start, None).
+fn parse_range(key: &str) -> Option<(u64, Option<u64>)> {
+    let range = key.split(";range=").nth(1)?;
+    let (start, end) = range.split_once('-')?;
+    let start = start.parse().ok()?;
+    let end = if end == "*" {
+        None
+    } else {
+        Some(end.parse().ok()?)
+    };
+    Some((start, end))
+}
+
+/// Fetches the remaining values of a ranged attribute (AD answers `member;range=0-1499`).
+async fn complete_ranges(
+    ldap: &mut Ldap,
+    config: &Config,
+    entry: &mut RawEntry,
+    attribute: &str,
+) -> Result<(), SourceError> {
+    let cut_short = |message: String| SourceError::RangeCutShort {
+        dn: entry.dn.clone(),
+        attribute: attribute.to_string(),
+        message,
+    };
+    let mut values: Vec<Vec<u8>> = entry.attrs.remove(attribute).unwrap_or_default();
+    let key = entry
+        .attrs
+        .keys()
+        .find(|k| is_range_of(k, attribute))
+        .cloned()
+        .ok_or_else(|| cut_short("no range in the answer".into()))?;
+    let mut range =
+        parse_range(&key).ok_or_else(|| cut_short(format!("unreadable range {key}")))?;
+    values.extend(entry.attrs.remove(&key).unwrap_or_default());
+    while let (_, Some(end)) = range {
+        let request = format!("{attribute};range={}-*", end + 1);
+        let result = ldap
+            .with_timeout(Duration::from_secs(config.ldap.timeout_secs))
+            .search(
+                &entry.dn,
+                Scope::Base,
+                "(objectClass=*)",
+                vec![request.clone()],
+            )
+            .await
+            .map_err(|e| cut_short(e.to_string()))?;
+        let (entries, result) = (result.0, result.1);
+        if result.rc != RC_SUCCESS {
+            return Err(cut_short(format!(
+                "result code {} {}",
+                result.rc, result.text
+            )));
+        }
+        let next = entries
+            .into_iter()
+            .find_map(decode_entry)
+            .ok_or_else(|| cut_short("the entry disappeared during ranged retrieval".into()))?;
+        let (next_key, next_values) = next
+            .attrs
+            .into_iter()
+            .find(|(k, _)| is_range_of(k, attribute))
+            .ok_or_else(|| cut_short(format!("no values returned for {request}")))?;
+        let next_range = parse_range(&next_key)
+            .ok_or_else(|| cut_short(format!("unreadable range {next_key}")))?;
+        if next_range.0 != end + 1 {
+            return Err(cut_short(format!("asked for {request}, got {next_key}")));
+        }
+        values.extend(next_values);
+        range = next_range;
+    }
+    entry.attrs.insert(attribute.to_string(), values);
+    Ok(())
+}
+
+/// Decodes a SearchResultEntry (`[APPLICATION 4] { objectName, attributes }`) without panicking.
+fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
+    let tag: StructureTag = entry.0;
+    if tag.id != 4 {
+        return None;
+    }
+    let PL::C(mut parts) = tag.payload else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let attributes = parts.pop()?;
+    let dn = match parts.pop()?.payload {
+        PL::P(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        PL::C(_) => return None,
+    };
+    let PL::C(attributes) = attributes.payload else {
+        return None;
+    };
+    let mut attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::with_capacity(attributes.len());
+    for attribute in attributes {
+        let PL::C(mut pair) = attribute.payload else {
+            return None;
+        };
+        if pair.len() != 2 {
+            return None;
+        }
+        let values = pair.pop()?;
+        let name = match pair.pop()?.payload {
+            PL::P(bytes) => String::from_utf8_lossy(&bytes).to_ascii_lowercase(),
+            PL::C(_) => return None,
+        };
+        let PL::C(values) = values.payload else {
+            return None;
+        };
+        let values = values
+            .into_iter()
+            .filter_map(|v| match v.payload {
+                PL::P(bytes) => Some(bytes),
+                PL::C(_) => None,
+            })
+            .collect();
+        attrs.insert(name, values);
+    }
+    Some(RawEntry { dn, attrs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("member;range=0-1499"), Some((0, Some(1499))));
+        assert_eq!(parse_range("member;range=1500-*"), Some((1500, None)));
+        assert_eq!(parse_range("member;range=x-1"), None);
+        assert!(is_range_of("member;range=0-1499", "member"));
+        assert!(!is_range_of("memberof", "member"));
+    }
+}

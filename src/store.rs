@@ -1,0 +1,769 @@
+//! The state file (SQLite): versioned migrations, the directory snapshot, one ledger per sink, cursors and run history.
+//!
+//! This is the only module that touches SQLite. The file is locked (flock) for the lifetime of
+//! the process that opened it, so a second `sync` or `daemon` fails fast. Writes are batched:
+//! one transaction per recorded operation or chunk, one for the whole snapshot.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use serde::Serialize;
+
+use crate::directory::Directory;
+use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
+use crate::plan::{GroupSpec, MemberRef, Summary};
+
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    r#"
+CREATE TABLE snapshot_scope (
+    scope TEXT PRIMARY KEY,
+    entries INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    read_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE snapshot_users (
+    id TEXT PRIMARY KEY, dn TEXT NOT NULL, username TEXT NOT NULL, email TEXT
+) WITHOUT ROWID;
+CREATE TABLE snapshot_groups (
+    id TEXT PRIMARY KEY, dn TEXT NOT NULL, name TEXT NOT NULL, description TEXT
+) WITHOUT ROWID;
+CREATE TABLE snapshot_members (
+    group_id TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE ledger_groups (
+    sink TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    target_id TEXT,
+    name TEXT NOT NULL,
+    description TEXT,
+    dn TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (sink, source_id)
+) WITHOUT ROWID;
+CREATE TABLE ledger_members (
+    sink TEXT NOT NULL,
+    group_source_id TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    email TEXT,
+    dn TEXT NOT NULL,
+    target_id TEXT,
+    PRIMARY KEY (sink, group_source_id, user_source_id)
+) WITHOUT ROWID;
+CREATE TABLE sink_cursors (
+    sink TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    mode TEXT NOT NULL,
+    result TEXT,
+    error TEXT
+);
+CREATE TABLE run_sinks (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    sink TEXT NOT NULL,
+    result TEXT NOT NULL,
+    planned TEXT NOT NULL,
+    applied TEXT NOT NULL,
+    failed INTEGER NOT NULL,
+    unmapped INTEGER NOT NULL,
+    error TEXT,
+    PRIMARY KEY (run_id, sink)
+);
+"#,
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "state file {path} is in use by another ldapsync process (a running daemon or sync); only one may use it at a time"
+    )]
+    Locked { path: String },
+    #[error("state file {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("state file {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// How a sink fared in one run, as recorded in the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkRunRecord {
+    pub sink: String,
+    pub result: String,
+    pub planned: Summary,
+    pub applied: Summary,
+    pub failed: u64,
+    pub unmapped: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub mode: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub sinks: Vec<SinkRunRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerCounts {
+    pub sink: String,
+    pub groups: u64,
+    pub pending_creates: u64,
+    pub memberships: u64,
+    pub cursor_updated_at: Option<String>,
+}
+
+/// Counts of the last complete read of a scope, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRecord {
+    pub entries: u64,
+    pub source: String,
+}
+
+pub struct Store {
+    // Field order matters: the connection must close before the lock file descriptor.
+    conn: Connection,
+    _lock: File,
+    path: PathBuf,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the state file, holding it exclusively.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                message: format!("cannot create directory {}: {e}", parent.display()),
+            })?;
+        }
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        lock_exclusive(&lock, &shown)?;
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        let sql = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                message: format!("schema migration failed: {e}"),
+            })?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Store {
+            conn,
+            _lock: lock,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing state file without writing to it (dry run, `status`).
+    /// Returns `None` when the file does not exist yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
+        let shown = path.display().to_string();
+        let lock = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: shown,
+                    message: e.to_string(),
+                });
+            }
+        };
+        lock_exclusive(&lock, &shown)?;
+        if lock.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| StoreError::Sqlite {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        let store = Store {
+            conn,
+            _lock: lock,
+            path: path.to_path_buf(),
+        };
+        let pending = Migrations::from_slice(MIGRATIONS)
+            .pending_migrations(&store.conn)
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        if pending > 0 {
+            return Err(StoreError::Open {
+                path: shown,
+                message:
+                    "the schema is older than this ldapsync; run a real sync once to migrate it"
+                        .into(),
+            });
+        }
+        Ok(Some(store))
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Everything recorded for one sink.
+    pub fn load_ledger(&self, sink: &str) -> Result<Ledger, StoreError> {
+        let err = self.err();
+        let mut groups: BTreeMap<String, LedgerGroup> = BTreeMap::new();
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT source_id, target_id, name, description, dn FROM ledger_groups WHERE sink = ?1",
+            )
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([sink], |row| {
+                Ok(LedgerGroup {
+                    source_id: row.get(0)?,
+                    target_id: row.get(1)?,
+                    name: row.get(2)?,
+                    description: row.get(3)?,
+                    dn: row.get(4)?,
+                    members: BTreeMap::new(),
+                })
+            })
+            .map_err(&err)?;
+        for row in rows {
+            let group = row.map_err(&err)?;
+            groups.insert(group.source_id.clone(), group);
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT group_source_id, user_source_id, username, email, dn, target_id FROM ledger_members WHERE sink = ?1",
+            )
+            .map_err(&err)?;
+        let mut rows = statement.query([sink]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let group_id: String = row.get(0).map_err(&err)?;
+            if let Some(group) = groups.get_mut(&group_id) {
+                group.members.insert(
+                    row.get(1).map_err(&err)?,
+                    LedgerMember {
+                        username: row.get(2).map_err(&err)?,
+                        email: row.get(3).map_err(&err)?,
+                        dn: row.get(4).map_err(&err)?,
+                        target_id: row.get(5).map_err(&err)?,
+                    },
+                );
+            }
+        }
+        let cursor = self
+            .conn
+            .query_row(
+                "SELECT cursor FROM sink_cursors WHERE sink = ?1",
+                [sink],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(&err)?;
+        Ok(Ledger { groups, cursor })
+    }
+
+    /// Records that a create is about to be sent (DESIGN.md §4.4), unless the group is recorded already.
+    pub fn record_intent(&self, sink: &str, group: &GroupSpec) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO ledger_groups (sink, source_id, target_id, name, description, dn, updated_at)
+                 VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6) ON CONFLICT (sink, source_id) DO NOTHING",
+                params![sink, group.source_id, group.name, group.description, group.dn, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records a group as present in the target with `target_id` and the spec's attributes.
+    pub fn record_group(
+        &self,
+        sink: &str,
+        group: &GroupSpec,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO ledger_groups (sink, source_id, target_id, name, description, dn, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (sink, source_id) DO UPDATE SET target_id = excluded.target_id,
+                   name = excluded.name, description = excluded.description, dn = excluded.dn,
+                   updated_at = excluded.updated_at",
+                params![sink, group.source_id, target_id, group.name, group.description, group.dn, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Forgets a group (and its members) after it was deleted in the target.
+    pub fn record_deleted(&mut self, sink: &str, source_id: &str) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
+            params![sink, source_id],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "DELETE FROM ledger_groups WHERE sink = ?1 AND source_id = ?2",
+            params![sink, source_id],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Records members as present in a group, in one transaction.
+    pub fn record_members_added(
+        &mut self,
+        sink: &str,
+        group_source_id: &str,
+        members: &[MemberRef],
+    ) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut statement = tx
+                .prepare_cached(
+                    "INSERT INTO ledger_members (sink, group_source_id, user_source_id, username, email, dn, target_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT DO UPDATE SET username = excluded.username, email = excluded.email,
+                       dn = excluded.dn, target_id = excluded.target_id",
+                )
+                .map_err(err)?;
+            for m in members {
+                statement
+                    .execute(params![
+                        sink,
+                        group_source_id,
+                        m.source_id,
+                        m.username,
+                        m.email,
+                        m.dn,
+                        m.target_id
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Records members as gone from a group, in one transaction.
+    pub fn record_members_removed(
+        &mut self,
+        sink: &str,
+        group_source_id: &str,
+        user_source_ids: &[&str],
+    ) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut statement = tx
+                .prepare_cached(
+                    "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2 AND user_source_id = ?3",
+                )
+                .map_err(err)?;
+            for id in user_source_ids {
+                statement
+                    .execute(params![sink, group_source_id, id])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Stores a sink's cursor/token; called only after its whole plan was applied.
+    pub fn set_cursor(&self, sink: &str, cursor: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sink_cursors (sink, cursor, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sink) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                params![sink, cursor, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The last complete read of a scope (`users` / `groups`).
+    pub fn scope(&self, scope: &str) -> Result<Option<ScopeRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT entries, source FROM snapshot_scope WHERE scope = ?1",
+                [scope],
+                |row| {
+                    Ok(ScopeRecord {
+                        entries: row.get::<_, i64>(0)? as u64,
+                        source: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Replaces the snapshot with a complete read, in one transaction.
+    pub fn save_snapshot(&mut self, directory: &Directory, source: &str) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute_batch("DELETE FROM snapshot_members; DELETE FROM snapshot_groups; DELETE FROM snapshot_users;")
+            .map_err(err)?;
+        {
+            let mut users = tx
+                .prepare_cached(
+                    "INSERT INTO snapshot_users (id, dn, username, email) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            for u in &directory.users {
+                users
+                    .execute(params![u.id, u.dn, u.username, u.email])
+                    .map_err(err)?;
+            }
+            let mut groups = tx
+                .prepare_cached("INSERT INTO snapshot_groups (id, dn, name, description) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(err)?;
+            let mut members = tx
+                .prepare_cached("INSERT INTO snapshot_members (group_id, user_id) VALUES (?1, ?2)")
+                .map_err(err)?;
+            for g in &directory.groups {
+                groups
+                    .execute(params![g.id, g.dn, g.name, g.description])
+                    .map_err(err)?;
+                for &m in &g.members {
+                    members
+                        .execute(params![g.id, directory.user(m).id])
+                        .map_err(err)?;
+                }
+            }
+            let mut scope = tx
+                .prepare_cached(
+                    "INSERT INTO snapshot_scope (scope, entries, source, read_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (scope) DO UPDATE SET entries = excluded.entries, source = excluded.source,
+                       read_at = excluded.read_at",
+                )
+                .map_err(err)?;
+            let read_at = now();
+            scope
+                .execute(params![
+                    "users",
+                    directory.users.len() as i64,
+                    source,
+                    read_at
+                ])
+                .map_err(err)?;
+            scope
+                .execute(params![
+                    "groups",
+                    directory.groups.len() as i64,
+                    source,
+                    read_at
+                ])
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Starts a run in the history and returns its id.
+    pub fn begin_run(&self, mode: &str) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (started_at, mode) VALUES (?1, ?2)",
+                params![now(), mode],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Closes a run with its overall result and per-sink records.
+    pub fn finish_run(
+        &mut self,
+        run_id: i64,
+        result: &str,
+        error: Option<&str>,
+        sinks: &[SinkRunRecord],
+    ) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE runs SET finished_at = ?2, result = ?3, error = ?4 WHERE id = ?1",
+            params![run_id, now(), result, error],
+        )
+        .map_err(err)?;
+        for s in sinks {
+            tx.execute(
+                "INSERT OR REPLACE INTO run_sinks (run_id, sink, result, planned, applied, failed, unmapped, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    run_id,
+                    s.sink,
+                    s.result,
+                    serde_json::to_string(&s.planned).unwrap_or_default(),
+                    serde_json::to_string(&s.applied).unwrap_or_default(),
+                    s.failed as i64,
+                    s.unmapped as i64,
+                    s.error
+                ],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The most recent runs, newest first.
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let err = self.err();
+        let mut statement = self
+            .conn
+            .prepare("SELECT id, started_at, finished_at, mode, result, error FROM runs ORDER BY id DESC LIMIT ?1")
+            .map_err(&err)?;
+        let runs = statement
+            .query_map([limit as i64], |row| {
+                Ok(RunRecord {
+                    id: row.get(0)?,
+                    started_at: row.get(1)?,
+                    finished_at: row.get(2)?,
+                    mode: row.get(3)?,
+                    result: row.get(4)?,
+                    error: row.get(5)?,
+                    sinks: Vec::new(),
+                })
+            })
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT sink, result, planned, applied, failed, unmapped, error FROM run_sinks WHERE run_id = ?1 ORDER BY sink",
+            )
+            .map_err(&err)?;
+        let mut out = Vec::with_capacity(runs.len());
+        for mut run in runs {
+            run.sinks = statement
+                .query_map([run.id], |row| {
+                    let planned: String = row.get(2)?;
+                    let applied: String = row.get(3)?;
+                    Ok(SinkRunRecord {
+                        sink: row.get(0)?,
+                        result: row.get(1)?,
+                        planned: parse_summary(&planned),
+                        applied: parse_summary(&applied),
+                        failed: row.get::<_, i64>(4)? as u64,
+                        unmapped: row.get::<_, i64>(5)? as u64,
+                        error: row.get(6)?,
+                    })
+                })
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            out.push(run);
+        }
+        Ok(out)
+    }
+
+    /// Per-sink ledger sizes and cursor times.
+    pub fn ledger_counts(&self) -> Result<Vec<LedgerCounts>, StoreError> {
+        let err = self.err();
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT s.sink,
+                   (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NOT NULL),
+                   (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NULL),
+                   (SELECT COUNT(*) FROM ledger_members m WHERE m.sink = s.sink),
+                   (SELECT updated_at FROM sink_cursors c WHERE c.sink = s.sink)
+                 FROM (SELECT sink FROM ledger_groups UNION SELECT sink FROM sink_cursors
+                       UNION SELECT sink FROM run_sinks) s ORDER BY s.sink",
+            )
+            .map_err(&err)?;
+        statement
+            .query_map([], |row| {
+                Ok(LedgerCounts {
+                    sink: row.get(0)?,
+                    groups: row.get::<_, i64>(1)? as u64,
+                    pending_creates: row.get::<_, i64>(2)? as u64,
+                    memberships: row.get::<_, i64>(3)? as u64,
+                    cursor_updated_at: row.get(4)?,
+                })
+            })
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)
+    }
+}
+
+fn parse_summary(text: &str) -> Summary {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Stored {
+        create: u64,
+        update: u64,
+        delete: u64,
+        member_add: u64,
+        member_remove: u64,
+    }
+    let s: Stored = serde_json::from_str(text).unwrap_or_default();
+    Summary {
+        create: s.create,
+        update: s.update,
+        delete: s.delete,
+        member_add: s.member_add,
+        member_remove: s.member_remove,
+    }
+}
+
+fn lock_exclusive(file: &File, shown: &str) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path: shown.into() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Open {
+            path: shown.into(),
+            message: format!("cannot lock: {e}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, name: &str) -> GroupSpec {
+        GroupSpec {
+            source_id: id.into(),
+            name: name.into(),
+            description: None,
+            dn: format!("cn={name}"),
+            target_id: None,
+        }
+    }
+
+    #[test]
+    fn ledger_round_trip_and_intents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut store = Store::open(&path).unwrap();
+        store.record_intent("s", &spec("g1", "a")).unwrap();
+        assert_eq!(store.load_ledger("s").unwrap().groups["g1"].target_id, None);
+        store.record_group("s", &spec("g1", "a"), "T1").unwrap();
+        store.record_intent("s", &spec("g1", "a")).unwrap();
+        let member = MemberRef {
+            source_id: "u1".into(),
+            username: "alice".into(),
+            email: None,
+            dn: "uid=alice".into(),
+            target_id: Some("TU1".into()),
+        };
+        store.record_members_added("s", "g1", &[member]).unwrap();
+        let ledger = store.load_ledger("s").unwrap();
+        assert_eq!(ledger.groups["g1"].target_id.as_deref(), Some("T1"));
+        assert_eq!(
+            ledger.groups["g1"].members["u1"].target_id.as_deref(),
+            Some("TU1")
+        );
+        assert!(store.load_ledger("other").unwrap().groups.is_empty());
+        store.record_members_removed("s", "g1", &["u1"]).unwrap();
+        store.set_cursor("s", "tok").unwrap();
+        let ledger = store.load_ledger("s").unwrap();
+        assert!(ledger.groups["g1"].members.is_empty());
+        assert_eq!(ledger.cursor.as_deref(), Some("tok"));
+        store.record_deleted("s", "g1").unwrap();
+        assert!(store.load_ledger("s").unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn a_second_open_fails_fast_and_read_only_sees_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        assert!(Store::open_read_only(&path).unwrap().is_none());
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in use by another ldapsync process")
+        );
+    }
+
+    #[test]
+    fn runs_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let id = store.begin_run("sync").unwrap();
+        let record = SinkRunRecord {
+            sink: "s".into(),
+            result: "success".into(),
+            planned: Summary {
+                create: 2,
+                ..Summary::default()
+            },
+            applied: Summary::default(),
+            failed: 0,
+            unmapped: 1,
+            error: None,
+        };
+        store.finish_run(id, "success", None, &[record]).unwrap();
+        let runs = store.recent_runs(5).unwrap();
+        assert_eq!(runs[0].sinks[0].planned.create, 2);
+        assert_eq!(store.ledger_counts().unwrap()[0].sink, "s");
+    }
+}

@@ -1,0 +1,214 @@
+//! Telemetry: tracing setup and the Prometheus registry with the metric families of DESIGN.md §5.
+//!
+//! One registry per process ([`metrics`]); the daemon serves it on `/metrics`.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric ldapsync exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub runs_total: IntCounterVec,
+    pub run_duration_seconds: Histogram,
+    pub ldap_entries_read_total: IntCounterVec,
+    pub planned_operations: IntGaugeVec,
+    pub applied_operations_total: IntCounterVec,
+    pub sink_request_duration_seconds: HistogramVec,
+    pub last_success_timestamp_seconds: GaugeVec,
+    pub safety_holds_total: IntCounterVec,
+    pub safety_hold_active: IntGaugeVec,
+    pub unmapped_members: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
+    pub skipped_ticks_total: prometheus::IntCounter,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let runs_total = IntCounterVec::new(
+        Opts::new(
+            "ldapsync_runs_total",
+            "Sync runs by result (success, failure, held).",
+        ),
+        &["result"],
+    )?;
+    let run_duration_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "ldapsync_run_duration_seconds",
+            "Wall time of a whole sync run.",
+        )
+        .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+    )?;
+    let ldap_entries_read_total = IntCounterVec::new(
+        Opts::new(
+            "ldapsync_ldap_entries_read_total",
+            "Directory entries read, by kind (user, group).",
+        ),
+        &["kind"],
+    )?;
+    let planned_operations = IntGaugeVec::new(
+        Opts::new(
+            "ldapsync_planned_operations",
+            "Operations in the latest plan per sink (memberships for member ops).",
+        ),
+        &["sink", "op"],
+    )?;
+    let applied_operations_total = IntCounterVec::new(
+        Opts::new(
+            "ldapsync_applied_operations_total",
+            "Operations applied to sinks, by result.",
+        ),
+        &["sink", "op", "result"],
+    )?;
+    let sink_request_duration_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "ldapsync_sink_request_duration_seconds",
+            "HTTP request latency per sink.",
+        )
+        .buckets(vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]),
+        &["sink"],
+    )?;
+    let last_success_timestamp_seconds = GaugeVec::new(
+        Opts::new(
+            "ldapsync_last_success_timestamp_seconds",
+            "Unix time of the last successful run per sink.",
+        ),
+        &["sink"],
+    )?;
+    let safety_holds_total = IntCounterVec::new(
+        Opts::new(
+            "ldapsync_safety_holds_total",
+            "Runs held by the safety thresholds per sink.",
+        ),
+        &["sink"],
+    )?;
+    let safety_hold_active = IntGaugeVec::new(
+        Opts::new(
+            "ldapsync_safety_hold_active",
+            "1 while the latest run of a sink was held.",
+        ),
+        &["sink"],
+    )?;
+    let unmapped_members = IntGaugeVec::new(
+        Opts::new(
+            "ldapsync_unmapped_members",
+            "Members skipped in the latest run because no target user matched.",
+        ),
+        &["sink"],
+    )?;
+    let config_reloads_total = IntCounterVec::new(
+        Opts::new(
+            "ldapsync_config_reloads_total",
+            "Configuration reloads (SIGHUP) by result.",
+        ),
+        &["result"],
+    )?;
+    let skipped_ticks_total = prometheus::IntCounter::new(
+        "ldapsync_skipped_ticks_total",
+        "Scheduled ticks skipped because a run was still in progress.",
+    )?;
+    let build_info = IntGaugeVec::new(
+        Opts::new("ldapsync_build_info", "Build information; always 1."),
+        &["version"],
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    registry.register(Box::new(runs_total.clone()))?;
+    registry.register(Box::new(run_duration_seconds.clone()))?;
+    registry.register(Box::new(ldap_entries_read_total.clone()))?;
+    registry.register(Box::new(planned_operations.clone()))?;
+    registry.register(Box::new(applied_operations_total.clone()))?;
+    registry.register(Box::new(sink_request_duration_seconds.clone()))?;
+    registry.register(Box::new(last_success_timestamp_seconds.clone()))?;
+    registry.register(Box::new(safety_holds_total.clone()))?;
+    registry.register(Box::new(safety_hold_active.clone()))?;
+    registry.register(Box::new(unmapped_members.clone()))?;
+    registry.register(Box::new(config_reloads_total.clone()))?;
+    registry.register(Box::new(skipped_ticks_total.clone()))?;
+    registry.register(Box::new(build_info))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    for result in ["success", "failure", "held"] {
+        runs_total.with_label_values(&[result]);
+    }
+    Ok(Metrics {
+        registry,
+        runs_total,
+        run_duration_seconds,
+        ldap_entries_read_total,
+        planned_operations,
+        applied_operations_total,
+        sink_request_duration_seconds,
+        last_success_timestamp_seconds,
+        safety_holds_total,
+        safety_hold_active,
+        unmapped_members,
+        config_reloads_total,
+        skipped_ticks_total,
+    })
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    // Registration only fails on duplicate or malformed names, which are constants above.
+    METRICS.get_or_init(|| build().expect("metric definitions are valid"))
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut buffer = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&metrics().registry.gather(), &mut buffer) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the tracing subscriber: stderr, `RUST_LOG`-style filter (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_family_is_rendered_with_the_prefix() {
+        super::metrics()
+            .safety_holds_total
+            .with_label_values(&["s"])
+            .inc();
+        let text = super::render();
+        for name in [
+            "ldapsync_runs_total",
+            "ldapsync_build_info",
+            "ldapsync_safety_holds_total",
+            "process_cpu_seconds_total",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+    }
+}
