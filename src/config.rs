@@ -770,3 +770,15 @@ path = "-"
         assert!(resolve_secret("k", None, Some(&dir.path().join("nope"))).is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn config_example_parses() {
+        let text = include_str!("../config.example.toml");
+        let config = super::Config::parse(text, std::path::Path::new("config.example.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.schedule.is_some());
+        assert!(config.sinks.len() >= 2);
+    }
+}

@@ -6,6 +6,7 @@
 //! duplicate group names deterministically and sorts everything so plans are reproducible.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -30,7 +31,7 @@ impl RawEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
-    pub id: String,
+    pub source_id: String,
     pub dn: String,
     pub username: String,
     pub email: Option<String>,
@@ -60,8 +61,8 @@ pub enum Flavor {
 /// A complete, consistent read of the configured scopes.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    /// Sorted by id.
-    pub users: Vec<User>,
+    /// Sorted by id; shared with plans so a million memberships do not copy user data.
+    pub users: Vec<Arc<User>>,
     /// Sorted by id.
     pub groups: Vec<Group>,
     pub flavor: Flavor,
@@ -70,7 +71,7 @@ pub struct Directory {
 }
 
 impl Directory {
-    pub fn user(&self, index: u32) -> &User {
+    pub fn user(&self, index: u32) -> &Arc<User> {
         &self.users[index as usize]
     }
     pub fn membership_count(&self) -> usize {
@@ -198,7 +199,7 @@ impl DirectoryBuilder {
             .entry(username.to_lowercase())
             .or_insert(index);
         self.users.push(User {
-            id,
+            source_id: id,
             dn: entry.dn.clone(),
             username,
             email,
@@ -284,15 +285,19 @@ impl DirectoryBuilder {
     pub fn finish(mut self) -> Directory {
         // Sort users by id and remap member indexes.
         let mut order: Vec<u32> = (0..self.users.len() as u32).collect();
-        order.sort_by(|&a, &b| self.users[a as usize].id.cmp(&self.users[b as usize].id));
+        order.sort_by(|&a, &b| {
+            self.users[a as usize]
+                .source_id
+                .cmp(&self.users[b as usize].source_id)
+        });
         let mut remap = vec![0u32; self.users.len()];
         for (new, &old) in order.iter().enumerate() {
             remap[old as usize] = new as u32;
         }
         let mut slots: Vec<Option<User>> = self.users.drain(..).map(Some).collect();
-        let users: Vec<User> = order
+        let users: Vec<Arc<User>> = order
             .iter()
-            .filter_map(|&old| slots[old as usize].take())
+            .filter_map(|&old| slots[old as usize].take().map(Arc::new))
             .collect();
 
         // Duplicate group ids, then duplicate names: keep the first by DN, report the rest.
@@ -509,7 +514,7 @@ mod tests {
     #[test]
     fn flatten_resolves_escaped_dns_and_survives_cycles() {
         let d = build(NestedMode::Flatten);
-        assert_eq!(d.users[0].id, "u1");
+        assert_eq!(d.users[0].source_id, "u1");
         let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
         let names: Vec<_> = outer
             .members

@@ -56,7 +56,7 @@ impl Ledger {
                     .map(|&index| {
                         let user = directory.user(index);
                         (
-                            user.id.clone(),
+                            user.source_id.clone(),
                             LedgerMember {
                                 username: user.username.clone(),
                                 email: user.email.clone(),

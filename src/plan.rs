@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::SafetyConfig;
-use crate::directory::{Directory, Group};
+use crate::directory::{Directory, Group, User};
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
+use std::sync::Arc;
 
 /// The group an operation concerns, with everything a sink needs to write it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,15 +25,29 @@ pub struct GroupSpec {
     pub target_id: Option<String>,
 }
 
-/// A user in a membership operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A user in a membership operation: the shared directory user (its fields are reachable
+/// directly, `member.username`) plus the target's user id when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRef {
-    pub source_id: String,
-    pub username: String,
-    pub email: Option<String>,
-    pub dn: String,
+    pub user: Arc<User>,
     /// The target's user id recorded in the ledger, if any.
     pub target_id: Option<String>,
+}
+
+impl MemberRef {
+    pub fn new(user: Arc<User>) -> Self {
+        MemberRef {
+            user,
+            target_id: None,
+        }
+    }
+}
+
+impl std::ops::Deref for MemberRef {
+    type Target = User;
+    fn deref(&self) -> &User {
+        &self.user
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -246,10 +261,12 @@ fn spec_of_ledger(group: &LedgerGroup) -> GroupSpec {
 
 fn member_of_ledger(source_id: &str, member: &LedgerMember) -> MemberRef {
     MemberRef {
-        source_id: source_id.to_string(),
-        username: member.username.clone(),
-        email: member.email.clone(),
-        dn: member.dn.clone(),
+        user: Arc::new(User {
+            source_id: source_id.to_string(),
+            username: member.username.clone(),
+            email: member.email.clone(),
+            dn: member.dn.clone(),
+        }),
         target_id: member.target_id.clone(),
     }
 }
@@ -298,14 +315,8 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
         let mut added = Vec::new();
         for &index in &group.members {
             let user = directory.user(index);
-            if !recorded_members.contains_key(&user.id) {
-                added.push(MemberRef {
-                    source_id: user.id.clone(),
-                    username: user.username.clone(),
-                    email: user.email.clone(),
-                    dn: user.dn.clone(),
-                    target_id: None,
-                });
+            if !recorded_members.contains_key(&user.source_id) {
+                added.push(MemberRef::new(Arc::clone(user)));
             }
         }
         if !added.is_empty() {
@@ -318,7 +329,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
             let current: std::collections::HashSet<&str> = group
                 .members
                 .iter()
-                .map(|&i| directory.user(i).id.as_str())
+                .map(|&i| directory.user(i).source_id.as_str())
                 .collect();
             let removed: Vec<MemberRef> = recorded_members
                 .iter()
@@ -489,17 +500,18 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::User;
     use proptest::prelude::*;
 
     fn directory(groups: &[(&str, &str, &[u32])], users: u32) -> Directory {
         Directory {
             users: (0..users)
-                .map(|i| User {
-                    id: format!("u{i:03}"),
-                    dn: format!("uid=u{i},ou=p"),
-                    username: format!("user{i}"),
-                    email: None,
+                .map(|i| {
+                    Arc::new(User {
+                        source_id: format!("u{i:03}"),
+                        dn: format!("uid=u{i},ou=p"),
+                        username: format!("user{i}"),
+                        email: None,
+                    })
                 })
                 .collect(),
             groups: groups

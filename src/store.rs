@@ -472,7 +472,7 @@ impl Store {
                 .map_err(err)?;
             for u in &directory.users {
                 users
-                    .execute(params![u.id, u.dn, u.username, u.email])
+                    .execute(params![u.source_id, u.dn, u.username, u.email])
                     .map_err(err)?;
             }
             let mut groups = tx
@@ -487,7 +487,7 @@ impl Store {
                     .map_err(err)?;
                 for &m in &g.members {
                     members
-                        .execute(params![g.id, directory.user(m).id])
+                        .execute(params![g.id, directory.user(m).source_id])
                         .map_err(err)?;
                 }
             }
@@ -707,10 +707,12 @@ mod tests {
         store.record_group("s", &spec("g1", "a"), "T1").unwrap();
         store.record_intent("s", &spec("g1", "a")).unwrap();
         let member = MemberRef {
-            source_id: "u1".into(),
-            username: "alice".into(),
-            email: None,
-            dn: "uid=alice".into(),
+            user: std::sync::Arc::new(crate::directory::User {
+                source_id: "u1".into(),
+                username: "alice".into(),
+                email: None,
+                dn: "uid=alice".into(),
+            }),
             target_id: Some("TU1".into()),
         };
         store.record_members_added("s", "g1", &[member]).unwrap();

@@ -1,0 +1,156 @@
+//! The performance harness (a benchmark, not a test: `#[ignore]`, run by `scripts/bench.sh`).
+//!
+//! Loads 100,000 users, 10,000 groups and 1,000,000 memberships into a real slapd, then compares
+//! the wall time of `ldapsearch -E pr=1000/noprompt` reading the same entries and attributes with
+//! a cold `ldapsync sync --dry-run`, and reports ldapsync's peak RSS. Sizes can be scaled with
+//! LDAPSYNC_BENCH_USERS / LDAPSYNC_BENCH_GROUPS / LDAPSYNC_BENCH_MEMBERS_PER_GROUP.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+#[ignore = "benchmark: run scripts/bench.sh"]
+fn cold_dry_run_against_ldapsearch() {
+    let users = env_or("LDAPSYNC_BENCH_USERS", 100_000);
+    let groups = env_or("LDAPSYNC_BENCH_GROUPS", 10_000);
+    let per_group = env_or("LDAPSYNC_BENCH_MEMBERS_PER_GROUP", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let ldif_path = dir.path().join("bench.ldif");
+    let started = Instant::now();
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&ldif_path).unwrap());
+        for u in 0..users {
+            writeln!(
+                out,
+                "dn: uid=user{u:06},ou=People,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: user{u:06}\ncn: User {u}\nsn: {u}\nmail: user{u:06}@example.com\n"
+            )
+            .unwrap();
+        }
+        for g in 0..groups {
+            writeln!(out, "dn: cn=group{g:05},ou=Groups,dc=example,dc=com\nobjectClass: groupOfNames\ncn: group{g:05}\ndescription: benchmark group {g}").unwrap();
+            for m in 0..per_group {
+                let u = (g * 37 + m * 1009) % users;
+                writeln!(out, "member: uid=user{u:06},ou=People,dc=example,dc=com").unwrap();
+            }
+            writeln!(out).unwrap();
+        }
+    }
+    println!("generated LDIF in {:.1}s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let slapd = Slapd::start_with_ldif(ldif_path.as_path());
+    println!("slapadd + start in {:.1}s", started.elapsed().as_secs_f64());
+
+    let ldapsearch = |base: &str, filter: &str, attrs: &[&str]| {
+        let started = Instant::now();
+        let status = Command::new("ldapsearch")
+            .args([
+                "-x",
+                "-LLL",
+                "-H",
+                &slapd.url(),
+                "-D",
+                slapd.admin_dn(),
+                "-w",
+                slapd.admin_password(),
+            ])
+            .args(["-b", base, "-E", "pr=1000/noprompt", filter])
+            .args(attrs)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        started.elapsed()
+    };
+    // Warm the server's caches the same way for both contenders.
+    let _ = ldapsearch(
+        "ou=Groups,dc=example,dc=com",
+        "(objectClass=groupOfNames)",
+        &["entryUUID", "cn", "member", "description"],
+    );
+    let mut baseline = Duration::ZERO;
+    for _ in 0..2 {
+        let t = ldapsearch(
+            "ou=People,dc=example,dc=com",
+            "(objectClass=inetOrgPerson)",
+            &["entryUUID", "uid", "mail"],
+        ) + ldapsearch(
+            "ou=Groups,dc=example,dc=com",
+            "(objectClass=groupOfNames)",
+            &["entryUUID", "cn", "member", "description"],
+        );
+        baseline = if baseline.is_zero() {
+            t
+        } else {
+            baseline.min(t)
+        };
+    }
+
+    let config = write_file(
+        dir.path(),
+        "config.toml",
+        format!(
+            "[ldap]\nurl = \"{}\"\nbind_dn = \"{}\"\nbind_password = \"{}\"\npage_size = 1000\n\n[groups]\nbase_dn = \"ou=Groups,dc=example,dc=com\"\nfilter = \"(objectClass=groupOfNames)\"\n\n[users]\nbase_dn = \"ou=People,dc=example,dc=com\"\nfilter = \"(objectClass=inetOrgPerson)\"\n\n[state]\npath = \"{}\"\n\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"/dev/null\"\n",
+            slapd.url(),
+            slapd.admin_dn(),
+            slapd.admin_password(),
+            dir.path().join("state.db").display()
+        ),
+    );
+    let mut best = Duration::MAX;
+    let mut peak_kb = 0u64;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let out = Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg(ldapsync_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(["sync", "--dry-run"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert!(out.status.success(), "{}", out.describe());
+        assert!(
+            out.stdout_str().contains(&format!("{groups} create")),
+            "{}",
+            out.stdout_str()
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let kb: u64 = out
+            .stderr_str()
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Maximum resident set size (kbytes): ")
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        best = best.min(elapsed);
+        peak_kb = peak_kb.max(kb);
+    }
+    let ratio = best.as_secs_f64() / baseline.as_secs_f64();
+    println!(
+        "BENCH users={users} groups={groups} memberships={} ldapsearch={:.2}s ldapsync_dry_run={:.2}s ratio={ratio:.2} peak_rss={}MB",
+        groups * per_group,
+        baseline.as_secs_f64(),
+        best.as_secs_f64(),
+        peak_kb / 1024
+    );
+}
