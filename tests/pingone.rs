@@ -20,7 +20,8 @@ const POP_2: &str = "99999999-8888-7777-6666-000000000002";
 struct World {
     slapd: Slapd,
     emu: Emulator,
-    dir: TempDir,
+    /// Holds the config, secret and state files for the world's lifetime.
+    _dir: TempDir,
     config: PathBuf,
 }
 
@@ -82,7 +83,7 @@ type = "{sink_type}"
         World {
             slapd,
             emu,
-            dir,
+            _dir: dir,
             config,
         }
     }
@@ -184,7 +185,10 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
     assert_eq!(e["attributes"]["name"], "eng");
     assert_eq!(e["attributes"]["dn"], eng);
     assert_eq!(e["attributes"]["active"], true);
-    assert_eq!(sorted(&e["attributes"]["member"]), sorted(&json!([alice, bob])));
+    assert_eq!(
+        sorted(&e["attributes"]["member"]),
+        sorted(&json!([alice, bob]))
+    );
     assert_eq!(
         w.emu.state()["external_groups"][SYNC_ID][&ops_id]["name"],
         "ops"
@@ -202,7 +206,10 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
     assert_eq!(imports.len(), 2);
     let created = &imports[1];
     assert_eq!(created["startToken"], t1.as_str());
-    let t2 = created["nextToken"].as_str().expect("nextToken").to_string();
+    let t2 = created["nextToken"]
+        .as_str()
+        .expect("nextToken")
+        .to_string();
     assert_ne!(t1, t2);
     assert_eq!(created["groups"].as_array().map(Vec::len), Some(1));
     let q = group_in(created, &qa_id);
@@ -222,7 +229,10 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
     assert_eq!(p["operation"], "UPDATED");
     assert_eq!(p["attributes"]["name"], "platform");
     assert_eq!(p["attributes"]["dn"], platform);
-    assert_eq!(sorted(&p["attributes"]["member"]), sorted(&json!([alice, bob])));
+    assert_eq!(
+        sorted(&p["attributes"]["member"]),
+        sorted(&json!([alice, bob]))
+    );
 
     // Member add → UPDATED with the whole new list.
     w.slapd
@@ -237,13 +247,17 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
     );
 
     // Member remove → UPDATED with the whole new list.
-    w.slapd
-        .modify(&format!("dn: {platform}\ndelete: member\nmember: {alice}\n"));
+    w.slapd.modify(&format!(
+        "dn: {platform}\ndelete: member\nmember: {alice}\n"
+    ));
     w.sync_ok();
     let imports = w.imports();
     let p = group_in(&imports[4], &eng_id);
     assert_eq!(p["operation"], "UPDATED");
-    assert_eq!(sorted(&p["attributes"]["member"]), sorted(&json!([bob, carol])));
+    assert_eq!(
+        sorted(&p["attributes"]["member"]),
+        sorted(&json!([bob, carol]))
+    );
     assert_eq!(
         sorted(&w.emu.state()["external_groups"][SYNC_ID][&eng_id]["member"]),
         sorted(&json!([bob, carol]))
@@ -290,7 +304,10 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
 fn provisioning_sync_failed_cycle_keeps_the_token_and_the_next_run_resends() {
     let w = provisioning_world("batch_size = 1\n", &["--enforce-start-token"]);
     let users: Vec<String> = (0..4)
-        .map(|i| w.slapd.add_user(&format!("u{i}"), &format!("u{i}@example.com")))
+        .map(|i| {
+            w.slapd
+                .add_user(&format!("u{i}"), &format!("u{i}@example.com"))
+        })
         .collect();
     let groups: Vec<String> = (0..3)
         .map(|i| w.slapd.add_group(&format!("g{i}"), &[&users[0]]))
@@ -304,14 +321,20 @@ fn provisioning_sync_failed_cycle_keeps_the_token_and_the_next_run_resends() {
         w.slapd
             .modify(&format!("dn: {g}\nadd: member\nmember: {}\n", users[1]));
     }
-    w.emu
-        .admin_post("/faults", &json!({"fail_imports_after": 1, "fail_status": 500}));
+    w.emu.admin_post(
+        "/faults",
+        &json!({"fail_imports_after": 1, "fail_status": 500}),
+    );
     let out = w.sync(&[]);
     assert_ne!(out.code(), 0, "{}", out.describe());
     let all = format!("{}{}", out.stdout_str(), out.stderr_str());
     assert!(all.contains("sink \"p1\""), "{all}");
     assert!(all.contains("batch 2 of 3"), "{all}");
-    assert_eq!(w.stored_token().as_deref(), Some(t1.as_str()), "token not advanced");
+    assert_eq!(
+        w.stored_token().as_deref(),
+        Some(t1.as_str()),
+        "token not advanced"
+    );
     let imports = w.imports();
     assert_eq!(imports.len(), 4);
     assert_eq!(imports[3]["startToken"], t1.as_str());
@@ -327,7 +350,10 @@ fn provisioning_sync_failed_cycle_keeps_the_token_and_the_next_run_resends() {
         assert_eq!(import["startToken"], t1.as_str());
     }
     assert!(retry[0].get("nextToken").is_none());
-    let t2 = retry[1]["nextToken"].as_str().expect("nextToken").to_string();
+    let t2 = retry[1]["nextToken"]
+        .as_str()
+        .expect("nextToken")
+        .to_string();
     assert_eq!(w.stored_token().as_deref(), Some(t2.as_str()));
     let state = w.emu.state();
     for g in &groups {
@@ -355,7 +381,10 @@ fn provisioning_sync_dry_run_shows_batches_and_sends_nothing() {
     let preview = &report["sinks"][0]["preview"];
     let batches = preview["batches"].as_array().expect("batches");
     assert_eq!(batches.len(), 2, "{preview}");
-    assert_eq!(batches[0]["body"]["groups"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        batches[0]["body"]["groups"].as_array().map(Vec::len),
+        Some(2)
+    );
     assert!(batches[0]["body"].get("nextToken").is_none());
     assert!(batches[1]["body"]["nextToken"].is_string());
     assert_eq!(
@@ -388,10 +417,18 @@ fn provisioning_sync_retries_429_and_refreshes_an_expired_token() {
     let statuses: Vec<Value> = w
         .requests()
         .iter()
-        .filter(|r| r["path"].as_str().unwrap_or("").contains("provisioningSyncs"))
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap_or("")
+                .contains("provisioningSyncs")
+        })
         .map(|r| r["status"].clone())
         .collect();
-    assert_eq!(statuses, vec![json!(429), json!(429), json!(429), json!(200)]);
+    assert_eq!(
+        statuses,
+        vec![json!(429), json!(429), json!(429), json!(200)]
+    );
     assert!(w.stored_token().is_some());
 
     // A token that expires while the run waits out a 429 → 401 → one refresh → accepted.
@@ -415,7 +452,12 @@ fn provisioning_sync_retries_429_and_refreshes_an_expired_token() {
         .requests()
         .into_iter()
         .skip(requests_before)
-        .filter(|r| r["path"].as_str().unwrap_or("").contains("provisioningSyncs"))
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap_or("")
+                .contains("provisioningSyncs")
+        })
         .map(|r| r["status"].clone())
         .collect();
     assert_eq!(after, vec![json!(429), json!(401), json!(200)]);
@@ -451,7 +493,10 @@ fn provisioning_sync_unknown_sync_id_and_415_are_clear_errors() {
     let out = w.sync(&["--output", "json"]);
     assert_eq!(out.code(), 1, "{}", out.describe());
     let report: Value = serde_json::from_str(&out.stdout_str()).expect("JSON report");
-    let error = report["sinks"][0]["error"].as_str().expect("error").to_string();
+    let error = report["sinks"][0]["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
     assert!(error.contains("sink \"p1\""), "{error}");
     assert!(error.contains("HTTP 415"), "{error}");
     assert!(error.contains("content type"), "{error}");
@@ -471,7 +516,10 @@ fn token(emu: &Emulator) -> String {
         .into_body()
         .read_json()
         .expect("token response JSON");
-    body["access_token"].as_str().expect("access_token").to_string()
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
 }
 
 fn create_group(emu: &Emulator, body: Value) -> String {
@@ -554,7 +602,10 @@ fn groups_sink_create_rename_members_and_delete() {
     assert_eq!(found.len(), 1);
     let gid = found[0]["id"].as_str().unwrap().to_string();
     assert_eq!(found[0]["externalId"], eng_id.as_str());
-    assert_eq!(members(&state, &gid), ids(&pingone_users, &["alice", "bob"]));
+    assert_eq!(
+        members(&state, &gid),
+        ids(&pingone_users, &["alice", "bob"])
+    );
 
     // Rename (modrdn) → PUT on the same group.
     w.slapd.modify(&format!(
@@ -575,7 +626,10 @@ fn groups_sink_create_rename_members_and_delete() {
     ));
     w.sync_ok();
     let state = w.emu.state();
-    assert_eq!(members(&state, &gid), ids(&pingone_users, &["bob", "carol"]));
+    assert_eq!(
+        members(&state, &gid),
+        ids(&pingone_users, &["bob", "carol"])
+    );
 
     // Delete.
     w.slapd.delete(&[&platform]);
@@ -620,16 +674,16 @@ fn groups_sink_adopts_on_uniqueness_conflict_following_pages() {
     assert_eq!(groups_named(&state, "eng").len(), 2, "no duplicate created");
     assert_eq!(members(&state, &existing), ids(&pingone_users, &["alice"]));
     assert!(members(&state, &other).is_empty());
-    let paged = w
-        .requests()
-        .iter()
-        .any(|r| r["path"].as_str().unwrap_or("").ends_with("/groups")
-            && r["query"].as_str().unwrap_or("").contains("cursor="));
+    let paged = w.requests().iter().any(|r| {
+        r["path"].as_str().unwrap_or("").ends_with("/groups")
+            && r["query"].as_str().unwrap_or("").contains("cursor=")
+    });
     assert!(paged, "followed _links.next");
-    let conflict = w
-        .requests()
-        .iter()
-        .any(|r| r["method"] == "POST" && r["path"].as_str().unwrap_or("").ends_with("/groups") && r["status"] == 400);
+    let conflict = w.requests().iter().any(|r| {
+        r["method"] == "POST"
+            && r["path"].as_str().unwrap_or("").ends_with("/groups")
+            && r["status"] == 400
+    });
     assert!(conflict, "the create met the uniqueness violation");
 
     // Adopted: a second run has nothing to do and later changes go to the adopted group.
@@ -640,7 +694,12 @@ fn groups_sink_adopts_on_uniqueness_conflict_following_pages() {
 #[test]
 fn groups_sink_adopts_on_409_and_treats_duplicate_memberships_as_done() {
     let w = World::new(
-        &["--uniqueness-status", "409", "--duplicate-membership", "409"],
+        &[
+            "--uniqueness-status",
+            "409",
+            "--duplicate-membership",
+            "409",
+        ],
         "pingone_groups",
         "user_match = \"email\"\n",
     );

@@ -184,7 +184,11 @@ impl PingOneGroupsSink {
                 "groups",
             )
             .await?;
-        if let Some(found) = by_external_id.iter().filter(|g| self.adoptable(g)).find_map(id_of) {
+        if let Some(found) = by_external_id
+            .iter()
+            .filter(|g| self.adoptable(g))
+            .find_map(id_of)
+        {
             return Ok(Some(found));
         }
         let by_name = self
@@ -384,7 +388,11 @@ impl PingOneGroupsSink {
             return Ok(Some(id.clone()));
         }
         let found = self
-            .list_all("/users", &format!("{attribute} eq {}", quote(&value)), "users")
+            .list_all(
+                "/users",
+                &format!("{attribute} eq {}", quote(&value)),
+                "users",
+            )
             .await?;
         let ids: Vec<&str> = found
             .iter()
@@ -428,7 +436,12 @@ impl PingOneGroupsSink {
                     continue;
                 }
                 Err(e) => {
-                    recorder.failed(OpKind::MemberAdd, group, format!("{}: {e}", member.username), 1);
+                    recorder.failed(
+                        OpKind::MemberAdd,
+                        group,
+                        format!("{}: {e}", member.username),
+                        1,
+                    );
                     continue;
                 }
             };
@@ -449,9 +462,12 @@ impl PingOneGroupsSink {
                     format!("{}: {}", member.username, r.into_error()),
                     1,
                 ),
-                Err(e) => {
-                    recorder.failed(OpKind::MemberAdd, group, format!("{}: {e}", member.username), 1)
-                }
+                Err(e) => recorder.failed(
+                    OpKind::MemberAdd,
+                    group,
+                    format!("{}: {e}", member.username),
+                    1,
+                ),
             }
         }
         recorder.members_added(group, &done)

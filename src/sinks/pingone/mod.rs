@@ -133,11 +133,7 @@ impl Connection<'_> {
     }
 
     pub fn client_secret(&self) -> Result<Secret, SecretError> {
-        resolve_secret(
-            "client_secret",
-            self.client_secret,
-            self.client_secret_file,
-        )
+        resolve_secret("client_secret", self.client_secret, self.client_secret_file)
     }
 
     /// The management API base URL, without a trailing slash (`…/v1`).

@@ -312,11 +312,7 @@ impl ProvisioningSyncConfig {
     }
 
     /// The request body of one batch.
-    fn batch_body(
-        cycle: &Cycle<'_>,
-        indices: &[usize],
-        next_token: Option<&str>,
-    ) -> Value {
+    fn batch_body(cycle: &Cycle<'_>, indices: &[usize], next_token: Option<&str>) -> Value {
         let groups: Vec<Value> = indices
             .iter()
             .filter_map(|&i| cycle.entries.get(i).map(|e| e.body.clone()))
@@ -665,8 +661,10 @@ max_batch_bytes = {max_batch_bytes}
         assert!(body["attributes"].get("objectguid").is_none());
         assert_eq!(cycle.entries[0].ops.len(), 2);
 
-        let mut ledger = Ledger::default();
-        ledger.cursor = Some("T1".into());
+        let ledger = Ledger {
+            cursor: Some("T1".into()),
+            ..Ledger::default()
+        };
         let cycle = c.cycle(&plan, &ledger, false);
         assert!(!cycle.full);
         assert_eq!(cycle.start_token.as_deref(), Some("T1"));
@@ -679,8 +677,10 @@ max_batch_bytes = {max_batch_bytes}
 
     #[test]
     fn updates_carry_full_members_and_deletes_the_last_known_attributes() {
-        let mut ledger = Ledger::default();
-        ledger.cursor = Some("T".into());
+        let mut ledger = Ledger {
+            cursor: Some("T".into()),
+            ..Ledger::default()
+        };
         ledger
             .groups
             .insert("g1".into(), ledger_group("g1", "eng", 3));
@@ -740,8 +740,10 @@ max_batch_bytes = {max_batch_bytes}
     #[test]
     fn a_group_too_big_for_one_body_is_rejected_not_truncated() {
         let c = config(2, 2048);
-        let mut ledger = Ledger::default();
-        ledger.cursor = Some("T".into());
+        let mut ledger = Ledger {
+            cursor: Some("T".into()),
+            ..Ledger::default()
+        };
         ledger
             .groups
             .insert("big".into(), ledger_group("big", "big", 100));
@@ -777,11 +779,8 @@ max_batch_bytes = {max_batch_bytes}
         assert_eq!(sent, 40);
         for (n, indices) in split.batches.iter().enumerate() {
             let last = n + 1 == split.batches.len();
-            let body = ProvisioningSyncConfig::batch_body(
-                &cycle,
-                indices,
-                last.then_some(token.as_str()),
-            );
+            let body =
+                ProvisioningSyncConfig::batch_body(&cycle, indices, last.then_some(token.as_str()));
             assert!(serde_json::to_vec(&body).unwrap().len() <= 4096);
         }
     }
