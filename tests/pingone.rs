@@ -725,3 +725,34 @@ fn groups_sink_adopts_on_409_and_treats_duplicate_memberships_as_done() {
     assert_eq!(members(&state, &existing), ids(&pingone_users, &["alice"]));
     w.sync_ok();
 }
+
+#[test]
+fn groups_sink_resumes_an_unconfirmed_create_by_external_id() {
+    let w = World::new(&[], "pingone_groups", "");
+    let pingone_users = add_users(&w.emu, &["alice"]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    let eng = w.slapd.add_group("eng", &[&alice]);
+    let eng_id = w.entry_uuid(&eng);
+
+    // The create fails (500 on a POST is not retried): only the intent is recorded.
+    w.emu
+        .admin_post("/faults", &json!({"fail_next": 1, "fail_status": 500}));
+    let out = w.sync(&[]);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(groups_named(&w.emu.state(), "eng").is_empty());
+
+    // As if the create had reached PingOne and only its answer was lost.
+    let gid = create_group(&w.emu, json!({"name": "eng", "externalId": eng_id}));
+    let before = w.requests().len();
+    w.sync_ok();
+    let requests = w.requests();
+    assert!(
+        !requests[before..]
+            .iter()
+            .any(|r| r["method"] == "POST" && r["path"].as_str().unwrap_or("").ends_with("/groups")),
+        "looked the group up instead of creating it again: {requests:?}"
+    );
+    let state = w.emu.state();
+    assert_eq!(groups_named(&state, "eng").len(), 1);
+    assert_eq!(members(&state, &gid), ids(&pingone_users, &["alice"]));
+}

@@ -311,3 +311,65 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().0, "environment_id");
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[ldap]
+ldif_file = "dir.ldif"
+
+[groups]
+base_dn = "ou=Groups,dc=example,dc=com"
+
+[users]
+base_dn = "ou=People,dc=example,dc=com"
+
+[state]
+path = "state.db"
+"#;
+
+    #[test]
+    fn both_sinks_parse_in_a_config_and_unknown_keys_name_the_line() {
+        let text = format!(
+            r#"{BASE}
+[[sinks]]
+name = "ping-import"
+type = "pingone_provisioning_sync"
+region = "eu"
+environment_id = "env"
+client_id = "c"
+client_secret = "env:PINGONE_SECRET"
+provisioning_sync_id = "sync"
+
+[[sinks]]
+name = "ping-groups"
+type = "pingone_groups"
+api_url = "http://127.0.0.1:1/v1"
+auth_url = "http://127.0.0.1:1"
+environment_id = "env"
+client_id = "c"
+client_secret = "s"
+user_match = "email"
+"#
+        );
+        let config = Config::parse(&text, Path::new("config.toml")).unwrap();
+        assert_eq!(config.sinks.len(), 2);
+        assert_eq!(
+            config.sinks[0].settings.type_name(),
+            "pingone_provisioning_sync"
+        );
+        assert_eq!(config.sinks[1].settings.type_name(), "pingone_groups");
+        assert_eq!(config.sinks[0].http_settings().rate_limit_per_second, 50);
+
+        let bad = format!("{text}bogus_key = 1\n");
+        let error = Config::parse(&bad, Path::new("config.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("config.toml:"), "{error}");
+        assert!(error.contains("bogus_key"), "{error}");
+    }
+}
