@@ -408,6 +408,12 @@ impl HttpClient {
             .json()
     }
 
+    /// Obtains (or reuses) the credential without sending an API request (`check --connect`
+    /// for targets without a harmless read).
+    pub async fn authenticate(&self) -> Result<(), HttpError> {
+        self.authorization(false).await.map(|_| ())
+    }
+
     fn observe(&self, elapsed: Duration, status: u16) {
         if let Some(observer) = &self.observer {
             observer(elapsed, status);

@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod http;
+pub mod pingone;
 pub mod scim;
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ use crate::store::{Store, StoreError};
 pub enum SinkSettings {
     File(file::FileConfig),
     Scim(scim::ScimConfig),
+    PingoneProvisioningSync(pingone::provisioning_sync::ProvisioningSyncConfig),
+    PingoneGroups(pingone::groups::PingOneGroupsConfig),
 }
 
 impl SinkSettings {
@@ -32,6 +35,8 @@ impl SinkSettings {
         match self {
             SinkSettings::File(_) => "file",
             SinkSettings::Scim(_) => "scim",
+            SinkSettings::PingoneProvisioningSync(_) => "pingone_provisioning_sync",
+            SinkSettings::PingoneGroups(_) => "pingone_groups",
         }
     }
 
@@ -40,6 +45,8 @@ impl SinkSettings {
         match self {
             SinkSettings::File(c) => c.validate(),
             SinkSettings::Scim(c) => c.validate(),
+            SinkSettings::PingoneProvisioningSync(c) => c.validate(),
+            SinkSettings::PingoneGroups(c) => c.validate(),
         }
     }
 
@@ -47,6 +54,8 @@ impl SinkSettings {
         match self {
             SinkSettings::File(_) => Ok(()),
             SinkSettings::Scim(c) => c.token().map(|_| ()),
+            SinkSettings::PingoneProvisioningSync(c) => c.client_secret().map(|_| ()),
+            SinkSettings::PingoneGroups(c) => c.client_secret().map(|_| ()),
         }
     }
 }
@@ -57,6 +66,14 @@ pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkEr
     Ok(match &config.settings {
         SinkSettings::File(c) => Box::new(file::FileSink::new(name, c.clone())),
         SinkSettings::Scim(c) => Box::new(scim::ScimSink::new(name, c, config.http_settings())?),
+        SinkSettings::PingoneProvisioningSync(c) => Box::new(
+            pingone::provisioning_sync::ProvisioningSyncSink::new(name, c, config.http_settings())?,
+        ),
+        SinkSettings::PingoneGroups(c) => Box::new(pingone::groups::PingOneGroupsSink::new(
+            name,
+            c,
+            config.http_settings(),
+        )?),
     })
 }
 

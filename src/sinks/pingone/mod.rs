@@ -1,0 +1,375 @@
+//! PingOne targets: shared connection settings (region → hosts, OAuth2 worker credentials) and the two sinks.
+//!
+//! * [`provisioning_sync`]: `type = "pingone_provisioning_sync"`, the external-group import
+//!   (`POST …/propagation/provisioningSyncs/{id}`) with start/next tokens.
+//! * [`groups`]: `type = "pingone_groups"`, the Platform Groups API with memberships.
+//!
+//! Both authenticate with OAuth2 client credentials against `{auth_url}/{environment_id}/as/token`
+//! through the shared [`HttpClient`](super::http::HttpClient) (token cached, refreshed once on 401,
+//! retries on 429/5xx honouring `Retry-After`, per-sink rate limit). What is known and UNCONFIRMED
+//! about these APIs is in `specs/pingone.md` and `docs/pingone.md`.
+
+pub mod groups;
+pub mod provisioning_sync;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::SinkError;
+use super::http::{Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod};
+use crate::config::{Secret, SecretError, resolve_secret};
+
+/// A PingOne region, by the top-level domain of its hosts (specs/pingone.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum Region {
+    /// North America (excluding Canada).
+    #[default]
+    #[serde(rename = "com")]
+    Com,
+    #[serde(rename = "ca")]
+    Ca,
+    #[serde(rename = "eu")]
+    Eu,
+    #[serde(rename = "com.au")]
+    ComAu,
+    #[serde(rename = "sg")]
+    Sg,
+    #[serde(rename = "asia")]
+    Asia,
+}
+
+impl Region {
+    pub fn tld(self) -> &'static str {
+        match self {
+            Region::Com => "com",
+            Region::Ca => "ca",
+            Region::Eu => "eu",
+            Region::ComAu => "com.au",
+            Region::Sg => "sg",
+            Region::Asia => "asia",
+        }
+    }
+
+    /// The management API base (`https://api.pingone.{tld}/v1`).
+    pub fn api_url(self) -> String {
+        format!("https://api.pingone.{}/v1", self.tld())
+    }
+
+    /// The auth host (`https://auth.pingone.{tld}`).
+    pub fn auth_url(self) -> String {
+        format!("https://auth.pingone.{}", self.tld())
+    }
+}
+
+/// The connection settings both PingOne sinks share (borrowed from each sink's config, whose
+/// keys are flat in the `[[sinks]]` table).
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    pub region: Option<Region>,
+    pub api_url: Option<&'a str>,
+    pub auth_url: Option<&'a str>,
+    pub environment_id: &'a str,
+    pub client_id: &'a str,
+    pub client_secret: Option<&'a str>,
+    pub client_secret_file: Option<&'a Path>,
+    pub token_auth: TokenAuthMethod,
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+impl Connection<'_> {
+    /// Checks the shared keys; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match (self.api_url, self.auth_url) {
+            (Some(_), None) => {
+                return Err((
+                    "api_url",
+                    "api_url needs auth_url too (or use region)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "auth_url",
+                    "auth_url needs api_url too (or use region)".into(),
+                ));
+            }
+            (Some(api), Some(auth)) => {
+                if self.region.is_some() {
+                    return Err((
+                        "region",
+                        "give region or api_url + auth_url, not both".into(),
+                    ));
+                }
+                for (key, url) in [("api_url", api), ("auth_url", auth)] {
+                    if !is_http_url(url) {
+                        return Err((key, format!("{url:?} must be an http(s) URL")));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if self.environment_id.trim().is_empty() {
+            return Err(("environment_id", "must not be empty".into()));
+        }
+        if self.environment_id.contains(['/', '?', '#']) {
+            return Err((
+                "environment_id",
+                "must be the environment's id, not a URL".into(),
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(("client_id", "must not be empty".into()));
+        }
+        if self.client_secret.is_none() && self.client_secret_file.is_none() {
+            return Err((
+                "client_secret",
+                "a client secret is required (client_secret or client_secret_file)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn client_secret(&self) -> Result<Secret, SecretError> {
+        resolve_secret("client_secret", self.client_secret, self.client_secret_file)
+    }
+
+    /// The management API base URL, without a trailing slash (`…/v1`).
+    pub fn api_url(&self) -> String {
+        self.api_url
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| self.region.unwrap_or_default().api_url())
+    }
+
+    /// The token endpoint: `{auth_url}/{environment_id}/as/token`.
+    pub fn token_url(&self) -> String {
+        let auth = self
+            .auth_url
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| self.region.unwrap_or_default().auth_url());
+        format!("{auth}/{}/as/token", self.environment_id)
+    }
+
+    /// `{api_url}/environments/{environment_id}`: the base of every request the sinks make.
+    pub fn environment_url(&self) -> String {
+        format!("{}/environments/{}", self.api_url(), self.environment_id)
+    }
+
+    /// An HTTP client for this environment, authenticated with OAuth2 client credentials.
+    pub fn http_client(&self, sink: &str, settings: HttpSettings) -> Result<HttpClient, SinkError> {
+        let secret = self.client_secret().map_err(|source| SinkError::Secret {
+            sink: sink.to_string(),
+            source,
+        })?;
+        let oauth = OAuthClient::new(
+            self.token_url(),
+            self.client_id.to_string(),
+            secret,
+            self.token_auth,
+            None,
+        );
+        HttpClient::new(&self.environment_url(), Auth::OAuth(oauth), settings).map_err(|source| {
+            SinkError::Http {
+                sink: sink.to_string(),
+                source,
+            }
+        })
+    }
+}
+
+/// Declares the connection keys shared by both PingOne sink configs (serde cannot combine
+/// `flatten` with `deny_unknown_fields`, so each config lists them itself).
+macro_rules! connection_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// `com` (default), `ca`, `eu`, `com.au`, `sg` or `asia`.
+            pub region: Option<$crate::sinks::pingone::Region>,
+            /// Explicit management API base (e.g. `https://api.pingone.eu/v1`); needs `auth_url`.
+            pub api_url: Option<String>,
+            /// Explicit auth host (e.g. `https://auth.pingone.eu`); needs `api_url`.
+            pub auth_url: Option<String>,
+            pub environment_id: String,
+            pub client_id: String,
+            pub client_secret: Option<String>,
+            pub client_secret_file: Option<std::path::PathBuf>,
+            /// How the client authenticates to the token endpoint: `basic` (default) or `post`.
+            #[serde(default)]
+            pub token_auth: $crate::sinks::http::TokenAuthMethod,
+            $($body)*
+        }
+
+        impl $name {
+            pub fn connection(&self) -> $crate::sinks::pingone::Connection<'_> {
+                $crate::sinks::pingone::Connection {
+                    region: self.region,
+                    api_url: self.api_url.as_deref(),
+                    auth_url: self.auth_url.as_deref(),
+                    environment_id: &self.environment_id,
+                    client_id: &self.client_id,
+                    client_secret: self.client_secret.as_deref(),
+                    client_secret_file: self.client_secret_file.as_deref(),
+                    token_auth: self.token_auth,
+                }
+            }
+
+            pub fn client_secret(&self) -> Result<$crate::config::Secret, $crate::config::SecretError> {
+                self.connection().client_secret()
+            }
+        }
+    };
+}
+pub(crate) use connection_fields;
+
+/// A SCIM-style filter string literal (JSON string syntax), as PingOne's `filter` expects.
+pub(crate) fn quote(value: &str) -> String {
+    serde_json::Value::String(value.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(region: Option<Region>) -> Connection<'static> {
+        Connection {
+            region,
+            api_url: None,
+            auth_url: None,
+            environment_id: "env-1",
+            client_id: "client",
+            client_secret: Some("s"),
+            client_secret_file: None,
+            token_auth: TokenAuthMethod::Basic,
+        }
+    }
+
+    #[test]
+    fn regions_map_to_api_and_auth_hosts() {
+        let cases = [
+            (None, "com"),
+            (Some(Region::Com), "com"),
+            (Some(Region::Ca), "ca"),
+            (Some(Region::Eu), "eu"),
+            (Some(Region::ComAu), "com.au"),
+            (Some(Region::Sg), "sg"),
+            (Some(Region::Asia), "asia"),
+        ];
+        for (region, tld) in cases {
+            let c = connection(region);
+            assert_eq!(c.api_url(), format!("https://api.pingone.{tld}/v1"));
+            assert_eq!(
+                c.token_url(),
+                format!("https://auth.pingone.{tld}/env-1/as/token")
+            );
+            assert_eq!(
+                c.environment_url(),
+                format!("https://api.pingone.{tld}/v1/environments/env-1")
+            );
+        }
+    }
+
+    #[test]
+    fn region_names_deserialize_as_documented() {
+        #[derive(Deserialize)]
+        struct T {
+            region: Region,
+        }
+        for (text, region) in [
+            ("com", Region::Com),
+            ("ca", Region::Ca),
+            ("eu", Region::Eu),
+            ("com.au", Region::ComAu),
+            ("sg", Region::Sg),
+            ("asia", Region::Asia),
+        ] {
+            let t: T = toml::from_str(&format!("region = {text:?}")).unwrap();
+            assert_eq!(t.region, region);
+        }
+        assert!(toml::from_str::<T>("region = \"us\"").is_err());
+    }
+
+    #[test]
+    fn explicit_urls_override_the_region_and_must_come_in_pairs() {
+        let mut c = connection(None);
+        c.api_url = Some("http://127.0.0.1:9/v1/");
+        c.auth_url = Some("http://127.0.0.1:9");
+        assert!(c.validate().is_ok());
+        assert_eq!(c.api_url(), "http://127.0.0.1:9/v1");
+        assert_eq!(c.token_url(), "http://127.0.0.1:9/env-1/as/token");
+        c.region = Some(Region::Eu);
+        assert_eq!(c.validate().unwrap_err().0, "region");
+        c.region = None;
+        c.auth_url = None;
+        assert_eq!(c.validate().unwrap_err().0, "api_url");
+        let mut c = connection(None);
+        c.client_secret = None;
+        assert_eq!(c.validate().unwrap_err().0, "client_secret");
+        let mut c = connection(None);
+        c.environment_id = "";
+        assert_eq!(c.validate().unwrap_err().0, "environment_id");
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[ldap]
+ldif_file = "dir.ldif"
+
+[groups]
+base_dn = "ou=Groups,dc=example,dc=com"
+
+[users]
+base_dn = "ou=People,dc=example,dc=com"
+
+[state]
+path = "state.db"
+"#;
+
+    #[test]
+    fn both_sinks_parse_in_a_config_and_unknown_keys_name_the_line() {
+        let text = format!(
+            r#"{BASE}
+[[sinks]]
+name = "ping-import"
+type = "pingone_provisioning_sync"
+region = "eu"
+environment_id = "env"
+client_id = "c"
+client_secret = "env:PINGONE_SECRET"
+provisioning_sync_id = "sync"
+
+[[sinks]]
+name = "ping-groups"
+type = "pingone_groups"
+api_url = "http://127.0.0.1:1/v1"
+auth_url = "http://127.0.0.1:1"
+environment_id = "env"
+client_id = "c"
+client_secret = "s"
+user_match = "email"
+"#
+        );
+        let config = Config::parse(&text, Path::new("config.toml")).unwrap();
+        assert_eq!(config.sinks.len(), 2);
+        assert_eq!(
+            config.sinks[0].settings.type_name(),
+            "pingone_provisioning_sync"
+        );
+        assert_eq!(config.sinks[1].settings.type_name(), "pingone_groups");
+        assert_eq!(config.sinks[0].http_settings().rate_limit_per_second, 50);
+
+        let bad = format!("{text}bogus_key = 1\n");
+        let error = Config::parse(&bad, Path::new("config.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("config.toml:"), "{error}");
+        assert!(error.contains("bogus_key"), "{error}");
+    }
+}

@@ -1,0 +1,758 @@
+//! End to end: a real slapd → the `ldapsync` binary → the PingOne emulator (tests/emulators/pingone.py),
+//! for both `pingone_provisioning_sync` and `pingone_groups`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const ENV_ID: &str = "11111111-2222-3333-4444-555555555555";
+const SYNC_ID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+const CLIENT_ID: &str = "ldapsync-client";
+const CLIENT_SECRET: &str = "s3cret-client";
+const POP_1: &str = "99999999-8888-7777-6666-000000000001";
+const POP_2: &str = "99999999-8888-7777-6666-000000000002";
+
+struct World {
+    slapd: Slapd,
+    emu: Emulator,
+    /// Holds the config, secret and state files for the world's lifetime.
+    _dir: TempDir,
+    config: PathBuf,
+}
+
+fn sink_common(emu: &Emulator) -> String {
+    format!(
+        r#"api_url = "{base}/v1"
+auth_url = "{base}"
+environment_id = "{ENV_ID}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "SECRET_FILE"
+"#,
+        base = emu.base_url()
+    )
+}
+
+impl World {
+    /// slapd + emulator (with `emu_args`) + a config whose only sink is `sink` (TOML lines
+    /// after `name`/`type`, the connection keys are added).
+    fn new(emu_args: &[&str], sink_type: &str, sink: &str) -> World {
+        let slapd = Slapd::start();
+        let emu = Emulator::start("pingone", emu_args);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = write_file(dir.path(), "client-secret", format!("{CLIENT_SECRET}\n"));
+        let text = format!(
+            r#"[ldap]
+url = "{url}"
+bind_dn = "{admin}"
+bind_password = "{password}"
+
+[groups]
+base_dn = "{groups}"
+
+[users]
+base_dn = "{people}"
+
+[state]
+path = "{state}"
+
+[safety]
+max_group_deletes = 100
+max_group_delete_percent = 100.0
+max_member_removes = 100
+max_member_remove_percent = 100.0
+
+[[sinks]]
+name = "p1"
+type = "{sink_type}"
+{common}{sink}
+"#,
+            url = slapd.url(),
+            admin = slapd.admin_dn(),
+            password = slapd.admin_password(),
+            groups = slapd.groups_dn(),
+            people = slapd.people_dn(),
+            state = dir.path().join("state.db").display(),
+            common = sink_common(&emu).replace("SECRET_FILE", &secret.display().to_string()),
+        );
+        let config = write_file(dir.path(), "config.toml", text);
+        World {
+            slapd,
+            emu,
+            _dir: dir,
+            config,
+        }
+    }
+
+    fn sync(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        run_ldapsync(&self.config, &all)
+    }
+
+    fn sync_ok(&self) {
+        let out = self.sync(&[]);
+        assert_eq!(
+            out.code(),
+            0,
+            "{}\nemulator:\n{}",
+            out.describe(),
+            self.emu.stderr_tail(20)
+        );
+    }
+
+    fn entry_uuid(&self, dn: &str) -> String {
+        self.slapd
+            .attr_values(dn, "entryUUID")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no entryUUID on {dn}"))
+    }
+
+    fn imports(&self) -> Vec<Value> {
+        self.emu.state()["imports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn stored_token(&self) -> Option<String> {
+        self.emu.state()["provisioning_tokens"][SYNC_ID]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.emu.state()["requests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn sorted(values: &Value) -> Vec<String> {
+    let mut v: Vec<String> = values
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {values}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn group_in<'a>(import: &'a Value, unique_id: &str) -> &'a Value {
+    import["groups"]
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["uniqueId"] == unique_id))
+        .unwrap_or_else(|| panic!("{unique_id} not in import {import}"))
+}
+
+fn provisioning_world(extra: &str, emu_args: &[&str]) -> World {
+    World::new(
+        emu_args,
+        "pingone_provisioning_sync",
+        &format!("provisioning_sync_id = \"{SYNC_ID}\"\n{extra}"),
+    )
+}
+
+// ------------------------------------------------------------------ pingone_provisioning_sync
+
+#[test]
+fn provisioning_sync_full_cycle_then_incremental_operations() {
+    let w = provisioning_world("", &["--enforce-start-token"]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    let bob = w.slapd.add_user("bob", "bob@example.com");
+    let carol = w.slapd.add_user("carol", "carol@example.com");
+    let eng = w.slapd.add_group("eng", &[&alice, &bob]);
+    let ops = w.slapd.add_group("ops", &[&carol]);
+    let (eng_id, ops_id) = (w.entry_uuid(&eng), w.entry_uuid(&ops));
+
+    // Initial cycle: no startToken, every group without operation, nextToken on the last batch.
+    w.sync_ok();
+    let imports = w.imports();
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    let first = &imports[0];
+    assert!(first.get("startToken").is_none(), "{first}");
+    let t1 = first["nextToken"].as_str().expect("nextToken").to_string();
+    assert_eq!(w.stored_token().as_deref(), Some(t1.as_str()));
+    let e = group_in(first, &eng_id);
+    assert!(e.get("operation").is_none(), "{e}");
+    assert_eq!(e["attributes"]["name"], "eng");
+    assert_eq!(e["attributes"]["dn"], eng);
+    assert_eq!(e["attributes"]["active"], true);
+    assert_eq!(
+        sorted(&e["attributes"]["member"]),
+        sorted(&json!([alice, bob]))
+    );
+    assert_eq!(
+        w.emu.state()["external_groups"][SYNC_ID][&ops_id]["name"],
+        "ops"
+    );
+
+    // Nothing changed: nothing sent.
+    w.sync_ok();
+    assert_eq!(w.imports().len(), 1);
+
+    // Create.
+    let qa = w.slapd.add_group("qa", &[&alice]);
+    let qa_id = w.entry_uuid(&qa);
+    w.sync_ok();
+    let imports = w.imports();
+    assert_eq!(imports.len(), 2);
+    let created = &imports[1];
+    assert_eq!(created["startToken"], t1.as_str());
+    let t2 = created["nextToken"]
+        .as_str()
+        .expect("nextToken")
+        .to_string();
+    assert_ne!(t1, t2);
+    assert_eq!(created["groups"].as_array().map(Vec::len), Some(1));
+    let q = group_in(created, &qa_id);
+    assert_eq!(q["operation"], "CREATED");
+    assert_eq!(sorted(&q["attributes"]["member"]), vec![alice.clone()]);
+
+    // Rename (modrdn) → UPDATED with the new name and DN, full member list.
+    w.slapd.modify(&format!(
+        "dn: {eng}\nchangetype: modrdn\nnewrdn: cn=platform\ndeleteoldrdn: 1\n"
+    ));
+    let platform = format!("cn=platform,{}", w.slapd.groups_dn());
+    w.sync_ok();
+    let imports = w.imports();
+    let renamed = &imports[2];
+    assert_eq!(renamed["startToken"], t2.as_str());
+    let p = group_in(renamed, &eng_id);
+    assert_eq!(p["operation"], "UPDATED");
+    assert_eq!(p["attributes"]["name"], "platform");
+    assert_eq!(p["attributes"]["dn"], platform);
+    assert_eq!(
+        sorted(&p["attributes"]["member"]),
+        sorted(&json!([alice, bob]))
+    );
+
+    // Member add → UPDATED with the whole new list.
+    w.slapd
+        .modify(&format!("dn: {platform}\nadd: member\nmember: {carol}\n"));
+    w.sync_ok();
+    let imports = w.imports();
+    let p = group_in(&imports[3], &eng_id);
+    assert_eq!(p["operation"], "UPDATED");
+    assert_eq!(
+        sorted(&p["attributes"]["member"]),
+        sorted(&json!([alice, bob, carol]))
+    );
+
+    // Member remove → UPDATED with the whole new list.
+    w.slapd.modify(&format!(
+        "dn: {platform}\ndelete: member\nmember: {alice}\n"
+    ));
+    w.sync_ok();
+    let imports = w.imports();
+    let p = group_in(&imports[4], &eng_id);
+    assert_eq!(p["operation"], "UPDATED");
+    assert_eq!(
+        sorted(&p["attributes"]["member"]),
+        sorted(&json!([bob, carol]))
+    );
+    assert_eq!(
+        sorted(&w.emu.state()["external_groups"][SYNC_ID][&eng_id]["member"]),
+        sorted(&json!([bob, carol]))
+    );
+
+    // Delete → DELETED with the last known attributes.
+    w.slapd.delete(&[&qa]);
+    w.sync_ok();
+    let imports = w.imports();
+    assert_eq!(imports.len(), 6);
+    let d = group_in(&imports[5], &qa_id);
+    assert_eq!(d["operation"], "DELETED");
+    assert_eq!(d["attributes"]["name"], "qa");
+    assert_eq!(d["attributes"]["dn"], qa);
+    assert_eq!(sorted(&d["attributes"]["member"]), vec![alice.clone()]);
+    let state = w.emu.state();
+    assert_eq!(state["external_groups"][SYNC_ID][&qa_id]["deleted"], true);
+    assert_eq!(
+        state["provisioning_tokens"][SYNC_ID],
+        imports[5]["nextToken"]
+    );
+
+    // --full: every current group again, no operation, no startToken.
+    let out = w.sync(&["--full"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let imports = w.imports();
+    let full = &imports[6];
+    assert!(full.get("startToken").is_none(), "{full}");
+    assert!(full["nextToken"].is_string());
+    let ids: Vec<&str> = full["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            assert!(g.get("operation").is_none(), "{g}");
+            g["uniqueId"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&eng_id.as_str()) && ids.contains(&ops_id.as_str()));
+}
+
+#[test]
+fn provisioning_sync_failed_cycle_keeps_the_token_and_the_next_run_resends() {
+    let w = provisioning_world("batch_size = 1\n", &["--enforce-start-token"]);
+    let users: Vec<String> = (0..4)
+        .map(|i| {
+            w.slapd
+                .add_user(&format!("u{i}"), &format!("u{i}@example.com"))
+        })
+        .collect();
+    let groups: Vec<String> = (0..3)
+        .map(|i| w.slapd.add_group(&format!("g{i}"), &[&users[0]]))
+        .collect();
+    w.sync_ok();
+    assert_eq!(w.imports().len(), 3, "one group per batch");
+    let t1 = w.stored_token().expect("token after the first cycle");
+
+    // Change every group, then let only the first import of the next cycle through.
+    for g in &groups {
+        w.slapd
+            .modify(&format!("dn: {g}\nadd: member\nmember: {}\n", users[1]));
+    }
+    w.emu.admin_post(
+        "/faults",
+        &json!({"fail_imports_after": 1, "fail_status": 500}),
+    );
+    let out = w.sync(&[]);
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    let all = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(all.contains("sink \"p1\""), "{all}");
+    assert!(all.contains("batch 2 of 3"), "{all}");
+    assert_eq!(
+        w.stored_token().as_deref(),
+        Some(t1.as_str()),
+        "token not advanced"
+    );
+    let imports = w.imports();
+    assert_eq!(imports.len(), 4);
+    assert_eq!(imports[3]["startToken"], t1.as_str());
+    assert!(imports[3].get("nextToken").is_none());
+
+    // Next run: resends from the old token, finishes the cycle, converges.
+    w.emu.admin_post("/faults", &json!({}));
+    w.sync_ok();
+    let imports = w.imports();
+    let retry = &imports[4..];
+    assert_eq!(retry.len(), 2, "the two groups not yet accepted: {retry:?}");
+    for import in retry {
+        assert_eq!(import["startToken"], t1.as_str());
+    }
+    assert!(retry[0].get("nextToken").is_none());
+    let t2 = retry[1]["nextToken"]
+        .as_str()
+        .expect("nextToken")
+        .to_string();
+    assert_eq!(w.stored_token().as_deref(), Some(t2.as_str()));
+    let state = w.emu.state();
+    for g in &groups {
+        let id = w.entry_uuid(g);
+        assert_eq!(
+            sorted(&state["external_groups"][SYNC_ID][&id]["member"]),
+            sorted(&json!([users[0], users[1]])),
+            "{g}"
+        );
+    }
+    w.sync_ok();
+    assert_eq!(w.imports().len(), 6, "converged: nothing more to send");
+}
+
+#[test]
+fn provisioning_sync_dry_run_shows_batches_and_sends_nothing() {
+    let w = provisioning_world("batch_size = 2\n", &[]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    for name in ["a", "b", "c"] {
+        w.slapd.add_group(name, &[&alice]);
+    }
+    let out = w.sync(&["--dry-run", "--output", "json"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let report: Value = serde_json::from_str(&out.stdout_str()).expect("JSON report");
+    let preview = &report["sinks"][0]["preview"];
+    let batches = preview["batches"].as_array().expect("batches");
+    assert_eq!(batches.len(), 2, "{preview}");
+    assert_eq!(
+        batches[0]["body"]["groups"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(batches[0]["body"].get("nextToken").is_none());
+    assert!(batches[1]["body"]["nextToken"].is_string());
+    assert_eq!(
+        batches[1]["content_type"],
+        "application/vnd.pingidentity.propagation.provisioningsync.groupimport+json"
+    );
+    assert_eq!(batches[0]["body"]["groups"][0]["attributes"]["name"], "a");
+    assert_eq!(preview["full"], true);
+    let state = w.emu.state();
+    assert_eq!(state["requests"], json!([]), "a dry run contacts nothing");
+    assert_eq!(state["tokens_issued"], 0);
+    assert_eq!(state["imports"], json!([]));
+}
+
+#[test]
+fn provisioning_sync_retries_429_and_refreshes_an_expired_token() {
+    let w = provisioning_world("", &[]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("eng", &[&alice]);
+
+    // Three 429s with Retry-After: 1 → waited for, then accepted.
+    w.emu
+        .admin_post("/faults", &json!({"rate_limit_next": 3, "retry_after": 1}));
+    let started = Instant::now();
+    w.sync_ok();
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "Retry-After honoured"
+    );
+    let statuses: Vec<Value> = w
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap_or("")
+                .contains("provisioningSyncs")
+        })
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![json!(429), json!(429), json!(429), json!(200)]
+    );
+    assert!(w.stored_token().is_some());
+
+    // A token that expires while the run waits out a 429 → 401 → one refresh → accepted.
+    w.slapd.add_group("ops", &[&alice]);
+    w.emu
+        .admin_post("/faults", &json!({"rate_limit_next": 1, "retry_after": 3}));
+    let issued_before = w.emu.state()["tokens_issued"].as_u64().unwrap();
+    let requests_before = w.requests().len();
+    let config = w.config.clone();
+    let run = std::thread::spawn(move || run_ldapsync(&config, &["sync"]));
+    wait_until(Duration::from_secs(30), "the run to meet the 429", || {
+        w.requests()
+            .iter()
+            .skip(requests_before)
+            .any(|r| r["status"] == 429)
+    });
+    w.emu.admin_post("/faults", &json!({"expire_tokens": true}));
+    let out = run.join().expect("ldapsync thread");
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let after: Vec<Value> = w
+        .requests()
+        .into_iter()
+        .skip(requests_before)
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap_or("")
+                .contains("provisioningSyncs")
+        })
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(after, vec![json!(429), json!(401), json!(200)]);
+    assert_eq!(
+        w.emu.state()["tokens_issued"].as_u64().unwrap(),
+        issued_before + 2,
+        "one token for the run, one refresh"
+    );
+}
+
+#[test]
+fn provisioning_sync_unknown_sync_id_and_415_are_clear_errors() {
+    let w = World::new(
+        &[],
+        "pingone_provisioning_sync",
+        "provisioning_sync_id = \"no-such-sync\"\n",
+    );
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("eng", &[&alice]);
+    let out = w.sync(&[]);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    let all = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(all.contains("sink \"p1\""), "{all}");
+    assert!(all.contains("HTTP 404"), "{all}");
+    assert!(all.contains("provisioning_sync_id"), "{all}");
+    assert!(!all.contains(CLIENT_SECRET), "no secrets in output");
+
+    let w = provisioning_world("", &[]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("eng", &[&alice]);
+    w.emu
+        .admin_post("/faults", &json!({"fail_next": 1, "fail_status": 415}));
+    let out = w.sync(&["--output", "json"]);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    let report: Value = serde_json::from_str(&out.stdout_str()).expect("JSON report");
+    let error = report["sinks"][0]["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
+    assert!(error.contains("sink \"p1\""), "{error}");
+    assert!(error.contains("HTTP 415"), "{error}");
+    assert!(error.contains("content type"), "{error}");
+    assert_eq!(w.stored_token(), None);
+}
+
+// ------------------------------------------------------------------ pingone_groups
+
+fn token(emu: &Emulator) -> String {
+    let response = ureq::post(format!("{}/{ENV_ID}/as/token", emu.base_url()))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!(
+            "grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"
+        ))
+        .expect("token request");
+    let body: Value = response
+        .into_body()
+        .read_json()
+        .expect("token response JSON");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+fn create_group(emu: &Emulator, body: Value) -> String {
+    let bearer = format!("Bearer {}", token(emu));
+    let r = emu.request(
+        "POST",
+        &format!("/v1/environments/{ENV_ID}/groups"),
+        &[("Authorization", bearer.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["id"].as_str().expect("id").to_string()
+}
+
+/// Creates PingOne users (username, email) and returns their ids by username.
+fn add_users(emu: &Emulator, names: &[&str]) -> std::collections::HashMap<String, String> {
+    let users: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"username": n, "email": format!("{n}@example.com")}))
+        .collect();
+    let created = emu.admin_post("/users", &json!(users));
+    created
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| {
+            (
+                u["username"].as_str().unwrap().to_string(),
+                u["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn groups_named(state: &Value, name: &str) -> Vec<Value> {
+    state["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["name"] == name)
+        .cloned()
+        .collect()
+}
+
+fn members(state: &Value, gid: &str) -> Vec<String> {
+    let mut v: Vec<String> = state["memberships"][gid]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn ids(users: &std::collections::HashMap<String, String>, names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|n| users[*n].clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn groups_sink_create_rename_members_and_delete() {
+    let w = World::new(&[], "pingone_groups", "user_match = \"username\"\n");
+    let pingone_users = add_users(&w.emu, &["alice", "bob", "carol"]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    let bob = w.slapd.add_user("bob", "bob@example.com");
+    let carol = w.slapd.add_user("carol", "carol@example.com");
+    let dave = w.slapd.add_user("dave", "dave@example.com"); // not in PingOne
+    let eng = w.slapd.add_group("eng", &[&alice, &bob, &dave]);
+    let eng_id = w.entry_uuid(&eng);
+    // A second group, so that deleting eng later does not empty the scope (DESIGN.md §4.1).
+    w.slapd.add_group("staff", &[&bob]);
+
+    // Create with externalId = source id; memberships; dave is unmapped, not fatal.
+    let out = w.sync(&["--output", "json"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    assert_eq!(report["sinks"][0]["unmapped_members"], 1);
+    let state = w.emu.state();
+    let found = groups_named(&state, "eng");
+    assert_eq!(found.len(), 1);
+    let gid = found[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(found[0]["externalId"], eng_id.as_str());
+    assert_eq!(
+        members(&state, &gid),
+        ids(&pingone_users, &["alice", "bob"])
+    );
+
+    // Rename (modrdn) → PUT on the same group.
+    w.slapd.modify(&format!(
+        "dn: {eng}\nchangetype: modrdn\nnewrdn: cn=platform\ndeleteoldrdn: 1\n"
+    ));
+    let platform = format!("cn=platform,{}", w.slapd.groups_dn());
+    w.sync_ok();
+    let state = w.emu.state();
+    assert!(groups_named(&state, "eng").is_empty());
+    let renamed = groups_named(&state, "platform");
+    assert_eq!(renamed.len(), 1);
+    assert_eq!(renamed[0]["id"], gid.as_str());
+    assert_eq!(renamed[0]["externalId"], eng_id.as_str());
+
+    // Member add and remove in one run.
+    w.slapd.modify(&format!(
+        "dn: {platform}\nadd: member\nmember: {carol}\n-\ndelete: member\nmember: {alice}\n"
+    ));
+    w.sync_ok();
+    let state = w.emu.state();
+    assert_eq!(
+        members(&state, &gid),
+        ids(&pingone_users, &["bob", "carol"])
+    );
+
+    // Delete.
+    w.slapd.delete(&[&platform]);
+    w.sync_ok();
+    let state = w.emu.state();
+    assert!(
+        state["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["id"] != gid.as_str()),
+        "{state}"
+    );
+    assert!(state["memberships"].get(&gid).is_none());
+    assert_eq!(groups_named(&state, "staff").len(), 1);
+}
+
+#[test]
+fn groups_sink_adopts_on_uniqueness_conflict_following_pages() {
+    // Page size 1 and two populations: the name lookup returns the other population's "eng"
+    // first, so adopting the right one needs page 2 (via _links.next).
+    let w = World::new(
+        &[
+            "--page-size",
+            "1",
+            "--population-id",
+            POP_1,
+            "--population-id",
+            POP_2,
+        ],
+        "pingone_groups",
+        &format!("population_id = \"{POP_2}\"\npage_size = 1\n"),
+    );
+    let pingone_users = add_users(&w.emu, &["alice"]);
+    let other = create_group(&w.emu, json!({"name": "eng", "population": {"id": POP_1}}));
+    let existing = create_group(&w.emu, json!({"name": "eng", "population": {"id": POP_2}}));
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("eng", &[&alice]);
+
+    w.sync_ok();
+    let state = w.emu.state();
+    assert_eq!(groups_named(&state, "eng").len(), 2, "no duplicate created");
+    assert_eq!(members(&state, &existing), ids(&pingone_users, &["alice"]));
+    assert!(members(&state, &other).is_empty());
+    let paged = w.requests().iter().any(|r| {
+        r["path"].as_str().unwrap_or("").ends_with("/groups")
+            && r["query"].as_str().unwrap_or("").contains("cursor=")
+    });
+    assert!(paged, "followed _links.next");
+    let conflict = w.requests().iter().any(|r| {
+        r["method"] == "POST"
+            && r["path"].as_str().unwrap_or("").ends_with("/groups")
+            && r["status"] == 400
+    });
+    assert!(conflict, "the create met the uniqueness violation");
+
+    // Adopted: a second run has nothing to do and later changes go to the adopted group.
+    w.sync_ok();
+    assert_eq!(groups_named(&w.emu.state(), "eng").len(), 2);
+}
+
+#[test]
+fn groups_sink_adopts_on_409_and_treats_duplicate_memberships_as_done() {
+    let w = World::new(
+        &[
+            "--uniqueness-status",
+            "409",
+            "--duplicate-membership",
+            "409",
+        ],
+        "pingone_groups",
+        "user_match = \"email\"\n",
+    );
+    let pingone_users = add_users(&w.emu, &["alice"]);
+    let existing = create_group(&w.emu, json!({"name": "eng"}));
+    // alice is already a member of the group we will adopt.
+    let bearer = format!("Bearer {}", token(&w.emu));
+    let r = w.emu.request(
+        "POST",
+        &format!(
+            "/v1/environments/{ENV_ID}/users/{}/memberOfGroups",
+            pingone_users["alice"]
+        ),
+        &[("Authorization", bearer.as_str())],
+        Some(&json!({"id": existing})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("eng", &[&alice]);
+    w.sync_ok();
+    let state = w.emu.state();
+    assert_eq!(groups_named(&state, "eng").len(), 1);
+    assert_eq!(members(&state, &existing), ids(&pingone_users, &["alice"]));
+    w.sync_ok();
+}
+
+#[test]
+fn groups_sink_resumes_an_unconfirmed_create_by_external_id() {
+    let w = World::new(&[], "pingone_groups", "");
+    let pingone_users = add_users(&w.emu, &["alice"]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    let eng = w.slapd.add_group("eng", &[&alice]);
+    let eng_id = w.entry_uuid(&eng);
+
+    // The create fails (500 on a POST is not retried): only the intent is recorded.
+    w.emu
+        .admin_post("/faults", &json!({"fail_next": 1, "fail_status": 500}));
+    let out = w.sync(&[]);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(groups_named(&w.emu.state(), "eng").is_empty());
+
+    // As if the create had reached PingOne and only its answer was lost.
+    let gid = create_group(&w.emu, json!({"name": "eng", "externalId": eng_id}));
+    let before = w.requests().len();
+    w.sync_ok();
+    let requests = w.requests();
+    assert!(
+        !requests[before..]
+            .iter()
+            .any(|r| r["method"] == "POST" && r["path"].as_str().unwrap_or("").ends_with("/groups")),
+        "looked the group up instead of creating it again: {requests:?}"
+    );
+    let state = w.emu.state();
+    assert_eq!(groups_named(&state, "eng").len(), 1);
+    assert_eq!(members(&state, &gid), ids(&pingone_users, &["alice"]));
+}
