@@ -5,7 +5,9 @@
 //! Sinks never talk to LDAP and never touch SQLite directly: they report each successful
 //! operation to the [`Recorder`], which writes the ledger in the same step.
 
+pub mod connect;
 pub mod file;
+pub mod forgerock;
 pub mod http;
 pub mod scim;
 
@@ -25,6 +27,8 @@ use crate::store::{Store, StoreError};
 pub enum SinkSettings {
     File(file::FileConfig),
     Scim(scim::ScimConfig),
+    Connect(connect::ConnectConfig),
+    Forgerock(forgerock::ForgeRockConfig),
 }
 
 impl SinkSettings {
@@ -32,6 +36,8 @@ impl SinkSettings {
         match self {
             SinkSettings::File(_) => "file",
             SinkSettings::Scim(_) => "scim",
+            SinkSettings::Connect(_) => "connect",
+            SinkSettings::Forgerock(_) => "forgerock",
         }
     }
 
@@ -40,6 +46,8 @@ impl SinkSettings {
         match self {
             SinkSettings::File(c) => c.validate(),
             SinkSettings::Scim(c) => c.validate(),
+            SinkSettings::Connect(c) => c.validate(),
+            SinkSettings::Forgerock(c) => c.validate(),
         }
     }
 
@@ -47,6 +55,8 @@ impl SinkSettings {
         match self {
             SinkSettings::File(_) => Ok(()),
             SinkSettings::Scim(c) => c.token().map(|_| ()),
+            SinkSettings::Connect(c) => c.api_key().map(|_| ()),
+            SinkSettings::Forgerock(c) => c.resolve_secrets(),
         }
     }
 }
@@ -57,6 +67,16 @@ pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkEr
     Ok(match &config.settings {
         SinkSettings::File(c) => Box::new(file::FileSink::new(name, c.clone())),
         SinkSettings::Scim(c) => Box::new(scim::ScimSink::new(name, c, config.http_settings())?),
+        SinkSettings::Connect(c) => Box::new(connect::ConnectSink::new(
+            name,
+            c,
+            config.http_settings(),
+        )?),
+        SinkSettings::Forgerock(c) => Box::new(forgerock::ForgeRockSink::new(
+            name,
+            c,
+            config.http_settings(),
+        )?),
     })
 }
 
@@ -124,6 +144,9 @@ pub struct ApplyReport {
     pub applied: Summary,
     pub failures: Vec<OpFailure>,
     pub unmapped: u64,
+    /// Memberships the target manages itself (e.g. Connect with LDAP groups): recorded in the
+    /// ledger as in sync, but no request was sent.
+    pub skipped: u64,
     /// A new cursor/token to store, only if every operation succeeded.
     pub cursor: Option<String>,
 }
@@ -235,6 +258,33 @@ impl<'a> Recorder<'a> {
             .record_members_added(&self.sink, &group.source_id, members)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::MemberAdd, members.len() as u64);
+        Ok(())
+    }
+
+    /// Records members the target manages itself (no request sent): the ledger takes them as in
+    /// sync so the plan converges, and they are counted as skipped, not applied.
+    pub fn members_skipped(
+        &mut self,
+        kind: OpKind,
+        group: &GroupSpec,
+        members: &[MemberRef],
+    ) -> Result<(), SinkError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        match kind {
+            OpKind::MemberRemove => {
+                let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
+                self.store
+                    .record_members_removed(&self.sink, &group.source_id, &ids)
+                    .map_err(|e| self.store_error(e))?;
+            }
+            _ => self
+                .store
+                .record_members_added(&self.sink, &group.source_id, members)
+                .map_err(|e| self.store_error(e))?,
+        }
+        self.report.skipped += members.len() as u64;
         Ok(())
     }
 
