@@ -45,7 +45,8 @@ pub enum GroupMode {
     Auto,
     /// LDAP-authenticated Connect: groups are imported from the directory with a ticket.
     Remote,
-    /// SAML, OAuth2, password, PAM, proxied: groups are created by name, members managed here.
+    /// SAML, OAuth2, password, PAM, proxied: groups are created by name and members are managed
+    /// by ldapsync, whatever the server settings say.
     Local,
 }
 
@@ -158,7 +159,8 @@ fn mode_from_settings(configured: GroupMode, settings: Option<&Value>) -> Result
             )
         }
         GroupMode::Remote => (true, true),
-        GroupMode::Local => (false, flag("external_group_members").unwrap_or(false)),
+        // An explicit "local" asks ldapsync to manage members; a refusal is reported per group.
+        GroupMode::Local => (false, false),
     };
     Ok(Mode {
         remote,
@@ -1079,7 +1081,7 @@ mod tests {
     fn forced_modes_and_refusals() {
         let ldap = settings("LDAP", true, true, "2024.09.0");
         let mode = mode_from_settings(GroupMode::Local, Some(&ldap)).unwrap();
-        assert!(!mode.remote);
+        assert!(!mode.remote && !mode.provider_members);
         let mode = mode_from_settings(GroupMode::Remote, None).unwrap();
         assert!(mode.remote && mode.provider_members);
         assert!(mode_from_settings(GroupMode::Auto, None).is_err());
