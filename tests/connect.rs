@@ -158,8 +158,7 @@ fn remote_mode_imports_by_ticket_adopts_and_skips_membership() {
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert!(
-        out.stderr_str()
-            .contains("manages group membership itself"),
+        out.stderr_str().contains("manages group membership itself"),
         "the skipped membership is reported once:\n{}",
         out.stderr_str()
     );
@@ -203,8 +202,9 @@ fn remote_mode_imports_by_ticket_adopts_and_skips_membership() {
     assert_eq!(env.writes_since(before), Vec::<String>::new());
 
     // A membership change is not sent to an LDAP server; the run succeeds.
-    env.slapd
-        .modify(&format!("dn: {ds}\nchangetype: modify\nadd: member\nmember: {bob}\n"));
+    env.slapd.modify(&format!(
+        "dn: {ds}\nchangetype: modify\nadd: member\nmember: {bob}\n"
+    ));
     let before = env.requests().len();
     let out = sync(&config, &[]);
     assert_code(&out, 0);
@@ -247,7 +247,11 @@ fn local_mode_full_lifecycle() {
     assert_code(&out, 0);
     assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
     assert_eq!(env.member_names("ops"), vec!["bob"]);
-    assert!(out.stdout_str().contains("1 unmapped"), "{}", out.stdout_str());
+    assert!(
+        out.stdout_str().contains("1 unmapped"),
+        "{}",
+        out.stdout_str()
+    );
     let devs_guid = env.group("devs").unwrap()["guid"].clone();
 
     // Member removed and added.
@@ -327,8 +331,10 @@ fn local_mode_adopts_and_provisions_users() {
 #[test]
 fn provider_modes_and_refusals() {
     let env = Env::start(&["--provider", "saml", "--groups-auto-provision"]);
-    env.emu
-        .admin_post("/users", &json!([{"username": "alice", "unique_id": "alice"}]));
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice", "unique_id": "alice"}]),
+    );
     let alice = env.slapd.add_user("alice", "alice@example.com");
     env.slapd.add_group("devs", &[&alice]);
 
@@ -362,7 +368,10 @@ fn provider_modes_and_refusals() {
     assert_code(&out, 1);
     let text = out.stdout_str() + &out.stderr_str();
     assert!(text.contains("code=120"), "{text}");
-    assert!(text.contains("group_mode = \\\"remote\\\"") || text.contains("group_mode = \"remote\""), "{text}");
+    assert!(
+        text.contains("group_mode = \\\"remote\\\"") || text.contains("group_mode = \"remote\""),
+        "{text}"
+    );
 }
 
 /// A run that fails midway (member adds answered 500) and a run whose create was never
@@ -454,9 +463,15 @@ fn repeating_prefix_pages_never_loop() {
     let prefix_pages = env
         .requests()
         .iter()
-        .filter(|r| r["path"] == "/__api__/v1/groups" && r["query"].as_str().unwrap_or("").contains("prefix"))
+        .filter(|r| {
+            r["path"] == "/__api__/v1/groups"
+                && r["query"].as_str().unwrap_or("").contains("prefix")
+        })
         .count();
-    assert!(prefix_pages <= 4, "the repeating page stopped the listing: {prefix_pages}");
+    assert!(
+        prefix_pages <= 4,
+        "the repeating page stopped the listing: {prefix_pages}"
+    );
 }
 
 /// `check --connect` verifies the key with GET /v1/user (server_settings needs none).

@@ -235,7 +235,11 @@ fn exact_matches<'a>(results: &'a [Remote], name: &str) -> Vec<&'a Remote> {
         .iter()
         .filter(|r| r.name.to_lowercase() == name.to_lowercase())
         .collect();
-    if folded.len() == 1 { folded } else { Vec::new() }
+    if folded.len() == 1 {
+        folded
+    } else {
+        Vec::new()
+    }
 }
 
 /// Whether a page only repeats items already seen (the pre-2025.04 prefix paging bug).
@@ -413,11 +417,7 @@ impl ConnectSink {
                 .map(str::to_string)
         };
         let listing = self
-            .list_pages(
-                "/v1/groups",
-                &[("prefix", name)],
-                !mode.prefix_paging_fixed,
-            )
+            .list_pages("/v1/groups", &[("prefix", name)], !mode.prefix_paging_fixed)
             .await?;
         if let Some(guid) = pick(&listing.items) {
             return Ok(Some(guid));
@@ -581,9 +581,13 @@ impl ConnectSink {
             // "A group using the same unique ID already exists": it is in Connect; adopt it.
             let again = self.remote_search("groups", &group.name).await;
             return match again.as_deref() {
-                Ok([Remote {
-                    guid: Some(guid), ..
-                }]) => {
+                Ok(
+                    [
+                        Remote {
+                            guid: Some(guid), ..
+                        },
+                    ],
+                ) => {
                     tracing::info!(sink = %self.name, group = %group.name, guid, "the LDAP group was already in Connect (code 131); adopted it");
                     recorder.created(group, guid)
                 }
@@ -614,7 +618,12 @@ impl ConnectSink {
             Ok(created) => match created.get("guid").and_then(Value::as_str) {
                 Some(guid) => recorder.created(group, guid),
                 None => {
-                    recorder.failed(OpKind::Create, group, "the create answer has no \"guid\"", 1);
+                    recorder.failed(
+                        OpKind::Create,
+                        group,
+                        "the create answer has no \"guid\"",
+                        1,
+                    );
                     Ok(())
                 }
             },
@@ -1146,7 +1155,9 @@ mod tests {
         .unwrap();
         assert_eq!(ok.group_mode, GroupMode::Remote);
         assert!(ok.validate().is_ok());
-        assert!(toml::from_str::<ConnectConfig>("base_url = \"https://c\"\napikey = \"k\"").is_err());
+        assert!(
+            toml::from_str::<ConnectConfig>("base_url = \"https://c\"\napikey = \"k\"").is_err()
+        );
         let nokey: ConnectConfig = toml::from_str("base_url = \"https://c\"").unwrap();
         assert_eq!(nokey.validate().unwrap_err().0, "api_key");
     }
@@ -1159,5 +1170,91 @@ mod tests {
         assert_eq!(index.by_username["alice"], "u1");
         assert_eq!(index.by_email["alice@x.org"], vec!["u1".to_string()]);
         assert!(!index.by_email.contains_key(""));
+    }
+
+    /// The code-131 race: the remote search said "not in Connect", the PUT says it is (another
+    /// importer got there first). The sink searches again and adopts the guid.
+    #[tokio::test]
+    async fn code_131_on_put_adopts_the_existing_group() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use axum::Router;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+
+        fn json_reply(
+            status: StatusCode,
+            body: Value,
+        ) -> (
+            StatusCode,
+            [(axum::http::HeaderName, &'static str); 1],
+            String,
+        ) {
+            (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+        }
+        let searches = Arc::new(AtomicUsize::new(0));
+        let counter = searches.clone();
+        let app = Router::new()
+            .route(
+                "/__api__/v1/groups/remote",
+                get(move || {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let guid = if n == 0 { Value::Null } else { json!("g-131") };
+                    async move {
+                        json_reply(
+                            StatusCode::OK,
+                            json!({"results": [
+                                {"name": "devs-extra", "guid": null, "temp_ticket": "x"},
+                                {"name": "devs", "guid": guid, "temp_ticket": "t"}
+                            ], "current_page": 1, "total": 2}),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/__api__/v1/groups",
+                axum::routing::put(|| async {
+                    json_reply(
+                        StatusCode::BAD_REQUEST,
+                        json!({"code": 131, "error": "A group using the same unique ID already exists.", "payload": null}),
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let config: ConnectConfig = toml::from_str(&format!(
+            "base_url = \"http://{addr}\"\napi_key = \"k\"\ngroup_mode = \"remote\""
+        ))
+        .unwrap();
+        let sink = ConnectSink::new("c".into(), &config, HttpSettings::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::store::Store::open(&dir.path().join("s.db")).unwrap();
+        let group = GroupSpec {
+            source_id: "s1".into(),
+            name: "devs".into(),
+            description: None,
+            dn: "cn=devs,ou=Groups,dc=example,dc=com".into(),
+            target_id: None,
+        };
+        {
+            let mut recorder = Recorder::new(&mut store, "c");
+            sink.create_remote(&group, &mut recorder).await.unwrap();
+            assert!(
+                recorder.report.failures.is_empty(),
+                "{:?}",
+                recorder.report.failures
+            );
+            assert_eq!(recorder.report.applied.create, 1);
+        }
+        assert_eq!(searches.load(Ordering::SeqCst), 2);
+        let ledger = store.load_ledger("c").unwrap();
+        assert_eq!(ledger.groups["s1"].target_id.as_deref(), Some("g-131"));
     }
 }

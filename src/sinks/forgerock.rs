@@ -96,7 +96,10 @@ impl ForgeRockConfig {
         {
             return Err((
                 "realm",
-                format!("{:?} is not a realm name (letters, digits, _ and -)", self.realm),
+                format!(
+                    "{:?} is not a realm name (letters, digits, _ and -)",
+                    self.realm
+                ),
             ));
         }
         let client = self.token_url.is_some()
@@ -744,7 +747,11 @@ impl Sink for ForgeRockSink {
             .json::<Value>(
                 Method::GET,
                 &self.group_path,
-                &[("_queryFilter", "true"), ("_pageSize", "1"), ("_fields", "_id")],
+                &[
+                    ("_queryFilter", "true"),
+                    ("_pageSize", "1"),
+                    ("_fields", "_id"),
+                ],
                 None,
             )
             .await

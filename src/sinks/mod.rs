@@ -67,11 +67,9 @@ pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkEr
     Ok(match &config.settings {
         SinkSettings::File(c) => Box::new(file::FileSink::new(name, c.clone())),
         SinkSettings::Scim(c) => Box::new(scim::ScimSink::new(name, c, config.http_settings())?),
-        SinkSettings::Connect(c) => Box::new(connect::ConnectSink::new(
-            name,
-            c,
-            config.http_settings(),
-        )?),
+        SinkSettings::Connect(c) => {
+            Box::new(connect::ConnectSink::new(name, c, config.http_settings())?)
+        }
         SinkSettings::Forgerock(c) => Box::new(forgerock::ForgeRockSink::new(
             name,
             c,
