@@ -35,6 +35,7 @@ pub fn json(report: &RunReport) -> Value {
                 object.insert("applied".into(), json!(applied.applied));
                 object.insert("failures".into(), json!(applied.failures));
                 object.insert("unmapped_members".into(), json!(applied.unmapped));
+                object.insert("skipped_members".into(), json!(applied.skipped));
             }
             if let Some(error) = &s.error {
                 object.insert("error".into(), json!(error));
@@ -147,6 +148,13 @@ pub fn text(report: &RunReport) -> String {
                         a.member_remove,
                         applied.unmapped
                     );
+                    if applied.skipped > 0 {
+                        let _ = writeln!(
+                            out,
+                            "  skipped: {} membership change(s) managed by the target itself",
+                            applied.skipped
+                        );
+                    }
                 }
             }
             SinkResult::Planned => {}

@@ -310,6 +310,27 @@ impl HttpClient {
         query: &[(&str, &str)],
         body: Option<&Body>,
     ) -> Result<Response, HttpError> {
+        self.send_with_headers(method, path, query, &[], body).await
+    }
+
+    /// [`HttpClient::send`] with extra headers for this request only (e.g. `If-Match`).
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&'static str, String)],
+        body: Option<&Body>,
+    ) -> Result<Response, HttpError> {
+        let mut request_headers = self.extra_headers.clone();
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(value).map_err(|_| HttpError::Decode {
+                method: method.to_string(),
+                path: path.to_string(),
+                detail: format!("header {name} has characters not allowed in HTTP"),
+            })?;
+            request_headers.insert(*name, value);
+        }
         let url = if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
@@ -324,7 +345,7 @@ impl HttpClient {
             let mut request = self
                 .client
                 .request(method.clone(), &url)
-                .headers(self.extra_headers.clone())
+                .headers(request_headers.clone())
                 .query(query);
             request = match self.authorization(false).await? {
                 Some(value) => request.header(AUTHORIZATION, value),

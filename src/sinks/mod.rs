@@ -5,7 +5,9 @@
 //! Sinks never talk to LDAP and never touch SQLite directly: they report each successful
 //! operation to the [`Recorder`], which writes the ledger in the same step.
 
+pub mod connect;
 pub mod file;
+pub mod forgerock;
 pub mod http;
 pub mod pingone;
 pub mod scim;
@@ -28,6 +30,8 @@ pub enum SinkSettings {
     Scim(scim::ScimConfig),
     PingoneProvisioningSync(pingone::provisioning_sync::ProvisioningSyncConfig),
     PingoneGroups(pingone::groups::PingOneGroupsConfig),
+    Connect(connect::ConnectConfig),
+    Forgerock(forgerock::ForgeRockConfig),
 }
 
 impl SinkSettings {
@@ -37,6 +41,8 @@ impl SinkSettings {
             SinkSettings::Scim(_) => "scim",
             SinkSettings::PingoneProvisioningSync(_) => "pingone_provisioning_sync",
             SinkSettings::PingoneGroups(_) => "pingone_groups",
+            SinkSettings::Connect(_) => "connect",
+            SinkSettings::Forgerock(_) => "forgerock",
         }
     }
 
@@ -47,6 +53,8 @@ impl SinkSettings {
             SinkSettings::Scim(c) => c.validate(),
             SinkSettings::PingoneProvisioningSync(c) => c.validate(),
             SinkSettings::PingoneGroups(c) => c.validate(),
+            SinkSettings::Connect(c) => c.validate(),
+            SinkSettings::Forgerock(c) => c.validate(),
         }
     }
 
@@ -56,6 +64,8 @@ impl SinkSettings {
             SinkSettings::Scim(c) => c.token().map(|_| ()),
             SinkSettings::PingoneProvisioningSync(c) => c.client_secret().map(|_| ()),
             SinkSettings::PingoneGroups(c) => c.client_secret().map(|_| ()),
+            SinkSettings::Connect(c) => c.api_key().map(|_| ()),
+            SinkSettings::Forgerock(c) => c.resolve_secrets(),
         }
     }
 }
@@ -70,6 +80,12 @@ pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkEr
             pingone::provisioning_sync::ProvisioningSyncSink::new(name, c, config.http_settings())?,
         ),
         SinkSettings::PingoneGroups(c) => Box::new(pingone::groups::PingOneGroupsSink::new(
+            name,
+            c,
+            config.http_settings(),
+        )?),
+        SinkSettings::Connect(c) => Box::new(connect::ConnectSink::new(name, c, config.http_settings())?),
+        SinkSettings::Forgerock(c) => Box::new(forgerock::ForgeRockSink::new(
             name,
             c,
             config.http_settings(),
@@ -141,6 +157,9 @@ pub struct ApplyReport {
     pub applied: Summary,
     pub failures: Vec<OpFailure>,
     pub unmapped: u64,
+    /// Memberships the target manages itself (e.g. Connect with LDAP groups): recorded in the
+    /// ledger as in sync, but no request was sent.
+    pub skipped: u64,
     /// A new cursor/token to store, only if every operation succeeded.
     pub cursor: Option<String>,
 }
@@ -252,6 +271,33 @@ impl<'a> Recorder<'a> {
             .record_members_added(&self.sink, &group.source_id, members)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::MemberAdd, members.len() as u64);
+        Ok(())
+    }
+
+    /// Records members the target manages itself (no request sent): the ledger takes them as in
+    /// sync so the plan converges, and they are counted as skipped, not applied.
+    pub fn members_skipped(
+        &mut self,
+        kind: OpKind,
+        group: &GroupSpec,
+        members: &[MemberRef],
+    ) -> Result<(), SinkError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        match kind {
+            OpKind::MemberRemove => {
+                let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
+                self.store
+                    .record_members_removed(&self.sink, &group.source_id, &ids)
+                    .map_err(|e| self.store_error(e))?;
+            }
+            _ => self
+                .store
+                .record_members_added(&self.sink, &group.source_id, members)
+                .map_err(|e| self.store_error(e))?,
+        }
+        self.report.skipped += members.len() as u64;
         Ok(())
     }
 

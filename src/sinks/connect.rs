@@ -1,0 +1,1260 @@
+//! The Posit Connect sink: LDAP ("remote") groups through remote search + temp ticket, or local groups with managed members.
+//!
+//! Follows specs/connect.md and seeds/connect-create-group-from-ldap.txt. The API lives under
+//! `<base_url>/__api__` and authenticates with `Authorization: Key <api key>`.
+//!
+//! * `group_mode = "auto"` reads `GET /__api__/server_settings`: `external_group_search` means the
+//!   LDAP provider owns groups ("remote"), otherwise groups are local; `external_group_members`
+//!   means the provider owns membership (the flag meanings are UNCONFIRMED, spec §2.4).
+//! * Remote: `GET /v1/groups/remote?prefix=NAME` (prefix-fuzzy, so the exact name is picked), then
+//!   adopt the `guid` if set, else `PUT /v1/groups {temp_ticket}`; code 131 ("same unique ID
+//!   already exists") means adopt. Membership is populated by Connect from LDAP: member operations
+//!   are not sent, they are recorded as in sync and counted as skipped (one log line per run).
+//! * Local: `POST /v1/groups {name}` (409 code 15 → find by name and adopt), members with
+//!   `POST/DELETE /v1/groups/{guid}/members`, users found by listing `/v1/users` (all pages;
+//!   a page that repeats ends the listing, never an endless loop), optionally provisioned.
+//! * Rename with `PATCH /v1/groups/{guid}` (legacy `POST /v1/groups/{guid}` on servers without
+//!   PATCH); delete with `DELETE /v1/groups/{guid}` (404 = done).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response};
+use super::{Recorder, Sink, SinkError};
+use crate::config::{Secret, SecretError, resolve_secret};
+use crate::ledger::Ledger;
+use crate::plan::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+
+/// Connect's maximum `page_size` / `limit`.
+const PAGE_SIZE: &str = "500";
+/// A listing never fetches more pages than this, whatever the server answers.
+const MAX_PAGES: u32 = 10_000;
+
+/// Where groups come from on the Connect server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupMode {
+    /// Ask `GET /__api__/server_settings`.
+    #[default]
+    Auto,
+    /// LDAP-authenticated Connect: groups are imported from the directory with a ticket.
+    Remote,
+    /// SAML, OAuth2, password, PAM, proxied: groups are created by name and members are managed
+    /// by ldapsync, whatever the server settings say.
+    Local,
+}
+
+/// How an LDAP user is found among Connect's users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectUserMatch {
+    #[default]
+    Username,
+    Email,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// The server root, e.g. `https://connect.example.com` (`/__api__` is appended).
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub group_mode: GroupMode,
+    #[serde(default)]
+    pub user_match: ConnectUserMatch,
+    /// Create missing Connect users (remote ticket on LDAP, `POST /v1/users` otherwise).
+    #[serde(default)]
+    pub provision_users: bool,
+}
+
+impl ConnectConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err((
+                "base_url",
+                format!("{:?} must be an http(s) URL", self.base_url),
+            ));
+        }
+        if self.api_key.is_none() && self.api_key_file.is_none() {
+            return Err((
+                "api_key",
+                "an administrator API key is required (api_key or api_key_file)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn api_key(&self) -> Result<Secret, SecretError> {
+        resolve_secret(
+            "api_key",
+            self.api_key.as_deref(),
+            self.api_key_file.as_deref(),
+        )
+    }
+}
+
+/// `<server root>/__api__`, whether or not the configured URL already ends with it.
+fn api_root(base_url: &str) -> String {
+    let trimmed = base_url.trim_end_matches('/');
+    if trimmed.ends_with("/__api__") {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/__api__")
+    }
+}
+
+/// What this run may do on the server, from the configured mode and `server_settings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mode {
+    /// Groups come from LDAP through remote search + ticket.
+    remote: bool,
+    /// The provider owns membership: member changes are not sent.
+    provider_members: bool,
+    /// The provider's display name ("LDAP", "SAML", …), or "unknown".
+    provider: String,
+    /// Users can be imported with a remote ticket (LDAP, OAuth2 with Google).
+    user_remote_search: bool,
+    /// `GET /v1/groups?prefix=` pages correctly (2025.04.0 and later).
+    prefix_paging_fixed: bool,
+}
+
+/// Derives the run's [`Mode`]. `settings` is the `server_settings` answer when it could be read.
+fn mode_from_settings(configured: GroupMode, settings: Option<&Value>) -> Result<Mode, String> {
+    let auth = settings.and_then(|s| s.get("authentication"));
+    let flag = |name: &str| auth.and_then(|a| a.get(name)).and_then(Value::as_bool);
+    let provider = auth
+        .and_then(|a| a.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    if flag("groups_enabled") == Some(false) {
+        return Err(
+            "groups are disabled on this Connect server (Authorization.UserGroups)".to_string(),
+        );
+    }
+    let version_fixed = settings
+        .and_then(|s| s.get("version"))
+        .and_then(Value::as_str)
+        .and_then(parse_version)
+        .is_some_and(|v| v >= (2025, 4, 0));
+    let is_ldap = provider.eq_ignore_ascii_case("LDAP");
+    let user_remote_search = flag("external_user_search").unwrap_or(is_ldap);
+    let (remote, provider_members) = match configured {
+        GroupMode::Auto => {
+            if settings.is_none() {
+                return Err("group_mode = \"auto\" needs GET /__api__/server_settings".into());
+            }
+            let remote = flag("external_group_search").unwrap_or(is_ldap);
+            (
+                remote,
+                remote || flag("external_group_members").unwrap_or(false),
+            )
+        }
+        GroupMode::Remote => (true, true),
+        // An explicit "local" asks ldapsync to manage members; a refusal is reported per group.
+        GroupMode::Local => (false, false),
+    };
+    Ok(Mode {
+        remote,
+        provider_members,
+        provider,
+        user_remote_search,
+        prefix_paging_fixed: version_fixed,
+    })
+}
+
+/// `"2024.09.0"` → (2024, 9, 0); suffixes such as `-dev` are ignored.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The numeric code of a Connect error body `{code, error, payload}`.
+fn error_code(body: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get("code")?
+        .as_i64()
+}
+
+/// What an operator should do about a Connect error code.
+fn hint(code: Option<i64>) -> &'static str {
+    match code {
+        Some(24) => " (the API key was rejected; check api_key)",
+        Some(19..=23) => " (the API key's user lacks permission; use an administrator's key)",
+        Some(119) => {
+            " (this authentication provider cannot import from the directory; use group_mode = \"local\")"
+        }
+        Some(120) => {
+            " (this authentication provider owns groups and users; use group_mode = \"remote\" or \"auto\")"
+        }
+        Some(132) => {
+            " (the authentication provider refuses this endpoint: it owns this data; use group_mode = \"auto\")"
+        }
+        Some(15) => " (another Connect group already has this name)",
+        Some(64) => " (the Connect license's user limit is reached)",
+        Some(83) => " (the remote search matched too many groups)",
+        _ => "",
+    }
+}
+
+/// The error of a failed response, with an operator hint for known Connect codes.
+fn describe(response: Response) -> String {
+    let code = error_code(&response.body);
+    format!("{}{}", response.into_error(), hint(code))
+}
+
+/// One result of `GET /v1/groups/remote` (or `/v1/users/remote`).
+#[derive(Debug, Clone, Deserialize)]
+struct Remote {
+    #[serde(default, alias = "username")]
+    name: String,
+    guid: Option<String>,
+    temp_ticket: Option<String>,
+}
+
+/// The exact-name matches of a prefix-fuzzy remote search: case-sensitive first, then a
+/// case-insensitive match when that one is unique.
+fn exact_matches<'a>(results: &'a [Remote], name: &str) -> Vec<&'a Remote> {
+    let exact: Vec<&Remote> = results.iter().filter(|r| r.name == name).collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    let folded: Vec<&Remote> = results
+        .iter()
+        .filter(|r| r.name.to_lowercase() == name.to_lowercase())
+        .collect();
+    if folded.len() == 1 {
+        folded
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether a page only repeats items already seen (the pre-2025.04 prefix paging bug).
+fn page_repeats(seen: &HashSet<String>, page_ids: &[String]) -> bool {
+    !page_ids.is_empty() && page_ids.iter().all(|id| seen.contains(id))
+}
+
+/// Everything an offset-paged listing returned.
+struct Listing {
+    items: Vec<Value>,
+    /// Stopped before `total` items were collected (buggy paging, a repeating page).
+    truncated: bool,
+}
+
+/// Connect users by the keys members are matched on.
+#[derive(Debug, Default)]
+struct UserIndex {
+    by_username: HashMap<String, String>,
+    by_email: HashMap<String, Vec<String>>,
+}
+
+impl UserIndex {
+    fn insert(&mut self, user: &Value) {
+        let Some(guid) = user.get("guid").and_then(Value::as_str) else {
+            return;
+        };
+        if let Some(username) = user.get("username").and_then(Value::as_str) {
+            self.by_username
+                .insert(username.to_string(), guid.to_string());
+        }
+        if let Some(email) = user
+            .get("email")
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty())
+        {
+            let guids = self.by_email.entry(email.to_lowercase()).or_default();
+            if !guids.iter().any(|g| g == guid) {
+                guids.push(guid.to_string());
+            }
+        }
+    }
+}
+
+pub struct ConnectSink {
+    name: String,
+    config: ConnectConfig,
+    http: HttpClient,
+    /// Loaded once per run, on the first member that needs it.
+    users: Mutex<Option<UserIndex>>,
+}
+
+impl ConnectSink {
+    pub fn new(
+        name: String,
+        config: &ConnectConfig,
+        settings: HttpSettings,
+    ) -> Result<ConnectSink, SinkError> {
+        let key = config.api_key().map_err(|source| SinkError::Secret {
+            sink: name.clone(),
+            source,
+        })?;
+        let http = HttpClient::new(
+            &api_root(&config.base_url),
+            Auth::Scheme { scheme: "Key", key },
+            settings,
+        )
+        .map_err(|source| SinkError::Http {
+            sink: name.clone(),
+            source,
+        })?;
+        Ok(ConnectSink {
+            name,
+            config: config.clone(),
+            http,
+            users: Mutex::new(None),
+        })
+    }
+
+    fn error(&self, source: HttpError) -> SinkError {
+        SinkError::Http {
+            sink: self.name.clone(),
+            source,
+        }
+    }
+
+    fn target_error(&self, message: String) -> SinkError {
+        SinkError::Target {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Reads `server_settings` (needed in auto mode, advisory otherwise) and derives the mode.
+    async fn resolve_mode(&self) -> Result<Mode, SinkError> {
+        let settings = match self
+            .http
+            .json::<Value>(Method::GET, "/server_settings", &[], None)
+            .await
+        {
+            Ok(settings) => Some(settings),
+            Err(e) if self.config.group_mode == GroupMode::Auto => return Err(self.error(e)),
+            Err(e) => {
+                tracing::debug!(sink = %self.name, error = %e, "server_settings unreadable; using the configured group_mode");
+                None
+            }
+        };
+        let mode = mode_from_settings(self.config.group_mode, settings.as_ref())
+            .map_err(|m| self.target_error(m))?;
+        tracing::debug!(sink = %self.name, ?mode, "Connect mode");
+        Ok(mode)
+    }
+
+    /// Walks an offset-paged listing. Stops on an empty page, when `total` is reached, after the
+    /// first page when `first_page_only`, or on a page that only repeats items already seen.
+    async fn list_pages(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        first_page_only: bool,
+    ) -> Result<Listing, HttpError> {
+        let mut items: Vec<Value> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut total: Option<u64> = None;
+        let mut stopped_early = false;
+        for page in 1..=MAX_PAGES {
+            let page_number = page.to_string();
+            let mut q: Vec<(&str, &str)> = query.to_vec();
+            q.push(("page_number", &page_number));
+            q.push(("page_size", PAGE_SIZE));
+            let answer: Value = self.http.json(Method::GET, path, &q, None).await?;
+            total = answer.get("total").and_then(Value::as_u64).or(total);
+            let results = answer
+                .get("results")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if results.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.get("guid").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            if page_repeats(&seen, &ids) {
+                tracing::warn!(sink = %self.name, path, page, "Connect answered a page that repeats earlier results (its prefix paging bug); listing stopped there");
+                stopped_early = true;
+                break;
+            }
+            seen.extend(ids);
+            items.extend(results);
+            if total.is_some_and(|t| items.len() as u64 >= t) {
+                break;
+            }
+            if first_page_only {
+                stopped_early = true;
+                break;
+            }
+            if page == MAX_PAGES {
+                tracing::warn!(sink = %self.name, path, "listing stopped after {MAX_PAGES} pages");
+                stopped_early = true;
+            }
+        }
+        let truncated = stopped_early && total.is_none_or(|t| (items.len() as u64) < t);
+        Ok(Listing { items, truncated })
+    }
+
+    /// A local Connect group by exact name: a prefix search (first page only on servers with the
+    /// prefix paging bug), then the full listing when that search was cut short.
+    async fn find_local_group(&self, mode: &Mode, name: &str) -> Result<Option<String>, HttpError> {
+        let pick = |items: &[Value]| {
+            items
+                .iter()
+                .find(|g| g.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|g| g.get("guid").and_then(Value::as_str))
+                .map(str::to_string)
+        };
+        let listing = self
+            .list_pages("/v1/groups", &[("prefix", name)], !mode.prefix_paging_fixed)
+            .await?;
+        if let Some(guid) = pick(&listing.items) {
+            return Ok(Some(guid));
+        }
+        if listing.truncated {
+            let all = self.list_pages("/v1/groups", &[], false).await?;
+            return Ok(pick(&all.items));
+        }
+        Ok(None)
+    }
+
+    /// `GET /v1/groups/remote?prefix=NAME` narrowed to the exact name.
+    async fn remote_search(&self, kind: &str, name: &str) -> Result<Vec<Remote>, HttpError> {
+        let answer: Value = self
+            .http
+            .json(
+                Method::GET,
+                &format!("/v1/{kind}/remote"),
+                &[("prefix", name), ("limit", PAGE_SIZE)],
+                None,
+            )
+            .await?;
+        let results: Vec<Remote> = answer
+            .get("results")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| HttpError::Decode {
+                method: "GET".into(),
+                path: format!("/v1/{kind}/remote"),
+                detail: e.to_string(),
+            })?
+            .unwrap_or_default();
+        Ok(exact_matches(&results, name).into_iter().cloned().collect())
+    }
+
+    async fn create(
+        &self,
+        mode: &Mode,
+        group: &GroupSpec,
+        resume: bool,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        if mode.remote {
+            return self.create_remote(group, recorder).await;
+        }
+        if resume {
+            match self.find_local_group(mode, &group.name).await {
+                Ok(Some(guid)) => {
+                    tracing::info!(sink = %self.name, group = %group.name, guid, "adopted the group an interrupted run created");
+                    return recorder.created(group, &guid);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    recorder.failed(OpKind::Create, group, e, 1);
+                    return Ok(());
+                }
+            }
+        }
+        recorder.intent(group)?;
+        let body = Body::json(&json!({"name": group.name}));
+        let response = match self
+            .http
+            .send(Method::POST, "/v1/groups", &[], Some(&body))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                recorder.failed(OpKind::Create, group, e, 1);
+                return Ok(());
+            }
+        };
+        if response.status.as_u16() == 409 {
+            return match self.find_local_group(mode, &group.name).await {
+                Ok(Some(guid)) => {
+                    tracing::info!(sink = %self.name, group = %group.name, guid, "group name already in use; adopted the existing group");
+                    recorder.created(group, &guid)
+                }
+                Ok(None) => {
+                    recorder.failed(OpKind::Create, group, describe(response), 1);
+                    Ok(())
+                }
+                Err(e) => {
+                    recorder.failed(OpKind::Create, group, e, 1);
+                    Ok(())
+                }
+            };
+        }
+        self.record_created(group, response, recorder)
+    }
+
+    /// The seed's recipe: remote search → exact name → adopt the guid or PUT the ticket.
+    async fn create_remote(
+        &self,
+        group: &GroupSpec,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let found = match self.remote_search("groups", &group.name).await {
+            Ok(found) => found,
+            Err(e) => {
+                recorder.failed(OpKind::Create, group, e, 1);
+                return Ok(());
+            }
+        };
+        let remote = match found.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                recorder.failed(
+                    OpKind::Create,
+                    group,
+                    format!(
+                        "Connect's LDAP group search finds no group named {:?}; check Connect's LDAP group settings (GroupSearchBaseDN, group filter)",
+                        group.name
+                    ),
+                    1,
+                );
+                return Ok(());
+            }
+            many => {
+                recorder.failed(
+                    OpKind::Create,
+                    group,
+                    format!(
+                        "Connect's LDAP group search finds {} groups named {:?}; cannot tell which one is {}",
+                        many.len(),
+                        group.name,
+                        group.dn
+                    ),
+                    1,
+                );
+                return Ok(());
+            }
+        };
+        if let Some(guid) = remote.guid {
+            tracing::info!(sink = %self.name, group = %group.name, guid, "the LDAP group is already in Connect; adopted it");
+            return recorder.created(group, &guid);
+        }
+        let Some(ticket) = remote.temp_ticket else {
+            recorder.failed(
+                OpKind::Create,
+                group,
+                "the remote search result has no temp_ticket",
+                1,
+            );
+            return Ok(());
+        };
+        recorder.intent(group)?;
+        let body = Body::json(&json!({"temp_ticket": ticket}));
+        let response = match self
+            .http
+            .send(Method::PUT, "/v1/groups", &[], Some(&body))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                recorder.failed(OpKind::Create, group, e, 1);
+                return Ok(());
+            }
+        };
+        if !response.is_success() && error_code(&response.body) == Some(131) {
+            // "A group using the same unique ID already exists": it is in Connect; adopt it.
+            let again = self.remote_search("groups", &group.name).await;
+            return match again.as_deref() {
+                Ok(
+                    [
+                        Remote {
+                            guid: Some(guid), ..
+                        },
+                    ],
+                ) => {
+                    tracing::info!(sink = %self.name, group = %group.name, guid, "the LDAP group was already in Connect (code 131); adopted it");
+                    recorder.created(group, guid)
+                }
+                Ok(_) => {
+                    recorder.failed(OpKind::Create, group, describe(response), 1);
+                    Ok(())
+                }
+                Err(e) => {
+                    recorder.failed(OpKind::Create, group, e, 1);
+                    Ok(())
+                }
+            };
+        }
+        self.record_created(group, response, recorder)
+    }
+
+    fn record_created(
+        &self,
+        group: &GroupSpec,
+        response: Response,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        if !response.is_success() {
+            recorder.failed(OpKind::Create, group, describe(response), 1);
+            return Ok(());
+        }
+        match response.json::<Value>() {
+            Ok(created) => match created.get("guid").and_then(Value::as_str) {
+                Some(guid) => recorder.created(group, guid),
+                None => {
+                    recorder.failed(
+                        OpKind::Create,
+                        group,
+                        "the create answer has no \"guid\"",
+                        1,
+                    );
+                    Ok(())
+                }
+            },
+            Err(e) => {
+                recorder.failed(OpKind::Create, group, e, 1);
+                Ok(())
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        mode: &Mode,
+        group: &GroupSpec,
+        previous: &GroupSpec,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let Some(guid) = recorder.target_id(group) else {
+            recorder.failed(OpKind::Update, group, "no target id recorded", 1);
+            return Ok(());
+        };
+        // Connect groups have no description and no DN field: only a rename is sent.
+        if group.name == previous.name {
+            return recorder.updated(group, &guid);
+        }
+        if mode.remote {
+            tracing::warn!(sink = %self.name, group = %group.name, previous = %previous.name, "Connect does not rename LDAP groups through its API (the provider owns their names); not sent");
+            return recorder.updated(group, &guid);
+        }
+        let path = format!("/v1/groups/{guid}");
+        let body = Body::json(&json!({"name": group.name}));
+        let mut result = self.http.send(Method::PATCH, &path, &[], Some(&body)).await;
+        // Servers before PATCH answer 404 code 2 ("endpoint not supported"): legacy POST.
+        if let Ok(r) = &result
+            && r.status.as_u16() == 404
+            && error_code(&r.body) == Some(2)
+        {
+            result = self.http.send(Method::POST, &path, &[], Some(&body)).await;
+        }
+        match result {
+            Ok(r) if r.is_success() => recorder.updated(group, &guid),
+            Ok(r) if r.status.as_u16() == 404 => {
+                recorder.failed(
+                    OpKind::Update,
+                    group,
+                    "the group no longer exists in Connect; it will be recreated next run",
+                    1,
+                );
+                recorder.forget(group)
+            }
+            Ok(r) => {
+                recorder.failed(OpKind::Update, group, describe(r), 1);
+                Ok(())
+            }
+            Err(e) => {
+                recorder.failed(OpKind::Update, group, e, 1);
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete(
+        &self,
+        mode: &Mode,
+        group: &GroupSpec,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let guid = match recorder.target_id(group) {
+            Some(guid) => Some(guid),
+            // An unconfirmed create: delete what it may have created.
+            None if mode.remote => match self.remote_search("groups", &group.name).await {
+                Ok(found) => match found.as_slice() {
+                    [one] => one.guid.clone(),
+                    _ => None,
+                },
+                Err(e) => {
+                    recorder.failed(OpKind::Delete, group, e, 1);
+                    return Ok(());
+                }
+            },
+            None => match self.find_local_group(mode, &group.name).await {
+                Ok(found) => found,
+                Err(e) => {
+                    recorder.failed(OpKind::Delete, group, e, 1);
+                    return Ok(());
+                }
+            },
+        };
+        let Some(guid) = guid else {
+            return recorder.deleted(group);
+        };
+        match self
+            .http
+            .send(Method::DELETE, &format!("/v1/groups/{guid}"), &[], None)
+            .await
+        {
+            Ok(r) if r.is_success() || r.status.as_u16() == 404 => recorder.deleted(group),
+            Ok(r) => {
+                recorder.failed(OpKind::Delete, group, describe(r), 1);
+                Ok(())
+            }
+            Err(e) => {
+                recorder.failed(OpKind::Delete, group, e, 1);
+                Ok(())
+            }
+        }
+    }
+
+    /// The Connect user guid of an LDAP user (from the per-run index), provisioning it if allowed.
+    async fn user_guid(&self, mode: &Mode, member: &MemberRef) -> Result<Option<String>, String> {
+        let mut users = self.users.lock().await;
+        if users.is_none() {
+            let listing = self
+                .list_pages("/v1/users", &[], false)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut index = UserIndex::default();
+            for user in &listing.items {
+                index.insert(user);
+            }
+            *users = Some(index);
+        }
+        let Some(index) = users.as_mut() else {
+            return Ok(None);
+        };
+        let found = match self.config.user_match {
+            ConnectUserMatch::Username => index.by_username.get(&member.username).cloned(),
+            ConnectUserMatch::Email => match &member.email {
+                Some(email) => match index.by_email.get(&email.to_lowercase()).map(Vec::as_slice) {
+                    Some([one]) => Some(one.clone()),
+                    Some([_, _, ..]) => {
+                        tracing::warn!(sink = %self.name, member = %member.username, "several Connect users have this email; member skipped");
+                        return Ok(None);
+                    }
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        if found.is_some() || !self.config.provision_users {
+            return Ok(found);
+        }
+        let created = self.provision(mode, member).await?;
+        if let Some(user) = &created {
+            index.insert(user);
+        }
+        Ok(created
+            .as_ref()
+            .and_then(|u| u.get("guid"))
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    /// Creates the Connect user of an LDAP member: a remote ticket where the provider searches
+    /// users (LDAP, OAuth2 with Google), `POST /v1/users` otherwise.
+    async fn provision(&self, mode: &Mode, member: &MemberRef) -> Result<Option<Value>, String> {
+        let response = if mode.user_remote_search {
+            let found = self
+                .remote_search("users", &member.username)
+                .await
+                .map_err(|e| e.to_string())?;
+            let remote = match found.as_slice() {
+                [one] => one.clone(),
+                _ => return Ok(None),
+            };
+            if let Some(guid) = remote.guid {
+                return Ok(Some(json!({"guid": guid, "username": member.username})));
+            }
+            let Some(ticket) = remote.temp_ticket else {
+                return Ok(None);
+            };
+            let body = Body::json(&json!({"temp_ticket": ticket}));
+            self.http
+                .send(Method::PUT, "/v1/users", &[], Some(&body))
+                .await
+        } else {
+            let mut user = json!({"username": member.username});
+            if let Some(email) = &member.email {
+                user["email"] = json!(email);
+            }
+            if mode.provider.eq_ignore_ascii_case("password") {
+                user["user_must_set_password"] = json!(true);
+            }
+            if mode.provider.eq_ignore_ascii_case("saml")
+                || mode.provider.eq_ignore_ascii_case("oauth2")
+            {
+                // SAML/OAuth2 require the provider's unique ID; the user name is our best key.
+                user["unique_id"] = json!(member.username);
+            }
+            self.http
+                .send(Method::POST, "/v1/users", &[], Some(&Body::json(&user)))
+                .await
+        }
+        .map_err(|e| e.to_string())?;
+        if !response.is_success() {
+            return Err(format!(
+                "provisioning user {:?}: {}",
+                member.username,
+                describe(response)
+            ));
+        }
+        let user: Value = response.json().map_err(|e| e.to_string())?;
+        tracing::info!(sink = %self.name, user = %member.username, "provisioned a Connect user");
+        Ok(Some(user))
+    }
+
+    async fn add_members(
+        &self,
+        mode: &Mode,
+        group: &GroupSpec,
+        members: &[MemberRef],
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let Some(guid) = recorder.target_id(group) else {
+            recorder.failed(
+                OpKind::MemberAdd,
+                group,
+                "the group was not created",
+                members.len() as u64,
+            );
+            return Ok(());
+        };
+        let path = format!("/v1/groups/{guid}/members");
+        for (i, member) in members.iter().enumerate() {
+            let user_guid = match self.user_guid(mode, member).await {
+                Ok(Some(g)) => g,
+                Ok(None) => {
+                    recorder.unmapped(group, member);
+                    continue;
+                }
+                Err(e) => {
+                    recorder.failed(OpKind::MemberAdd, group, e, 1);
+                    continue;
+                }
+            };
+            let body = Body::json(&json!({"user_guid": user_guid}));
+            let result = self.http.send(Method::POST, &path, &[], Some(&body)).await;
+            let mapped = MemberRef {
+                target_id: Some(user_guid),
+                ..member.clone()
+            };
+            match result {
+                // 409 code 16: already a member.
+                Ok(r) if r.is_success() || error_code(&r.body) == Some(16) => {
+                    recorder.members_added(group, std::slice::from_ref(&mapped))?
+                }
+                Ok(r) if matches!(error_code(&r.body), Some(4 | 153)) => {
+                    recorder.failed(
+                        OpKind::MemberAdd,
+                        group,
+                        "the group no longer exists in Connect; it will be recreated next run",
+                        (members.len() - i) as u64,
+                    );
+                    return recorder.forget(group);
+                }
+                Ok(r) if error_code(&r.body) == Some(132) => {
+                    recorder.failed(
+                        OpKind::MemberAdd,
+                        group,
+                        format!(
+                            "Connect's {} provider manages this group's members: {}",
+                            mode.provider,
+                            describe(r)
+                        ),
+                        (members.len() - i) as u64,
+                    );
+                    return Ok(());
+                }
+                Ok(r) => recorder.failed(OpKind::MemberAdd, group, describe(r), 1),
+                Err(e) => recorder.failed(OpKind::MemberAdd, group, e, 1),
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_members(
+        &self,
+        mode: &Mode,
+        group: &GroupSpec,
+        members: &[MemberRef],
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let Some(guid) = recorder.target_id(group) else {
+            recorder.failed(
+                OpKind::MemberRemove,
+                group,
+                "no target id recorded",
+                members.len() as u64,
+            );
+            return Ok(());
+        };
+        for (i, member) in members.iter().enumerate() {
+            let user_guid = match &member.target_id {
+                Some(t) => Some(t.clone()),
+                None => self.user_guid(mode, member).await.unwrap_or(None),
+            };
+            let Some(user_guid) = user_guid else {
+                // Not in Connect at all, so not in the group.
+                recorder.members_removed(group, std::slice::from_ref(member))?;
+                continue;
+            };
+            let result = self
+                .http
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/groups/{guid}/members/{user_guid}"),
+                    &[],
+                    None,
+                )
+                .await;
+            match result {
+                Ok(r) if matches!(error_code(&r.body), Some(4 | 153)) => {
+                    recorder.failed(
+                        OpKind::MemberRemove,
+                        group,
+                        "the group no longer exists in Connect",
+                        (members.len() - i) as u64,
+                    );
+                    return recorder.forget(group);
+                }
+                // 404 code 17 (not a member) or 9 (no such user): already done.
+                Ok(r) if r.is_success() || r.status.as_u16() == 404 => {
+                    recorder.members_removed(group, std::slice::from_ref(member))?
+                }
+                Ok(r) if error_code(&r.body) == Some(132) => {
+                    recorder.failed(
+                        OpKind::MemberRemove,
+                        group,
+                        format!(
+                            "Connect's {} provider manages this group's members: {}",
+                            mode.provider,
+                            describe(r)
+                        ),
+                        (members.len() - i) as u64,
+                    );
+                    return Ok(());
+                }
+                Ok(r) => recorder.failed(OpKind::MemberRemove, group, describe(r), 1),
+                Err(e) => recorder.failed(OpKind::MemberRemove, group, e, 1),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for ConnectSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &'static str {
+        "connect"
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        // server_settings needs no key: verify the key on the caller's own user.
+        let response = self
+            .http
+            .send(Method::GET, "/v1/user", &[], None)
+            .await
+            .map_err(|e| self.error(e))?;
+        if !response.is_success() {
+            return Err(self.target_error(describe(response)));
+        }
+        let mode = self.resolve_mode().await?;
+        tracing::info!(sink = %self.name, provider = %mode.provider, remote = mode.remote, provider_members = mode.provider_members, "Connect reachable");
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        _ledger: &Ledger,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        *self.users.lock().await = None;
+        let mode = self.resolve_mode().await?;
+        let (mut skipped_members, mut skipped_groups) = (0u64, HashSet::new());
+        for op in &plan.operations {
+            match op {
+                Operation::Create { group, resume } => {
+                    self.create(&mode, group, *resume, recorder).await?
+                }
+                Operation::Update { group, previous } => {
+                    self.update(&mode, group, previous, recorder).await?
+                }
+                Operation::MemberAdd { group, members }
+                | Operation::MemberRemove { group, members }
+                    if mode.provider_members =>
+                {
+                    if recorder.target_id(group).is_some() {
+                        recorder.members_skipped(op.kind(), group, members)?;
+                        skipped_members += members.len() as u64;
+                        skipped_groups.insert(group.source_id.clone());
+                    } else {
+                        recorder.failed(
+                            op.kind(),
+                            group,
+                            "the group was not created",
+                            members.len() as u64,
+                        );
+                    }
+                }
+                Operation::MemberAdd { group, members } => {
+                    self.add_members(&mode, group, members, recorder).await?
+                }
+                Operation::MemberRemove { group, members } => {
+                    self.remove_members(&mode, group, members, recorder).await?
+                }
+                Operation::Delete { group } => self.delete(&mode, group, recorder).await?,
+            }
+            if let Some(failure) = recorder.report.failures.last()
+                && failure.error.contains("HTTP 401")
+            {
+                return Err(self.target_error(format!(
+                    "authentication rejected ({}); check the API key",
+                    failure.error
+                )));
+            }
+        }
+        if skipped_members > 0 {
+            tracing::warn!(
+                sink = %self.name,
+                provider = %mode.provider,
+                memberships = skipped_members,
+                groups = skipped_groups.len(),
+                "Connect's authentication provider manages group membership itself; these membership changes were not sent (recorded as in sync)"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(name: &str, group_search: bool, group_members: bool, version: &str) -> Value {
+        json!({"version": version, "authentication": {
+            "name": name, "groups_enabled": true,
+            "external_group_search": group_search, "external_group_members": group_members,
+            "external_user_search": name == "LDAP"}})
+    }
+
+    #[test]
+    fn auto_mode_follows_server_settings() {
+        let ldap = settings("LDAP", true, true, "2024.09.0");
+        let mode = mode_from_settings(GroupMode::Auto, Some(&ldap)).unwrap();
+        assert!(mode.remote && mode.provider_members && mode.user_remote_search);
+        assert!(!mode.prefix_paging_fixed);
+
+        let saml = settings("SAML", false, false, "2025.04.0");
+        let mode = mode_from_settings(GroupMode::Auto, Some(&saml)).unwrap();
+        assert!(!mode.remote && !mode.provider_members && !mode.user_remote_search);
+        assert!(mode.prefix_paging_fixed);
+
+        let provisioned = settings("SAML", false, true, "2025.10.1");
+        let mode = mode_from_settings(GroupMode::Auto, Some(&provisioned)).unwrap();
+        assert!(!mode.remote && mode.provider_members);
+    }
+
+    #[test]
+    fn forced_modes_and_refusals() {
+        let ldap = settings("LDAP", true, true, "2024.09.0");
+        let mode = mode_from_settings(GroupMode::Local, Some(&ldap)).unwrap();
+        assert!(!mode.remote && !mode.provider_members);
+        let mode = mode_from_settings(GroupMode::Remote, None).unwrap();
+        assert!(mode.remote && mode.provider_members);
+        assert!(mode_from_settings(GroupMode::Auto, None).is_err());
+        let off = json!({"authentication": {"groups_enabled": false}});
+        let err = mode_from_settings(GroupMode::Local, Some(&off)).unwrap_err();
+        assert!(err.contains("groups are disabled"), "{err}");
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("2024.09.0"), Some((2024, 9, 0)));
+        assert_eq!(parse_version("2025.04.1-dev+5"), Some((2025, 4, 1)));
+        assert_eq!(parse_version("2025"), Some((2025, 0, 0)));
+        assert_eq!(parse_version("x"), None);
+    }
+
+    #[test]
+    fn remote_search_picks_the_exact_name() {
+        let results: Vec<Remote> = serde_json::from_value(json!([
+            {"name": "Data Science Apprentices", "guid": null, "temp_ticket": "t2"},
+            {"name": "Data Science", "guid": "g1", "temp_ticket": "t1"}
+        ]))
+        .unwrap();
+        let found = exact_matches(&results, "Data Science");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].guid.as_deref(), Some("g1"));
+        assert_eq!(exact_matches(&results, "data science").len(), 1);
+        assert!(exact_matches(&results, "Data").is_empty());
+    }
+
+    #[test]
+    fn repeating_pages_are_detected() {
+        let seen: HashSet<String> = ["a".to_string(), "b".to_string()].into();
+        assert!(page_repeats(&seen, &["a".into(), "b".into()]));
+        assert!(!page_repeats(&seen, &["b".into(), "c".into()]));
+        assert!(!page_repeats(&seen, &[]));
+    }
+
+    #[test]
+    fn errors_carry_hints_and_no_key() {
+        let body = br#"{"code":120,"error":"The authentication provider does not support creating records from POST content.","payload":null}"#;
+        assert_eq!(error_code(body), Some(120));
+        assert!(hint(error_code(body)).contains("group_mode = \"remote\""));
+        assert_eq!(error_code(b"<html>"), None);
+        assert_eq!(hint(None), "");
+    }
+
+    #[test]
+    fn api_root_is_appended_once() {
+        assert_eq!(api_root("https://c.example/"), "https://c.example/__api__");
+        assert_eq!(
+            api_root("https://c.example/__api__"),
+            "https://c.example/__api__"
+        );
+    }
+
+    #[test]
+    fn config_rejects_unknown_keys_and_requires_a_key() {
+        let ok: ConnectConfig = toml::from_str(
+            "base_url = \"https://c\"\napi_key = \"k\"\ngroup_mode = \"remote\"\nuser_match = \"email\"",
+        )
+        .unwrap();
+        assert_eq!(ok.group_mode, GroupMode::Remote);
+        assert!(ok.validate().is_ok());
+        assert!(
+            toml::from_str::<ConnectConfig>("base_url = \"https://c\"\napikey = \"k\"").is_err()
+        );
+        let nokey: ConnectConfig = toml::from_str("base_url = \"https://c\"").unwrap();
+        assert_eq!(nokey.validate().unwrap_err().0, "api_key");
+    }
+
+    #[test]
+    fn user_index_matches_username_and_email() {
+        let mut index = UserIndex::default();
+        index.insert(&json!({"guid": "u1", "username": "alice", "email": "Alice@X.org"}));
+        index.insert(&json!({"guid": "u2", "username": "bob", "email": ""}));
+        assert_eq!(index.by_username["alice"], "u1");
+        assert_eq!(index.by_email["alice@x.org"], vec!["u1".to_string()]);
+        assert!(!index.by_email.contains_key(""));
+    }
+
+    /// The code-131 race: the remote search said "not in Connect", the PUT says it is (another
+    /// importer got there first). The sink searches again and adopts the guid.
+    #[tokio::test]
+    async fn code_131_on_put_adopts_the_existing_group() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use axum::Router;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+
+        fn json_reply(
+            status: StatusCode,
+            body: Value,
+        ) -> (
+            StatusCode,
+            [(axum::http::HeaderName, &'static str); 1],
+            String,
+        ) {
+            (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+        }
+        let searches = Arc::new(AtomicUsize::new(0));
+        let counter = searches.clone();
+        let app = Router::new()
+            .route(
+                "/__api__/v1/groups/remote",
+                get(move || {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let guid = if n == 0 { Value::Null } else { json!("g-131") };
+                    async move {
+                        json_reply(
+                            StatusCode::OK,
+                            json!({"results": [
+                                {"name": "devs-extra", "guid": null, "temp_ticket": "x"},
+                                {"name": "devs", "guid": guid, "temp_ticket": "t"}
+                            ], "current_page": 1, "total": 2}),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/__api__/v1/groups",
+                axum::routing::put(|| async {
+                    json_reply(
+                        StatusCode::BAD_REQUEST,
+                        json!({"code": 131, "error": "A group using the same unique ID already exists.", "payload": null}),
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let config: ConnectConfig = toml::from_str(&format!(
+            "base_url = \"http://{addr}\"\napi_key = \"k\"\ngroup_mode = \"remote\""
+        ))
+        .unwrap();
+        let sink = ConnectSink::new("c".into(), &config, HttpSettings::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::store::Store::open(&dir.path().join("s.db")).unwrap();
+        let group = GroupSpec {
+            source_id: "s1".into(),
+            name: "devs".into(),
+            description: None,
+            dn: "cn=devs,ou=Groups,dc=example,dc=com".into(),
+            target_id: None,
+        };
+        {
+            let mut recorder = Recorder::new(&mut store, "c");
+            sink.create_remote(&group, &mut recorder).await.unwrap();
+            assert!(
+                recorder.report.failures.is_empty(),
+                "{:?}",
+                recorder.report.failures
+            );
+            assert_eq!(recorder.report.applied.create, 1);
+        }
+        assert_eq!(searches.load(Ordering::SeqCst), 2);
+        let ledger = store.load_ledger("c").unwrap();
+        assert_eq!(ledger.groups["s1"].target_id.as_deref(), Some("g-131"));
+    }
+}

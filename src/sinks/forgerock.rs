@@ -1,0 +1,864 @@
+//! The ForgeRock Identity Cloud / PingIDM sink: managed groups and their member relationships over CREST.
+//!
+//! Follows specs/scim-and-forgerock.md part B and seeds/forgerock-manage-groups.txt:
+//! `/openidm/managed/<realm>_group` (an empty realm gives self-managed IDM's `managed/group`),
+//! `Accept-API-Version: resource=1.0` on every request, OAuth2 client credentials (cached token,
+//! refreshed on a 401 by the shared HTTP layer) or a bearer token from a file.
+//!
+//! * Create: `POST …_group?_action=create {name, description}`; a duplicate (412, or 409 on older
+//!   CREST) or a resumed create is resolved by `_queryFilter=name eq "…"` and adopted.
+//! * Update: read `_rev`, `PATCH` with `If-Match: <rev>`; a 412 (stale `_rev`) re-reads and
+//!   retries once.
+//! * Members: the current relationships are listed first (paged with `_pageSize` and
+//!   `_pagedResultsCookie`) so nothing is added twice; add with `POST …/members?_action=create
+//!   {"_ref"}`, remove with `DELETE …/members/<relationship id>`.
+//! * Groups with a `condition` (dynamic membership) never get static member changes: every such
+//!   operation is reported as failed with an explanation.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod};
+use super::{Recorder, Sink, SinkError};
+use crate::config::{Secret, SecretError, resolve_secret};
+use crate::ledger::Ledger;
+use crate::plan::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+
+const PAGE_SIZE: &str = "500";
+/// A paged query never fetches more pages than this, whatever cookies the server returns.
+const MAX_PAGES: u32 = 10_000;
+
+/// How an LDAP user is found among the managed users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum ForgeRockUserMatch {
+    /// `userName eq "<LDAP user name>"`.
+    #[default]
+    #[serde(rename = "userName")]
+    UserName,
+    /// `mail eq "<LDAP mail>"`.
+    #[serde(rename = "mail")]
+    Mail,
+}
+
+fn default_realm() -> String {
+    "alpha".into()
+}
+
+fn default_scope() -> String {
+    "fr:idm:*".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeRockConfig {
+    /// The tenant root, e.g. `https://openam-acme.forgeblocks.com` (`/openidm` is appended).
+    pub base_url: String,
+    /// Managed object prefix: `alpha` → `alpha_group`; `""` → `group` (self-managed IDM).
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// OAuth2 client credentials.
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    #[serde(default)]
+    pub token_auth_method: TokenAuthMethod,
+    /// A bearer token obtained elsewhere (instead of client credentials).
+    pub access_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub user_match: ForgeRockUserMatch,
+}
+
+impl ForgeRockConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, url) in [
+            ("base_url", Some(&self.base_url)),
+            ("token_url", self.token_url.as_ref()),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err((key, format!("{url:?} must be an http(s) URL")));
+            }
+        }
+        if !self
+            .realm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err((
+                "realm",
+                format!(
+                    "{:?} is not a realm name (letters, digits, _ and -)",
+                    self.realm
+                ),
+            ));
+        }
+        let client = self.token_url.is_some()
+            || self.client_id.is_some()
+            || self.client_secret.is_some()
+            || self.client_secret_file.is_some();
+        match (client, self.access_token_file.is_some()) {
+            (true, true) => Err((
+                "access_token_file",
+                "use either client credentials (token_url, client_id, client_secret) or access_token_file, not both".into(),
+            )),
+            (false, false) => Err((
+                "token_url",
+                "authentication is required: token_url + client_id + client_secret(_file), or access_token_file".into(),
+            )),
+            (true, false) if self.token_url.is_none() => {
+                Err(("token_url", "client credentials need token_url".into()))
+            }
+            (true, false) if self.client_id.is_none() => {
+                Err(("client_id", "client credentials need client_id".into()))
+            }
+            (true, false) if self.client_secret.is_none() && self.client_secret_file.is_none() => {
+                Err((
+                    "client_secret",
+                    "client credentials need client_secret or client_secret_file".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves whichever secret the configuration uses.
+    pub fn resolve_secrets(&self) -> Result<(), SecretError> {
+        self.credential().map(|_| ())
+    }
+
+    fn credential(&self) -> Result<Secret, SecretError> {
+        match &self.access_token_file {
+            Some(file) => resolve_secret("access_token_file", None, Some(file)),
+            None => resolve_secret(
+                "client_secret",
+                self.client_secret.as_deref(),
+                self.client_secret_file.as_deref(),
+            ),
+        }
+    }
+
+    /// `<realm>_<kind>`, or `<kind>` for an empty realm.
+    fn object(&self, kind: &str) -> String {
+        if self.realm.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{}_{kind}", self.realm)
+        }
+    }
+}
+
+/// A CREST query filter string literal (JSON string syntax, double quotes).
+fn quote(value: &str) -> String {
+    Value::String(value.to_string()).to_string()
+}
+
+/// The relationship id and user id of one item of `…/members`.
+fn relationship(item: &Value) -> Option<(String, String)> {
+    let rel = item
+        .pointer("/_refProperties/_id")
+        .or_else(|| item.get("_id"))
+        .and_then(Value::as_str)?;
+    let user = item
+        .get("_refResourceId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            item.get("_ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.rsplit('/').next())
+                .map(str::to_string)
+        })?;
+    Some((rel.to_string(), user))
+}
+
+/// A group as read for an update or a membership change.
+struct GroupState {
+    rev: Option<String>,
+    condition: Option<String>,
+}
+
+/// Why an operation on a group cannot go on.
+enum Blocked {
+    /// The group is gone from the target.
+    Gone,
+    Failed(String),
+}
+
+pub struct ForgeRockSink {
+    name: String,
+    config: ForgeRockConfig,
+    http: HttpClient,
+    group_path: String,
+    user_path: String,
+    /// Lookup key → managed user id (positive answers only).
+    users: Mutex<HashMap<String, String>>,
+}
+
+impl ForgeRockSink {
+    pub fn new(
+        name: String,
+        config: &ForgeRockConfig,
+        settings: HttpSettings,
+    ) -> Result<ForgeRockSink, SinkError> {
+        let credential = config.credential().map_err(|source| SinkError::Secret {
+            sink: name.clone(),
+            source,
+        })?;
+        let auth = match (&config.token_url, &config.client_id) {
+            (Some(token_url), Some(client_id)) if config.access_token_file.is_none() => {
+                Auth::OAuth(OAuthClient::new(
+                    token_url.clone(),
+                    client_id.clone(),
+                    credential,
+                    config.token_auth_method,
+                    Some(config.scope.clone()).filter(|s| !s.is_empty()),
+                ))
+            }
+            _ => Auth::Bearer(credential),
+        };
+        let root = format!("{}/openidm", config.base_url.trim_end_matches('/'));
+        let http = HttpClient::new(&root, auth, settings)
+            .map_err(|source| SinkError::Http {
+                sink: name.clone(),
+                source,
+            })?
+            .with_header("Accept-API-Version", "resource=1.0");
+        Ok(ForgeRockSink {
+            group_path: format!("/managed/{}", config.object("group")),
+            user_path: format!("/managed/{}", config.object("user")),
+            name,
+            config: config.clone(),
+            http,
+            users: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn error(&self, source: HttpError) -> SinkError {
+        SinkError::Http {
+            sink: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Runs a CREST query over every page (`_pageSize` + `_pagedResultsCookie`).
+    async fn query_all(&self, path: &str, query: &[(&str, &str)]) -> Result<Vec<Value>, HttpError> {
+        let mut items = Vec::new();
+        let mut cookie: Option<String> = None;
+        let mut seen_cookies = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let mut q: Vec<(&str, &str)> = query.to_vec();
+            q.push(("_pageSize", PAGE_SIZE));
+            if let Some(c) = &cookie {
+                q.push(("_pagedResultsCookie", c));
+            }
+            let page: Value = self.http.json(Method::GET, path, &q, None).await?;
+            if let Some(result) = page.get("result").and_then(Value::as_array) {
+                items.extend(result.iter().cloned());
+            }
+            match page.get("pagedResultsCookie").and_then(Value::as_str) {
+                Some(next) if !next.is_empty() => {
+                    if !seen_cookies.insert(next.to_string()) {
+                        tracing::warn!(sink = %self.name, path, "the target repeated a paged-results cookie; query stopped");
+                        break;
+                    }
+                    cookie = Some(next.to_string());
+                }
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
+    /// Groups with exactly this name (case-sensitive matches first; the repository compares
+    /// names case-insensitively).
+    async fn find_by_name(&self, name: &str) -> Result<Option<String>, HttpError> {
+        let filter = format!("name eq {}", quote(name));
+        let found = self
+            .query_all(
+                &self.group_path,
+                &[("_queryFilter", &filter), ("_fields", "_id,name")],
+            )
+            .await?;
+        let id_of = |g: &Value| g.get("_id").and_then(Value::as_str).map(str::to_string);
+        Ok(found
+            .iter()
+            .find(|g| g.get("name").and_then(Value::as_str) == Some(name))
+            .or_else(|| found.first())
+            .and_then(id_of))
+    }
+
+    async fn read_group(&self, id: &str) -> Result<GroupState, Blocked> {
+        let response = self
+            .http
+            .send(
+                Method::GET,
+                &format!("{}/{id}", self.group_path),
+                &[("_fields", "_id,_rev,name,condition")],
+                None,
+            )
+            .await
+            .map_err(|e| Blocked::Failed(e.to_string()))?;
+        if response.status.as_u16() == 404 {
+            return Err(Blocked::Gone);
+        }
+        let group: Value = response
+            .success()
+            .and_then(|r| r.json())
+            .map_err(|e| Blocked::Failed(e.to_string()))?;
+        Ok(GroupState {
+            rev: group
+                .get("_rev")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            condition: group
+                .get("condition")
+                .and_then(Value::as_str)
+                .filter(|c| !c.trim().is_empty())
+                .map(str::to_string),
+        })
+    }
+
+    async fn create(
+        &self,
+        group: &GroupSpec,
+        resume: bool,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        if resume {
+            match self.find_by_name(&group.name).await {
+                Ok(Some(id)) => {
+                    tracing::info!(sink = %self.name, group = %group.name, id, "adopted the group an interrupted run created");
+                    return recorder.created(group, &id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    recorder.failed(OpKind::Create, group, e, 1);
+                    return Ok(());
+                }
+            }
+        }
+        recorder.intent(group)?;
+        let mut body = json!({"name": group.name});
+        if let Some(description) = &group.description {
+            body["description"] = json!(description);
+        }
+        let response = match self
+            .http
+            .send(
+                Method::POST,
+                &self.group_path,
+                &[("_action", "create")],
+                Some(&Body::json(&body)),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                recorder.failed(OpKind::Create, group, e, 1);
+                return Ok(());
+            }
+        };
+        if matches!(response.status.as_u16(), 409 | 412) {
+            return match self.find_by_name(&group.name).await {
+                Ok(Some(id)) => {
+                    tracing::info!(sink = %self.name, group = %group.name, id, "a group with this name already exists; adopted it");
+                    recorder.created(group, &id)
+                }
+                Ok(None) => {
+                    recorder.failed(OpKind::Create, group, response.into_error(), 1);
+                    Ok(())
+                }
+                Err(e) => {
+                    recorder.failed(OpKind::Create, group, e, 1);
+                    Ok(())
+                }
+            };
+        }
+        match response.success().and_then(|r| r.json::<Value>()) {
+            Ok(created) => match created.get("_id").and_then(Value::as_str) {
+                Some(id) => recorder.created(group, id),
+                None => {
+                    recorder.failed(OpKind::Create, group, "the create answer has no \"_id\"", 1);
+                    Ok(())
+                }
+            },
+            Err(e) => {
+                recorder.failed(OpKind::Create, group, e, 1);
+                Ok(())
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        group: &GroupSpec,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let Some(id) = recorder.target_id(group) else {
+            recorder.failed(OpKind::Update, group, "no target id recorded", 1);
+            return Ok(());
+        };
+        let path = format!("{}/{id}", self.group_path);
+        let body = Body::json(&json!([
+            {"operation": "replace", "field": "/name", "value": group.name},
+            {"operation": "replace", "field": "/description", "value": group.description},
+        ]));
+        // One retry after a 412: someone else changed the group between our read and write.
+        for attempt in 0..2 {
+            let state = match self.read_group(&id).await {
+                Ok(state) => state,
+                Err(Blocked::Gone) => {
+                    recorder.failed(
+                        OpKind::Update,
+                        group,
+                        "the group no longer exists in the target; it will be recreated next run",
+                        1,
+                    );
+                    return recorder.forget(group);
+                }
+                Err(Blocked::Failed(e)) => {
+                    recorder.failed(OpKind::Update, group, e, 1);
+                    return Ok(());
+                }
+            };
+            let headers: Vec<(&'static str, String)> = state
+                .rev
+                .map(|rev| ("If-Match", format!("\"{rev}\"")))
+                .into_iter()
+                .collect();
+            let result = self
+                .http
+                .send_with_headers(Method::PATCH, &path, &[], &headers, Some(&body))
+                .await;
+            match result {
+                Ok(r) if r.is_success() => return recorder.updated(group, &id),
+                Ok(r) if r.status.as_u16() == 412 && attempt == 0 => {
+                    tracing::info!(sink = %self.name, group = %group.name, "the group's _rev changed since it was read (412); re-reading");
+                }
+                Ok(r) if r.status.as_u16() == 404 => {
+                    recorder.failed(
+                        OpKind::Update,
+                        group,
+                        "the group no longer exists in the target; it will be recreated next run",
+                        1,
+                    );
+                    return recorder.forget(group);
+                }
+                Ok(r) => {
+                    recorder.failed(OpKind::Update, group, r.into_error(), 1);
+                    return Ok(());
+                }
+                Err(e) => {
+                    recorder.failed(OpKind::Update, group, e, 1);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        group: &GroupSpec,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let id = match recorder.target_id(group) {
+            Some(id) => Some(id),
+            None => match self.find_by_name(&group.name).await {
+                Ok(found) => found,
+                Err(e) => {
+                    recorder.failed(OpKind::Delete, group, e, 1);
+                    return Ok(());
+                }
+            },
+        };
+        let Some(id) = id else {
+            return recorder.deleted(group);
+        };
+        match self
+            .http
+            .send(
+                Method::DELETE,
+                &format!("{}/{id}", self.group_path),
+                &[],
+                None,
+            )
+            .await
+        {
+            Ok(r) if r.is_success() || r.status.as_u16() == 404 => recorder.deleted(group),
+            Ok(r) => {
+                recorder.failed(OpKind::Delete, group, r.into_error(), 1);
+                Ok(())
+            }
+            Err(e) => {
+                recorder.failed(OpKind::Delete, group, e, 1);
+                Ok(())
+            }
+        }
+    }
+
+    /// The managed user id of an LDAP user, by the configured attribute (cached).
+    async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, HttpError> {
+        let (attribute, value) = match self.config.user_match {
+            ForgeRockUserMatch::UserName => ("userName", member.username.clone()),
+            ForgeRockUserMatch::Mail => match &member.email {
+                Some(email) => ("mail", email.clone()),
+                None => return Ok(None),
+            },
+        };
+        let key = format!("{attribute}\u{0}{value}");
+        if let Some(id) = self.users.lock().await.get(&key) {
+            return Ok(Some(id.clone()));
+        }
+        let filter = format!("{attribute} eq {}", quote(&value));
+        let found: Value = self
+            .http
+            .json(
+                Method::GET,
+                &self.user_path,
+                &[("_queryFilter", &filter), ("_fields", "_id,userName,mail")],
+                None,
+            )
+            .await?;
+        let ids: Vec<&str> = found
+            .get("result")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|u| u.get("_id").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match ids.as_slice() {
+            [id] => {
+                self.users.lock().await.insert(key, id.to_string());
+                Ok(Some(id.to_string()))
+            }
+            [] => Ok(None),
+            _ => {
+                tracing::warn!(sink = %self.name, member = %member.username, "several managed users match; member skipped");
+                Ok(None)
+            }
+        }
+    }
+
+    /// User id → relationship ids of the group's current static members.
+    async fn relationships(&self, id: &str) -> Result<HashMap<String, Vec<String>>, HttpError> {
+        let items = self
+            .query_all(
+                &format!("{}/{id}/members", self.group_path),
+                &[("_queryFilter", "true")],
+            )
+            .await?;
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for item in &items {
+            if let Some((rel, user)) = relationship(item) {
+                map.entry(user).or_default().push(rel);
+            }
+        }
+        Ok(map)
+    }
+
+    /// The group id, after checking it exists and has no `condition`.
+    async fn static_group(
+        &self,
+        kind: OpKind,
+        group: &GroupSpec,
+        count: u64,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<Option<String>, SinkError> {
+        let Some(id) = recorder.target_id(group) else {
+            recorder.failed(kind, group, "the group was not created", count);
+            return Ok(None);
+        };
+        match self.read_group(&id).await {
+            Ok(GroupState {
+                condition: Some(condition),
+                ..
+            }) => {
+                recorder.failed(
+                    kind,
+                    group,
+                    format!(
+                        "the group has a condition ({condition}): its members are computed by the target, so ldapsync does not change them; remove the condition or stop syncing this group"
+                    ),
+                    count,
+                );
+                Ok(None)
+            }
+            Ok(_) => Ok(Some(id)),
+            Err(Blocked::Gone) => {
+                recorder.failed(
+                    kind,
+                    group,
+                    "the group no longer exists in the target; it will be recreated next run",
+                    count,
+                );
+                recorder.forget(group)?;
+                Ok(None)
+            }
+            Err(Blocked::Failed(e)) => {
+                recorder.failed(kind, group, e, count);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn add_members(
+        &self,
+        group: &GroupSpec,
+        members: &[MemberRef],
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let count = members.len() as u64;
+        let Some(id) = self
+            .static_group(OpKind::MemberAdd, group, count, recorder)
+            .await?
+        else {
+            return Ok(());
+        };
+        let current = match self.relationships(&id).await {
+            Ok(current) => current,
+            Err(e) => {
+                recorder.failed(OpKind::MemberAdd, group, e, count);
+                return Ok(());
+            }
+        };
+        let path = format!("{}/{id}/members", self.group_path);
+        let user_object = self.config.object("user");
+        for member in members {
+            let user_id = match self.user_id(member).await {
+                Ok(Some(u)) => u,
+                Ok(None) => {
+                    recorder.unmapped(group, member);
+                    continue;
+                }
+                Err(e) => {
+                    recorder.failed(OpKind::MemberAdd, group, e, 1);
+                    continue;
+                }
+            };
+            let mapped = MemberRef {
+                target_id: Some(user_id.clone()),
+                ..member.clone()
+            };
+            if current.contains_key(&user_id) {
+                recorder.members_added(group, std::slice::from_ref(&mapped))?;
+                continue;
+            }
+            let body = Body::json(&json!({
+                "_ref": format!("managed/{user_object}/{user_id}"),
+                "_refProperties": {},
+            }));
+            match self
+                .http
+                .send(Method::POST, &path, &[("_action", "create")], Some(&body))
+                .await
+            {
+                Ok(r) if r.is_success() => {
+                    recorder.members_added(group, std::slice::from_ref(&mapped))?
+                }
+                Ok(r) => recorder.failed(OpKind::MemberAdd, group, r.into_error(), 1),
+                Err(e) => recorder.failed(OpKind::MemberAdd, group, e, 1),
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_members(
+        &self,
+        group: &GroupSpec,
+        members: &[MemberRef],
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let count = members.len() as u64;
+        let Some(id) = self
+            .static_group(OpKind::MemberRemove, group, count, recorder)
+            .await?
+        else {
+            return Ok(());
+        };
+        let current = match self.relationships(&id).await {
+            Ok(current) => current,
+            Err(e) => {
+                recorder.failed(OpKind::MemberRemove, group, e, count);
+                return Ok(());
+            }
+        };
+        'members: for member in members {
+            let user_id = match &member.target_id {
+                Some(t) => Some(t.clone()),
+                None => self.user_id(member).await.unwrap_or(None),
+            };
+            let relationship_ids = user_id
+                .and_then(|u| current.get(&u).cloned())
+                .unwrap_or_default();
+            for rel in relationship_ids {
+                let result = self
+                    .http
+                    .send(
+                        Method::DELETE,
+                        &format!("{}/{id}/members/{rel}", self.group_path),
+                        &[],
+                        None,
+                    )
+                    .await;
+                match result {
+                    Ok(r) if r.is_success() || r.status.as_u16() == 404 => {}
+                    Ok(r) => {
+                        recorder.failed(OpKind::MemberRemove, group, r.into_error(), 1);
+                        continue 'members;
+                    }
+                    Err(e) => {
+                        recorder.failed(OpKind::MemberRemove, group, e, 1);
+                        continue 'members;
+                    }
+                }
+            }
+            // Removed, or not a member in the first place.
+            recorder.members_removed(group, std::slice::from_ref(member))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for ForgeRockSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &'static str {
+        "forgerock"
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        self.http
+            .json::<Value>(
+                Method::GET,
+                &self.group_path,
+                &[
+                    ("_queryFilter", "true"),
+                    ("_pageSize", "1"),
+                    ("_fields", "_id"),
+                ],
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        _ledger: &Ledger,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        for op in &plan.operations {
+            match op {
+                Operation::Create { group, resume } => {
+                    self.create(group, *resume, recorder).await?
+                }
+                Operation::Update { group, .. } => self.update(group, recorder).await?,
+                Operation::MemberAdd { group, members } => {
+                    self.add_members(group, members, recorder).await?
+                }
+                Operation::MemberRemove { group, members } => {
+                    self.remove_members(group, members, recorder).await?
+                }
+                Operation::Delete { group } => self.delete(group, recorder).await?,
+            }
+            if let Some(failure) = recorder.report.failures.last()
+                && (failure.error.contains("HTTP 401") || failure.error.contains("token request"))
+            {
+                return Err(SinkError::Target {
+                    sink: self.name.clone(),
+                    message: format!(
+                        "authentication rejected ({}); check the client credentials or the access token",
+                        failure.error
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> ForgeRockConfig {
+        toml::from_str(&format!("base_url = \"https://t.example\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn realm_names_the_managed_objects() {
+        let alpha = config("access_token_file = \"/t\"");
+        assert_eq!(alpha.object("group"), "alpha_group");
+        let bravo = config("realm = \"bravo\"\naccess_token_file = \"/t\"");
+        assert_eq!(bravo.object("user"), "bravo_user");
+        let idm = config("realm = \"\"\naccess_token_file = \"/t\"");
+        assert_eq!(idm.object("group"), "group");
+    }
+
+    #[test]
+    fn auth_settings_are_validated() {
+        assert!(
+            config("token_url = \"https://t/am/oauth2/access_token\"\nclient_id = \"c\"\nclient_secret = \"s\"")
+                .validate()
+                .is_ok()
+        );
+        assert_eq!(config("").validate().unwrap_err().0, "token_url");
+        assert_eq!(
+            config("token_url = \"https://t/x\"\nclient_secret = \"s\"")
+                .validate()
+                .unwrap_err()
+                .0,
+            "client_id"
+        );
+        assert_eq!(
+            config("client_id = \"c\"\nclient_secret = \"s\"\naccess_token_file = \"/t\"")
+                .validate()
+                .unwrap_err()
+                .0,
+            "access_token_file"
+        );
+        assert_eq!(
+            config("realm = \"a/b\"\naccess_token_file = \"/t\"")
+                .validate()
+                .unwrap_err()
+                .0,
+            "realm"
+        );
+        assert!(
+            toml::from_str::<ForgeRockConfig>("base_url = \"https://t\"\nrealms = \"a\"").is_err()
+        );
+    }
+
+    #[test]
+    fn relationships_are_read_from_either_shape() {
+        let full = json!({"_id": "r1", "_ref": "managed/alpha_user/u1", "_refResourceId": "u1",
+            "_refProperties": {"_id": "r1", "_rev": "1"}});
+        assert_eq!(relationship(&full), Some(("r1".into(), "u1".into())));
+        let minimal = json!({"_ref": "managed/alpha_user/u2", "_refProperties": {"_id": "r2"}});
+        assert_eq!(relationship(&minimal), Some(("r2".into(), "u2".into())));
+        assert_eq!(relationship(&json!({"_ref": "x"})), None);
+    }
+
+    #[test]
+    fn filter_values_are_double_quoted() {
+        assert_eq!(quote(r#"R&D "core""#), r#""R&D \"core\"""#);
+    }
+}

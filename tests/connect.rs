@@ -1,0 +1,493 @@
+//! End-to-end tests of the `connect` sink: a real slapd, the real `ldapsync` binary and the Posit
+//! Connect emulator (`tests/emulators/connect.py`) in LDAP ("remote"), password, SAML and
+//! misconfigured modes. Assertions are on the emulator's state and request log.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const KEY: &str = "connect-key-123";
+
+struct Env {
+    slapd: Slapd,
+    emu: Emulator,
+    dir: TempDir,
+}
+
+impl Env {
+    fn start(emulator_args: &[&str]) -> Env {
+        Env {
+            slapd: Slapd::start(),
+            emu: Emulator::start("connect", emulator_args),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Writes the config with this `[[sinks]]` body (after `type = "connect"`).
+    fn config(&self, sink_extra: &str) -> PathBuf {
+        let text = format!(
+            r#"[ldap]
+url = "{url}"
+bind_dn = "{bind_dn}"
+bind_password = "{bind_pw}"
+
+[groups]
+base_dn = "{groups}"
+
+[users]
+base_dn = "{people}"
+
+[state]
+path = "{state}"
+
+[safety]
+max_group_deletes = 100
+max_group_delete_percent = 100.0
+max_member_removes = 1000
+max_member_remove_percent = 100.0
+
+[[sinks]]
+name = "connect"
+type = "connect"
+base_url = "{base}"
+api_key = "{KEY}"
+max_retries = 2
+{sink_extra}
+"#,
+            url = self.slapd.url(),
+            bind_dn = self.slapd.admin_dn(),
+            bind_pw = self.slapd.admin_password(),
+            groups = self.slapd.groups_dn(),
+            people = self.slapd.people_dn(),
+            state = self.state_path().display(),
+            base = self.emu.base_url(),
+        );
+        write_file(self.dir.path(), "config.toml", text)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    fn groups(&self) -> Vec<Value> {
+        self.emu.state()["groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn group(&self, name: &str) -> Option<Value> {
+        self.groups().into_iter().find(|g| g["name"] == name)
+    }
+
+    fn member_names(&self, name: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .group(name)
+            .unwrap_or_else(|| panic!("no Connect group {name:?}: {:#?}", self.groups()))
+            ["member_usernames"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.emu.state()["requests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// API requests that change something (not GET), from index `from` of the log.
+    fn writes_since(&self, from: usize) -> Vec<String> {
+        self.requests()
+            .iter()
+            .skip(from)
+            .filter(|r| r["method"] != "GET")
+            .map(|r| format!("{} {} -> {}", r["method"], r["path"], r["status"]))
+            .collect()
+    }
+}
+
+fn sync(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    run_ldapsync(config, &all)
+}
+
+fn assert_code(out: &std::process::Output, code: i32) {
+    assert_eq!(out.code(), code, "{}", out.describe());
+}
+
+/// LDAP-authenticated Connect: groups are imported from the directory by ticket, the exact name
+/// is picked among fuzzy matches, an existing Connect group is adopted, membership is left to
+/// Connect (skipped and reported, not failed), a rename is not sent, a delete is.
+#[test]
+fn remote_mode_imports_by_ticket_adopts_and_skips_membership() {
+    let env = Env::start(&["--provider", "ldap"]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice", "dn": "uid=alice,ou=People,dc=example,dc=com"},
+                {"username": "bob", "remote_only": true}]),
+    );
+    env.emu.admin_post(
+        "/groups",
+        &json!([
+            {"name": "devs", "remote_only": true, "members": ["alice", "bob"]},
+            {"name": "devs-ops", "remote_only": true},
+            {"name": "Data Science", "remote_only": true},
+            {"name": "ops"}
+        ]),
+    );
+    let ops_guid = env.group("ops").unwrap()["guid"].clone();
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    env.slapd.add_group("devs", &[&alice, &bob]);
+    let ds = env.slapd.add_group("Data Science", &[&alice]);
+    env.slapd.add_group("ops", &[&bob]);
+    let config = env.config(r#"group_mode = "auto""#);
+
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert!(
+        out.stderr_str().contains("manages group membership itself"),
+        "the skipped membership is reported once:\n{}",
+        out.stderr_str()
+    );
+    let stdout = out.stdout_str();
+    assert!(stdout.contains("skipped"), "{stdout}");
+    let names: Vec<String> = env
+        .groups()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"devs".to_string()), "{names:?}");
+    assert!(names.contains(&"Data Science".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"devs-ops".to_string()),
+        "only the exact name is imported: {names:?}"
+    );
+    assert_eq!(
+        env.group("ops").unwrap()["guid"],
+        ops_guid,
+        "existing group adopted"
+    );
+    // Members came from the directory (Connect users only), not from ldapsync.
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+    let writes = env.writes_since(0);
+    assert_eq!(
+        writes
+            .iter()
+            .filter(|w| w.starts_with("\"PUT\" \"/__api__/v1/groups\""))
+            .count(),
+        2,
+        "{writes:?}"
+    );
+    assert!(
+        !writes.iter().any(|w| w.contains("members")),
+        "no member request on an LDAP server: {writes:?}"
+    );
+
+    // Rerun: nothing to do, nothing written.
+    let before = env.requests().len();
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.writes_since(before), Vec::<String>::new());
+
+    // A membership change is not sent to an LDAP server; the run succeeds.
+    env.slapd.modify(&format!(
+        "dn: {ds}\nchangetype: modify\nadd: member\nmember: {bob}\n"
+    ));
+    let before = env.requests().len();
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.writes_since(before), Vec::<String>::new());
+
+    // Delete: the LDAP group is gone, so is the Connect group.
+    env.slapd.delete(&[&ds]);
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert!(env.group("Data Science").is_none(), "{:#?}", env.groups());
+    assert!(env.group("devs").is_some());
+}
+
+/// Password-authenticated Connect: local groups, members added and removed, unmapped members
+/// skipped, rename (modrdn) keeps the guid, delete, and a dry run that writes nothing.
+#[test]
+fn local_mode_full_lifecycle() {
+    let env = Env::start(&["--provider", "password"]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice", "email": "alice@example.com"},
+                {"username": "bob", "email": "bob@example.com"}]),
+    );
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    let carol = env.slapd.add_user("carol", "carol@example.com");
+    let devs = env.slapd.add_group("devs", &[&alice, &bob, &carol]);
+    let ops = env.slapd.add_group("ops", &[&bob]);
+    let config = env.config("");
+
+    // Dry run first: only reads, no state file.
+    let out = sync(&config, &["--dry-run", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: Value = serde_json::from_str(&out.stdout_str()).expect("json");
+    assert_eq!(plan["sinks"][0]["summary"]["create"], 2);
+    assert_eq!(env.writes_since(0), Vec::<String>::new());
+    assert!(env.group("devs").is_none());
+
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+    assert_eq!(env.member_names("ops"), vec!["bob"]);
+    assert!(
+        out.stdout_str().contains("1 unmapped"),
+        "{}",
+        out.stdout_str()
+    );
+    let devs_guid = env.group("devs").unwrap()["guid"].clone();
+
+    // Member removed and added.
+    env.slapd.modify(&format!(
+        "dn: {devs}\nchangetype: modify\ndelete: member\nmember: {bob}\n"
+    ));
+    env.slapd.modify(&format!(
+        "dn: {ops}\nchangetype: modify\nadd: member\nmember: {alice}\n"
+    ));
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+    assert_eq!(env.member_names("ops"), vec!["alice", "bob"]);
+
+    // Rename through modrdn: same group, new name.
+    let mut modrdn = env.slapd.ldap_tool("ldapmodrdn");
+    modrdn.args(["-r", &devs, "cn=developers"]);
+    let o = run_with_timeout(&mut modrdn, None, std::time::Duration::from_secs(30));
+    assert!(o.status.success(), "{}", o.describe());
+    assert_code(&sync(&config, &[]), 0);
+    let renamed = env.group("developers").expect("renamed group");
+    assert_eq!(renamed["guid"], devs_guid);
+    assert!(env.group("devs").is_none());
+
+    // Delete.
+    env.slapd.delete(&[&ops]);
+    assert_code(&sync(&config, &[]), 0);
+    assert!(env.group("ops").is_none());
+    assert!(env.group("developers").is_some());
+
+    // Converged: a rerun writes nothing.
+    let before = env.requests().len();
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.writes_since(before), Vec::<String>::new());
+}
+
+/// A local group that already exists (409 code 15) is adopted, never duplicated; missing users
+/// are provisioned with POST /v1/users when `provision_users` is on; users are matched by email.
+#[test]
+fn local_mode_adopts_and_provisions_users() {
+    let env = Env::start(&["--provider", "password"]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice-connect", "email": "Alice@Example.com"}]),
+    );
+    env.emu
+        .admin_post("/groups", &json!([{"name": "devs", "members": []}]));
+    let existing = env.group("devs").unwrap()["guid"].clone();
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let carol = env.slapd.add_user("carol", "carol@example.com");
+    env.slapd.add_group("devs", &[&alice, &carol]);
+    let config = env.config("user_match = \"email\"\nprovision_users = true");
+
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    let devs: Vec<Value> = env
+        .groups()
+        .into_iter()
+        .filter(|g| g["name"] == "devs")
+        .collect();
+    assert_eq!(devs.len(), 1, "no duplicate group: {devs:#?}");
+    assert_eq!(devs[0]["guid"], existing);
+    assert_eq!(env.member_names("devs"), vec!["alice-connect", "carol"]);
+    let users = env.emu.state()["users"].clone();
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["username"] == "carol" && u["email"] == "carol@example.com"),
+        "{users:#?}"
+    );
+}
+
+/// SAML with group provisioning: auto mode creates the groups and leaves membership to the
+/// provider; forcing local mode makes Connect refuse member changes (code 132), reported
+/// clearly; remote mode on a SAML server and local mode on an LDAP server are refused with a hint.
+#[test]
+fn provider_modes_and_refusals() {
+    let env = Env::start(&["--provider", "saml", "--groups-auto-provision"]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice", "unique_id": "alice"}]),
+    );
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    env.slapd.add_group("devs", &[&alice]);
+
+    let out = sync(&env.config(r#"group_mode = "auto""#), &[]);
+    assert_code(&out, 0);
+    assert!(env.group("devs").is_some());
+    assert_eq!(env.member_names("devs"), Vec::<String>::new());
+    assert!(!env.writes_since(0).iter().any(|w| w.contains("members")));
+
+    // Forced local mode on a fresh state: member changes are refused by the provider.
+    std::fs::remove_file(env.state_path()).unwrap();
+    let out = sync(&env.config(r#"group_mode = "local""#), &[]);
+    assert_code(&out, 1);
+    let text = out.stdout_str() + &out.stderr_str();
+    assert!(text.contains("manages this group's members"), "{text}");
+    assert!(text.contains("code=132"), "{text}");
+
+    // Remote mode on a SAML server: the remote search is refused (code 132), no group created.
+    std::fs::remove_file(env.state_path()).unwrap();
+    env.emu.admin_post("/reset", &json!({}));
+    let out = sync(&env.config(r#"group_mode = "remote""#), &[]);
+    assert_code(&out, 1);
+    let text = out.stdout_str() + &out.stderr_str();
+    assert!(text.contains("code=132"), "{text}");
+    assert!(env.group("devs").is_none());
+
+    // Local mode on an LDAP server: POST /v1/groups is refused (code 120) with a hint.
+    let ldap = Env::start(&["--provider", "ldap"]);
+    ldap.slapd.add_group("devs", &[]);
+    let out = sync(&ldap.config(r#"group_mode = "local""#), &[]);
+    assert_code(&out, 1);
+    let text = out.stdout_str() + &out.stderr_str();
+    assert!(text.contains("code=120"), "{text}");
+    assert!(
+        text.contains("group_mode = \\\"remote\\\"") || text.contains("group_mode = \"remote\""),
+        "{text}"
+    );
+}
+
+/// A run that fails midway (member adds answered 500) and a run whose create was never
+/// confirmed (the ledger holds only the intent) are both repaired by a rerun, with no duplicate
+/// group and no duplicate member.
+#[test]
+fn crash_and_rerun_converge_without_duplicates() {
+    let env = Env::start(&["--provider", "password"]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice"}, {"username": "bob"}]),
+    );
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    env.slapd.add_group("devs", &[&alice, &bob]);
+    let config = env.config("");
+
+    // Member adds fail with 500 (a POST is not retried on 500): the run fails after the create.
+    env.emu.admin_post(
+        "/faults",
+        &json!({"fail_next": 10, "fail_status": 500, "method": "POST",
+                "path_prefix": "/__api__/v1/groups/"}),
+    );
+    let out = sync(&config, &[]);
+    assert_code(&out, 1);
+    assert!(env.group("devs").is_some());
+    assert_eq!(env.member_names("devs"), Vec::<String>::new());
+    env.emu.admin_post("/faults", &json!({}));
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+
+    // Crash between the create request and its record: only the intent is in the ledger.
+    let db = rusqlite::Connection::open(env.state_path()).unwrap();
+    db.execute_batch(
+        "UPDATE ledger_groups SET target_id = NULL WHERE sink = 'connect';
+         DELETE FROM ledger_members WHERE sink = 'connect';",
+    )
+    .unwrap();
+    drop(db);
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    let devs = env
+        .groups()
+        .into_iter()
+        .filter(|g| g["name"] == "devs")
+        .count();
+    assert_eq!(devs, 1, "no duplicate group: {:#?}", env.groups());
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+}
+
+/// Connect before 2025.04 ignores page_number with a prefix: the page repeats forever. Here the
+/// server even claims a fixed version; the lookup must still stop, and find the group.
+#[test]
+fn repeating_prefix_pages_never_loop() {
+    let env = Env::start(&[
+        "--provider",
+        "password",
+        "--page-size",
+        "1",
+        "--groups-prefix-paging",
+        "buggy",
+        "--version",
+        "2025.05.0",
+    ]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice"}, {"username": "bob"}, {"username": "carol"}]),
+    );
+    env.emu.admin_post(
+        "/groups",
+        &json!([{"name": "eng-b"}, {"name": "eng-b2"}, {"name": "eng-b3"}]),
+    );
+    let existing = env.group("eng-b").unwrap()["guid"].clone();
+    let users: Vec<String> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| env.slapd.add_user(u, &format!("{u}@example.com")))
+        .collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    env.slapd.add_group("eng-b", &refs);
+    let out = sync(&env.config(""), &[]);
+    assert_code(&out, 0);
+    assert!(
+        out.stderr_str().contains("repeats earlier results"),
+        "{}",
+        out.stderr_str()
+    );
+    assert_eq!(env.group("eng-b").unwrap()["guid"], existing);
+    assert_eq!(env.member_names("eng-b"), vec!["alice", "bob", "carol"]);
+    let prefix_pages = env
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["path"] == "/__api__/v1/groups"
+                && r["query"].as_str().unwrap_or("").contains("prefix")
+        })
+        .count();
+    assert!(
+        prefix_pages <= 4,
+        "the repeating page stopped the listing: {prefix_pages}"
+    );
+}
+
+/// `check --connect` verifies the key with GET /v1/user (server_settings needs none).
+#[test]
+fn check_connect_verifies_the_key() {
+    let env = Env::start(&["--provider", "ldap"]);
+    let out = run_ldapsync(&env.config(""), &["check", "--connect"]);
+    assert_code(&out, 0);
+    let bad = env.config("").display().to_string();
+    let text = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace(KEY, "wrong-key");
+    let bad = write_file(env.dir.path(), "bad.toml", text);
+    let out = run_ldapsync(&bad, &["check", "--connect"]);
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    let text = out.stdout_str() + &out.stderr_str();
+    assert!(text.contains("API key was rejected"), "{text}");
+    assert!(!text.contains("wrong-key"), "never print the key: {text}");
+}

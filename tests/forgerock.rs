@@ -1,0 +1,453 @@
+//! End-to-end tests of the `forgerock` sink: a real slapd, the real `ldapsync` binary and the
+//! ForgeRock AIC / PingIDM emulator (`tests/emulators/forgerock.py`). Assertions are on the
+//! emulator's state and request log.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+struct Env {
+    slapd: Slapd,
+    emu: Emulator,
+    dir: TempDir,
+}
+
+impl Env {
+    fn start(emulator_args: &[&str]) -> Env {
+        Env {
+            slapd: Slapd::start(),
+            emu: Emulator::start("forgerock", emulator_args),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Client-credentials auth against the emulator's default client.
+    fn client_auth(&self) -> String {
+        format!(
+            "token_url = \"{}/am/oauth2/realms/root/realms/alpha/access_token\"\nclient_id = \"idm-provisioning\"\nclient_secret = \"idm-provisioning-secret\"\ntoken_auth_method = \"post\"",
+            self.emu.base_url()
+        )
+    }
+
+    fn config(&self, sink_extra: &str) -> PathBuf {
+        let text = format!(
+            r#"[ldap]
+url = "{url}"
+bind_dn = "{bind_dn}"
+bind_password = "{bind_pw}"
+
+[groups]
+base_dn = "{groups}"
+
+[users]
+base_dn = "{people}"
+
+[state]
+path = "{state}"
+
+[safety]
+max_group_deletes = 100
+max_group_delete_percent = 100.0
+max_member_removes = 1000
+max_member_remove_percent = 100.0
+
+[[sinks]]
+name = "idm"
+type = "forgerock"
+base_url = "{base}"
+max_retries = 3
+{sink_extra}
+"#,
+            url = self.slapd.url(),
+            bind_dn = self.slapd.admin_dn(),
+            bind_pw = self.slapd.admin_password(),
+            groups = self.slapd.groups_dn(),
+            people = self.slapd.people_dn(),
+            state = self.state_path().display(),
+            base = self.emu.base_url(),
+        );
+        write_file(self.dir.path(), "config.toml", text)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    fn groups(&self) -> Vec<Value> {
+        self.emu.state()["groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn groups_named(&self, name: &str) -> Vec<Value> {
+        self.groups()
+            .into_iter()
+            .filter(|g| g["name"] == name)
+            .collect()
+    }
+
+    fn group(&self, name: &str) -> Option<Value> {
+        self.groups_named(name).into_iter().next()
+    }
+
+    /// userNames of the group's relationships, sorted, duplicates kept.
+    fn member_names(&self, name: &str) -> Vec<String> {
+        let group = self
+            .group(name)
+            .unwrap_or_else(|| panic!("no group {name:?}: {:#?}", self.groups()));
+        let mut names: Vec<String> = group["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m["userName"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.emu.state()["requests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn writes_since(&self, from: usize) -> Vec<String> {
+        self.requests()
+            .iter()
+            .skip(from)
+            .filter(|r| {
+                r["method"] != "GET" && r["path"].as_str().unwrap_or("").starts_with("/openidm")
+            })
+            .map(|r| format!("{} {} -> {}", r["method"], r["path"], r["status"]))
+            .collect()
+    }
+
+    fn add_idm_users(&self, names: &[&str]) {
+        let users: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"userName": n, "mail": format!("{n}@example.com")}))
+            .collect();
+        self.emu.admin_post("/users", &Value::Array(users));
+    }
+}
+
+fn sync(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    run_ldapsync(config, &all)
+}
+
+fn assert_code(out: &std::process::Output, code: i32) {
+    assert_eq!(out.code(), code, "{}", out.describe());
+}
+
+/// Create, member add/remove, rename (modrdn), delete, dry run; OAuth client credentials; the
+/// `Accept-API-Version` header on every IDM request; a converged rerun writes nothing.
+#[test]
+fn lifecycle_with_client_credentials() {
+    let env = Env::start(&[]);
+    env.add_idm_users(&["alice", "bob"]);
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    let carol = env.slapd.add_user("carol", "carol@example.com");
+    let devs = env.slapd.add_group("devs", &[&alice, &bob, &carol]);
+    let ops = env.slapd.add_group("ops", &[&bob]);
+    let config = env.config(&env.client_auth());
+
+    let out = sync(&config, &["--dry-run"]);
+    assert_code(&out, 0);
+    assert_eq!(env.writes_since(0), Vec::<String>::new());
+    assert!(env.groups().is_empty());
+
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+    assert_eq!(env.member_names("ops"), vec!["bob"]);
+    assert!(
+        out.stdout_str().contains("1 unmapped"),
+        "{}",
+        out.stdout_str()
+    );
+    let devs_id = env.group("devs").unwrap()["_id"].clone();
+    let requests = env.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap().starts_with("/openidm"))
+            .all(|r| r["accept_api_version"] == "resource=1.0"),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["path"] == "/openidm/managed/alpha_group" && r["query"] == "_action=create"),
+        "{requests:#?}"
+    );
+
+    env.slapd.modify(&format!(
+        "dn: {devs}\nchangetype: modify\ndelete: member\nmember: {bob}\n"
+    ));
+    env.slapd.modify(&format!(
+        "dn: {ops}\nchangetype: modify\nadd: member\nmember: {alice}\n"
+    ));
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+    assert_eq!(env.member_names("ops"), vec!["alice", "bob"]);
+
+    let mut modrdn = env.slapd.ldap_tool("ldapmodrdn");
+    modrdn.args(["-r", &devs, "cn=developers"]);
+    let o = run_with_timeout(&mut modrdn, None, std::time::Duration::from_secs(30));
+    assert!(o.status.success(), "{}", o.describe());
+    assert_code(&sync(&config, &[]), 0);
+    let renamed = env.group("developers").expect("renamed");
+    assert_eq!(renamed["_id"], devs_id);
+    assert_eq!(env.member_names("developers"), vec!["alice"]);
+    let patch = env
+        .requests()
+        .into_iter()
+        .rfind(|r| r["method"] == "PATCH")
+        .expect("a PATCH");
+    assert!(
+        patch["if_match"].as_str().is_some_and(|m| !m.is_empty()),
+        "{patch}"
+    );
+
+    env.slapd.delete(&[&ops]);
+    assert_code(&sync(&config, &[]), 0);
+    assert!(env.group("ops").is_none());
+
+    let before = env.requests().len();
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.writes_since(before), Vec::<String>::new());
+}
+
+/// Self-managed IDM: empty realm → `managed/group` / `managed/user`; a bearer token from a file.
+#[test]
+fn empty_realm_and_access_token_file() {
+    let env = Env::start(&["--realm", "", "--static-token", "static-token-xyz"]);
+    env.add_idm_users(&["alice"]);
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    env.slapd.add_group("devs", &[&alice]);
+    let token = write_file(env.dir.path(), "token", "static-token-xyz\n");
+    let config = env.config(&format!(
+        "realm = \"\"\naccess_token_file = \"{}\"\nuser_match = \"mail\"",
+        token.display()
+    ));
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+    let requests = env.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["path"] == "/openidm/managed/group" && r["method"] == "POST"),
+        "{requests:#?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().contains("access_token"))
+    );
+}
+
+/// An existing group with the same name (412 on create) is adopted, not duplicated; a rename
+/// that meets a stale `_rev` (412) re-reads and succeeds.
+#[test]
+fn adopt_on_conflict_and_stale_rev_retry() {
+    let env = Env::start(&[]);
+    env.add_idm_users(&["alice"]);
+    env.emu.admin_post(
+        "/groups",
+        &json!([{"name": "devs", "description": "pre-existing"}]),
+    );
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let devs = env.slapd.add_group("devs", &[&alice]);
+    let config = env.config(&env.client_auth());
+
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.groups_named("devs").len(), 1, "{:#?}", env.groups());
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+    assert!(out.stderr_str().contains("adopted"), "{}", out.stderr_str());
+
+    // The next PATCH answers 412, as when another writer changed the group since our read.
+    env.emu.admin_post(
+        "/faults",
+        &json!({"fail_next": 1, "fail_status": 412, "method": "PATCH"}),
+    );
+    let mut modrdn = env.slapd.ldap_tool("ldapmodrdn");
+    modrdn.args(["-r", &devs, "cn=developers"]);
+    let o = run_with_timeout(&mut modrdn, None, std::time::Duration::from_secs(30));
+    assert!(o.status.success(), "{}", o.describe());
+    let before = env.requests().len();
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert!(env.group("developers").is_some(), "{:#?}", env.groups());
+    let patches: Vec<Value> = env
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r["method"] == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:#?}");
+    assert_eq!(patches[0]["status"], 412);
+    assert_eq!(patches[1]["status"], 200);
+    let reads = env
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r["method"] == "GET" && r["path"].as_str().unwrap().ends_with("/devs"))
+        .count();
+    assert_eq!(reads, 2, "the group is re-read after the 412");
+}
+
+/// A group with a `condition` never gets static members: the clash is reported as a failure
+/// with an explanation, and nothing is written to its members.
+#[test]
+fn conditional_group_is_never_given_static_members() {
+    let env = Env::start(&[]);
+    env.emu.admin_post(
+        "/users",
+        &json!([{"userName": "alice", "country": "FR"}, {"userName": "bob", "country": "US"}]),
+    );
+    env.emu.admin_post(
+        "/groups",
+        &json!([{"name": "devs", "condition": "/country eq \"FR\""}]),
+    );
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    env.slapd.add_group("devs", &[&alice, &bob]);
+    let out = sync(&env.config(&env.client_auth()), &[]);
+    assert_code(&out, 1);
+    let text = out.stdout_str() + &out.stderr_str();
+    assert!(text.contains("has a condition"), "{text}");
+    assert_eq!(env.groups_named("devs").len(), 1);
+    assert!(
+        !env.requests()
+            .iter()
+            .any(|r| r["method"] == "POST" && r["path"].as_str().unwrap().ends_with("/members")),
+        "no static member request"
+    );
+    // Only the conditional member, computed by the target.
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+}
+
+/// An expired token (401) is refreshed once and the request replayed; a 429 with Retry-After is
+/// waited out and retried.
+#[test]
+fn token_refresh_and_rate_limit() {
+    let env = Env::start(&[]);
+    env.add_idm_users(&["alice", "bob"]);
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    let devs = env.slapd.add_group("devs", &[&alice]);
+    let config = env.config(&env.client_auth());
+
+    env.emu.admin_post(
+        "/faults",
+        &json!({"rate_limit_next": 1, "retry_after": 1, "path_prefix": "/openidm"}),
+    );
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.member_names("devs"), vec!["alice"]);
+    let requests = env.requests();
+    let limited = requests
+        .iter()
+        .position(|r| r["status"] == 429)
+        .expect("a 429");
+    assert_eq!(
+        requests[limited + 1]["path"],
+        requests[limited]["path"],
+        "the rate-limited request is retried"
+    );
+
+    let token_calls = |reqs: &[Value]| {
+        reqs.iter()
+            .filter(|r| r["path"].as_str().unwrap().ends_with("/access_token"))
+            .count()
+    };
+    // A token the target no longer accepts: expire every issued token, and make the next IDM
+    // call of the new run answer 401 as an expired token does (the run fetched its own token at
+    // start, so the 401 has to come mid-run to exercise the refresh).
+    assert_eq!(token_calls(&requests), 1);
+    env.emu.admin_post("/expire_tokens", &json!({}));
+    env.emu.admin_post(
+        "/faults",
+        &json!({"fail_next": 1, "fail_status": 401, "path_prefix": "/openidm"}),
+    );
+    env.slapd.modify(&format!(
+        "dn: {devs}\nchangetype: modify\nadd: member\nmember: {bob}\n"
+    ));
+    let before = env.requests().len();
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+    let run: Vec<Value> = env.requests().into_iter().skip(before).collect();
+    let rejected = run
+        .iter()
+        .position(|r| r["status"] == 401)
+        .expect("a 401 in the run");
+    assert!(
+        run[rejected + 1]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/access_token"),
+        "a new token is fetched after the 401: {run:#?}"
+    );
+    assert_eq!(
+        run[rejected + 2]["path"],
+        run[rejected]["path"],
+        "then the request is replayed"
+    );
+    assert_eq!(token_calls(&run), 2, "one token at start, one refresh");
+}
+
+/// A failed member add (500 on POST is not retried) leaves the run failed; the rerun completes it
+/// without duplicate relationships. A create that was sent but never recorded (the ledger holds
+/// only the intent) is adopted on the rerun, not duplicated.
+#[test]
+fn crash_and_rerun_converge_without_duplicates() {
+    // The emulator creates a second relationship when a member is added twice: duplicates
+    // would show.
+    let env = Env::start(&[
+        "--duplicate-member",
+        "duplicate",
+        "--group-id-mode",
+        "uuid",
+        "--duplicate-status",
+        "allow",
+    ]);
+    env.add_idm_users(&["alice", "bob"]);
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    env.slapd.add_group("devs", &[&alice, &bob]);
+    let config = env.config(&env.client_auth());
+
+    env.emu.admin_post(
+        "/faults",
+        &json!({"fail_next": 1, "fail_status": 500, "method": "POST",
+                "path_prefix": "/openidm/managed/alpha_group/"}),
+    );
+    let out = sync(&config, &[]);
+    assert_code(&out, 1);
+    assert_eq!(env.member_names("devs").len(), 1);
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+
+    let db = rusqlite::Connection::open(env.state_path()).unwrap();
+    db.execute_batch(
+        "UPDATE ledger_groups SET target_id = NULL WHERE sink = 'idm';
+         DELETE FROM ledger_members WHERE sink = 'idm';",
+    )
+    .unwrap();
+    drop(db);
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(env.groups_named("devs").len(), 1, "{:#?}", env.groups());
+    assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
+}
