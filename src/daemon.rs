@@ -150,11 +150,13 @@ impl Schedule {
             )
         };
         validate_schedule(schedule).map_err(invalid)?;
-        let cron = parse_cron(&schedule.cron)
-            .map_err(|e| invalid(("cron", e.to_string())))?;
+        let cron = parse_cron(&schedule.cron).map_err(|e| invalid(("cron", e.to_string())))?;
         let tz = match &schedule.timezone {
             Some(name) => name.parse::<Tz>().map_err(|_| {
-                invalid(("timezone", format!("{name:?} is not an IANA time zone name")))
+                invalid((
+                    "timezone",
+                    format!("{name:?} is not an IANA time zone name"),
+                ))
             })?,
             None => Tz::UTC,
         };
@@ -317,7 +319,8 @@ impl Health {
                 None => problems.push(format!("sink {sink:?}: no completed run yet")),
                 Some(h) if h.result != "success" => problems.push(format!(
                     "sink {sink:?}: latest run at {} {}{}",
-                    h.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    h.finished_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     if h.result == "held" {
                         "was held by a safety threshold"
                     } else {
@@ -475,7 +478,11 @@ async fn source_check(config: &Config) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| e.to_string())
     } else {
-        let path = config.ldap.ldif_file.as_deref().unwrap_or(std::path::Path::new(""));
+        let path = config
+            .ldap
+            .ldif_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
         std::fs::File::open(path)
             .map(|_| ())
             .map_err(|e| format!("{}: {e}", path.display()))
@@ -543,6 +550,9 @@ impl Daemon {
     async fn start(path: &std::path::Path) -> Result<(Daemon, Signals), DaemonError> {
         // Signals first, so that a SIGTERM during start-up is not fatal by default action.
         let signals = Signals::install()?;
+        for result in ["success", "failure"] {
+            metrics().config_reloads_total.with_label_values(&[result]);
+        }
         let (config, sinks, schedule) = prepare(path).map_err(DaemonError::Config)?;
         let store = Store::open(&config.state.path)?;
         let health = Health {
@@ -579,7 +589,8 @@ impl Daemon {
         let mut usec = 0;
         let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
         let housekeeping = if watchdog {
-            Duration::from_micros(usec / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
+            Duration::from_micros(usec / 3)
+                .clamp(Duration::from_millis(100), Duration::from_secs(1))
         } else {
             Duration::from_secs(1)
         };
@@ -701,7 +712,9 @@ impl Daemon {
         }
         match Ticker::start(&self.schedule, &self.ticks).await {
             Ok(ticker) => self.ticker = Some(ticker),
-            Err(e) => tracing::error!(error = %e, "cannot re-create the scheduler; retrying in a moment"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-create the scheduler; retrying in a moment")
+            }
         }
         if fire_missed {
             self.ticks.fire(false);
@@ -801,17 +814,26 @@ impl Daemon {
                 for sink in health.sinks.clone() {
                     health.record(&sink, at, "failure", Some(e.to_string()));
                 }
-                format!("last run {}: failure (state file: {e})", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                format!(
+                    "last run {}: failure (state file: {e})",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
             }
             None => {
-                tracing::error!(grace_secs = SHUTDOWN_GRACE.as_secs(), "the run in flight did not finish within the shutdown grace period; abandoning it");
+                tracing::error!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "the run in flight did not finish within the shutdown grace period; abandoning it"
+                );
                 if let Err(e) = self.mark_interrupted() {
                     tracing::error!(error = %e, "cannot record the interrupted run");
                 }
                 "last run: interrupted by shutdown".to_string()
             }
         };
-        notify(&[sd_notify::NotifyState::Status(&next_status(&status, &self.schedule))]);
+        notify(&[sd_notify::NotifyState::Status(&next_status(
+            &status,
+            &self.schedule,
+        ))]);
         self.ticks.busy.store(false, Ordering::SeqCst);
         (shutdown, reload)
     }
@@ -925,8 +947,14 @@ mod tests {
     #[test]
     fn interval_is_the_longest_gap() {
         let now = Utc::now();
-        assert_eq!(schedule("0 */15 * * * *", None).interval(now), Duration::from_secs(900));
-        assert_eq!(schedule("* * * * * *", None).interval(now), Duration::from_secs(1));
+        assert_eq!(
+            schedule("0 */15 * * * *", None).interval(now),
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            schedule("* * * * * *", None).interval(now),
+            Duration::from_secs(1)
+        );
         // Weekdays at 09:00: the weekend gap (3 days) is the longest.
         assert_eq!(
             schedule("0 0 9 * * Mon-Fri", Some("Europe/Berlin")).interval(now),
@@ -952,11 +980,18 @@ mod tests {
             latest: BTreeMap::new(),
         };
         let now = Utc::now();
-        assert!(h.readiness(now).unwrap_err().contains("\"a\": no completed run yet"));
+        assert!(
+            h.readiness(now)
+                .unwrap_err()
+                .contains("\"a\": no completed run yet")
+        );
         h.record("a", now, "success", None);
         h.record("b", now, "failure", Some("HTTP 401".into()));
         let why = h.readiness(now).unwrap_err();
-        assert!(why.contains("\"b\"") && why.contains("HTTP 401") && !why.contains("\"a\""), "{why}");
+        assert!(
+            why.contains("\"b\"") && why.contains("HTTP 401") && !why.contains("\"a\""),
+            "{why}"
+        );
         h.record("b", now, "success", None);
         assert!(h.readiness(now).is_ok());
         let later = now + chrono::Duration::seconds(61);
