@@ -462,8 +462,21 @@ fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
+/// A loaded configuration with its sinks and schedule.
+type Prepared = (Config, Vec<Box<dyn Sink>>, Schedule);
+
+/// `WATCHDOG_USEC` when the watchdog is meant for this process: like sd_watchdog_enabled(3),
+/// `WATCHDOG_PID`, when set, must be our pid.
+fn watchdog_usec() -> Option<u64> {
+    let usec = std::env::var("WATCHDOG_USEC").ok()?.parse::<u64>().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => (usec > 0).then_some(usec),
+    }
+}
+
 /// Loads the configuration, requires `[schedule]` and builds the sinks.
-fn prepare(path: &std::path::Path) -> Result<(Config, Vec<Box<dyn Sink>>, Schedule), String> {
+fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
     let config = crate::cli::load_config(path)?;
     let schedule = Schedule::from_config(&config)?;
     let sinks = crate::cli::build_sinks(&config, &[])?;
@@ -586,8 +599,9 @@ impl Daemon {
                 tracing::error!(error = %e, "metrics/health server failed");
             }
         });
-        let mut usec = 0;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+        let usec = watchdog_usec();
+        let watchdog = usec.is_some();
+        let usec = usec.unwrap_or(0);
         let housekeeping = if watchdog {
             Duration::from_micros(usec / 3)
                 .clamp(Duration::from_millis(100), Duration::from_secs(1))

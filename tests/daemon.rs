@@ -590,3 +590,58 @@ fn one_second_cron_keeps_firing_without_overlap_and_json_logs() {
             >= 20
     );
 }
+
+#[test]
+fn systemd_notifications_ready_status_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let env = env_with_directory(1);
+    let port = free_port();
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = write_file(
+        env.dir.path(),
+        "config.toml",
+        format!(
+            "{}{}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
+            ldap_section(&env),
+            schedule("0 0 0 1 1 *", true, port, None),
+            env.dir.path().join("ops.jsonl").display()
+        ),
+    );
+    let socket_env = socket_path.display().to_string();
+    let mut d = DaemonProc::start(
+        &config,
+        port,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket_env.as_str()),
+            ("WATCHDOG_USEC", "600000"),
+        ],
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_until(
+        Duration::from_secs(30),
+        "READY=1, a run status and two watchdog pings",
+        || {
+            assert!(
+                Instant::now() < deadline,
+                "notifications so far:\n{seen}\nlog:\n{}",
+                d.log_text()
+            );
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.push('\n');
+            }
+            seen.contains("READY=1")
+                && seen.contains("STATUS=last run")
+                && seen.matches("WATCHDOG=1").count() >= 2
+        },
+    );
+    assert!(seen.contains("success (audit=success)"), "{seen}");
+    assert!(d.terminate().success());
+}
