@@ -246,7 +246,7 @@ fn status(path: &std::path::Path, output: Output) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let store = match Store::open_read_only(&config.state.path) {
+    let store = match Store::open_for_status(&config.state.path) {
         Ok(Some(store)) => store,
         Ok(None) => {
             match output {

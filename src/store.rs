@@ -193,9 +193,19 @@ impl Store {
         })
     }
 
-    /// Opens an existing state file without writing to it (dry run, `status`).
+    /// Opens an existing state file without writing to it (dry run), holding it exclusively.
     /// Returns `None` when the file does not exist yet.
     pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
+        Store::open_read_only_with(path, true)
+    }
+
+    /// Opens an existing state file to read it while another process (a running daemon) may own
+    /// it: no lock is taken; SQLite's WAL gives a consistent read. For `status` only.
+    pub fn open_for_status(path: &Path) -> Result<Option<Store>, StoreError> {
+        Store::open_read_only_with(path, false)
+    }
+
+    fn open_read_only_with(path: &Path, exclusive: bool) -> Result<Option<Store>, StoreError> {
         let shown = path.display().to_string();
         let lock = match File::open(path) {
             Ok(file) => file,
@@ -207,7 +217,9 @@ impl Store {
                 });
             }
         };
-        lock_exclusive(&lock, &shown)?;
+        if exclusive {
+            lock_exclusive(&lock, &shown)?;
+        }
         if lock.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Ok(None);
         }

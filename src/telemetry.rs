@@ -24,6 +24,7 @@ pub struct Metrics {
     pub unmapped_members: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub skipped_ticks_total: prometheus::IntCounter,
+    pub scheduler_restarts_total: prometheus::IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -112,6 +113,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "ldapsync_skipped_ticks_total",
         "Scheduled ticks skipped because a run was still in progress.",
     )?;
+    let scheduler_restarts_total = prometheus::IntCounter::new(
+        "ldapsync_scheduler_restarts_total",
+        "Times the cron scheduler was re-created because a due tick did not fire.",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("ldapsync_build_info", "Build information; always 1."),
         &["version"],
@@ -131,6 +136,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(unmapped_members.clone()))?;
     registry.register(Box::new(config_reloads_total.clone()))?;
     registry.register(Box::new(skipped_ticks_total.clone()))?;
+    registry.register(Box::new(scheduler_restarts_total.clone()))?;
     registry.register(Box::new(build_info))?;
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -152,6 +158,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         unmapped_members,
         config_reloads_total,
         skipped_ticks_total,
+        scheduler_restarts_total,
     })
 }
 
@@ -184,8 +191,12 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
