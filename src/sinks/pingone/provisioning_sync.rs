@@ -580,13 +580,12 @@ max_batch_bytes = {max_batch_bytes}
     }
 
     fn member(i: usize) -> MemberRef {
-        MemberRef {
+        MemberRef::new(std::sync::Arc::new(crate::directory::User {
             source_id: format!("u{i:04}"),
             username: format!("user{i}"),
             email: None,
             dn: format!("uid=user{i},ou=People,dc=example,dc=com"),
-            target_id: None,
-        }
+        }))
     }
 
     fn ledger_group(id: &str, name: &str, members: usize) -> LedgerGroup {
@@ -602,9 +601,9 @@ max_batch_bytes = {max_batch_bytes}
                     (
                         m.source_id.clone(),
                         LedgerMember {
-                            username: m.username,
+                            username: m.username.clone(),
                             email: None,
-                            dn: m.dn,
+                            dn: m.dn.clone(),
                             target_id: None,
                         },
                     )
