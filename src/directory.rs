@@ -5,7 +5,11 @@
 //! names for `memberUid`), then [`DirectoryBuilder::finish`] applies the nesting mode, drops
 //! duplicate group names deterministically and sorts everything so plans are reproducible.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use rustc_hash::FxHashSet;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -22,10 +26,12 @@ pub struct RawEntry {
 
 impl RawEntry {
     pub fn values(&self, attribute: &str) -> &[Vec<u8>] {
-        self.attrs
-            .get(&attribute.to_ascii_lowercase())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        let found = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.attrs.get(&attribute.to_ascii_lowercase())
+        } else {
+            self.attrs.get(attribute)
+        };
+        found.map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -101,7 +107,7 @@ pub struct DirectoryBuilder {
     users: Vec<User>,
     user_by_dn: HashMap<String, u32>,
     user_by_name: HashMap<String, u32>,
-    user_ids: HashSet<String>,
+    user_ids: FxHashSet<String>,
     groups: Vec<PendingGroup>,
     flavor: Flavor,
     warnings: Vec<String>,
@@ -125,9 +131,9 @@ impl DirectoryBuilder {
             groups_config: groups_config.clone(),
             users_config: users_config.clone(),
             users: Vec::new(),
-            user_by_dn: HashMap::new(),
-            user_by_name: HashMap::new(),
-            user_ids: HashSet::new(),
+            user_by_dn: HashMap::default(),
+            user_by_name: HashMap::default(),
+            user_ids: FxHashSet::default(),
             groups: Vec::new(),
             flavor: if groups_config
                 .id_attribute

@@ -6,6 +6,14 @@
 /// Canonical form of `dn`, suitable as a map key. Never fails: input that is not a valid DN
 /// is lower-cased and trimmed, so it simply matches nothing.
 pub fn normalize(dn: &str) -> String {
+    // Most DNs need no unescaping or re-escaping: lower-casing them is the canonical form.
+    if is_plain(dn) {
+        return dn.to_lowercase();
+    }
+    normalize_parsed(dn)
+}
+
+fn normalize_parsed(dn: &str) -> String {
     match parse(dn) {
         Some(rdns) => rdns
             .into_iter()
@@ -20,6 +28,43 @@ pub fn normalize(dn: &str) -> String {
             .join(","),
         None => dn.trim().to_lowercase(),
     }
+}
+
+/// True when `dn` has one `=` per RDN and nothing that parsing would change: no escapes,
+/// multi-valued RDNs, quotes, `#`, `;`, `<`, `>`, and no spaces around separators.
+fn is_plain(dn: &str) -> bool {
+    let bytes = dn.as_bytes();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    if first == b' ' || last == b' ' {
+        return false;
+    }
+    let mut equals_in_rdn = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        match c {
+            b'\\' | b'+' | b'"' | b'#' | b';' | b'<' | b'>' => return false,
+            b'=' | b',' => {
+                let spaced = bytes.get(i + 1) == Some(&b' ') || (i > 0 && bytes[i - 1] == b' ');
+                if spaced {
+                    return false;
+                }
+                if c == b'=' {
+                    equals_in_rdn += 1;
+                    if equals_in_rdn > 1 {
+                        return false;
+                    }
+                } else {
+                    if equals_in_rdn != 1 {
+                        return false;
+                    }
+                    equals_in_rdn = 0;
+                }
+            }
+            _ => {}
+        }
+    }
+    equals_in_rdn == 1
 }
 
 /// True when `dn` is `base` or lies below it.
@@ -201,6 +246,34 @@ mod tests {
             &normalize("uid=a,ou=xpeople,dc=example,dc=com"),
             &base
         ));
+    }
+
+    #[test]
+    fn the_plain_fast_path_agrees_with_parsing() {
+        for dn in [
+            "uid=Alice,ou=People,dc=Example,dc=com",
+            "cn=John Smith,ou=people,dc=x",
+            "CN=Jürgen,DC=x",
+            "cn=,dc=x",
+            "cn=a=b,dc=x",
+            "cn=a ,dc=x",
+            "cn= a,dc=x",
+            "cn=#a,dc=x",
+            "cn=a,dc=x ",
+            "uid=a+cn=b,dc=x",
+            "cn=Smith\\, John,dc=x",
+            "dc=x,",
+            "plain",
+        ] {
+            assert_eq!(normalize(dn), normalize_parsed(dn), "{dn}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_matches_parsing_for_any_input(dn in "[a-zA-Z=, +\\\\#;\"Üé0-9]{0,24}") {
+            proptest::prop_assert_eq!(normalize(&dn), normalize_parsed(&dn));
+        }
     }
 
     #[test]

@@ -112,12 +112,18 @@ fn cold_dry_run_against_ldapsearch() {
     let mut peak_kb = 0u64;
     for _ in 0..2 {
         let started = Instant::now();
-        let out = Command::new("/usr/bin/time")
-            .arg("-v")
+        let mut command = Command::new("/usr/bin/time");
+        command.arg("-v");
+        // LDAPSYNC_BENCH_PERF=FILE profiles the dry run with `perf record` into FILE.
+        if let Ok(file) = std::env::var("LDAPSYNC_BENCH_PERF") {
+            command.args(["perf", "record", "-F", "2000", "-g", "-o", &file, "--"]);
+        }
+        let out = command
             .arg(ldapsync_bin())
             .arg("--config")
             .arg(&config)
             .args(["sync", "--dry-run"])
+            .env("RUST_LOG", "ldapsync=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
@@ -142,6 +148,9 @@ fn cold_dry_run_against_ldapsearch() {
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        for line in out.stderr_str().lines().filter(|l| l.contains(" read")) {
+            println!("  {line}");
+        }
         best = best.min(elapsed);
         peak_kb = peak_kb.max(kb);
     }

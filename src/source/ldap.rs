@@ -5,7 +5,7 @@
 //! (searchResRef, e.g. AD's DomainDnsZones) are skipped and counted; a referral *result* or any
 //! other non-success result code fails the read.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +121,7 @@ pub async fn read(
         &mut failure,
     )
     .await?;
+    tracing::debug!(users = stats.users, "users read");
     let groups = &config.groups;
     let group_attrs = vec![
         groups.id_attribute.clone(),
@@ -350,7 +351,8 @@ fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
     let PL::C(attributes) = attributes.payload else {
         return None;
     };
-    let mut attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::with_capacity(attributes.len());
+    let mut attrs: HashMap<String, Vec<Vec<u8>>> =
+        HashMap::with_capacity_and_hasher(attributes.len(), Default::default());
     for attribute in attributes {
         let PL::C(mut pair) = attribute.payload else {
             return None;

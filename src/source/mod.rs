@@ -69,10 +69,20 @@ pub struct ReadStats {
 
 /// Reads the configured scopes from `[ldap]` (server or LDIF file) into a Directory.
 pub async fn read_directory(config: &Config) -> Result<(Directory, ReadStats), SourceError> {
+    let started = std::time::Instant::now();
     let mut builder = DirectoryBuilder::new(&config.groups, &config.users);
     let stats = match &config.ldap.ldif_file {
         Some(path) => ldif::read(path, config, &mut builder)?,
         None => ldap::read(config, &mut builder).await?,
     };
-    Ok((builder.finish(), stats))
+    let read_seconds = started.elapsed().as_secs_f64();
+    let directory = builder.finish();
+    tracing::debug!(
+        users = stats.users,
+        groups = stats.groups,
+        read_seconds,
+        resolve_seconds = started.elapsed().as_secs_f64() - read_seconds,
+        "directory read"
+    );
+    Ok((directory, stats))
 }
