@@ -84,7 +84,9 @@ pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkEr
             c,
             config.http_settings(),
         )?),
-        SinkSettings::Connect(c) => Box::new(connect::ConnectSink::new(name, c, config.http_settings())?),
+        SinkSettings::Connect(c) => {
+            Box::new(connect::ConnectSink::new(name, c, config.http_settings())?)
+        }
         SinkSettings::Forgerock(c) => Box::new(forgerock::ForgeRockSink::new(
             name,
             c,
