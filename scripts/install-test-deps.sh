@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install what the integration tests need, on Debian 12, as root, with no standard input.
 #
-#   Debian: slapd ldap-utils openssl prometheus (promtool), systemd (systemd-analyze)
+#   Debian: slapd ldap-utils openssl prometheus (promtool), systemd (systemd-analyze),
+#           samba samba-dsdb-modules samba-vfs-modules samba-ad-provision (a throwaway Samba AD
+#           DC for tests/samba_ad.rs: samba, samba-tool; the DC's sam.ldb modules; acl_xattr, which
+#           `domain provision` loads to set the sysvol ACLs; the provisioning templates) and
+#           ldb-tools (ldbsearch, an independent reader of objectGUID)
 #   Python: a venv at $REPO/.venv with scim2-server (pinned), plus
 #           tests/emulators/requirements.txt when that file exists.
 #
@@ -9,8 +13,9 @@
 # missing, and pip runs only when the venv lacks the pinned versions (or the requirements file
 # changed since the last install).
 #
-# The Debian slapd package starts a system slapd on :389 when installed; the tests start their
-# own from temporary directories, so this script stops and disables it.
+# The Debian slapd and samba packages start system daemons (slapd on :389; smbd, nmbd and, once
+# provisioned, samba-ad-dc) when installed; the tests start their own from temporary directories,
+# so this script keeps package scripts from starting them, then stops and disables any that run.
 set -euo pipefail
 
 SCIM2_SERVER_VERSION=0.8.3
@@ -35,7 +40,8 @@ pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
 }
 
-want=(slapd ldap-utils openssl prometheus)
+want=(slapd ldap-utils openssl prometheus samba samba-dsdb-modules samba-vfs-modules samba-ad-provision
+    ldb-tools)
 command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
 
 missing=()
@@ -50,7 +56,7 @@ fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
-    # Keep package scripts from starting daemons (slapd, prometheus, node-exporter) while we
+    # Keep package scripts from starting daemons (slapd, smbd, nmbd, prometheus, node-exporter) while we
     # install; restore whatever policy was there before.
     policy=/usr/sbin/policy-rc.d
     policy_backup=""
@@ -104,7 +110,31 @@ stop_system_slapd() {
 }
 stop_system_slapd
 
-for tool in /usr/sbin/slapd /usr/sbin/slapadd ldapsearch ldapadd ldapmodify openssl promtool systemd-analyze; do
+# ---------------------------------------------------------------- no system samba
+# The same for the packaged Samba services: smbd/nmbd would hold :139/:445 and samba-ad-dc would
+# take :389/:636, which the tests' DC binds on 127.0.0.1. The tests' samba processes run as this
+# user with an smb.conf under /tmp/, so only daemons without one are killed.
+stop_system_samba() {
+    local unit pid
+    for unit in samba-ad-dc smbd nmbd samba winbind; do
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        elif command -v update-rc.d >/dev/null 2>&1 && [ -e "/etc/init.d/$unit" ]; then
+            "${SUDO[@]}" update-rc.d "$unit" disable >/dev/null 2>&1 || true
+            "${SUDO[@]}" service "$unit" stop >/dev/null 2>&1 || true
+        fi
+    done
+    for pid in $(pgrep -x 'samba|smbd|nmbd|winbindd' 2>/dev/null || true); do
+        if [ -r "/proc/$pid/cmdline" ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q '/tmp/'; then
+            log "stopping the system $(cat "/proc/$pid/comm" 2>/dev/null || echo samba) ($pid)"
+            "${SUDO[@]}" kill "$pid" 2>/dev/null || true
+        fi
+    done
+}
+stop_system_samba
+
+for tool in /usr/sbin/slapd /usr/sbin/slapadd ldapsearch ldapadd ldapmodify openssl promtool systemd-analyze \
+    /usr/sbin/samba samba-tool ldbsearch; do
     command -v "$tool" >/dev/null 2>&1 || { log "missing after install: $tool"; exit 1; }
 done
 

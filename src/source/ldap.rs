@@ -154,8 +154,9 @@ pub async fn read(
         &mut failure,
     )
     .await?;
+    let timeout = Duration::from_secs(config.ldap.timeout_secs);
     for mut entry in ranged {
-        complete_ranges(&mut ldap, config, &mut entry, &member_attribute).await?;
+        complete_ranges(&mut ldap, timeout, &mut entry, &member_attribute).await?;
         builder.add_group(&entry)?;
     }
     let _ = ldap.unbind().await;
@@ -269,10 +270,13 @@ fn parse_range(key: &str) -> Option<(u64, Option<u64>)> {
     Some((start, end))
 }
 
-/// Fetches the remaining values of a ranged attribute (AD answers `member;range=0-1499`).
-async fn complete_ranges(
+/// Fetches the remaining values of a ranged attribute (AD answers `member;range=0-1499`): `entry`
+/// holds the first range under its lowercase `attribute;range=…` key; on success it holds every
+/// value under `attribute` instead. Public so that tests can drive it against a real server
+/// (Samba answers unranged unless asked for a range).
+pub async fn complete_ranges(
     ldap: &mut Ldap,
-    config: &Config,
+    timeout: Duration,
     entry: &mut RawEntry,
     attribute: &str,
 ) -> Result<(), SourceError> {
@@ -294,7 +298,7 @@ async fn complete_ranges(
     while let (_, Some(end)) = range {
         let request = format!("{attribute};range={}-*", end + 1);
         let result = ldap
-            .with_timeout(Duration::from_secs(config.ldap.timeout_secs))
+            .with_timeout(timeout)
             .search(
                 &entry.dn,
                 Scope::Base,
