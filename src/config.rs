@@ -85,8 +85,6 @@ pub enum NestedMode {
     Flatten,
     /// Group members of groups are dropped.
     Ignore,
-    /// Direct user members only, and group-in-group kept for sinks that support nesting.
-    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize)]

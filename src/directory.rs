@@ -51,8 +51,6 @@ pub struct Group {
     pub description: Option<String>,
     /// Indexes into [`Directory::users`], sorted and unique.
     pub members: Vec<u32>,
-    /// Indexes into [`Directory::groups`] of direct group members; empty unless nesting is kept.
-    pub subgroups: Vec<u32>,
 }
 
 /// Whether ids came from Active Directory (objectGUID), which some sinks report.
@@ -273,7 +271,6 @@ impl DirectoryBuilder {
                 name,
                 description,
                 members,
-                subgroups: Vec::new(),
             },
             unresolved,
         });
@@ -376,17 +373,12 @@ impl DirectoryBuilder {
             .into_iter()
             .enumerate()
             .map(|(index, pending)| {
-                let (members, subgroups) = match nested {
-                    NestedMode::Ignore => (direct_users[index].clone(), Vec::new()),
-                    NestedMode::Keep => (direct_users[index].clone(), direct_groups[index].clone()),
-                    NestedMode::Flatten => (
-                        transitive_members(index, &direct_users, &direct_groups),
-                        Vec::new(),
-                    ),
+                let members = match nested {
+                    NestedMode::Ignore => direct_users[index].clone(),
+                    NestedMode::Flatten => transitive_members(index, &direct_users, &direct_groups),
                 };
                 Group {
                     members,
-                    subgroups,
                     ..pending.group
                 }
             })
@@ -473,7 +465,6 @@ mod tests {
             match nested {
                 NestedMode::Flatten => "flatten",
                 NestedMode::Ignore => "ignore",
-                NestedMode::Keep => "keep",
             }
         );
         let c = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
@@ -535,14 +526,10 @@ mod tests {
     }
 
     #[test]
-    fn ignore_drops_group_members_and_keep_records_them() {
+    fn ignore_drops_group_members() {
         let d = build(NestedMode::Ignore);
         let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
         assert_eq!(outer.members.len(), 1);
-        assert!(outer.subgroups.is_empty());
-        let d = build(NestedMode::Keep);
-        let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
-        assert_eq!(outer.subgroups.len(), 1);
     }
 
     #[test]

@@ -522,7 +522,6 @@ mod tests {
                     name: name.to_string(),
                     description: None,
                     members: members.to_vec(),
-                    subgroups: vec![],
                 })
                 .collect(),
             ..Directory::default()
