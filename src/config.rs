@@ -779,8 +779,11 @@ mod example_tests {
         let config = super::Config::parse(text, std::path::Path::new("config.example.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(config.schedule.is_some());
-        let types: std::collections::BTreeSet<&str> =
-            config.sinks.iter().map(|s| s.settings.type_name()).collect();
+        let types: std::collections::BTreeSet<&str> = config
+            .sinks
+            .iter()
+            .map(|s| s.settings.type_name())
+            .collect();
         assert_eq!(types.len(), 6, "every sink type is documented: {types:?}");
     }
 }

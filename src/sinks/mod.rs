@@ -9,6 +9,7 @@ pub mod connect;
 pub mod file;
 pub mod forgerock;
 pub mod http;
+pub mod lifecycle;
 pub mod pingone;
 pub mod scim;
 
@@ -84,7 +85,9 @@ pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkEr
             c,
             config.http_settings(),
         )?),
-        SinkSettings::Connect(c) => Box::new(connect::ConnectSink::new(name, c, config.http_settings())?),
+        SinkSettings::Connect(c) => {
+            Box::new(connect::ConnectSink::new(name, c, config.http_settings())?)
+        }
         SinkSettings::Forgerock(c) => Box::new(forgerock::ForgeRockSink::new(
             name,
             c,
