@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response};
+use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{self, Created, GroupApi, Membership, OpError, Outcome, Prepared};
 use super::{Recorder, Sink, SinkError};
 use crate::config::{Secret, SecretError, resolve_secret};
@@ -78,12 +78,7 @@ pub struct ConnectConfig {
 
 impl ConnectConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err((
-                "base_url",
-                format!("{:?} must be an http(s) URL", self.base_url),
-            ));
-        }
+        check_url("base_url", &self.base_url)?;
         if self.api_key.is_none() && self.api_key_file.is_none() {
             return Err((
                 "api_key",

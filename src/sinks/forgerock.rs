@@ -22,10 +22,13 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod};
-use super::lifecycle::{self, Created, GroupApi, Membership, OpError, Outcome, outcome};
+use super::http::{
+    Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
+};
+use super::lifecycle::{
+    self, Created, GroupApi, Membership, OpError, Outcome, UserCache, ids, outcome,
+};
 use super::{Recorder, Sink, SinkError};
 use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
@@ -80,15 +83,9 @@ pub struct ForgeRockConfig {
 
 impl ForgeRockConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (key, url) in [
-            ("base_url", Some(&self.base_url)),
-            ("token_url", self.token_url.as_ref()),
-        ] {
-            if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err((key, format!("{url:?} must be an http(s) URL")));
-            }
+        check_url("base_url", &self.base_url)?;
+        if let Some(url) = &self.token_url {
+            check_url("token_url", url)?;
         }
         if !self
             .realm
@@ -202,7 +199,7 @@ pub struct ForgeRockSink {
     group_path: String,
     user_path: String,
     /// Lookup key → managed user id (positive answers only).
-    users: Mutex<HashMap<String, String>>,
+    users: UserCache,
 }
 
 impl ForgeRockSink {
@@ -240,7 +237,7 @@ impl ForgeRockSink {
             name,
             config: config.clone(),
             http,
-            users: Mutex::new(HashMap::new()),
+            users: UserCache::default(),
         })
     }
 
@@ -436,40 +433,23 @@ impl GroupApi for ForgeRockSink {
                 None => return Ok(None),
             },
         };
-        let key = format!("{attribute}\u{0}{value}");
-        if let Some(id) = self.users.lock().await.get(&key) {
-            return Ok(Some(id.clone()));
-        }
         let filter = format!("{attribute} eq {}", quote(&value));
-        let found: Value = self
-            .http
-            .json(
-                Method::GET,
-                &self.user_path,
-                &[("_queryFilter", &filter), ("_fields", "_id,userName,mail")],
-                None,
-            )
-            .await?;
-        let ids: Vec<&str> = found
-            .get("result")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(|u| u.get("_id").and_then(Value::as_str))
-                    .collect()
-            })
-            .unwrap_or_default();
-        match ids.as_slice() {
-            [id] => {
-                self.users.lock().await.insert(key, id.to_string());
-                Ok(Some(id.to_string()))
-            }
-            [] => Ok(None),
-            _ => {
-                tracing::warn!(sink = %self.name, member = %member.username, "several managed users match; member skipped");
-                Ok(None)
-            }
-        }
+        let find = async {
+            let found: Value = self
+                .http
+                .json(
+                    Method::GET,
+                    &self.user_path,
+                    &[("_queryFilter", &filter), ("_fields", "_id,userName,mail")],
+                    None,
+                )
+                .await?;
+            let result = found.get("result").and_then(Value::as_array);
+            Ok(ids(result.map_or(&[][..], Vec::as_slice), "_id"))
+        };
+        self.users
+            .lookup(&self.name, member, (attribute, &value), find)
+            .await
     }
 
     /// Groups with a `condition` compute their members: static changes are refused.

@@ -18,10 +18,12 @@
 //! A primitive returns `Err` for "this request failed" and an [`Outcome`] for the answers the
 //! driver acts on; it never touches the [`Recorder`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 
 use async_trait::async_trait;
+use tokio::sync::Mutex;
 
 use super::http::{HttpError, Response};
 use super::{Recorder, SinkError};
@@ -455,5 +457,277 @@ pub fn outcome(response: Response) -> Result<Outcome, OpError> {
         Ok(Outcome::NotFound)
     } else {
         Err(response.into_error().into())
+    }
+}
+
+/// Target user ids by match attribute and value: positive answers only, so a user created in
+/// the target later is found on the next run.
+#[derive(Debug, Default)]
+pub struct UserCache(Mutex<HashMap<String, String>>);
+
+impl UserCache {
+    /// The one target user whose `attribute` is `value`; `find` (every matching id) runs on a
+    /// cache miss. No match, or several, is `None` (the member is counted as unmapped).
+    pub async fn lookup(
+        &self,
+        sink: &str,
+        member: &MemberRef,
+        (attribute, value): (&str, &str),
+        find: impl Future<Output = Result<Vec<String>, HttpError>> + Send,
+    ) -> Result<Option<String>, OpError> {
+        let key = format!("{attribute}\u{0}{value}");
+        if let Some(id) = self.0.lock().await.get(&key) {
+            return Ok(Some(id.clone()));
+        }
+        match find.await?.as_slice() {
+            [id] => {
+                self.0.lock().await.insert(key, id.clone());
+                Ok(Some(id.clone()))
+            }
+            [] => Ok(None),
+            _ => {
+                tracing::warn!(sink, member = %member.username, attribute, "several target users match; member skipped");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The string `key` of each item (the ids of a listing).
+pub fn ids(items: &[serde_json::Value], key: &str) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|item| item.get(key).and_then(serde_json::Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::directory::User;
+    use crate::sinks::ApplyReport;
+    use crate::store::Store;
+
+    /// A target that answers from fixed tables and logs every call.
+    #[derive(Default)]
+    struct Fake {
+        existing: HashMap<String, String>,
+        conflict: bool,
+        update_gone: bool,
+        unauthorized: bool,
+        users: HashMap<String, String>,
+        calls: StdMutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn log(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl GroupApi for Fake {
+        type Members = ();
+        fn sink_name(&self) -> &str {
+            "fake"
+        }
+        fn auth_hint(&self) -> &str {
+            "check the fake"
+        }
+        fn member_chunk_size(&self) -> usize {
+            2
+        }
+        async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
+            self.log(format!("find {}", group.name));
+            Ok(self.existing.get(&group.name).cloned())
+        }
+        async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
+            self.log(format!("create {}", group.name));
+            if self.unauthorized {
+                return Err("POST /groups: HTTP 401: no".into());
+            }
+            Ok(match self.conflict {
+                true => Created::Conflict("HTTP 409".into()),
+                false => Created::Id(format!("id-{}", group.name)),
+            })
+        }
+        async fn update(&self, id: &str, _: &GroupSpec, _: &GroupSpec) -> Result<Outcome, OpError> {
+            self.log(format!("update {id}"));
+            Ok(match self.update_gone {
+                true => Outcome::NotFound,
+                false => Outcome::Done,
+            })
+        }
+        async fn delete(&self, id: &str) -> Result<Outcome, OpError> {
+            self.log(format!("delete {id}"));
+            Ok(Outcome::NotFound)
+        }
+        async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
+            Ok(self.users.get(&member.username).cloned())
+        }
+        async fn add_members(
+            &self,
+            id: &str,
+            _: &GroupSpec,
+            _: &(),
+            chunk: &[MemberRef],
+        ) -> Result<Outcome, OpError> {
+            let ids: Vec<_> = chunk.iter().filter_map(|m| m.target_id.clone()).collect();
+            self.log(format!("add {id} {}", ids.join(",")));
+            Ok(Outcome::Done)
+        }
+        async fn remove_members(
+            &self,
+            id: &str,
+            _: &GroupSpec,
+            _: &(),
+            chunk: &[MemberRef],
+        ) -> Result<Outcome, OpError> {
+            self.log(format!("remove {id} {}", chunk.len()));
+            Ok(Outcome::Done)
+        }
+    }
+
+    fn group(name: &str, target_id: Option<&str>) -> GroupSpec {
+        GroupSpec {
+            source_id: format!("s-{name}"),
+            name: name.into(),
+            description: None,
+            dn: format!("cn={name},dc=x"),
+            target_id: target_id.map(str::to_string),
+        }
+    }
+
+    fn member(name: &str) -> MemberRef {
+        MemberRef::new(Arc::new(User {
+            source_id: format!("u-{name}"),
+            dn: format!("uid={name},dc=x"),
+            username: name.into(),
+            email: None,
+        }))
+    }
+
+    async fn run(api: &Fake, operations: Vec<Operation>) -> (Result<(), SinkError>, ApplyReport) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut recorder = Recorder::new(&mut store, "fake");
+        let plan = Plan {
+            operations,
+            full: false,
+        };
+        let result = apply(api, &plan, &mut recorder).await;
+        (result, recorder.report.clone())
+    }
+
+    #[tokio::test]
+    async fn a_resumed_create_adopts_and_a_conflict_adopts() {
+        let mut api = Fake {
+            conflict: true,
+            ..Fake::default()
+        };
+        api.existing.insert("a".into(), "t-a".into());
+        api.existing.insert("b".into(), "t-b".into());
+        let ops = vec![
+            Operation::Create {
+                group: group("a", None),
+                resume: true,
+            },
+            Operation::Create {
+                group: group("b", None),
+                resume: false,
+            },
+            Operation::Create {
+                group: group("c", None),
+                resume: false,
+            },
+        ];
+        let (result, report) = run(&api, ops).await;
+        result.unwrap();
+        assert_eq!(report.applied.create, 2);
+        assert_eq!(report.failures.len(), 1);
+        assert_eq!(report.failures[0].error, "HTTP 409");
+        assert_eq!(
+            api.calls(),
+            ["find a", "create b", "find b", "create c", "find c"]
+        );
+    }
+
+    #[tokio::test]
+    async fn members_are_mapped_chunked_and_unmapped_ones_counted() {
+        let mut api = Fake::default();
+        for (name, id) in [("x", "1"), ("y", "2"), ("z", "3")] {
+            api.users.insert(name.into(), id.into());
+        }
+        let g = group("g", Some("G"));
+        let members = ["x", "nobody", "y", "z"].map(member).to_vec();
+        let mut known = member("w");
+        known.target_id = Some("9".into());
+        let ops = vec![
+            Operation::MemberAdd {
+                group: g.clone(),
+                members,
+            },
+            Operation::MemberRemove {
+                group: g.clone(),
+                members: vec![known, member("nobody")],
+            },
+        ];
+        let (result, report) = run(&api, ops).await;
+        result.unwrap();
+        assert_eq!(report.applied.member_add, 3);
+        assert_eq!(report.applied.member_remove, 2);
+        assert_eq!(report.unmapped, 1);
+        assert_eq!(api.calls(), ["add G 1,2", "add G 3", "remove G 1"]);
+    }
+
+    #[tokio::test]
+    async fn a_gone_group_is_forgotten_and_deletes_of_unconfirmed_creates_look_up() {
+        let api = Fake {
+            update_gone: true,
+            ..Fake::default()
+        };
+        let ops = vec![
+            Operation::Update {
+                group: group("a", Some("A")),
+                previous: group("old", Some("A")),
+            },
+            Operation::Delete {
+                group: group("b", None),
+            },
+            Operation::Delete {
+                group: group("c", Some("C")),
+            },
+        ];
+        let (result, report) = run(&api, ops).await;
+        result.unwrap();
+        assert_eq!(report.applied.delete, 2);
+        assert!(report.failures[0].error.contains("no longer exists"));
+        assert_eq!(api.calls(), ["update A", "find b", "delete C"]);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_credential_stops_the_sink() {
+        let api = Fake {
+            unauthorized: true,
+            ..Fake::default()
+        };
+        let ops = ["a", "b"]
+            .map(|n| Operation::Create {
+                group: group(n, None),
+                resume: false,
+            })
+            .to_vec();
+        let (result, _) = run(&api, ops).await;
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("authentication rejected"), "{error}");
+        assert!(error.contains("check the fake"), "{error}");
+        assert_eq!(api.calls(), ["create a"]);
     }
 }

@@ -6,7 +6,6 @@
 //! by `displayName eq` and adopt it"; 404 on delete means done; users are found by a filter on
 //! the configured attribute and cached. 200 and 204 are both success, bodies optional.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -15,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response};
-use super::lifecycle::{self, Created, GroupApi, OpError, Outcome, outcome};
+use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
+use super::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
 use super::{Recorder, Sink, SinkError};
 use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
@@ -60,12 +59,7 @@ fn default_chunk() -> usize {
 
 impl ScimConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err((
-                "base_url",
-                format!("{:?} must be an http(s) URL", self.base_url),
-            ));
-        }
+        check_url("base_url", &self.base_url)?;
         if self.token.is_none() && self.token_file.is_none() {
             return Err((
                 "token",
@@ -89,7 +83,7 @@ pub struct ScimSink {
     http: HttpClient,
     patch_supported: Mutex<Option<bool>>,
     /// Lookup key → target user id (positive answers only, so new users are found next run).
-    users: Mutex<HashMap<String, String>>,
+    users: UserCache,
 }
 
 impl ScimSink {
@@ -114,7 +108,7 @@ impl ScimSink {
             config: config.clone(),
             http,
             patch_supported: Mutex::new(None),
-            users: Mutex::new(HashMap::new()),
+            users: UserCache::default(),
         })
     }
 
@@ -264,35 +258,21 @@ impl GroupApi for ScimSink {
                 None => return Ok(None),
             },
         };
-        let key = format!("{attribute}\u{0}{value}");
-        if let Some(id) = self.users.lock().await.get(&key) {
-            return Ok(Some(id.clone()));
-        }
         let filter = format!("{attribute} eq {}", quote(&value));
-        let response = self
-            .http
-            .send(Method::GET, "/Users", &[("filter", filter.as_str())], None)
-            .await?;
-        if response.status.as_u16() == 404 {
-            return Ok(None);
-        }
-        let list: Value = response.success()?.json()?;
-        let found = resources(&list);
-        let ids: Vec<&str> = found
-            .iter()
-            .filter_map(|r| r.get("id").and_then(Value::as_str))
-            .collect();
-        match ids.as_slice() {
-            [id] => {
-                self.users.lock().await.insert(key, id.to_string());
-                Ok(Some(id.to_string()))
+        let find = async {
+            let response = self
+                .http
+                .send(Method::GET, "/Users", &[("filter", filter.as_str())], None)
+                .await?;
+            if response.status.as_u16() == 404 {
+                return Ok(Vec::new());
             }
-            [] => Ok(None),
-            _ => {
-                tracing::warn!(sink = %self.name, member = %member.username, "several target users match; member skipped");
-                Ok(None)
-            }
-        }
+            let list: Value = response.success()?.json()?;
+            Ok(ids(&resources(&list), "id"))
+        };
+        self.users
+            .lookup(&self.name, member, (attribute, &value), find)
+            .await
     }
 
     async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {

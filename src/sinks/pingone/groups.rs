@@ -9,19 +9,16 @@
 //! by name, and adopt it"; a duplicate membership (UNCONFIRMED: success or the same errors) is
 //! treated as success. Nested groups are not written (`nested = "keep"` is not implemented).
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use super::{connection_fields, quote};
 use crate::ledger::Ledger;
 use crate::plan::{GroupSpec, MemberRef, Plan};
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
-use crate::sinks::lifecycle::{self, Created, GroupApi, OpError, Outcome, outcome};
+use crate::sinks::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
 use crate::sinks::{Recorder, Sink, SinkError};
 
 /// How an LDAP user is found among PingOne users.
@@ -103,7 +100,7 @@ pub struct PingOneGroupsSink {
     config: PingOneGroupsConfig,
     http: HttpClient,
     /// Lookup key → PingOne user id (positive answers only, so new users are found next run).
-    users: Mutex<HashMap<String, String>>,
+    users: UserCache,
 }
 
 impl PingOneGroupsSink {
@@ -117,7 +114,7 @@ impl PingOneGroupsSink {
             name,
             config: config.clone(),
             http,
-            users: Mutex::new(HashMap::new()),
+            users: UserCache::default(),
         })
     }
 
@@ -275,32 +272,11 @@ impl GroupApi for PingOneGroupsSink {
                 None => return Ok(None),
             },
         };
-        let key = format!("{attribute}\u{0}{value}");
-        if let Some(id) = self.users.lock().await.get(&key) {
-            return Ok(Some(id.clone()));
-        }
-        let found = self
-            .list_all(
-                "/users",
-                &format!("{attribute} eq {}", quote(&value)),
-                "users",
-            )
-            .await?;
-        let ids: Vec<&str> = found
-            .iter()
-            .filter_map(|u| u.get("id").and_then(Value::as_str))
-            .collect();
-        match ids.as_slice() {
-            [id] => {
-                self.users.lock().await.insert(key, id.to_string());
-                Ok(Some(id.to_string()))
-            }
-            [] => Ok(None),
-            _ => {
-                tracing::warn!(sink = %self.name, member = %member.username, "several PingOne users match; member skipped");
-                Ok(None)
-            }
-        }
+        let filter = format!("{attribute} eq {}", quote(&value));
+        let find = async { Ok(ids(&self.list_all("/users", &filter, "users").await?, "id")) };
+        self.users
+            .lookup(&self.name, member, (attribute, &value), find)
+            .await
     }
 
     /// `POST /users/{uid}/memberOfGroups`; a duplicate membership is success.
