@@ -30,26 +30,8 @@ impl Env {
     /// Writes the config with this `[[sinks]]` body (after `type = "connect"`).
     fn config(&self, sink_extra: &str) -> PathBuf {
         let text = format!(
-            r#"[ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password = "{bind_pw}"
-
-[groups]
-base_dn = "{groups}"
-
-[users]
-base_dn = "{people}"
-
-[state]
-path = "{state}"
-
-[safety]
-max_group_deletes = 100
-max_group_delete_percent = 100.0
-max_member_removes = 1000
-max_member_remove_percent = 100.0
-
+            r#"{ldap}
+{safety}
 [[sinks]]
 name = "connect"
 type = "connect"
@@ -58,12 +40,8 @@ api_key = "{KEY}"
 max_retries = 2
 {sink_extra}
 "#,
-            url = self.slapd.url(),
-            bind_dn = self.slapd.admin_dn(),
-            bind_pw = self.slapd.admin_password(),
-            groups = self.slapd.groups_dn(),
-            people = self.slapd.people_dn(),
-            state = self.state_path().display(),
+            ldap = ldap_config_toml(&self.slapd, &self.state_path()),
+            safety = permissive_safety_toml(1000),
             base = self.emu.base_url(),
         );
         write_file(self.dir.path(), "config.toml", text)

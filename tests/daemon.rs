@@ -144,27 +144,11 @@ fn env_with_directory(groups: usize) -> Env {
 }
 
 fn ldap_section(env: &Env) -> String {
-    format!(
-        r#"[ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password_file = "{pw}"
-
-[groups]
-base_dn = "{groups}"
-
-[users]
-base_dn = "{people}"
-
-[state]
-path = "{state}"
-"#,
-        url = env.slapd.url(),
-        bind_dn = env.slapd.admin_dn(),
-        pw = env.dir.path().join("ldap-password").display(),
-        groups = env.slapd.groups_dn(),
-        people = env.slapd.people_dn(),
-        state = env.dir.path().join("state.db").display(),
+    let password = env.dir.path().join("ldap-password");
+    ldap_config_toml_with(
+        &env.slapd,
+        &env.dir.path().join("state.db"),
+        &format!("bind_password_file = \"{}\"", password.display()),
     )
 }
 

@@ -46,37 +46,15 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = write_file(dir.path(), "client-secret", format!("{CLIENT_SECRET}\n"));
         let text = format!(
-            r#"[ldap]
-url = "{url}"
-bind_dn = "{admin}"
-bind_password = "{password}"
-
-[groups]
-base_dn = "{groups}"
-
-[users]
-base_dn = "{people}"
-
-[state]
-path = "{state}"
-
-[safety]
-max_group_deletes = 100
-max_group_delete_percent = 100.0
-max_member_removes = 100
-max_member_remove_percent = 100.0
-
+            r#"{ldap}
+{safety}
 [[sinks]]
 name = "p1"
 type = "{sink_type}"
 {common}{sink}
 "#,
-            url = slapd.url(),
-            admin = slapd.admin_dn(),
-            password = slapd.admin_password(),
-            groups = slapd.groups_dn(),
-            people = slapd.people_dn(),
-            state = dir.path().join("state.db").display(),
+            ldap = ldap_config_toml(&slapd, &dir.path().join("state.db")),
+            safety = permissive_safety_toml(100),
             common = sink_common(&emu).replace("SECRET_FILE", &secret.display().to_string()),
         );
         let config = write_file(dir.path(), "config.toml", text);

@@ -25,11 +25,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response};
+use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
+use super::lifecycle::{self, Created, GroupApi, Membership, OpError, Outcome, Prepared};
 use super::{Recorder, Sink, SinkError};
 use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+use crate::plan::{GroupSpec, MemberRef, OpKind, Plan};
 
 /// Connect's maximum `page_size` / `limit`.
 const PAGE_SIZE: &str = "500";
@@ -77,12 +78,7 @@ pub struct ConnectConfig {
 
 impl ConnectConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err((
-                "base_url",
-                format!("{:?} must be an http(s) URL", self.base_url),
-            ));
-        }
+        check_url("base_url", &self.base_url)?;
         if self.api_key.is_none() && self.api_key_file.is_none() {
             return Err((
                 "api_key",
@@ -454,284 +450,6 @@ impl ConnectSink {
         Ok(exact_matches(&results, name).into_iter().cloned().collect())
     }
 
-    async fn create(
-        &self,
-        mode: &Mode,
-        group: &GroupSpec,
-        resume: bool,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        if mode.remote {
-            return self.create_remote(group, recorder).await;
-        }
-        if resume {
-            match self.find_local_group(mode, &group.name).await {
-                Ok(Some(guid)) => {
-                    tracing::info!(sink = %self.name, group = %group.name, guid, "adopted the group an interrupted run created");
-                    return recorder.created(group, &guid);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    recorder.failed(OpKind::Create, group, e, 1);
-                    return Ok(());
-                }
-            }
-        }
-        recorder.intent(group)?;
-        let body = Body::json(&json!({"name": group.name}));
-        let response = match self
-            .http
-            .send(Method::POST, "/v1/groups", &[], Some(&body))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                return Ok(());
-            }
-        };
-        if response.status.as_u16() == 409 {
-            return match self.find_local_group(mode, &group.name).await {
-                Ok(Some(guid)) => {
-                    tracing::info!(sink = %self.name, group = %group.name, guid, "group name already in use; adopted the existing group");
-                    recorder.created(group, &guid)
-                }
-                Ok(None) => {
-                    recorder.failed(OpKind::Create, group, describe(response), 1);
-                    Ok(())
-                }
-                Err(e) => {
-                    recorder.failed(OpKind::Create, group, e, 1);
-                    Ok(())
-                }
-            };
-        }
-        self.record_created(group, response, recorder)
-    }
-
-    /// The seed's recipe: remote search → exact name → adopt the guid or PUT the ticket.
-    async fn create_remote(
-        &self,
-        group: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let found = match self.remote_search("groups", &group.name).await {
-            Ok(found) => found,
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                return Ok(());
-            }
-        };
-        let remote = match found.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                recorder.failed(
-                    OpKind::Create,
-                    group,
-                    format!(
-                        "Connect's LDAP group search finds no group named {:?}; check Connect's LDAP group settings (GroupSearchBaseDN, group filter)",
-                        group.name
-                    ),
-                    1,
-                );
-                return Ok(());
-            }
-            many => {
-                recorder.failed(
-                    OpKind::Create,
-                    group,
-                    format!(
-                        "Connect's LDAP group search finds {} groups named {:?}; cannot tell which one is {}",
-                        many.len(),
-                        group.name,
-                        group.dn
-                    ),
-                    1,
-                );
-                return Ok(());
-            }
-        };
-        if let Some(guid) = remote.guid {
-            tracing::info!(sink = %self.name, group = %group.name, guid, "the LDAP group is already in Connect; adopted it");
-            return recorder.created(group, &guid);
-        }
-        let Some(ticket) = remote.temp_ticket else {
-            recorder.failed(
-                OpKind::Create,
-                group,
-                "the remote search result has no temp_ticket",
-                1,
-            );
-            return Ok(());
-        };
-        recorder.intent(group)?;
-        let body = Body::json(&json!({"temp_ticket": ticket}));
-        let response = match self
-            .http
-            .send(Method::PUT, "/v1/groups", &[], Some(&body))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                return Ok(());
-            }
-        };
-        if !response.is_success() && error_code(&response.body) == Some(131) {
-            // "A group using the same unique ID already exists": it is in Connect; adopt it.
-            let again = self.remote_search("groups", &group.name).await;
-            return match again.as_deref() {
-                Ok(
-                    [
-                        Remote {
-                            guid: Some(guid), ..
-                        },
-                    ],
-                ) => {
-                    tracing::info!(sink = %self.name, group = %group.name, guid, "the LDAP group was already in Connect (code 131); adopted it");
-                    recorder.created(group, guid)
-                }
-                Ok(_) => {
-                    recorder.failed(OpKind::Create, group, describe(response), 1);
-                    Ok(())
-                }
-                Err(e) => {
-                    recorder.failed(OpKind::Create, group, e, 1);
-                    Ok(())
-                }
-            };
-        }
-        self.record_created(group, response, recorder)
-    }
-
-    fn record_created(
-        &self,
-        group: &GroupSpec,
-        response: Response,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        if !response.is_success() {
-            recorder.failed(OpKind::Create, group, describe(response), 1);
-            return Ok(());
-        }
-        match response.json::<Value>() {
-            Ok(created) => match created.get("guid").and_then(Value::as_str) {
-                Some(guid) => recorder.created(group, guid),
-                None => {
-                    recorder.failed(
-                        OpKind::Create,
-                        group,
-                        "the create answer has no \"guid\"",
-                        1,
-                    );
-                    Ok(())
-                }
-            },
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                Ok(())
-            }
-        }
-    }
-
-    async fn update(
-        &self,
-        mode: &Mode,
-        group: &GroupSpec,
-        previous: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(guid) = recorder.target_id(group) else {
-            recorder.failed(OpKind::Update, group, "no target id recorded", 1);
-            return Ok(());
-        };
-        // Connect groups have no description and no DN field: only a rename is sent.
-        if group.name == previous.name {
-            return recorder.updated(group, &guid);
-        }
-        if mode.remote {
-            tracing::warn!(sink = %self.name, group = %group.name, previous = %previous.name, "Connect does not rename LDAP groups through its API (the provider owns their names); not sent");
-            return recorder.updated(group, &guid);
-        }
-        let path = format!("/v1/groups/{guid}");
-        let body = Body::json(&json!({"name": group.name}));
-        let mut result = self.http.send(Method::PATCH, &path, &[], Some(&body)).await;
-        // Servers before PATCH answer 404 code 2 ("endpoint not supported"): legacy POST.
-        if let Ok(r) = &result
-            && r.status.as_u16() == 404
-            && error_code(&r.body) == Some(2)
-        {
-            result = self.http.send(Method::POST, &path, &[], Some(&body)).await;
-        }
-        match result {
-            Ok(r) if r.is_success() => recorder.updated(group, &guid),
-            Ok(r) if r.status.as_u16() == 404 => {
-                recorder.failed(
-                    OpKind::Update,
-                    group,
-                    "the group no longer exists in Connect; it will be recreated next run",
-                    1,
-                );
-                recorder.forget(group)
-            }
-            Ok(r) => {
-                recorder.failed(OpKind::Update, group, describe(r), 1);
-                Ok(())
-            }
-            Err(e) => {
-                recorder.failed(OpKind::Update, group, e, 1);
-                Ok(())
-            }
-        }
-    }
-
-    async fn delete(
-        &self,
-        mode: &Mode,
-        group: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let guid = match recorder.target_id(group) {
-            Some(guid) => Some(guid),
-            // An unconfirmed create: delete what it may have created.
-            None if mode.remote => match self.remote_search("groups", &group.name).await {
-                Ok(found) => match found.as_slice() {
-                    [one] => one.guid.clone(),
-                    _ => None,
-                },
-                Err(e) => {
-                    recorder.failed(OpKind::Delete, group, e, 1);
-                    return Ok(());
-                }
-            },
-            None => match self.find_local_group(mode, &group.name).await {
-                Ok(found) => found,
-                Err(e) => {
-                    recorder.failed(OpKind::Delete, group, e, 1);
-                    return Ok(());
-                }
-            },
-        };
-        let Some(guid) = guid else {
-            return recorder.deleted(group);
-        };
-        match self
-            .http
-            .send(Method::DELETE, &format!("/v1/groups/{guid}"), &[], None)
-            .await
-        {
-            Ok(r) if r.is_success() || r.status.as_u16() == 404 => recorder.deleted(group),
-            Ok(r) => {
-                recorder.failed(OpKind::Delete, group, describe(r), 1);
-                Ok(())
-            }
-            Err(e) => {
-                recorder.failed(OpKind::Delete, group, e, 1);
-                Ok(())
-            }
-        }
-    }
-
     /// The Connect user guid of an LDAP user (from the per-run index), provisioning it if allowed.
     async fn user_guid(&self, mode: &Mode, member: &MemberRef) -> Result<Option<String>, String> {
         let mut users = self.users.lock().await;
@@ -829,143 +547,265 @@ impl ConnectSink {
         tracing::info!(sink = %self.name, user = %member.username, "provisioned a Connect user");
         Ok(Some(user))
     }
+}
 
-    async fn add_members(
-        &self,
-        mode: &Mode,
-        group: &GroupSpec,
-        members: &[MemberRef],
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(guid) = recorder.target_id(group) else {
-            recorder.failed(
-                OpKind::MemberAdd,
-                group,
-                "the group was not created",
-                members.len() as u64,
-            );
-            return Ok(());
-        };
-        let path = format!("/v1/groups/{guid}/members");
-        for (i, member) in members.iter().enumerate() {
-            let user_guid = match self.user_guid(mode, member).await {
-                Ok(Some(g)) => g,
-                Ok(None) => {
-                    recorder.unmapped(group, member);
-                    continue;
-                }
-                Err(e) => {
-                    recorder.failed(OpKind::MemberAdd, group, e, 1);
-                    continue;
-                }
-            };
-            let body = Body::json(&json!({"user_guid": user_guid}));
-            let result = self.http.send(Method::POST, &path, &[], Some(&body)).await;
-            let mapped = MemberRef {
-                target_id: Some(user_guid),
-                ..member.clone()
-            };
-            match result {
-                // 409 code 16: already a member.
-                Ok(r) if r.is_success() || error_code(&r.body) == Some(16) => {
-                    recorder.members_added(group, std::slice::from_ref(&mapped))?
-                }
-                Ok(r) if matches!(error_code(&r.body), Some(4 | 153)) => {
-                    recorder.failed(
-                        OpKind::MemberAdd,
-                        group,
-                        "the group no longer exists in Connect; it will be recreated next run",
-                        (members.len() - i) as u64,
-                    );
-                    return recorder.forget(group);
-                }
-                Ok(r) if error_code(&r.body) == Some(132) => {
-                    recorder.failed(
-                        OpKind::MemberAdd,
-                        group,
-                        format!(
-                            "Connect's {} provider manages this group's members: {}",
-                            mode.provider,
-                            describe(r)
-                        ),
-                        (members.len() - i) as u64,
-                    );
-                    return Ok(());
-                }
-                Ok(r) => recorder.failed(OpKind::MemberAdd, group, describe(r), 1),
-                Err(e) => recorder.failed(OpKind::MemberAdd, group, e, 1),
-            }
-        }
-        Ok(())
+/// The sink with the mode of one run: the [`GroupApi`] the lifecycle driver works through.
+struct ConnectApi<'a> {
+    sink: &'a ConnectSink,
+    mode: Mode,
+}
+
+#[async_trait]
+impl GroupApi for ConnectApi<'_> {
+    type Members = ();
+
+    fn sink_name(&self) -> &str {
+        &self.sink.name
     }
 
-    async fn remove_members(
-        &self,
-        mode: &Mode,
-        group: &GroupSpec,
-        members: &[MemberRef],
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(guid) = recorder.target_id(group) else {
-            recorder.failed(
-                OpKind::MemberRemove,
-                group,
-                "no target id recorded",
-                members.len() as u64,
-            );
-            return Ok(());
-        };
-        for (i, member) in members.iter().enumerate() {
-            let user_guid = match &member.target_id {
-                Some(t) => Some(t.clone()),
-                None => self.user_guid(mode, member).await.unwrap_or(None),
-            };
-            let Some(user_guid) = user_guid else {
-                // Not in Connect at all, so not in the group.
-                recorder.members_removed(group, std::slice::from_ref(member))?;
-                continue;
-            };
-            let result = self
-                .http
-                .send(
-                    Method::DELETE,
-                    &format!("/v1/groups/{guid}/members/{user_guid}"),
-                    &[],
-                    None,
+    fn target_label(&self) -> &str {
+        "Connect"
+    }
+
+    fn auth_hint(&self) -> &str {
+        "check the API key"
+    }
+
+    fn skipped_note(&self) -> String {
+        format!(
+            "Connect's authentication provider ({}) manages group membership itself; these membership changes were not sent (recorded as in sync)",
+            self.mode.provider
+        )
+    }
+
+    /// Remote: the exact-name remote search, when it is unique. Local: by name.
+    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
+        if !self.mode.remote {
+            return Ok(self.sink.find_local_group(&self.mode, &group.name).await?);
+        }
+        Ok(
+            match self
+                .sink
+                .remote_search("groups", &group.name)
+                .await?
+                .as_slice()
+            {
+                [one] => one.guid.clone(),
+                _ => None,
+            },
+        )
+    }
+
+    /// Remote (the seed's recipe, resumed or not): remote search → exact name → adopt the
+    /// guid, or create with its temp ticket.
+    async fn prepare_create(&self, group: &GroupSpec, resume: bool) -> Result<Prepared, OpError> {
+        if !self.mode.remote {
+            return lifecycle::adopt_on_resume(self, group, resume).await;
+        }
+        let found = self.sink.remote_search("groups", &group.name).await?;
+        let remote = match found.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(format!(
+                    "Connect's LDAP group search finds no group named {:?}; check Connect's LDAP group settings (GroupSearchBaseDN, group filter)",
+                    group.name
                 )
-                .await;
-            match result {
-                Ok(r) if matches!(error_code(&r.body), Some(4 | 153)) => {
-                    recorder.failed(
-                        OpKind::MemberRemove,
-                        group,
-                        "the group no longer exists in Connect",
-                        (members.len() - i) as u64,
-                    );
-                    return recorder.forget(group);
-                }
-                // 404 code 17 (not a member) or 9 (no such user): already done.
-                Ok(r) if r.is_success() || r.status.as_u16() == 404 => {
-                    recorder.members_removed(group, std::slice::from_ref(member))?
-                }
-                Ok(r) if error_code(&r.body) == Some(132) => {
-                    recorder.failed(
-                        OpKind::MemberRemove,
-                        group,
-                        format!(
-                            "Connect's {} provider manages this group's members: {}",
-                            mode.provider,
-                            describe(r)
-                        ),
-                        (members.len() - i) as u64,
-                    );
-                    return Ok(());
-                }
-                Ok(r) => recorder.failed(OpKind::MemberRemove, group, describe(r), 1),
-                Err(e) => recorder.failed(OpKind::MemberRemove, group, e, 1),
+                .into());
+            }
+            many => {
+                return Err(format!(
+                    "Connect's LDAP group search finds {} groups named {:?}; cannot tell which one is {}",
+                    many.len(),
+                    group.name,
+                    group.dn
+                )
+                .into());
+            }
+        };
+        if let Some(guid) = remote.guid {
+            tracing::info!(sink = %self.sink.name, group = %group.name, guid, "the LDAP group is already in Connect; adopted it");
+            return Ok(Prepared::Adopt(guid));
+        }
+        match remote.temp_ticket {
+            Some(ticket) => Ok(Prepared::Create(Some(ticket))),
+            None => Err("the remote search result has no temp_ticket".into()),
+        }
+    }
+
+    /// `PUT /v1/groups {temp_ticket}` (code 131: already imported) or `POST /v1/groups {name}`
+    /// (409: the name is taken).
+    async fn create(&self, group: &GroupSpec, ticket: Option<String>) -> Result<Created, OpError> {
+        let (response, conflict) = match ticket {
+            Some(ticket) => {
+                let body = Body::json(&json!({"temp_ticket": ticket}));
+                let r = self
+                    .sink
+                    .http
+                    .send(Method::PUT, "/v1/groups", &[], Some(&body))
+                    .await?;
+                let conflict = !r.is_success() && error_code(&r.body) == Some(131);
+                (r, conflict)
+            }
+            None => {
+                let body = Body::json(&json!({"name": group.name}));
+                let r = self
+                    .sink
+                    .http
+                    .send(Method::POST, "/v1/groups", &[], Some(&body))
+                    .await?;
+                let conflict = r.status.as_u16() == 409;
+                (r, conflict)
+            }
+        };
+        if conflict {
+            return Ok(Created::Conflict(describe(response).into()));
+        }
+        if !response.is_success() {
+            return Err(describe(response).into());
+        }
+        let created: Value = response.json()?;
+        match created.get("guid").and_then(Value::as_str) {
+            Some(guid) => Ok(Created::Id(guid.to_string())),
+            None => Err("the create answer has no \"guid\"".into()),
+        }
+    }
+
+    /// A rename only (Connect groups have no description or DN); not sent for LDAP groups.
+    async fn update(
+        &self,
+        guid: &str,
+        group: &GroupSpec,
+        previous: &GroupSpec,
+    ) -> Result<Outcome, OpError> {
+        if group.name == previous.name {
+            return Ok(Outcome::Done);
+        }
+        if self.mode.remote {
+            tracing::warn!(sink = %self.sink.name, group = %group.name, previous = %previous.name, "Connect does not rename LDAP groups through its API (the provider owns their names); not sent");
+            return Ok(Outcome::Done);
+        }
+        let http = &self.sink.http;
+        let path = format!("/v1/groups/{guid}");
+        let body = Body::json(&json!({"name": group.name}));
+        let mut response = http.send(Method::PATCH, &path, &[], Some(&body)).await?;
+        // Servers before PATCH answer 404 code 2 ("endpoint not supported"): legacy POST.
+        if response.status.as_u16() == 404 && error_code(&response.body) == Some(2) {
+            response = http.send(Method::POST, &path, &[], Some(&body)).await?;
+        }
+        described(response)
+    }
+
+    async fn delete(&self, guid: &str) -> Result<Outcome, OpError> {
+        let path = format!("/v1/groups/{guid}");
+        described(
+            self.sink
+                .http
+                .send(Method::DELETE, &path, &[], None)
+                .await?,
+        )
+    }
+
+    async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
+        Ok(self.sink.user_guid(&self.mode, member).await?)
+    }
+
+    async fn members(&self, _: OpKind, _: &str, _: &GroupSpec) -> Result<Membership<()>, OpError> {
+        Ok(if self.mode.provider_members {
+            Membership::Provider
+        } else {
+            Membership::Managed(())
+        })
+    }
+
+    /// `POST /v1/groups/{guid}/members {user_guid}`; code 16 (already a member) is success.
+    async fn add_members(
+        &self,
+        guid: &str,
+        _: &GroupSpec,
+        _: &(),
+        chunk: &[MemberRef],
+    ) -> Result<Outcome, OpError> {
+        let path = format!("/v1/groups/{guid}/members");
+        for user_guid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
+            let body = Body::json(&json!({"user_guid": user_guid}));
+            let r = self
+                .sink
+                .http
+                .send(Method::POST, &path, &[], Some(&body))
+                .await?;
+            match error_code(&r.body) {
+                _ if r.is_success() => {}
+                Some(16) => {}
+                _ => return self.member_refusal(r),
             }
         }
-        Ok(())
+        Ok(Outcome::Done)
+    }
+
+    /// `DELETE /v1/groups/{guid}/members/{user guid}`; 404 code 17 (not a member) or 9 (no such
+    /// user) is success.
+    async fn remove_members(
+        &self,
+        guid: &str,
+        _: &GroupSpec,
+        _: &(),
+        chunk: &[MemberRef],
+    ) -> Result<Outcome, OpError> {
+        for user_guid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
+            let path = format!("/v1/groups/{guid}/members/{user_guid}");
+            let r = self
+                .sink
+                .http
+                .send(Method::DELETE, &path, &[], None)
+                .await?;
+            let group_gone = matches!(error_code(&r.body), Some(4 | 153));
+            if group_gone || !(r.is_success() || r.status.as_u16() == 404) {
+                return self.member_refusal(r);
+            }
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+impl ConnectApi<'_> {
+    /// A failed member change: code 4/153 (no such group), 132 (the provider owns membership).
+    fn member_refusal(&self, response: Response) -> Result<Outcome, OpError> {
+        match error_code(&response.body) {
+            Some(4 | 153) => Ok(Outcome::NotFound),
+            Some(132) => Ok(Outcome::Refused(
+                format!(
+                    "Connect's {} provider manages this group's members: {}",
+                    self.mode.provider,
+                    describe(response)
+                )
+                .into(),
+            )),
+            _ => Err(describe(response).into()),
+        }
+    }
+}
+
+/// 2xx done, 404 gone, anything else the error with its operator hint.
+fn described(response: Response) -> Result<Outcome, OpError> {
+    if response.is_success() {
+        Ok(Outcome::Done)
+    } else if response.status.as_u16() == 404 {
+        Ok(Outcome::NotFound)
+    } else {
+        Err(describe(response).into())
+    }
+}
+
+#[cfg(test)]
+impl ConnectSink {
+    /// One create in remote mode, without reading `server_settings` (the code-131 test).
+    async fn create_remote(
+        &self,
+        group: &GroupSpec,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        let mode = mode_from_settings(GroupMode::Remote, None).map_err(|m| self.target_error(m))?;
+        lifecycle::create(&ConnectApi { sink: self, mode }, group, false, recorder).await
     }
 }
 
@@ -1002,59 +842,7 @@ impl Sink for ConnectSink {
     ) -> Result<(), SinkError> {
         *self.users.lock().await = None;
         let mode = self.resolve_mode().await?;
-        let (mut skipped_members, mut skipped_groups) = (0u64, HashSet::new());
-        for op in &plan.operations {
-            match op {
-                Operation::Create { group, resume } => {
-                    self.create(&mode, group, *resume, recorder).await?
-                }
-                Operation::Update { group, previous } => {
-                    self.update(&mode, group, previous, recorder).await?
-                }
-                Operation::MemberAdd { group, members }
-                | Operation::MemberRemove { group, members }
-                    if mode.provider_members =>
-                {
-                    if recorder.target_id(group).is_some() {
-                        recorder.members_skipped(op.kind(), group, members)?;
-                        skipped_members += members.len() as u64;
-                        skipped_groups.insert(group.source_id.clone());
-                    } else {
-                        recorder.failed(
-                            op.kind(),
-                            group,
-                            "the group was not created",
-                            members.len() as u64,
-                        );
-                    }
-                }
-                Operation::MemberAdd { group, members } => {
-                    self.add_members(&mode, group, members, recorder).await?
-                }
-                Operation::MemberRemove { group, members } => {
-                    self.remove_members(&mode, group, members, recorder).await?
-                }
-                Operation::Delete { group } => self.delete(&mode, group, recorder).await?,
-            }
-            if let Some(failure) = recorder.report.failures.last()
-                && failure.error.contains("HTTP 401")
-            {
-                return Err(self.target_error(format!(
-                    "authentication rejected ({}); check the API key",
-                    failure.error
-                )));
-            }
-        }
-        if skipped_members > 0 {
-            tracing::warn!(
-                sink = %self.name,
-                provider = %mode.provider,
-                memberships = skipped_members,
-                groups = skipped_groups.len(),
-                "Connect's authentication provider manages group membership itself; these membership changes were not sent (recorded as in sync)"
-            );
-        }
-        Ok(())
+        lifecycle::apply(&ConnectApi { sink: self, mode }, plan, recorder).await
     }
 }
 

@@ -22,13 +22,17 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod};
+use super::http::{
+    Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
+};
+use super::lifecycle::{
+    self, Created, GroupApi, Membership, OpError, Outcome, UserCache, ids, outcome,
+};
 use super::{Recorder, Sink, SinkError};
 use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+use crate::plan::{GroupSpec, MemberRef, OpKind, Plan};
 
 const PAGE_SIZE: &str = "500";
 /// A paged query never fetches more pages than this, whatever cookies the server returns.
@@ -79,15 +83,9 @@ pub struct ForgeRockConfig {
 
 impl ForgeRockConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (key, url) in [
-            ("base_url", Some(&self.base_url)),
-            ("token_url", self.token_url.as_ref()),
-        ] {
-            if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err((key, format!("{url:?} must be an http(s) URL")));
-            }
+        check_url("base_url", &self.base_url)?;
+        if let Some(url) = &self.token_url {
+            check_url("token_url", url)?;
         }
         if !self
             .realm
@@ -201,7 +199,7 @@ pub struct ForgeRockSink {
     group_path: String,
     user_path: String,
     /// Lookup key → managed user id (positive answers only).
-    users: Mutex<HashMap<String, String>>,
+    users: UserCache,
 }
 
 impl ForgeRockSink {
@@ -239,7 +237,7 @@ impl ForgeRockSink {
             name,
             config: config.clone(),
             http,
-            users: Mutex::new(HashMap::new()),
+            users: UserCache::default(),
         })
     }
 
@@ -328,230 +326,6 @@ impl ForgeRockSink {
         })
     }
 
-    async fn create(
-        &self,
-        group: &GroupSpec,
-        resume: bool,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        if resume {
-            match self.find_by_name(&group.name).await {
-                Ok(Some(id)) => {
-                    tracing::info!(sink = %self.name, group = %group.name, id, "adopted the group an interrupted run created");
-                    return recorder.created(group, &id);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    recorder.failed(OpKind::Create, group, e, 1);
-                    return Ok(());
-                }
-            }
-        }
-        recorder.intent(group)?;
-        let mut body = json!({"name": group.name});
-        if let Some(description) = &group.description {
-            body["description"] = json!(description);
-        }
-        let response = match self
-            .http
-            .send(
-                Method::POST,
-                &self.group_path,
-                &[("_action", "create")],
-                Some(&Body::json(&body)),
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                return Ok(());
-            }
-        };
-        if matches!(response.status.as_u16(), 409 | 412) {
-            return match self.find_by_name(&group.name).await {
-                Ok(Some(id)) => {
-                    tracing::info!(sink = %self.name, group = %group.name, id, "a group with this name already exists; adopted it");
-                    recorder.created(group, &id)
-                }
-                Ok(None) => {
-                    recorder.failed(OpKind::Create, group, response.into_error(), 1);
-                    Ok(())
-                }
-                Err(e) => {
-                    recorder.failed(OpKind::Create, group, e, 1);
-                    Ok(())
-                }
-            };
-        }
-        match response.success().and_then(|r| r.json::<Value>()) {
-            Ok(created) => match created.get("_id").and_then(Value::as_str) {
-                Some(id) => recorder.created(group, id),
-                None => {
-                    recorder.failed(OpKind::Create, group, "the create answer has no \"_id\"", 1);
-                    Ok(())
-                }
-            },
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                Ok(())
-            }
-        }
-    }
-
-    async fn update(
-        &self,
-        group: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(id) = recorder.target_id(group) else {
-            recorder.failed(OpKind::Update, group, "no target id recorded", 1);
-            return Ok(());
-        };
-        let path = format!("{}/{id}", self.group_path);
-        let body = Body::json(&json!([
-            {"operation": "replace", "field": "/name", "value": group.name},
-            {"operation": "replace", "field": "/description", "value": group.description},
-        ]));
-        // One retry after a 412: someone else changed the group between our read and write.
-        for attempt in 0..2 {
-            let state = match self.read_group(&id).await {
-                Ok(state) => state,
-                Err(Blocked::Gone) => {
-                    recorder.failed(
-                        OpKind::Update,
-                        group,
-                        "the group no longer exists in the target; it will be recreated next run",
-                        1,
-                    );
-                    return recorder.forget(group);
-                }
-                Err(Blocked::Failed(e)) => {
-                    recorder.failed(OpKind::Update, group, e, 1);
-                    return Ok(());
-                }
-            };
-            let headers: Vec<(&'static str, String)> = state
-                .rev
-                .map(|rev| ("If-Match", format!("\"{rev}\"")))
-                .into_iter()
-                .collect();
-            let result = self
-                .http
-                .send_with_headers(Method::PATCH, &path, &[], &headers, Some(&body))
-                .await;
-            match result {
-                Ok(r) if r.is_success() => return recorder.updated(group, &id),
-                Ok(r) if r.status.as_u16() == 412 && attempt == 0 => {
-                    tracing::info!(sink = %self.name, group = %group.name, "the group's _rev changed since it was read (412); re-reading");
-                }
-                Ok(r) if r.status.as_u16() == 404 => {
-                    recorder.failed(
-                        OpKind::Update,
-                        group,
-                        "the group no longer exists in the target; it will be recreated next run",
-                        1,
-                    );
-                    return recorder.forget(group);
-                }
-                Ok(r) => {
-                    recorder.failed(OpKind::Update, group, r.into_error(), 1);
-                    return Ok(());
-                }
-                Err(e) => {
-                    recorder.failed(OpKind::Update, group, e, 1);
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn delete(
-        &self,
-        group: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let id = match recorder.target_id(group) {
-            Some(id) => Some(id),
-            None => match self.find_by_name(&group.name).await {
-                Ok(found) => found,
-                Err(e) => {
-                    recorder.failed(OpKind::Delete, group, e, 1);
-                    return Ok(());
-                }
-            },
-        };
-        let Some(id) = id else {
-            return recorder.deleted(group);
-        };
-        match self
-            .http
-            .send(
-                Method::DELETE,
-                &format!("{}/{id}", self.group_path),
-                &[],
-                None,
-            )
-            .await
-        {
-            Ok(r) if r.is_success() || r.status.as_u16() == 404 => recorder.deleted(group),
-            Ok(r) => {
-                recorder.failed(OpKind::Delete, group, r.into_error(), 1);
-                Ok(())
-            }
-            Err(e) => {
-                recorder.failed(OpKind::Delete, group, e, 1);
-                Ok(())
-            }
-        }
-    }
-
-    /// The managed user id of an LDAP user, by the configured attribute (cached).
-    async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, HttpError> {
-        let (attribute, value) = match self.config.user_match {
-            ForgeRockUserMatch::UserName => ("userName", member.username.clone()),
-            ForgeRockUserMatch::Mail => match &member.email {
-                Some(email) => ("mail", email.clone()),
-                None => return Ok(None),
-            },
-        };
-        let key = format!("{attribute}\u{0}{value}");
-        if let Some(id) = self.users.lock().await.get(&key) {
-            return Ok(Some(id.clone()));
-        }
-        let filter = format!("{attribute} eq {}", quote(&value));
-        let found: Value = self
-            .http
-            .json(
-                Method::GET,
-                &self.user_path,
-                &[("_queryFilter", &filter), ("_fields", "_id,userName,mail")],
-                None,
-            )
-            .await?;
-        let ids: Vec<&str> = found
-            .get("result")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(|u| u.get("_id").and_then(Value::as_str))
-                    .collect()
-            })
-            .unwrap_or_default();
-        match ids.as_slice() {
-            [id] => {
-                self.users.lock().await.insert(key, id.to_string());
-                Ok(Some(id.to_string()))
-            }
-            [] => Ok(None),
-            _ => {
-                tracing::warn!(sink = %self.name, member = %member.username, "several managed users match; member skipped");
-                Ok(None)
-            }
-        }
-    }
-
     /// User id → relationship ids of the group's current static members.
     async fn relationships(&self, id: &str) -> Result<HashMap<String, Vec<String>>, HttpError> {
         let items = self
@@ -568,167 +342,181 @@ impl ForgeRockSink {
         }
         Ok(map)
     }
+}
 
-    /// The group id, after checking it exists and has no `condition`.
-    async fn static_group(
-        &self,
-        kind: OpKind,
-        group: &GroupSpec,
-        count: u64,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<Option<String>, SinkError> {
-        let Some(id) = recorder.target_id(group) else {
-            recorder.failed(kind, group, "the group was not created", count);
-            return Ok(None);
-        };
-        match self.read_group(&id).await {
-            Ok(GroupState {
-                condition: Some(condition),
-                ..
-            }) => {
-                recorder.failed(
-                    kind,
-                    group,
-                    format!(
-                        "the group has a condition ({condition}): its members are computed by the target, so ldapsync does not change them; remove the condition or stop syncing this group"
-                    ),
-                    count,
-                );
-                Ok(None)
-            }
-            Ok(_) => Ok(Some(id)),
-            Err(Blocked::Gone) => {
-                recorder.failed(
-                    kind,
-                    group,
-                    "the group no longer exists in the target; it will be recreated next run",
-                    count,
-                );
-                recorder.forget(group)?;
-                Ok(None)
-            }
-            Err(Blocked::Failed(e)) => {
-                recorder.failed(kind, group, e, count);
-                Ok(None)
-            }
+#[async_trait]
+impl GroupApi for ForgeRockSink {
+    /// User id → relationship ids of the group's current static members.
+    type Members = HashMap<String, Vec<String>>;
+
+    fn sink_name(&self) -> &str {
+        &self.name
+    }
+
+    fn auth_hint(&self) -> &str {
+        "check the client credentials or the access token"
+    }
+
+    /// By name only: managed groups have no externalId.
+    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
+        Ok(self.find_by_name(&group.name).await?)
+    }
+
+    async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
+        let mut body = json!({"name": group.name});
+        if let Some(description) = &group.description {
+            body["description"] = json!(description);
+        }
+        let response = self
+            .http
+            .send(
+                Method::POST,
+                &self.group_path,
+                &[("_action", "create")],
+                Some(&Body::json(&body)),
+            )
+            .await?;
+        if matches!(response.status.as_u16(), 409 | 412) {
+            return Ok(Created::Conflict(response.into_error().into()));
+        }
+        let created: Value = response.success()?.json()?;
+        match created.get("_id").and_then(Value::as_str) {
+            Some(id) => Ok(Created::Id(id.to_string())),
+            None => Err("the create answer has no \"_id\"".into()),
         }
     }
 
+    /// `PATCH` with `If-Match: <_rev>`; one re-read and retry after a 412 (someone else changed
+    /// the group between our read and write).
+    async fn update(&self, id: &str, group: &GroupSpec, _: &GroupSpec) -> Result<Outcome, OpError> {
+        let path = format!("{}/{id}", self.group_path);
+        let body = Body::json(&json!([
+            {"operation": "replace", "field": "/name", "value": group.name},
+            {"operation": "replace", "field": "/description", "value": group.description},
+        ]));
+        let mut retried = false;
+        loop {
+            let state = match self.read_group(id).await {
+                Ok(state) => state,
+                Err(Blocked::Gone) => return Ok(Outcome::NotFound),
+                Err(Blocked::Failed(e)) => return Err(e.into()),
+            };
+            let headers: Vec<(&'static str, String)> = state
+                .rev
+                .map(|rev| ("If-Match", format!("\"{rev}\"")))
+                .into_iter()
+                .collect();
+            let response = self
+                .http
+                .send_with_headers(Method::PATCH, &path, &[], &headers, Some(&body))
+                .await?;
+            if response.status.as_u16() == 412 && !retried {
+                retried = true;
+                tracing::info!(sink = %self.name, group = %group.name, "the group's _rev changed since it was read (412); re-reading");
+                continue;
+            }
+            return outcome(response);
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<Outcome, OpError> {
+        let path = format!("{}/{id}", self.group_path);
+        outcome(self.http.send(Method::DELETE, &path, &[], None).await?)
+    }
+
+    /// The managed user id of an LDAP user, by the configured attribute (cached).
+    async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
+        let (attribute, value) = match self.config.user_match {
+            ForgeRockUserMatch::UserName => ("userName", member.username.clone()),
+            ForgeRockUserMatch::Mail => match &member.email {
+                Some(email) => ("mail", email.clone()),
+                None => return Ok(None),
+            },
+        };
+        let filter = format!("{attribute} eq {}", quote(&value));
+        let find = async {
+            let found: Value = self
+                .http
+                .json(
+                    Method::GET,
+                    &self.user_path,
+                    &[("_queryFilter", &filter), ("_fields", "_id,userName,mail")],
+                    None,
+                )
+                .await?;
+            let result = found.get("result").and_then(Value::as_array);
+            Ok(ids(result.map_or(&[][..], Vec::as_slice), "_id"))
+        };
+        self.users
+            .lookup(&self.name, member, (attribute, &value), find)
+            .await
+    }
+
+    /// Groups with a `condition` compute their members: static changes are refused.
+    async fn members(
+        &self,
+        _: OpKind,
+        id: &str,
+        _: &GroupSpec,
+    ) -> Result<Membership<Self::Members>, OpError> {
+        match self.read_group(id).await {
+            Ok(GroupState {
+                condition: Some(condition),
+                ..
+            }) => Err(format!(
+                "the group has a condition ({condition}): its members are computed by the target, so ldapsync does not change them; remove the condition or stop syncing this group"
+            )
+            .into()),
+            Ok(_) => Ok(Membership::Managed(self.relationships(id).await?)),
+            Err(Blocked::Gone) => Ok(Membership::Gone),
+            Err(Blocked::Failed(e)) => Err(e.into()),
+        }
+    }
+
+    /// `POST …/members?_action=create {"_ref"}`, unless the user is already a member.
     async fn add_members(
         &self,
-        group: &GroupSpec,
-        members: &[MemberRef],
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let count = members.len() as u64;
-        let Some(id) = self
-            .static_group(OpKind::MemberAdd, group, count, recorder)
-            .await?
-        else {
-            return Ok(());
-        };
-        let current = match self.relationships(&id).await {
-            Ok(current) => current,
-            Err(e) => {
-                recorder.failed(OpKind::MemberAdd, group, e, count);
-                return Ok(());
-            }
-        };
+        id: &str,
+        _: &GroupSpec,
+        current: &Self::Members,
+        chunk: &[MemberRef],
+    ) -> Result<Outcome, OpError> {
         let path = format!("{}/{id}/members", self.group_path);
         let user_object = self.config.object("user");
-        for member in members {
-            let user_id = match self.user_id(member).await {
-                Ok(Some(u)) => u,
-                Ok(None) => {
-                    recorder.unmapped(group, member);
-                    continue;
-                }
-                Err(e) => {
-                    recorder.failed(OpKind::MemberAdd, group, e, 1);
-                    continue;
-                }
-            };
-            let mapped = MemberRef {
-                target_id: Some(user_id.clone()),
-                ..member.clone()
-            };
-            if current.contains_key(&user_id) {
-                recorder.members_added(group, std::slice::from_ref(&mapped))?;
+        for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
+            if current.contains_key(user_id) {
                 continue;
             }
             let body = Body::json(&json!({
                 "_ref": format!("managed/{user_object}/{user_id}"),
                 "_refProperties": {},
             }));
-            match self
-                .http
+            self.http
                 .send(Method::POST, &path, &[("_action", "create")], Some(&body))
-                .await
-            {
-                Ok(r) if r.is_success() => {
-                    recorder.members_added(group, std::slice::from_ref(&mapped))?
-                }
-                Ok(r) => recorder.failed(OpKind::MemberAdd, group, r.into_error(), 1),
-                Err(e) => recorder.failed(OpKind::MemberAdd, group, e, 1),
-            }
+                .await?
+                .success()?;
         }
-        Ok(())
+        Ok(Outcome::Done)
     }
 
+    /// `DELETE …/members/<relationship id>` for each relationship of the user (none: done).
     async fn remove_members(
         &self,
-        group: &GroupSpec,
-        members: &[MemberRef],
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let count = members.len() as u64;
-        let Some(id) = self
-            .static_group(OpKind::MemberRemove, group, count, recorder)
-            .await?
-        else {
-            return Ok(());
-        };
-        let current = match self.relationships(&id).await {
-            Ok(current) => current,
-            Err(e) => {
-                recorder.failed(OpKind::MemberRemove, group, e, count);
-                return Ok(());
-            }
-        };
-        'members: for member in members {
-            let user_id = match &member.target_id {
-                Some(t) => Some(t.clone()),
-                None => self.user_id(member).await.unwrap_or(None),
-            };
-            let relationship_ids = user_id
-                .and_then(|u| current.get(&u).cloned())
-                .unwrap_or_default();
-            for rel in relationship_ids {
-                let result = self
-                    .http
-                    .send(
-                        Method::DELETE,
-                        &format!("{}/{id}/members/{rel}", self.group_path),
-                        &[],
-                        None,
-                    )
-                    .await;
-                match result {
-                    Ok(r) if r.is_success() || r.status.as_u16() == 404 => {}
-                    Ok(r) => {
-                        recorder.failed(OpKind::MemberRemove, group, r.into_error(), 1);
-                        continue 'members;
-                    }
-                    Err(e) => {
-                        recorder.failed(OpKind::MemberRemove, group, e, 1);
-                        continue 'members;
-                    }
+        id: &str,
+        _: &GroupSpec,
+        current: &Self::Members,
+        chunk: &[MemberRef],
+    ) -> Result<Outcome, OpError> {
+        for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
+            for rel in current.get(user_id).into_iter().flatten() {
+                let path = format!("{}/{id}/members/{rel}", self.group_path);
+                let response = self.http.send(Method::DELETE, &path, &[], None).await?;
+                if !(response.is_success() || response.status.as_u16() == 404) {
+                    return Err(response.into_error().into());
                 }
             }
-            // Removed, or not a member in the first place.
-            recorder.members_removed(group, std::slice::from_ref(member))?;
         }
-        Ok(())
+        Ok(Outcome::Done)
     }
 }
 
@@ -765,33 +553,7 @@ impl Sink for ForgeRockSink {
         _ledger: &Ledger,
         recorder: &mut Recorder<'_>,
     ) -> Result<(), SinkError> {
-        for op in &plan.operations {
-            match op {
-                Operation::Create { group, resume } => {
-                    self.create(group, *resume, recorder).await?
-                }
-                Operation::Update { group, .. } => self.update(group, recorder).await?,
-                Operation::MemberAdd { group, members } => {
-                    self.add_members(group, members, recorder).await?
-                }
-                Operation::MemberRemove { group, members } => {
-                    self.remove_members(group, members, recorder).await?
-                }
-                Operation::Delete { group } => self.delete(group, recorder).await?,
-            }
-            if let Some(failure) = recorder.report.failures.last()
-                && (failure.error.contains("HTTP 401") || failure.error.contains("token request"))
-            {
-                return Err(SinkError::Target {
-                    sink: self.name.clone(),
-                    message: format!(
-                        "authentication rejected ({}); check the client credentials or the access token",
-                        failure.error
-                    ),
-                });
-            }
-        }
-        Ok(())
+        lifecycle::apply(self, plan, recorder).await
     }
 }
 

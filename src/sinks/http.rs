@@ -131,6 +131,15 @@ impl HttpError {
     }
 }
 
+/// Config validation: `url` (the value of `key`) must be an http(s) URL.
+pub fn check_url(key: &'static str, url: &str) -> Result<(), (&'static str, String)> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err((key, format!("{url:?} must be an http(s) URL")))
+    }
+}
+
 /// A response with its body read.
 #[derive(Debug)]
 pub struct Response {

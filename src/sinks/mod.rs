@@ -3,12 +3,15 @@
 //! A sink is a small repeated shape: a config struct (deserialized from its `[[sinks]]` table),
 //! a client built on the shared [`http`] layer, the mapping to its target's JSON, and its tests.
 //! Sinks never talk to LDAP and never touch SQLite directly: they report each successful
-//! operation to the [`Recorder`], which writes the ledger in the same step.
+//! operation to the [`Recorder`], which writes the ledger in the same step. The group sinks
+//! (SCIM, PingOne groups, Connect, ForgeRock) only implement [`lifecycle::GroupApi`]; the
+//! shared driver [`lifecycle::apply`] does the rest.
 
 pub mod connect;
 pub mod file;
 pub mod forgerock;
 pub mod http;
+pub mod lifecycle;
 pub mod pingone;
 pub mod scim;
 

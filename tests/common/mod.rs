@@ -1422,6 +1422,35 @@ pub fn ldapsync_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ldapsync"))
 }
 
+/// The `[ldap]`, `[groups]`, `[users]` and `[state]` sections of a config reading `slapd` (its
+/// admin password inline) with the state file at `state`.
+pub fn ldap_config_toml(slapd: &Slapd, state: &Path) -> String {
+    let password = format!("bind_password = \"{}\"", slapd.admin_password());
+    ldap_config_toml_with(slapd, state, &password)
+}
+
+/// [`ldap_config_toml`] with another password line (e.g. `bind_password_file = "…"`).
+pub fn ldap_config_toml_with(slapd: &Slapd, state: &Path, password_line: &str) -> String {
+    format!(
+        "[ldap]\nurl = \"{url}\"\nbind_dn = \"{bind_dn}\"\n{password_line}\n\n\
+         [groups]\nbase_dn = \"{groups}\"\n\n[users]\nbase_dn = \"{people}\"\n\n\
+         [state]\npath = \"{state}\"\n",
+        url = slapd.url(),
+        bind_dn = slapd.admin_dn(),
+        groups = slapd.groups_dn(),
+        people = slapd.people_dn(),
+        state = state.display(),
+    )
+}
+
+/// A `[safety]` section that holds nothing back in a test (`max_member_removes` as given).
+pub fn permissive_safety_toml(max_member_removes: u32) -> String {
+    format!(
+        "[safety]\nmax_group_deletes = 100\nmax_group_delete_percent = 100.0\n\
+         max_member_removes = {max_member_removes}\nmax_member_remove_percent = 100.0\n"
+    )
+}
+
 /// Runs `ldapsync --config CONFIG ARGS…` to completion (killed after 5 minutes) and captures its
 /// output. `LDAPSYNC_CONFIG` is removed from its environment.
 pub fn run_ldapsync(config: &Path, args: &[&str]) -> Output {

@@ -9,18 +9,16 @@
 //! by name, and adopt it"; a duplicate membership (UNCONFIRMED: success or the same errors) is
 //! treated as success. Nested groups are not written (`nested = "keep"` is not implemented).
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use super::{connection_fields, quote};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, OpKind, Operation, Plan};
-use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings, Response};
+use crate::plan::{GroupSpec, MemberRef, Plan};
+use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
+use crate::sinks::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
 use crate::sinks::{Recorder, Sink, SinkError};
 
 /// How an LDAP user is found among PingOne users.
@@ -97,15 +95,12 @@ fn embedded(page: &Value, key: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Members recorded together, to keep ledger writes few on large groups.
-const RECORD_CHUNK: usize = 100;
-
 pub struct PingOneGroupsSink {
     name: String,
     config: PingOneGroupsConfig,
     http: HttpClient,
     /// Lookup key → PingOne user id (positive answers only, so new users are found next run).
-    users: Mutex<HashMap<String, String>>,
+    users: UserCache,
 }
 
 impl PingOneGroupsSink {
@@ -119,7 +114,7 @@ impl PingOneGroupsSink {
             name,
             config: config.clone(),
             http,
-            users: Mutex::new(HashMap::new()),
+            users: UserCache::default(),
         })
     }
 
@@ -174,8 +169,38 @@ impl PingOneGroupsSink {
             && population == self.config.population_id.as_deref()
     }
 
+    fn group_body(&self, group: &GroupSpec) -> Body {
+        let mut body = json!({"name": group.name, "externalId": group.source_id});
+        if let Some(object) = body.as_object_mut() {
+            if let Some(description) = &group.description {
+                object.insert("description".into(), json!(description));
+            }
+            if let Some(population) = &self.config.population_id {
+                object.insert("population".into(), json!({"id": population}));
+            }
+        }
+        Body::json(&body)
+    }
+}
+
+#[async_trait]
+impl GroupApi for PingOneGroupsSink {
+    type Members = ();
+
+    fn sink_name(&self) -> &str {
+        &self.name
+    }
+
+    fn target_label(&self) -> &str {
+        "PingOne"
+    }
+
+    fn auth_hint(&self) -> &str {
+        "check the client credentials"
+    }
+
     /// Finds a group to adopt: by `externalId` (our source id), then by exact name.
-    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, HttpError> {
+    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
         let id_of = |g: &Value| g.get("id").and_then(Value::as_str).map(str::to_string);
         let by_external_id = self
             .list_all(
@@ -210,171 +235,35 @@ impl PingOneGroupsSink {
             .find_map(id_of))
     }
 
-    fn group_body(&self, group: &GroupSpec) -> Body {
-        let mut body = json!({"name": group.name, "externalId": group.source_id});
-        if let Some(object) = body.as_object_mut() {
-            if let Some(description) = &group.description {
-                object.insert("description".into(), json!(description));
-            }
-            if let Some(population) = &self.config.population_id {
-                object.insert("population".into(), json!({"id": population}));
-            }
-        }
-        Body::json(&body)
-    }
-
-    async fn adopt(
-        &self,
-        group: &GroupSpec,
-        why: &str,
-        otherwise: Option<Response>,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        match self.find_existing(group).await {
-            Ok(Some(id)) => {
-                tracing::info!(sink = %self.name, group = %group.name, id, "{why}; adopted the existing group");
-                recorder.created(group, &id)
-            }
-            Ok(None) => {
-                match otherwise {
-                    Some(response) => {
-                        recorder.failed(OpKind::Create, group, response.into_error(), 1)
-                    }
-                    None => return Ok(()),
-                }
-                Ok(())
-            }
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                Ok(())
-            }
-        }
-    }
-
-    async fn create(
-        &self,
-        group: &GroupSpec,
-        resume: bool,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<bool, SinkError> {
-        if resume {
-            match self.find_existing(group).await {
-                Ok(Some(id)) => {
-                    tracing::info!(sink = %self.name, group = %group.name, id, "adopted the group an interrupted run created");
-                    recorder.created(group, &id)?;
-                    return Ok(true);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    recorder.failed(OpKind::Create, group, e, 1);
-                    return Ok(false);
-                }
-            }
-        }
-        recorder.intent(group)?;
+    async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
         let body = self.group_body(group);
-        let response = match self
+        let response = self
             .http
             .send(Method::POST, "/groups", &[], Some(&body))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                return Ok(false);
-            }
-        };
+            .await?;
         if is_uniqueness_violation(response.status.as_u16(), &response.body) {
-            self.adopt(group, "group name already in use", Some(response), recorder)
-                .await?;
-            return Ok(recorder.target_id(group).is_some());
+            return Ok(Created::Conflict(response.into_error().into()));
         }
-        match response.success().and_then(|r| r.json::<Value>()) {
-            Ok(created) => match created.get("id").and_then(Value::as_str) {
-                Some(id) => {
-                    recorder.created(group, id)?;
-                    Ok(true)
-                }
-                None => {
-                    recorder.failed(OpKind::Create, group, "the create answer has no \"id\"", 1);
-                    Ok(false)
-                }
-            },
-            Err(e) => {
-                recorder.failed(OpKind::Create, group, e, 1);
-                Ok(false)
-            }
+        let created: Value = response.success()?.json()?;
+        match created.get("id").and_then(Value::as_str) {
+            Some(id) => Ok(Created::Id(id.to_string())),
+            None => Err("the create answer has no \"id\"".into()),
         }
     }
 
-    async fn update(
-        &self,
-        group: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(id) = recorder.target_id(group) else {
-            recorder.failed(OpKind::Update, group, "no target id recorded", 1);
-            return Ok(());
-        };
+    async fn update(&self, id: &str, group: &GroupSpec, _: &GroupSpec) -> Result<Outcome, OpError> {
         let body = self.group_body(group);
-        let path = format!("/groups/{}", urlencoding::encode(&id));
-        match self.http.send(Method::PUT, &path, &[], Some(&body)).await {
-            Ok(r) if r.is_success() => recorder.updated(group, &id),
-            Ok(r) if r.status.as_u16() == 404 => {
-                recorder.failed(
-                    OpKind::Update,
-                    group,
-                    "the group no longer exists in PingOne; it will be recreated next run",
-                    1,
-                );
-                recorder.forget(group)
-            }
-            Ok(r) => {
-                recorder.failed(OpKind::Update, group, r.into_error(), 1);
-                Ok(())
-            }
-            Err(e) => {
-                recorder.failed(OpKind::Update, group, e, 1);
-                Ok(())
-            }
-        }
+        let path = format!("/groups/{}", urlencoding::encode(id));
+        outcome(self.http.send(Method::PUT, &path, &[], Some(&body)).await?)
     }
 
-    async fn delete(
-        &self,
-        group: &GroupSpec,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let id = match recorder.target_id(group) {
-            Some(id) => Some(id),
-            // An unconfirmed create: delete what it may have created.
-            None => match self.find_existing(group).await {
-                Ok(found) => found,
-                Err(e) => {
-                    recorder.failed(OpKind::Delete, group, e, 1);
-                    return Ok(());
-                }
-            },
-        };
-        let Some(id) = id else {
-            return recorder.deleted(group);
-        };
-        let path = format!("/groups/{}", urlencoding::encode(&id));
-        match self.http.send(Method::DELETE, &path, &[], None).await {
-            Ok(r) if r.is_success() || r.status.as_u16() == 404 => recorder.deleted(group),
-            Ok(r) => {
-                recorder.failed(OpKind::Delete, group, r.into_error(), 1);
-                Ok(())
-            }
-            Err(e) => {
-                recorder.failed(OpKind::Delete, group, e, 1);
-                Ok(())
-            }
-        }
+    async fn delete(&self, id: &str) -> Result<Outcome, OpError> {
+        let path = format!("/groups/{}", urlencoding::encode(id));
+        outcome(self.http.send(Method::DELETE, &path, &[], None).await?)
     }
 
     /// The PingOne user id of an LDAP user, by the configured match attribute (cached).
-    async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, HttpError> {
+    async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
         let (attribute, value) = match self.config.user_match {
             UserMatch::Username => ("username", member.username.clone()),
             UserMatch::ExternalId => ("externalId", member.source_id.clone()),
@@ -383,168 +272,55 @@ impl PingOneGroupsSink {
                 None => return Ok(None),
             },
         };
-        let key = format!("{attribute}\u{0}{value}");
-        if let Some(id) = self.users.lock().await.get(&key) {
-            return Ok(Some(id.clone()));
-        }
-        let found = self
-            .list_all(
-                "/users",
-                &format!("{attribute} eq {}", quote(&value)),
-                "users",
-            )
-            .await?;
-        let ids: Vec<&str> = found
-            .iter()
-            .filter_map(|u| u.get("id").and_then(Value::as_str))
-            .collect();
-        match ids.as_slice() {
-            [id] => {
-                self.users.lock().await.insert(key, id.to_string());
-                Ok(Some(id.to_string()))
-            }
-            [] => Ok(None),
-            _ => {
-                tracing::warn!(sink = %self.name, member = %member.username, "several PingOne users match; member skipped");
-                Ok(None)
-            }
-        }
+        let filter = format!("{attribute} eq {}", quote(&value));
+        let find = async { Ok(ids(&self.list_all("/users", &filter, "users").await?, "id")) };
+        self.users
+            .lookup(&self.name, member, (attribute, &value), find)
+            .await
     }
 
+    /// `POST /users/{uid}/memberOfGroups`; a duplicate membership is success.
     async fn add_members(
         &self,
-        group: &GroupSpec,
-        members: &[MemberRef],
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(gid) = recorder.target_id(group) else {
-            recorder.failed(
-                OpKind::MemberAdd,
-                group,
-                "the group was not created",
-                members.len() as u64,
-            );
-            return Ok(());
-        };
+        gid: &str,
+        _: &GroupSpec,
+        _: &(),
+        chunk: &[MemberRef],
+    ) -> Result<Outcome, OpError> {
         let body = Body::json(&json!({"id": gid}));
-        let mut done = Vec::new();
-        for member in members {
-            let uid = match self.user_id(member).await {
-                Ok(Some(uid)) => uid,
-                Ok(None) => {
-                    recorder.unmapped(group, member);
-                    continue;
-                }
-                Err(e) => {
-                    recorder.failed(
-                        OpKind::MemberAdd,
-                        group,
-                        format!("{}: {e}", member.username),
-                        1,
-                    );
-                    continue;
-                }
-            };
-            let path = format!("/users/{}/memberOfGroups", urlencoding::encode(&uid));
-            match self.http.send(Method::POST, &path, &[], Some(&body)).await {
-                Ok(r) if r.is_success() || is_uniqueness_violation(r.status.as_u16(), &r.body) => {
-                    done.push(MemberRef {
-                        target_id: Some(uid),
-                        ..member.clone()
-                    });
-                    if done.len() >= RECORD_CHUNK {
-                        recorder.members_added(group, &std::mem::take(&mut done))?;
-                    }
-                }
-                Ok(r) => recorder.failed(
-                    OpKind::MemberAdd,
-                    group,
-                    format!("{}: {}", member.username, r.into_error()),
-                    1,
-                ),
-                Err(e) => recorder.failed(
-                    OpKind::MemberAdd,
-                    group,
-                    format!("{}: {e}", member.username),
-                    1,
-                ),
+        for uid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
+            let path = format!("/users/{}/memberOfGroups", urlencoding::encode(uid));
+            let r = self
+                .http
+                .send(Method::POST, &path, &[], Some(&body))
+                .await?;
+            if !(r.is_success() || is_uniqueness_violation(r.status.as_u16(), &r.body)) {
+                return Err(r.into_error().into());
             }
         }
-        recorder.members_added(group, &done)
+        Ok(Outcome::Done)
     }
 
+    /// `DELETE /users/{uid}/memberOfGroups/{gid}`; 404 (not a member) is success.
     async fn remove_members(
         &self,
-        group: &GroupSpec,
-        members: &[MemberRef],
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let Some(gid) = recorder.target_id(group) else {
-            recorder.failed(
-                OpKind::MemberRemove,
-                group,
-                "no target id recorded",
-                members.len() as u64,
+        gid: &str,
+        _: &GroupSpec,
+        _: &(),
+        chunk: &[MemberRef],
+    ) -> Result<Outcome, OpError> {
+        for uid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
+            let path = format!(
+                "/users/{}/memberOfGroups/{}",
+                urlencoding::encode(uid),
+                urlencoding::encode(gid)
             );
-            return Ok(());
-        };
-        let mut done = Vec::new();
-        for member in members {
-            let uid = match &member.target_id {
-                Some(uid) => Some(uid.clone()),
-                None => match self.user_id(member).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        recorder.failed(
-                            OpKind::MemberRemove,
-                            group,
-                            format!("{}: {e}", member.username),
-                            1,
-                        );
-                        continue;
-                    }
-                },
-            };
-            // A user PingOne does not have cannot be a member: nothing to remove.
-            let removed = match uid {
-                None => true,
-                Some(uid) => {
-                    let path = format!(
-                        "/users/{}/memberOfGroups/{}",
-                        urlencoding::encode(&uid),
-                        urlencoding::encode(&gid)
-                    );
-                    match self.http.send(Method::DELETE, &path, &[], None).await {
-                        Ok(r) if r.is_success() || r.status.as_u16() == 404 => true,
-                        Ok(r) => {
-                            recorder.failed(
-                                OpKind::MemberRemove,
-                                group,
-                                format!("{}: {}", member.username, r.into_error()),
-                                1,
-                            );
-                            false
-                        }
-                        Err(e) => {
-                            recorder.failed(
-                                OpKind::MemberRemove,
-                                group,
-                                format!("{}: {e}", member.username),
-                                1,
-                            );
-                            false
-                        }
-                    }
-                }
-            };
-            if removed {
-                done.push(member.clone());
-                if done.len() >= RECORD_CHUNK {
-                    recorder.members_removed(group, &std::mem::take(&mut done))?;
-                }
+            let r = self.http.send(Method::DELETE, &path, &[], None).await?;
+            if !(r.is_success() || r.status.as_u16() == 404) {
+                return Err(r.into_error().into());
             }
         }
-        recorder.members_removed(group, &done)
+        Ok(Outcome::Done)
     }
 }
 
@@ -572,22 +348,7 @@ impl Sink for PingOneGroupsSink {
         _ledger: &Ledger,
         recorder: &mut Recorder<'_>,
     ) -> Result<(), SinkError> {
-        for op in &plan.operations {
-            match op {
-                Operation::Create { group, resume } => {
-                    self.create(group, *resume, recorder).await?;
-                }
-                Operation::Update { group, .. } => self.update(group, recorder).await?,
-                Operation::MemberAdd { group, members } => {
-                    self.add_members(group, members, recorder).await?
-                }
-                Operation::MemberRemove { group, members } => {
-                    self.remove_members(group, members, recorder).await?
-                }
-                Operation::Delete { group } => self.delete(group, recorder).await?,
-            }
-        }
-        Ok(())
+        lifecycle::apply(self, plan, recorder).await
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::SinkError;
-use super::http::{Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod};
+use super::http::{Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod, check_url};
 use crate::config::{Secret, SecretError, resolve_secret};
 
 /// A PingOne region, by the top-level domain of its hosts (specs/pingone.md §1).
@@ -76,10 +76,6 @@ pub struct Connection<'a> {
     pub token_auth: TokenAuthMethod,
 }
 
-fn is_http_url(url: &str) -> bool {
-    url.starts_with("http://") || url.starts_with("https://")
-}
-
 impl Connection<'_> {
     /// Checks the shared keys; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -103,11 +99,8 @@ impl Connection<'_> {
                         "give region or api_url + auth_url, not both".into(),
                     ));
                 }
-                for (key, url) in [("api_url", api), ("auth_url", auth)] {
-                    if !is_http_url(url) {
-                        return Err((key, format!("{url:?} must be an http(s) URL")));
-                    }
-                }
+                check_url("api_url", api)?;
+                check_url("auth_url", auth)?;
             }
             (None, None) => {}
         }
