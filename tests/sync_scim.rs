@@ -612,3 +612,114 @@ fn check_validates_and_connects() {
         "the password must never be printed"
     );
 }
+
+#[test]
+fn without_patch_support_members_and_renames_go_through_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start();
+    // This server rejects PATCH, so converging proves the PUT path was used.
+    let scim = ScimServer::start_with(false, false);
+    for user in ["alice", "bob", "carol"] {
+        slapd.add_user(user, &format!("{user}@example.com"));
+        scim.create_user(user, &format!("{user}@example.com"));
+    }
+    let config = write_config(dir.path(), &slapd, &scim, LENIENT_SAFETY);
+    let g = slapd.add_group("ops", &[&user_dn(&slapd, "alice"), &user_dn(&slapd, "bob")]);
+    let out = sync(&config, &[]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(scim_state(&scim), expect(&[("ops", &["alice", "bob"])]));
+
+    slapd.modify(&format!(
+        "dn: {g}\nchangetype: modify\nadd: member\nmember: {}\n-\ndelete: member\nmember: {}\n",
+        user_dn(&slapd, "carol"),
+        user_dn(&slapd, "alice")
+    ));
+    let mut modrdn = slapd.ldap_tool("ldapmodrdn");
+    modrdn.args(["-r", &g, "cn=operations"]);
+    assert!(
+        run_with_timeout(&mut modrdn, None, Duration::from_secs(30))
+            .status
+            .success()
+    );
+    let out = sync(&config, &[]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(
+        scim_state(&scim),
+        expect(&[("operations", &["bob", "carol"])])
+    );
+}
+
+#[test]
+fn a_group_already_deleted_in_the_target_counts_as_deleted() {
+    let w = world(false, LENIENT_SAFETY, &["alice"]);
+    let g = w.slapd.add_group("ops", &[&user_dn(&w.slapd, "alice")]);
+    w.slapd.add_group("keep", &[&user_dn(&w.slapd, "alice")]);
+    assert_eq!(sync(&w.config, &[]).code(), 0);
+    let id = w
+        .scim
+        .groups()
+        .into_iter()
+        .find(|g| g["displayName"] == "ops")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        w.scim
+            .request("DELETE", &format!("/Groups/{id}"), None)
+            .status,
+        204
+    );
+    w.slapd.delete(&[&g]);
+    let out = sync(&w.config, &[]);
+    assert_eq!(
+        out.code(),
+        0,
+        "404 on delete means done: {}",
+        out.describe()
+    );
+    let (code, plan) = dry_run_json(&w.config);
+    assert_eq!(
+        (
+            code,
+            plan["sinks"][0]["operations"].as_array().unwrap().len()
+        ),
+        (0, 0),
+        "{plan}"
+    );
+    assert_eq!(scim_state(&w.scim), expect(&[("keep", &["alice"])]));
+}
+
+#[test]
+fn a_server_size_limit_is_an_incomplete_read_not_a_shorter_list() {
+    let w = world(false, LENIENT_SAFETY, &["alice"]);
+    let base = w.slapd.base_dn();
+    // A non-admin bind gets slapd's default size limit (500 entries).
+    w.slapd.add(&format!(
+        "dn: uid=reader,ou=People,{base}\nobjectClass: inetOrgPerson\nuid: reader\ncn: reader\nsn: reader\nuserPassword: reader-pw\n"
+    ));
+    let mut ldif = String::new();
+    for i in 0..520 {
+        ldif.push_str(&format!(
+            "dn: uid=bulk{i},ou=People,{base}\nobjectClass: inetOrgPerson\nuid: bulk{i}\ncn: bulk{i}\nsn: bulk\n\n"
+        ));
+    }
+    w.slapd.add(&ldif);
+    w.slapd.add_group("ops", &[&user_dn(&w.slapd, "alice")]);
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace(w.slapd.admin_dn(), &format!("uid=reader,ou=People,{base}"))
+        .replace(w.slapd.admin_password(), "reader-pw");
+    let config = write_file(w.dir.path(), "reader.toml", text);
+    let out = sync(&config, &[]);
+    assert_eq!(out.code(), 1, "{}", out.describe());
+    assert!(
+        out.stderr_str().contains("result code 4"),
+        "sizeLimitExceeded: {}",
+        out.describe()
+    );
+    assert!(
+        w.scim.groups().is_empty(),
+        "nothing is written after an incomplete read"
+    );
+}

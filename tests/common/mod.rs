@@ -953,6 +953,12 @@ impl ScimServer {
     /// `uniqueness: "server"`, so that a duplicate group name answers 409 (like StrongDM); by
     /// default scim2-server accepts duplicate group names.
     pub fn start(unique_display_name: bool) -> ScimServer {
+        ScimServer::start_with(unique_display_name, true)
+    }
+
+    /// Like [`ScimServer::start`]; with `patch_supported = false` its `/ServiceProviderConfig`
+    /// announces no PATCH support, so clients must fall back to PUT.
+    pub fn start_with(unique_display_name: bool, patch_supported: bool) -> ScimServer {
         let bin = scim2_server_bin();
         let dir = tempfile::Builder::new()
             .prefix("ldapsync-scim-")
@@ -965,6 +971,15 @@ impl ScimServer {
                 dir.path(),
                 "schemas.json",
                 serde_json::to_string_pretty(&schemas).unwrap(),
+            )
+        });
+        let provider_config = (!patch_supported).then(|| {
+            let mut config = default_scim_resource(&bin, "default-service-provider-config.json");
+            config["patch"]["supported"] = Value::Bool(false);
+            write_file(
+                dir.path(),
+                "service-provider-config.json",
+                serde_json::to_string_pretty(&config).unwrap(),
             )
         });
         let token = format!("test-token-{:016x}", rand::random::<u64>());
@@ -988,6 +1003,9 @@ impl ScimServer {
             .args(["--bearer-token", &server.token]);
             if let Some(s) = &schema {
                 cmd.arg("--schema").arg(s);
+            }
+            if let Some(c) = &provider_config {
+                cmd.arg("--service-provider-config").arg(c);
             }
             let child = cmd
                 .env("PYTHONUNBUFFERED", "1")
@@ -1202,13 +1220,21 @@ fn script_python(script: &Path) -> PathBuf {
 
 /// The package's own default schemas (`scim2_server/resources/default-schemas.json`).
 fn default_scim_schemas(bin: &Path) -> Vec<Value> {
+    serde_json::from_value(default_scim_resource(bin, "default-schemas.json"))
+        .expect("default-schemas.json is a list")
+}
+
+/// One of the JSON files scim2-server ships in `scim2_server/resources/`.
+fn default_scim_resource(bin: &Path, name: &str) -> Value {
     let python = script_python(bin);
     let out = run_with_timeout(
         Command::new(&python).args([
             "-c",
-            "import importlib.util, os; \
-             s = importlib.util.find_spec('scim2_server'); \
-             print(os.path.join(s.submodule_search_locations[0], 'resources', 'default-schemas.json'))",
+            &format!(
+                "import importlib.util, os; \
+                 s = importlib.util.find_spec('scim2_server'); \
+                 print(os.path.join(s.submodule_search_locations[0], 'resources', '{name}'))"
+            ),
         ]),
         None,
         Duration::from_secs(60),
