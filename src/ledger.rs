@@ -5,10 +5,9 @@
 //! the next run must look the object up before creating it again (§4.4).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::Serialize;
-
-use crate::directory::Directory;
+use crate::directory::{Directory, User};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -18,7 +17,7 @@ pub struct Ledger {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerGroup {
     pub source_id: String,
     /// The target's id; `None` while a create is unconfirmed.
@@ -27,16 +26,23 @@ pub struct LedgerGroup {
     pub description: Option<String>,
     pub dn: String,
     /// Keyed by user source id.
-    pub members: BTreeMap<String, LedgerMember>,
+    pub members: BTreeMap<Arc<str>, LedgerMember>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A recorded membership: the user as last written (shared between all the groups the user is
+/// in, so a million memberships do not copy user data; its fields read as `member.username`)
+/// and the target's user id when the sink has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerMember {
-    pub username: String,
-    pub email: Option<String>,
-    pub dn: String,
-    /// The target's user id, when the sink has one.
-    pub target_id: Option<String>,
+    pub user: Arc<User>,
+    pub target_id: Option<Arc<str>>,
+}
+
+impl std::ops::Deref for LedgerMember {
+    type Target = User;
+    fn deref(&self) -> &User {
+        &self.user
+    }
 }
 
 impl Ledger {
@@ -56,11 +62,9 @@ impl Ledger {
                     .map(|&index| {
                         let user = directory.user(index);
                         (
-                            user.source_id.clone(),
+                            Arc::from(user.source_id.as_str()),
                             LedgerMember {
-                                username: user.username.clone(),
-                                email: user.email.clone(),
-                                dn: user.dn.clone(),
+                                user: Arc::clone(user),
                                 target_id: None,
                             },
                         )

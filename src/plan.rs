@@ -259,15 +259,10 @@ fn spec_of_ledger(group: &LedgerGroup) -> GroupSpec {
     }
 }
 
-fn member_of_ledger(source_id: &str, member: &LedgerMember) -> MemberRef {
+fn member_of_ledger(member: &LedgerMember) -> MemberRef {
     MemberRef {
-        user: Arc::new(User {
-            source_id: source_id.to_string(),
-            username: member.username.clone(),
-            email: member.email.clone(),
-            dn: member.dn.clone(),
-        }),
-        target_id: member.target_id.clone(),
+        user: Arc::clone(&member.user),
+        target_id: member.target_id.as_deref().map(str::to_string),
     }
 }
 
@@ -315,7 +310,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
         let mut added = Vec::new();
         for &index in &group.members {
             let user = directory.user(index);
-            if !recorded_members.contains_key(&user.source_id) {
+            if !recorded_members.contains_key(user.source_id.as_str()) {
                 added.push(MemberRef::new(Arc::clone(user)));
             }
         }
@@ -333,8 +328,8 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
                 .collect();
             let removed: Vec<MemberRef> = recorded_members
                 .iter()
-                .filter(|(id, _)| !current.contains(id.as_str()))
-                .map(|(id, m)| member_of_ledger(id, m))
+                .filter(|(id, _)| !current.contains(id.as_ref()))
+                .map(|(_, m)| member_of_ledger(m))
                 .collect();
             if !removed.is_empty() {
                 removes.push(Operation::MemberRemove {
@@ -399,12 +394,10 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
                 if let Some(entry) = ledger.groups.get_mut(&spec.source_id) {
                     for m in members {
                         entry.members.insert(
-                            m.source_id.clone(),
+                            Arc::from(m.source_id.as_str()),
                             LedgerMember {
-                                username: m.username.clone(),
-                                email: m.email.clone(),
-                                dn: m.dn.clone(),
-                                target_id: m.target_id.clone(),
+                                user: Arc::clone(&m.user),
+                                target_id: m.target_id.as_deref().map(Arc::from),
                             },
                         );
                     }
@@ -413,7 +406,7 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
             Operation::MemberRemove { members, .. } => {
                 if let Some(entry) = ledger.groups.get_mut(&spec.source_id) {
                     for m in members {
-                        entry.members.remove(&m.source_id);
+                        entry.members.remove(m.source_id.as_str());
                     }
                 }
             }

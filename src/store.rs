@@ -7,12 +7,15 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
-use crate::directory::Directory;
+use crate::directory::{Directory, User};
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
 use crate::plan::{GroupSpec, MemberRef, Summary};
 
@@ -291,19 +294,41 @@ impl Store {
             )
             .map_err(&err)?;
         let mut rows = statement.query([sink]).map_err(&err)?;
+        // Users and target ids are interned: a user in a hundred groups is loaded once.
+        let mut users: HashMap<String, (Arc<str>, Arc<User>)> = HashMap::default();
+        let mut target_ids: HashMap<String, Arc<str>> = HashMap::default();
         while let Some(row) = rows.next().map_err(&err)? {
-            let group_id: String = row.get(0).map_err(&err)?;
-            if let Some(group) = groups.get_mut(&group_id) {
-                group.members.insert(
-                    row.get(1).map_err(&err)?,
-                    LedgerMember {
+            let text = |i: usize| row.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?));
+            let Some(group) = groups.get_mut(text(0).map_err(&err)?.unwrap_or_default()) else {
+                continue;
+            };
+            let user_id = text(1).map_err(&err)?.unwrap_or_default();
+            let (key, user) = match users.get(user_id) {
+                Some(found) => found.clone(),
+                None => {
+                    let user = Arc::new(User {
+                        source_id: user_id.to_string(),
                         username: row.get(2).map_err(&err)?,
                         email: row.get(3).map_err(&err)?,
                         dn: row.get(4).map_err(&err)?,
-                        target_id: row.get(5).map_err(&err)?,
-                    },
-                );
-            }
+                    });
+                    let entry = (Arc::from(user_id), user);
+                    users.insert(user_id.to_string(), entry.clone());
+                    entry
+                }
+            };
+            let target_id = match text(5).map_err(&err)? {
+                None => None,
+                Some(id) => Some(match target_ids.get(id) {
+                    Some(interned) => Arc::clone(interned),
+                    None => {
+                        let interned: Arc<str> = Arc::from(id);
+                        target_ids.insert(id.to_string(), Arc::clone(&interned));
+                        interned
+                    }
+                }),
+            };
+            group.members.insert(key, LedgerMember { user, target_id });
         }
         let cursor = self
             .conn

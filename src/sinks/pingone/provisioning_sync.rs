@@ -210,7 +210,7 @@ impl ProvisioningSyncConfig {
             .iter()
             .map(|(id, m)| match self.member_format {
                 MemberFormat::Dn => m.dn.as_str(),
-                MemberFormat::SourceId => id.as_str(),
+                MemberFormat::SourceId => id.as_ref(),
             })
             .collect();
         members.sort_unstable();
@@ -599,11 +599,9 @@ max_batch_bytes = {max_batch_bytes}
                 .map(|i| {
                     let m = member(i);
                     (
-                        m.source_id.clone(),
+                        m.source_id.as_str().into(),
                         LedgerMember {
-                            username: m.username.clone(),
-                            email: None,
-                            dn: m.dn.clone(),
+                            user: m.user,
                             target_id: None,
                         },
                     )
