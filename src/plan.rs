@@ -249,13 +249,16 @@ fn spec_of_group(group: &Group, target_id: Option<String>) -> GroupSpec {
     }
 }
 
-fn spec_of_ledger(group: &LedgerGroup) -> GroupSpec {
-    GroupSpec {
-        source_id: group.source_id.clone(),
-        name: group.name.clone(),
-        description: group.description.clone(),
-        dn: group.dn.clone(),
-        target_id: group.target_id.clone(),
+impl From<&LedgerGroup> for GroupSpec {
+    /// The group as last recorded in a sink's ledger.
+    fn from(group: &LedgerGroup) -> GroupSpec {
+        GroupSpec {
+            source_id: group.source_id.clone(),
+            name: group.name.clone(),
+            description: group.description.clone(),
+            dn: group.dn.clone(),
+            target_id: group.target_id.clone(),
+        }
     }
 }
 
@@ -301,7 +304,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
                 {
                     updates.push(Operation::Update {
                         group: spec.clone(),
-                        previous: spec_of_ledger(recorded),
+                        previous: GroupSpec::from(recorded),
                     });
                 }
                 &recorded.members
@@ -345,7 +348,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
     for recorded in ledger.groups.values() {
         if !present.contains(recorded.source_id.as_str()) {
             deletes.push(Operation::Delete {
-                group: spec_of_ledger(recorded),
+                group: GroupSpec::from(recorded),
             });
         }
     }

@@ -261,6 +261,23 @@ impl Store {
         }
     }
 
+    /// Runs `write` in one transaction; errors name the state file.
+    fn in_transaction(
+        &mut self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), StoreError> {
+        let conn = &mut self.conn;
+        let result = (|| {
+            let tx = conn.transaction()?;
+            write(&tx)?;
+            tx.commit()
+        })();
+        result.map_err(|source| StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
     /// Everything recorded for one sink.
     pub fn load_ledger(&self, sink: &str) -> Result<Ledger, StoreError> {
         let err = self.err();
@@ -376,23 +393,17 @@ impl Store {
 
     /// Forgets a group (and its members) after it was deleted in the target.
     pub fn record_deleted(&mut self, sink: &str, source_id: &str) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
-            params![sink, source_id],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "DELETE FROM ledger_groups WHERE sink = ?1 AND source_id = ?2",
-            params![sink, source_id],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        self.in_transaction(|tx| {
+            tx.execute(
+                "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
+                params![sink, source_id],
+            )?;
+            tx.execute(
+                "DELETE FROM ledger_groups WHERE sink = ?1 AND source_id = ?2",
+                params![sink, source_id],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records members as present in a group, in one transaction.
@@ -402,36 +413,32 @@ impl Store {
         group_source_id: &str,
         members: &[MemberRef],
     ) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut statement = tx
-                .prepare_cached(
-                    "INSERT INTO ledger_members (sink, group_source_id, user_source_id, username, email, dn, target_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT DO UPDATE SET username = excluded.username, email = excluded.email,
-                       dn = excluded.dn, target_id = excluded.target_id",
-                )
-                .map_err(err)?;
-            for m in members {
-                statement
-                    .execute(params![
-                        sink,
-                        group_source_id,
-                        m.source_id,
-                        m.username,
-                        m.email,
-                        m.dn,
-                        m.target_id
-                    ])
-                    .map_err(err)?;
+        self.in_transaction(|tx| {
+            {
+                let mut statement = tx
+                    .prepare_cached(
+                        "INSERT INTO ledger_members (sink, group_source_id, user_source_id, username, email, dn, target_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT DO UPDATE SET username = excluded.username, email = excluded.email,
+                           dn = excluded.dn, target_id = excluded.target_id",
+                    )
+                    ?;
+                for m in members {
+                    statement
+                        .execute(params![
+                            sink,
+                            group_source_id,
+                            m.source_id,
+                            m.username,
+                            m.email,
+                            m.dn,
+                            m.target_id
+                        ])
+                        ?;
+                }
             }
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Records members as gone from a group, in one transaction.
@@ -441,25 +448,21 @@ impl Store {
         group_source_id: &str,
         user_source_ids: &[&str],
     ) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut statement = tx
-                .prepare_cached(
-                    "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2 AND user_source_id = ?3",
-                )
-                .map_err(err)?;
-            for id in user_source_ids {
-                statement
-                    .execute(params![sink, group_source_id, id])
-                    .map_err(err)?;
+        self.in_transaction(|tx| {
+            {
+                let mut statement = tx
+                    .prepare_cached(
+                        "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2 AND user_source_id = ?3",
+                    )
+                    ?;
+                for id in user_source_ids {
+                    statement
+                        .execute(params![sink, group_source_id, id])
+                        ?;
+                }
             }
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Stores a sink's cursor/token; called only after its whole plan was applied.
@@ -493,67 +496,63 @@ impl Store {
 
     /// Replaces the snapshot with a complete read, in one transaction.
     pub fn save_snapshot(&mut self, directory: &Directory, source: &str) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        tx.execute_batch("DELETE FROM snapshot_members; DELETE FROM snapshot_groups; DELETE FROM snapshot_users;")
-            .map_err(err)?;
-        {
-            let mut users = tx
-                .prepare_cached(
-                    "INSERT INTO snapshot_users (id, dn, username, email) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(err)?;
-            for u in &directory.users {
-                users
-                    .execute(params![u.source_id, u.dn, u.username, u.email])
-                    .map_err(err)?;
-            }
-            let mut groups = tx
-                .prepare_cached("INSERT INTO snapshot_groups (id, dn, name, description) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(err)?;
-            let mut members = tx
-                .prepare_cached("INSERT INTO snapshot_members (group_id, user_id) VALUES (?1, ?2)")
-                .map_err(err)?;
-            for g in &directory.groups {
-                groups
-                    .execute(params![g.id, g.dn, g.name, g.description])
-                    .map_err(err)?;
-                for &m in &g.members {
-                    members
-                        .execute(params![g.id, directory.user(m).source_id])
-                        .map_err(err)?;
+        self.in_transaction(|tx| {
+            tx.execute_batch("DELETE FROM snapshot_members; DELETE FROM snapshot_groups; DELETE FROM snapshot_users;")
+                ?;
+            {
+                let mut users = tx
+                    .prepare_cached(
+                        "INSERT INTO snapshot_users (id, dn, username, email) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    ?;
+                for u in &directory.users {
+                    users
+                        .execute(params![u.source_id, u.dn, u.username, u.email])
+                        ?;
                 }
+                let mut groups = tx
+                    .prepare_cached("INSERT INTO snapshot_groups (id, dn, name, description) VALUES (?1, ?2, ?3, ?4)")
+                    ?;
+                let mut members = tx
+                    .prepare_cached("INSERT INTO snapshot_members (group_id, user_id) VALUES (?1, ?2)")
+                    ?;
+                for g in &directory.groups {
+                    groups
+                        .execute(params![g.id, g.dn, g.name, g.description])
+                        ?;
+                    for &m in &g.members {
+                        members
+                            .execute(params![g.id, directory.user(m).source_id])
+                            ?;
+                    }
+                }
+                let mut scope = tx
+                    .prepare_cached(
+                        "INSERT INTO snapshot_scope (scope, entries, source, read_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (scope) DO UPDATE SET entries = excluded.entries, source = excluded.source,
+                           read_at = excluded.read_at",
+                    )
+                    ?;
+                let read_at = now();
+                scope
+                    .execute(params![
+                        "users",
+                        directory.users.len() as i64,
+                        source,
+                        read_at
+                    ])
+                    ?;
+                scope
+                    .execute(params![
+                        "groups",
+                        directory.groups.len() as i64,
+                        source,
+                        read_at
+                    ])
+                    ?;
             }
-            let mut scope = tx
-                .prepare_cached(
-                    "INSERT INTO snapshot_scope (scope, entries, source, read_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (scope) DO UPDATE SET entries = excluded.entries, source = excluded.source,
-                       read_at = excluded.read_at",
-                )
-                .map_err(err)?;
-            let read_at = now();
-            scope
-                .execute(params![
-                    "users",
-                    directory.users.len() as i64,
-                    source,
-                    read_at
-                ])
-                .map_err(err)?;
-            scope
-                .execute(params![
-                    "groups",
-                    directory.groups.len() as i64,
-                    source,
-                    read_at
-                ])
-                .map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// Starts a run in the history and returns its id.
@@ -575,35 +574,31 @@ impl Store {
         error: Option<&str>,
         sinks: &[SinkRunRecord],
     ) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "UPDATE runs SET finished_at = ?2, result = ?3, error = ?4 WHERE id = ?1",
-            params![run_id, now(), result, error],
-        )
-        .map_err(err)?;
-        for s in sinks {
+        self.in_transaction(|tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO run_sinks (run_id, sink, result, planned, applied, failed, unmapped, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    run_id,
-                    s.sink,
-                    s.result,
-                    serde_json::to_string(&s.planned).unwrap_or_default(),
-                    serde_json::to_string(&s.applied).unwrap_or_default(),
-                    s.failed as i64,
-                    s.unmapped as i64,
-                    s.error
-                ],
+                "UPDATE runs SET finished_at = ?2, result = ?3, error = ?4 WHERE id = ?1",
+                params![run_id, now(), result, error],
             )
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            ?;
+            for s in sinks {
+                tx.execute(
+                    "INSERT OR REPLACE INTO run_sinks (run_id, sink, result, planned, applied, failed, unmapped, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        run_id,
+                        s.sink,
+                        s.result,
+                        serde_json::to_string(&s.planned).unwrap_or_default(),
+                        serde_json::to_string(&s.applied).unwrap_or_default(),
+                        s.failed as i64,
+                        s.unmapped as i64,
+                        s.error
+                    ],
+                )
+                ?;
+            }
+            Ok(())
+        })
     }
 
     /// The most recent runs, newest first.

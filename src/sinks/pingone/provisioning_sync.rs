@@ -187,16 +187,6 @@ pub(crate) fn new_token() -> String {
     )
 }
 
-fn group_spec(group: &LedgerGroup) -> GroupSpec {
-    GroupSpec {
-        source_id: group.source_id.clone(),
-        name: group.name.clone(),
-        description: group.description.clone(),
-        dn: group.dn.clone(),
-        target_id: group.target_id.clone(),
-    }
-}
-
 impl ProvisioningSyncConfig {
     fn send_objectguid(&self, group: &LedgerGroup) -> bool {
         self.objectguid
@@ -277,7 +267,7 @@ impl ProvisioningSyncConfig {
                 let spec = ops
                     .first()
                     .map(|op| op.group().clone())
-                    .unwrap_or_else(|| group_spec(state));
+                    .unwrap_or_else(|| GroupSpec::from(state));
                 entries.push(self.entry(spec, state, None, ops));
             }
         }
