@@ -55,7 +55,7 @@ pub struct LdapConfig {
     /// Read the directory from an LDIF file instead of a server.
     pub ldif_file: Option<PathBuf>,
     pub bind_dn: Option<String>,
-    pub bind_password: Option<String>,
+    pub bind_password: Option<Secret>,
     pub bind_password_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -311,7 +311,7 @@ impl Config {
     pub fn ldap_password(&self) -> Result<Option<Secret>, SecretError> {
         resolve_optional_secret(
             "[ldap] bind_password",
-            self.ldap.bind_password.as_deref(),
+            self.ldap.bind_password.as_ref().map(Secret::expose),
             self.ldap.bind_password_file.as_deref(),
         )
     }
@@ -564,8 +564,10 @@ fn key_of(line: &str) -> Option<&str> {
     Some(key.trim().trim_matches('"'))
 }
 
-/// A secret value. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret value. Its `Debug` and `Display` never show the value, so a configuration printed
+/// with `{:?}` does not leak an inline secret either.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -783,5 +785,36 @@ mod example_tests {
             .map(|s| s.settings.type_name())
             .collect();
         assert_eq!(types.len(), 6, "every sink type is documented: {types:?}");
+    }
+}
+
+#[cfg(test)]
+mod secret_debug_tests {
+    #[test]
+    fn a_configuration_printed_with_debug_hides_inline_secrets() {
+        let text = r#"
+[ldap]
+url = "ldap://127.0.0.1:1"
+bind_dn = "cn=x"
+bind_password = "inline-ldap-secret"
+[groups]
+base_dn = "ou=g"
+[users]
+base_dn = "ou=u"
+[state]
+path = "s.db"
+[[sinks]]
+name = "scim"
+type = "scim"
+base_url = "http://127.0.0.1:1"
+token = "inline-scim-secret"
+"#;
+        let config = super::Config::parse(text, std::path::Path::new("c.toml")).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("inline-ldap-secret") && !printed.contains("inline-scim-secret"));
+        assert_eq!(
+            config.ldap_password().unwrap().unwrap().expose(),
+            "inline-ldap-secret"
+        );
     }
 }

@@ -117,7 +117,8 @@ struct PendingGroup {
     group: Group,
     normalized_dn: String,
     /// Member values that were not users: maybe groups (resolved in `finish`).
-    unresolved: Vec<String>,
+    /// (normalized DN, the value as the directory wrote it).
+    unresolved: Vec<(String, String)>,
 }
 
 impl DirectoryBuilder {
@@ -259,7 +260,7 @@ impl DirectoryBuilder {
                 let normalized = dn::normalize(strip_unique_member_uid(value));
                 match self.user_by_dn.get(&normalized) {
                     Some(&index) => members.push(index),
-                    None => unresolved.push(normalized),
+                    None => unresolved.push((normalized, value.to_string())),
                 }
             }
         }
@@ -351,10 +352,10 @@ impl DirectoryBuilder {
             members.dedup();
             direct_users.push(members);
             let mut subgroups = Vec::new();
-            for value in &group.unresolved {
-                match group_by_dn.get(value.as_str()) {
+            for (normalized, original) in &group.unresolved {
+                match group_by_dn.get(normalized.as_str()) {
                     Some(&index) => subgroups.push(index),
-                    None => unknown.push((group.group.dn.clone(), value.clone())),
+                    None => unknown.push((group.group.dn.clone(), original.clone())),
                 }
             }
             subgroups.sort_unstable();

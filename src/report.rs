@@ -56,6 +56,15 @@ pub fn json(report: &RunReport) -> Value {
     value
 }
 
+/// A user name as the text plan lists it: quoted when it contains the list separator.
+fn shown_name(name: &str) -> String {
+    if name.contains([',', '"']) || name.trim() != name {
+        format!("{name:?}")
+    } else {
+        name.to_string()
+    }
+}
+
 fn sign(kind: OpKind) -> char {
     match kind {
         OpKind::Create | OpKind::MemberAdd => '+',
@@ -103,10 +112,10 @@ pub fn text(report: &RunReport) -> String {
                 }
                 Operation::Update { .. } => format!("{} (description or DN changed)", group.name),
                 Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
-                    let names: Vec<&str> = members
+                    let names: Vec<String> = members
                         .iter()
                         .take(NAMES_SHOWN)
-                        .map(|m| m.username.as_str())
+                        .map(|m| shown_name(&m.username))
                         .collect();
                     let more = members.len().saturating_sub(NAMES_SHOWN);
                     let tail = if more > 0 {

@@ -84,6 +84,10 @@ fn quick_start_runs_on_the_embedded_example_then_has_nothing_to_do() {
         serde_json::json!(["alice", "bob", "smith, john"]),
         "nested platform members are flattened into engineering"
     );
+    assert!(
+        stdout.contains("+ member_add    engineering: alice, bob, \"smith, john\""),
+        "the text plan quotes names that contain the separator: {stdout}"
+    );
     let out = run_ldapsync(&config, &["sync"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(

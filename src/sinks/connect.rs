@@ -65,7 +65,7 @@ pub enum ConnectUserMatch {
 pub struct ConnectConfig {
     /// The server root, e.g. `https://connect.example.com` (`/__api__` is appended).
     pub base_url: String,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
     #[serde(default)]
     pub group_mode: GroupMode,
@@ -91,7 +91,7 @@ impl ConnectConfig {
     pub fn api_key(&self) -> Result<Secret, SecretError> {
         resolve_secret(
             "api_key",
-            self.api_key.as_deref(),
+            self.api_key.as_ref().map(Secret::expose),
             self.api_key_file.as_deref(),
         )
     }

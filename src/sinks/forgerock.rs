@@ -69,7 +69,7 @@ pub struct ForgeRockConfig {
     /// OAuth2 client credentials.
     pub token_url: Option<String>,
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     pub client_secret_file: Option<PathBuf>,
     #[serde(default = "default_scope")]
     pub scope: String,
@@ -139,7 +139,7 @@ impl ForgeRockConfig {
             Some(file) => resolve_secret("access_token_file", None, Some(file)),
             None => resolve_secret(
                 "client_secret",
-                self.client_secret.as_deref(),
+                self.client_secret.as_ref().map(Secret::expose),
                 self.client_secret_file.as_deref(),
             ),
         }

@@ -44,7 +44,7 @@ pub enum ScimUserMatch {
 #[serde(deny_unknown_fields)]
 pub struct ScimConfig {
     pub base_url: String,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
     #[serde(default)]
     pub user_match: ScimUserMatch,
@@ -73,7 +73,11 @@ impl ScimConfig {
     }
 
     pub fn token(&self) -> Result<Secret, SecretError> {
-        resolve_secret("token", self.token.as_deref(), self.token_file.as_deref())
+        resolve_secret(
+            "token",
+            self.token.as_ref().map(Secret::expose),
+            self.token_file.as_deref(),
+        )
     }
 }
 

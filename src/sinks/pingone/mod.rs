@@ -186,7 +186,7 @@ macro_rules! connection_fields {
             pub auth_url: Option<String>,
             pub environment_id: String,
             pub client_id: String,
-            pub client_secret: Option<String>,
+            pub client_secret: Option<$crate::config::Secret>,
             pub client_secret_file: Option<std::path::PathBuf>,
             /// How the client authenticates to the token endpoint: `basic` (default) or `post`.
             #[serde(default)]
@@ -202,7 +202,7 @@ macro_rules! connection_fields {
                     auth_url: self.auth_url.as_deref(),
                     environment_id: &self.environment_id,
                     client_id: &self.client_id,
-                    client_secret: self.client_secret.as_deref(),
+                    client_secret: self.client_secret.as_ref().map($crate::config::Secret::expose),
                     client_secret_file: self.client_secret_file.as_deref(),
                     token_auth: self.token_auth,
                 }
