@@ -246,12 +246,26 @@ impl SinkConfig {
 
 impl Config {
     /// Reads, parses and validates a configuration file. Secrets are not resolved here.
+    /// Warns when the file holds inline secrets and other users can read it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        let inline = inline_secret_keys(&text);
+        if mode & 0o077 != 0 && !inline.is_empty() {
+            tracing::warn!(
+                "{} holds inline secrets ({}) and is readable by other users: use *_file, env:NAME, or chmod 600",
+                path.display(),
+                inline.join(", ")
+            );
+        }
+        Ok(config)
     }
 
     /// Parses configuration text; `path` is only used in messages.
@@ -468,6 +482,37 @@ fn validate(config: &Config, text: &str, path: &str) -> Result<(), ConfigError> 
             })?;
     }
     Ok(())
+}
+
+/// Keys that hold a secret given inline (not `env:NAME`, not a `*_file`).
+fn inline_secret_keys(text: &str) -> Vec<String> {
+    const SECRET_KEYS: [&str; 4] = ["bind_password", "token", "client_secret", "api_key"];
+    fn walk(table: &toml::Table, path: &str, found: &mut Vec<String>) {
+        for (key, value) in table {
+            match value {
+                toml::Value::String(v)
+                    if SECRET_KEYS.contains(&key.as_str()) && !v.starts_with("env:") =>
+                {
+                    found.push(format!("{path}{key}"));
+                }
+                toml::Value::Table(t) => walk(t, &format!("{path}{key}."), found),
+                toml::Value::Array(items) => {
+                    for item in items {
+                        if let toml::Value::Table(t) = item {
+                            let name = t.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                            walk(t, &format!("{path}{key}[{name}]."), found);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut found = Vec::new();
+    if let Ok(table) = text.parse::<toml::Table>() {
+        walk(&table, "", &mut found);
+    }
+    found
 }
 
 /// Turns serde/toml wording into the project's (`unknown key "x" in [ldap]`); also returns the key.
@@ -785,6 +830,18 @@ mod example_tests {
             .map(|s| s.settings.type_name())
             .collect();
         assert_eq!(types.len(), 6, "every sink type is documented: {types:?}");
+    }
+}
+
+#[cfg(test)]
+mod inline_secret_tests {
+    #[test]
+    fn inline_secrets_are_found_but_env_and_files_are_not() {
+        let text = "[ldap]\nbind_password = \"x\"\n[[sinks]]\nname = \"s\"\ntoken = \"env:T\"\n[[sinks]]\nname = \"p\"\nclient_secret = \"y\"\nclient_secret_file = \"/f\"\n";
+        assert_eq!(
+            super::inline_secret_keys(text),
+            ["ldap.bind_password", "sinks[p].client_secret"]
+        );
     }
 }
 
