@@ -51,6 +51,7 @@ pub enum Command {
         /// Full reconcile: sinks with cursors (PingOne provisioning sync) resend everything
         #[arg(long)]
         full: bool,
+        /// The plan and results as text for people, or one JSON object for tools
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Lift the group-delete and member-removal thresholds for this run
@@ -67,6 +68,7 @@ pub enum Command {
     },
     /// Last runs and per-sink ledger counts from the state file
     Status {
+        /// Text for people, or one JSON object for tools
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
