@@ -72,7 +72,8 @@ UNCONFIRMED assumptions (defaults chosen, how to change them)
 
 Options: see ``--help``.
 Admin endpoints (no auth): GET /__admin/state, POST /__admin/users, POST /__admin/groups,
-POST /__admin/faults, POST /__admin/reset (shapes in the docstrings of the admin_* functions).
+POST /__admin/faults, POST /__admin/reset (shapes in the docstrings of the admin_* functions; faults:
+emulator_common.RequestFaults).  Shared scaffolding (server, handler, admin plumbing): emulator_common.py.
 """
 
 import base64
@@ -86,8 +87,7 @@ import uuid
 from urllib.parse import unquote
 
 from emulator_common import (EmulatorHandler, RequestFaults, Response, admin_dispatch, answer,
-                             argument_parser, as_list, logged_body, q1, serve)
-from emulator_common import parse_args as finish_args
+                             argument_parser, as_list, finish_args, logged_body, q1, run)
 
 # --------------------------------------------------------------------------------------------
 # Error table (spec 1.2): code -> (HTTP status, message)
@@ -569,49 +569,56 @@ class ConnectApp:
         n, p = name.lower(), prefix.lower()
         return (0 if n == p else 1, 0 if n.startswith(p) else 1, len(n) - len(p), n)
 
-    def users_remote(self, query):
-        if not self.s.has_directory_users():
-            raise ApiError(132)
+    def remote_search(self, query, entries, name_fields, item):
+        """GET /v1/{users,groups}/remote: directory ``entries`` whose ``name_fields`` match the
+        prefix (or whose DN / unique ID is the prefix), most similar first; ``item(entry)``."""
         self.require("publisher")
         prefix = q1(query, "prefix") or ""
         limit = self.remote_limit(query)
-        found = []
-        for du in self.s.dir_users.values():
-            if (self.remote_name_match(du["username"], prefix)
-                    or self.remote_name_match(du.get("first_name") or "", prefix)
-                    or self.remote_name_match(du.get("last_name") or "", prefix)
-                    or (prefix and du["dn"].lower() == prefix.lower())
-                    or (prefix and du["unique_id"] == prefix)):
-                found.append(du)
+        found = [d for d in entries
+                 if any(self.remote_name_match(d.get(f) or "", prefix) for f in name_fields)
+                 or (prefix and d["dn"].lower() == prefix.lower())
+                 or (prefix and d["unique_id"] == prefix)]
         if self.cfg.remote_max_results and len(found) > self.cfg.remote_max_results:
             raise ApiError(83)
-        found.sort(key=lambda d: self.similarity_key(d["username"], prefix))
-        results = []
-        for du in found[:limit]:
+        found.sort(key=lambda d: self.similarity_key(d[name_fields[0]], prefix))
+        results = [item(d) for d in found[:limit]]
+        return Response(200, {"results": results, "current_page": 1, "total": len(found)})
+
+    def ticket_entry(self, kind, directory):
+        """PUT /v1/{users,groups} {temp_ticket}: (unique_id, directory entry) of the ticket."""
+        self.require("publisher")
+        ticket = self.json_body().get("temp_ticket")
+        if not ticket:
+            raise ApiError(12)
+        unique_id = self.s.resolve_ticket(kind, ticket)
+        entry = directory.get(unique_id)
+        if entry is None:
+            raise ApiError(127)
+        return unique_id, entry
+
+    def users_remote(self, query):
+        if not self.s.has_directory_users():
+            raise ApiError(132)
+
+        def item(du):
             cu = self.s.user_by_unique_id(du["unique_id"])
             if cu:
-                item = self.s.user_view(cu)
+                out = self.s.user_view(cu)
             else:
-                item = {"email": du["email"], "username": du["username"],
-                        "first_name": du["first_name"], "last_name": du["last_name"],
-                        "user_role": None, "created_time": None, "updated_time": None,
-                        "active_time": None, "confirmed": True, "locked": False, "guid": None}
-            item["temp_ticket"] = self.s.new_ticket("user", du["unique_id"])
-            results.append(item)
-        return Response(200, {"results": results, "current_page": 1, "total": len(found)})
+                out = {"email": du["email"], "username": du["username"],
+                       "first_name": du["first_name"], "last_name": du["last_name"],
+                       "user_role": None, "created_time": None, "updated_time": None,
+                       "active_time": None, "confirmed": True, "locked": False, "guid": None}
+            out["temp_ticket"] = self.s.new_ticket("user", du["unique_id"])
+            return out
+        return self.remote_search(query, self.s.dir_users.values(),
+                                  ("username", "first_name", "last_name"), item)
 
     def users_create_remote(self, query):
         if not self.s.has_directory_users():
             raise ApiError(119)
-        self.require("publisher")
-        body = self.json_body()
-        ticket = body.get("temp_ticket")
-        if not ticket:
-            raise ApiError(12)
-        unique_id = self.s.resolve_ticket("user", ticket)
-        du = self.s.dir_users.get(unique_id)
-        if du is None:
-            raise ApiError(127)
+        unique_id, du = self.ticket_entry("user", self.s.dir_users)
         if self.s.user_by_unique_id(unique_id):
             raise ApiError(76)
         if any(u["username"] == du["username"] for u in self.s.users.values()):
@@ -708,35 +715,17 @@ class ConnectApp:
     def groups_remote(self, query):
         if not self.s.ldap_remote_groups():
             raise ApiError(132)
-        self.require("publisher")
-        prefix = q1(query, "prefix") or ""
-        limit = self.remote_limit(query)
-        found = [dg for dg in self.s.dir_groups.values()
-                 if self.remote_name_match(dg["name"], prefix)
-                 or (prefix and dg["dn"].lower() == prefix.lower())
-                 or (prefix and dg["unique_id"] == prefix)]
-        if self.cfg.remote_max_results and len(found) > self.cfg.remote_max_results:
-            raise ApiError(83)
-        found.sort(key=lambda d: self.similarity_key(d["name"], prefix))
-        results = []
-        for dg in found[:limit]:
+
+        def item(dg):
             cg = self.s.group_by_unique_id(dg["unique_id"])
-            results.append({"name": dg["name"], "guid": cg["guid"] if cg else None,
-                            "temp_ticket": self.s.new_ticket("group", dg["unique_id"])})
-        return Response(200, {"results": results, "current_page": 1, "total": len(found)})
+            return {"name": dg["name"], "guid": cg["guid"] if cg else None,
+                    "temp_ticket": self.s.new_ticket("group", dg["unique_id"])}
+        return self.remote_search(query, self.s.dir_groups.values(), ("name",), item)
 
     def groups_create_remote(self, query):
         if not self.s.ldap_remote_groups():
             raise ApiError(119)
-        self.require("publisher")
-        body = self.json_body()
-        ticket = body.get("temp_ticket")
-        if not ticket:
-            raise ApiError(12)
-        unique_id = self.s.resolve_ticket("group", ticket)
-        dg = self.s.dir_groups.get(unique_id)
-        if dg is None:
-            raise ApiError(127)
+        unique_id, dg = self.ticket_entry("group", self.s.dir_groups)
         if self.s.group_by_unique_id(unique_id):
             raise ApiError(131)
         g = self.s.new_group(dg["name"], None, unique_id, dg["dn"])
@@ -1026,10 +1015,5 @@ def parse_args(argv=None):
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    serve(Handler, State(cfg), cfg.port, cfg.verbose)
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args, Handler, State)

@@ -4,9 +4,9 @@ Each emulator (pingone.py, connect.py, forgerock.py) is run as a script, so its 
 ``sys.path`` and ``import emulator_common`` finds this sibling module.  What lives here is what the
 three have in common; routes, error bodies, auth and paging quirks stay in each emulator.
 
-* ``serve``: binds 127.0.0.1 (``--port``, 0 = any free port) with a ``ThreadingHTTPServer``, prints
+* ``run`` / ``serve``: binds 127.0.0.1 (``--port``, 0 = any free port) with a ``ThreadingHTTPServer``, prints
   exactly one line ``LISTENING http://127.0.0.1:PORT`` (flushed) and serves until killed.
-* ``argument_parser`` / ``parse_args``: the ``--port`` and ``--verbose`` options every emulator has.
+* ``argument_parser`` / ``finish_args``: the ``--port`` and ``--verbose`` options every emulator has.
 * ``Response`` and ``EmulatorHandler``: an HTTP/1.1 handler that reads (possibly chunked) bodies,
   answers with a ``Response`` and sends the admin endpoints (``/__admin/...``) and the API requests
   to the emulator's ``handle_admin`` / ``handle_api`` under the state lock.
@@ -30,15 +30,24 @@ ADMIN_PREFIX = "/__admin/"
 # Process: arguments and server start
 
 def argument_parser(description):
-    """An ArgumentParser with ``--port``; finish with ``parse_args`` (which adds ``--verbose``)."""
+    """An ArgumentParser with ``--port``; finish with ``finish_args`` (which adds ``--verbose``)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = pick a free port)")
     return ap
 
 
-def parse_args(ap, argv=None):
+def finish_args(ap, argv=None):
     ap.add_argument("--verbose", action="store_true", help="log requests to stderr")
     return ap.parse_args(argv)
+
+
+def run(parse_args, handler_class, state_class, argv=None):
+    """An emulator's main: ``cfg = parse_args(argv)`` (with ``port`` and ``verbose``), then
+    ``serve(handler_class, state_class(cfg), ...)``; a ``state.on_listen(base_url)`` method is
+    called once the port is bound."""
+    cfg = parse_args(argv)
+    state = state_class(cfg)
+    serve(handler_class, state, cfg.port, cfg.verbose, getattr(state, "on_listen", None))
 
 
 def serve(handler_class, state, port, verbose=False, on_listen=None):

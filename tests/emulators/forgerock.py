@@ -85,7 +85,8 @@ UNCONFIRMED assumptions (defaults, and how to change them)
   non-null cookie when a page ends exactly at the end of the results (then an empty last page).
 
 Admin endpoints (no auth): GET /__admin/state, POST /__admin/users, POST /__admin/groups,
-POST /__admin/faults, POST /__admin/reset, POST /__admin/expire_tokens.
+POST /__admin/faults (see emulator_common.RequestFaults), POST /__admin/reset, POST /__admin/expire_tokens.
+Shared scaffolding (server, handler, admin plumbing): emulator_common.py.
 """
 
 import base64
@@ -99,8 +100,7 @@ from json.decoder import scanstring
 from urllib.parse import parse_qs, quote, unquote
 
 from emulator_common import (EmulatorHandler, RequestFaults, Response, admin_dispatch, answer,
-                             argument_parser, as_list, logged_body, q1, serve)
-from emulator_common import parse_args as finish_args
+                             argument_parser, as_list, finish_args, logged_body, q1, run)
 
 REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
@@ -1275,10 +1275,5 @@ def parse_args(argv=None):
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    serve(Handler, State(cfg), cfg.port, cfg.verbose)
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args, Handler, State)

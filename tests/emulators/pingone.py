@@ -102,8 +102,8 @@ from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
 from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlencode, urlsplit
 
-from emulator_common import BodyTooLarge, EmulatorHandler, Faults, Response, argument_parser, serve
-from emulator_common import parse_args as finish_args
+from emulator_common import (BodyTooLarge, EmulatorHandler, Faults, Response, argument_parser, finish_args,
+                             run)
 
 IMPORT_CONTENT_TYPE = "application/vnd.pingidentity.propagation.provisioningsync.groupimport+json"
 IMPORT_OPERATIONS = ("CREATED", "UPDATED", "DELETED")
@@ -341,6 +341,9 @@ class State:
         self.lock = threading.RLock()
         self.base_url = ""
         self.reset()
+
+    def on_listen(self, base_url: str):
+        self.base_url = base_url
 
     def reset(self):
         self.imports: list[dict] = []
@@ -1170,11 +1173,5 @@ def parse_args(argv=None) -> argparse.Namespace:
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    state = State(cfg)
-    serve(Handler, state, cfg.port, cfg.verbose, on_listen=lambda url: setattr(state, "base_url", url))
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args, Handler, State)
