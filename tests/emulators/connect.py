@@ -72,21 +72,22 @@ UNCONFIRMED assumptions (defaults chosen, how to change them)
 
 Options: see ``--help``.
 Admin endpoints (no auth): GET /__admin/state, POST /__admin/users, POST /__admin/groups,
-POST /__admin/faults, POST /__admin/reset (shapes in the docstrings of the admin_* functions).
+POST /__admin/faults, POST /__admin/reset (shapes in the docstrings of the admin_* functions; faults:
+emulator_common.RequestFaults).  Shared scaffolding (server, handler, admin plumbing): emulator_common.py.
 """
 
-import argparse
 import base64
 import datetime as _dt
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
+
+from emulator_common import (EmulatorHandler, RequestFaults, Response, admin_dispatch, answer,
+                             argument_parser, as_list, finish_args, logged_body, q1, run)
 
 # --------------------------------------------------------------------------------------------
 # Error table (spec 1.2): code -> (HTTP status, message)
@@ -155,24 +156,6 @@ class ApiError(Exception):
                         self.headers)
 
 
-class Response:
-    def __init__(self, status, body=None, headers=None, raw=None, content_type="application/json"):
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-        self.raw = raw
-        self.content_type = content_type
-
-    def encode(self):
-        if self.status == 204:
-            return b""
-        if self.raw is not None:
-            return self.raw if isinstance(self.raw, bytes) else self.raw.encode()
-        if self.body is None:
-            return b""
-        return json.dumps(self.body).encode()
-
-
 def now_rfc3339():
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -185,64 +168,6 @@ def version_tuple(v):
         except ValueError:
             break
     return tuple(out)
-
-
-def q1(query, name):
-    vals = query.get(name)
-    return vals[0] if vals else None
-
-
-# --------------------------------------------------------------------------------------------
-class Faults:
-    """Injected failures for the next N API (non-admin) requests.
-
-    Body of POST /__admin/faults (all keys optional; a POST replaces the previous settings):
-      {"rate_limit_next": 3, "retry_after": 1,   # 429 + Retry-After (null: no header)
-       "fail_next": 2, "fail_status": 500,       # N failures with that status
-       "fail_body": "json"|"text"|"empty",       # json = Connect error body; text/empty = proxy-like
-       "path_prefix": "/__api__/v1/groups",      # only requests whose path starts with this
-       "method": "PUT"}                          # only this method
-    Non-matching requests do not consume the counters.  Rate limiting is checked first.
-    """
-
-    def __init__(self):
-        self.set({})
-
-    def set(self, spec):
-        self.rate_limit_next = int(spec.get("rate_limit_next", 0) or 0)
-        self.retry_after = spec.get("retry_after", 1)
-        self.fail_next = int(spec.get("fail_next", 0) or 0)
-        self.fail_status = int(spec.get("fail_status", 500) or 500)
-        self.fail_body = spec.get("fail_body", "json")
-        self.path_prefix = spec.get("path_prefix")
-        self.method = spec.get("method")
-
-    def dump(self):
-        return {"rate_limit_next": self.rate_limit_next, "retry_after": self.retry_after,
-                "fail_next": self.fail_next, "fail_status": self.fail_status,
-                "fail_body": self.fail_body, "path_prefix": self.path_prefix,
-                "method": self.method}
-
-    def check(self, method, path, rate_limit_body, fail_body):
-        if self.path_prefix and not path.startswith(self.path_prefix):
-            return None
-        if self.method and self.method.upper() != method:
-            return None
-        if self.rate_limit_next > 0:
-            self.rate_limit_next -= 1
-            headers = {}
-            if self.retry_after is not None:
-                headers["Retry-After"] = str(self.retry_after)
-            return Response(429, rate_limit_body, headers)
-        if self.fail_next > 0:
-            self.fail_next -= 1
-            if self.fail_body == "text":
-                return Response(self.fail_status, raw="<html><body>upstream error</body></html>",
-                                content_type="text/html")
-            if self.fail_body == "empty":
-                return Response(self.fail_status, raw=b"", content_type="text/plain")
-            return Response(self.fail_status, fail_body(self.fail_status))
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +209,7 @@ class State:
         self.tickets = {}      # ticket -> (kind, unique_id, created)
         self.keys = {}         # api key -> user guid
         self.requests = []
-        self.faults = Faults()
+        self.faults = RequestFaults()
         admin = self.add_user({"username": self.cfg.admin_username, "user_role": "administrator"})
         self.keys[self.cfg.api_key] = admin["guid"]
         if self.cfg.publisher_key:
@@ -644,49 +569,56 @@ class ConnectApp:
         n, p = name.lower(), prefix.lower()
         return (0 if n == p else 1, 0 if n.startswith(p) else 1, len(n) - len(p), n)
 
-    def users_remote(self, query):
-        if not self.s.has_directory_users():
-            raise ApiError(132)
+    def remote_search(self, query, entries, name_fields, item):
+        """GET /v1/{users,groups}/remote: directory ``entries`` whose ``name_fields`` match the
+        prefix (or whose DN / unique ID is the prefix), most similar first; ``item(entry)``."""
         self.require("publisher")
         prefix = q1(query, "prefix") or ""
         limit = self.remote_limit(query)
-        found = []
-        for du in self.s.dir_users.values():
-            if (self.remote_name_match(du["username"], prefix)
-                    or self.remote_name_match(du.get("first_name") or "", prefix)
-                    or self.remote_name_match(du.get("last_name") or "", prefix)
-                    or (prefix and du["dn"].lower() == prefix.lower())
-                    or (prefix and du["unique_id"] == prefix)):
-                found.append(du)
+        found = [d for d in entries
+                 if any(self.remote_name_match(d.get(f) or "", prefix) for f in name_fields)
+                 or (prefix and d["dn"].lower() == prefix.lower())
+                 or (prefix and d["unique_id"] == prefix)]
         if self.cfg.remote_max_results and len(found) > self.cfg.remote_max_results:
             raise ApiError(83)
-        found.sort(key=lambda d: self.similarity_key(d["username"], prefix))
-        results = []
-        for du in found[:limit]:
+        found.sort(key=lambda d: self.similarity_key(d[name_fields[0]], prefix))
+        results = [item(d) for d in found[:limit]]
+        return Response(200, {"results": results, "current_page": 1, "total": len(found)})
+
+    def ticket_entry(self, kind, directory):
+        """PUT /v1/{users,groups} {temp_ticket}: (unique_id, directory entry) of the ticket."""
+        self.require("publisher")
+        ticket = self.json_body().get("temp_ticket")
+        if not ticket:
+            raise ApiError(12)
+        unique_id = self.s.resolve_ticket(kind, ticket)
+        entry = directory.get(unique_id)
+        if entry is None:
+            raise ApiError(127)
+        return unique_id, entry
+
+    def users_remote(self, query):
+        if not self.s.has_directory_users():
+            raise ApiError(132)
+
+        def item(du):
             cu = self.s.user_by_unique_id(du["unique_id"])
             if cu:
-                item = self.s.user_view(cu)
+                out = self.s.user_view(cu)
             else:
-                item = {"email": du["email"], "username": du["username"],
-                        "first_name": du["first_name"], "last_name": du["last_name"],
-                        "user_role": None, "created_time": None, "updated_time": None,
-                        "active_time": None, "confirmed": True, "locked": False, "guid": None}
-            item["temp_ticket"] = self.s.new_ticket("user", du["unique_id"])
-            results.append(item)
-        return Response(200, {"results": results, "current_page": 1, "total": len(found)})
+                out = {"email": du["email"], "username": du["username"],
+                       "first_name": du["first_name"], "last_name": du["last_name"],
+                       "user_role": None, "created_time": None, "updated_time": None,
+                       "active_time": None, "confirmed": True, "locked": False, "guid": None}
+            out["temp_ticket"] = self.s.new_ticket("user", du["unique_id"])
+            return out
+        return self.remote_search(query, self.s.dir_users.values(),
+                                  ("username", "first_name", "last_name"), item)
 
     def users_create_remote(self, query):
         if not self.s.has_directory_users():
             raise ApiError(119)
-        self.require("publisher")
-        body = self.json_body()
-        ticket = body.get("temp_ticket")
-        if not ticket:
-            raise ApiError(12)
-        unique_id = self.s.resolve_ticket("user", ticket)
-        du = self.s.dir_users.get(unique_id)
-        if du is None:
-            raise ApiError(127)
+        unique_id, du = self.ticket_entry("user", self.s.dir_users)
         if self.s.user_by_unique_id(unique_id):
             raise ApiError(76)
         if any(u["username"] == du["username"] for u in self.s.users.values()):
@@ -783,35 +715,17 @@ class ConnectApp:
     def groups_remote(self, query):
         if not self.s.ldap_remote_groups():
             raise ApiError(132)
-        self.require("publisher")
-        prefix = q1(query, "prefix") or ""
-        limit = self.remote_limit(query)
-        found = [dg for dg in self.s.dir_groups.values()
-                 if self.remote_name_match(dg["name"], prefix)
-                 or (prefix and dg["dn"].lower() == prefix.lower())
-                 or (prefix and dg["unique_id"] == prefix)]
-        if self.cfg.remote_max_results and len(found) > self.cfg.remote_max_results:
-            raise ApiError(83)
-        found.sort(key=lambda d: self.similarity_key(d["name"], prefix))
-        results = []
-        for dg in found[:limit]:
+
+        def item(dg):
             cg = self.s.group_by_unique_id(dg["unique_id"])
-            results.append({"name": dg["name"], "guid": cg["guid"] if cg else None,
-                            "temp_ticket": self.s.new_ticket("group", dg["unique_id"])})
-        return Response(200, {"results": results, "current_page": 1, "total": len(found)})
+            return {"name": dg["name"], "guid": cg["guid"] if cg else None,
+                    "temp_ticket": self.s.new_ticket("group", dg["unique_id"])}
+        return self.remote_search(query, self.s.dir_groups.values(), ("name",), item)
 
     def groups_create_remote(self, query):
         if not self.s.ldap_remote_groups():
             raise ApiError(119)
-        self.require("publisher")
-        body = self.json_body()
-        ticket = body.get("temp_ticket")
-        if not ticket:
-            raise ApiError(12)
-        unique_id = self.s.resolve_ticket("group", ticket)
-        dg = self.s.dir_groups.get(unique_id)
-        if dg is None:
-            raise ApiError(127)
+        unique_id, dg = self.ticket_entry("group", self.s.dir_groups)
         if self.s.group_by_unique_id(unique_id):
             raise ApiError(131)
         g = self.s.new_group(dg["name"], None, unique_id, dg["dn"])
@@ -967,10 +881,8 @@ def admin_users(state, body):
     "user_role"? (default --default-user-role), "unique_id"? (LDAP default: the DN), "dn"?,
     "locked"?, "guid"?, "remote_only"? (LDAP/Google: only in the directory, not in Connect)}]
     -> 200 [user records as in /__admin/state (guid null when remote_only)]"""
-    if not isinstance(body, list):
-        body = [body]
     out = []
-    for spec in body:
+    for spec in as_list(body):
         remote_only = bool(spec.get("remote_only")) or spec.get("in_connect") is False
         if remote_only and not state.has_directory_users():
             raise ValueError("remote_only users need --provider ldap or oauth2-google")
@@ -987,10 +899,8 @@ def admin_groups(state, body):
     unless remote_only, into Connect with the members that are Connect users.
     Other providers: Connect group only.
     -> 200 [{"guid" (null when remote_only), "name", "owner_guid", "unique_id", "dn", "members": [user guids]}]"""
-    if not isinstance(body, list):
-        body = [body]
     out = []
-    for spec in body:
+    for spec in as_list(body):
         name = spec.get("name")
         if not name:
             raise ValueError("name required")
@@ -1039,118 +949,36 @@ def admin_groups(state, body):
 
 
 # --------------------------------------------------------------------------------------------
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(EmulatorHandler):
     server_version = "PositConnectEmulator/1.0"
 
-    def log_message(self, fmt, *args):
-        if self.server.verbose:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
+    def common_headers(self):
+        return {"X-Correlation-ID": str(uuid.uuid4())}
 
-    def do_GET(self):
-        self.handle_any("GET")
+    def handle_admin(self, method, path, body):
+        state = self.state
+        return admin_dispatch(state, method, path, body, {
+            ("POST", "/__admin/users"): lambda data: admin_users(state, data or []),
+            ("POST", "/__admin/groups"): lambda data: admin_groups(state, data or []),
+        })
 
-    def do_POST(self):
-        self.handle_any("POST")
+    def handle_api(self, method, split, query, body):
+        state, path = self.state, split.path
+        resp = state.faults.check(
+            method, path,
+            lambda: Response(429, {"code": 277, "error": ERRORS[277][1], "payload": None}),
+            lambda status: Response(status, {"code": 1, "error": ERRORS[1][1], "payload": None}))
+        if resp is None:
+            resp = answer(lambda: ConnectApp(state).dispatch(method, path, query, self.headers, body),
+                          ApiError, lambda e: ApiError(1, message=f"emulator error: {e}").response())
+        state.requests.append({"method": method, "path": path, "query": split.query,
+                               "status": resp.status, "body": logged_body(body)})
+        return resp
 
-    def do_PUT(self):
-        self.handle_any("PUT")
-
-    def do_PATCH(self):
-        self.handle_any("PATCH")
-
-    def do_DELETE(self):
-        self.handle_any("DELETE")
-
-    def read_body(self):
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            data = b""
-            while True:
-                line = self.rfile.readline().strip()
-                n = int(line.split(b";")[0], 16)
-                if n == 0:
-                    while self.rfile.readline().strip():
-                        pass
-                    return data
-                data += self.rfile.read(n)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
-
-    def send(self, resp):
-        payload = resp.encode()
-        self.send_response(resp.status)
-        if resp.status != 204:
-            self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(payload)))
-        self.send_header("X-Correlation-ID", str(uuid.uuid4()))
-        for k, v in resp.headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if payload and self.command != "HEAD":
-            self.wfile.write(payload)
-
-    def handle_any(self, method):
-        state = self.server.state
-        split = urlsplit(self.path)
-        path = split.path
-        query = parse_qs(split.query, keep_blank_values=True)
-        body = self.read_body()
-        if path.startswith("/__admin/"):
-            with state.lock:
-                resp = handle_admin(state, method, path, body)
-            self.send(resp)
-            return
-        with state.lock:
-            resp = state.faults.check(
-                method, path,
-                {"code": 277, "error": ERRORS[277][1], "payload": None},
-                lambda st: {"code": 1, "error": ERRORS[1][1], "payload": None})
-            if resp is None:
-                app = ConnectApp(state)
-                try:
-                    resp = app.dispatch(method, path, query, self.headers, body)
-                except ApiError as e:
-                    resp = e.response()
-                except Exception as e:  # noqa: BLE001 - an emulator bug must still answer
-                    import traceback
-                    traceback.print_exc()
-                    resp = ApiError(1, message=f"emulator error: {e}").response()
-            try:
-                logged_body = json.loads(body) if body else None
-            except ValueError:
-                logged_body = body.decode("utf-8", "replace")
-            state.requests.append({"method": method, "path": path, "query": split.query,
-                                   "status": resp.status, "body": logged_body})
-        self.send(resp)
-
-
-def handle_admin(state, method, path, body):
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        return Response(400, {"error": "admin body is not JSON"})
-    try:
-        if method == "GET" and path == "/__admin/state":
-            return Response(200, state.dump())
-        if method == "POST" and path == "/__admin/users":
-            return Response(200, admin_users(state, data or []))
-        if method == "POST" and path == "/__admin/groups":
-            return Response(200, admin_groups(state, data or []))
-        if method == "POST" and path == "/__admin/faults":
-            state.faults.set(data or {})
-            return Response(200, state.faults.dump())
-        if method == "POST" and path == "/__admin/reset":
-            state.reset()
-            return Response(200, {"ok": True})
-    except (ValueError, KeyError, TypeError) as e:
-        return Response(400, {"error": str(e)})
-    return Response(404, {"error": f"no admin endpoint {method} {path}"})
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Posit Connect users/groups API emulator")
-    ap.add_argument("--port", type=int, default=0)
+    ap = argument_parser("Posit Connect users/groups API emulator")
     ap.add_argument("--api-key", default="connect-key-123", help="administrator API key")
     ap.add_argument("--publisher-key", default=None, help="also create a publisher with this key")
     ap.add_argument("--viewer-key", default=None, help="also create a viewer with this key")
@@ -1181,25 +1009,11 @@ def parse_args(argv=None):
     ap.add_argument("--ticket-ttl", type=float, default=0, help="seconds; 0 = tickets never expire")
     ap.add_argument("--server-settings-auth", action="store_true",
                     help="require the API key on GET /__api__/server_settings")
-    ap.add_argument("--verbose", action="store_true")
-    cfg = ap.parse_args(argv)
+    cfg = finish_args(ap, argv)
     if not 1 <= cfg.page_size <= 500:
         ap.error("--page-size must be 1..500")
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    server = ThreadingHTTPServer(("127.0.0.1", cfg.port), Handler)
-    server.daemon_threads = True
-    server.state = State(cfg)
-    server.verbose = cfg.verbose
-    print(f"LISTENING http://127.0.0.1:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args, Handler, State)

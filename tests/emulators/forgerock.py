@@ -85,21 +85,22 @@ UNCONFIRMED assumptions (defaults, and how to change them)
   non-null cookie when a page ends exactly at the end of the results (then an empty last page).
 
 Admin endpoints (no auth): GET /__admin/state, POST /__admin/users, POST /__admin/groups,
-POST /__admin/faults, POST /__admin/reset, POST /__admin/expire_tokens.
+POST /__admin/faults (see emulator_common.RequestFaults), POST /__admin/reset, POST /__admin/expire_tokens.
+Shared scaffolding (server, handler, admin plumbing): emulator_common.py.
 """
 
-import argparse
 import base64
 import hashlib
 import json
 import secrets
-import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from json.decoder import scanstring
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote
+
+from emulator_common import (EmulatorHandler, RequestFaults, Response, admin_dispatch, answer,
+                             argument_parser, as_list, finish_args, logged_body, q1, run)
 
 REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
@@ -108,23 +109,6 @@ REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 NOT_FOUND_URI = "The server has not found anything matching the request URI"
 IDM_SCOPE = "fr:idm:*"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-
-
-class Response:
-    def __init__(self, status, body=None, headers=None, raw=None,
-                 content_type="application/json;charset=utf-8"):
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-        self.raw = raw
-        self.content_type = content_type
-
-    def encode(self):
-        if self.status == 204:
-            return b""
-        if self.raw is not None:
-            return self.raw if isinstance(self.raw, bytes) else self.raw.encode()
-        return json.dumps(self.body).encode() if self.body is not None else b""
 
 
 class CrestError(Exception):
@@ -159,11 +143,6 @@ def policy_error(prop, requirement):
         "result": False,
         "failedPolicyRequirements": [{"policyRequirements": [{"policyRequirement": requirement}],
                                       "property": prop}]})
-
-
-def q1(query, name):
-    vals = query.get(name)
-    return vals[0] if vals else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,60 +324,6 @@ def evaluate(ast, obj, ci=True):
 
 
 # --------------------------------------------------------------------------------------------
-class Faults:
-    """Injected failures for the next N non-admin requests (token endpoint included).
-
-    POST /__admin/faults body (all optional; a POST replaces the previous settings):
-      {"rate_limit_next": 3, "retry_after": 1,   # 429 + Retry-After (null: no header)
-       "fail_next": 2, "fail_status": 500,       # N failures with that status
-       "fail_body": "json"|"text"|"empty",
-       "path_prefix": "/openidm",                # only requests whose path starts with this
-       "method": "POST"}
-    """
-
-    def __init__(self):
-        self.set({})
-
-    def set(self, spec):
-        self.rate_limit_next = int(spec.get("rate_limit_next", 0) or 0)
-        self.retry_after = spec.get("retry_after", 1)
-        self.fail_next = int(spec.get("fail_next", 0) or 0)
-        self.fail_status = int(spec.get("fail_status", 500) or 500)
-        self.fail_body = spec.get("fail_body", "json")
-        self.path_prefix = spec.get("path_prefix")
-        self.method = spec.get("method")
-
-    def dump(self):
-        return {"rate_limit_next": self.rate_limit_next, "retry_after": self.retry_after,
-                "fail_next": self.fail_next, "fail_status": self.fail_status,
-                "fail_body": self.fail_body, "path_prefix": self.path_prefix,
-                "method": self.method}
-
-    def check(self, method, path):
-        if self.path_prefix and not path.startswith(self.path_prefix):
-            return None
-        if self.method and self.method.upper() != method:
-            return None
-        if self.rate_limit_next > 0:
-            self.rate_limit_next -= 1
-            headers = {}
-            if self.retry_after is not None:
-                headers["Retry-After"] = str(self.retry_after)
-            err = CrestError(429, "Too Many Requests").response()
-            err.headers.update(headers)
-            return err
-        if self.fail_next > 0:
-            self.fail_next -= 1
-            if self.fail_body == "text":
-                return Response(self.fail_status, raw="<html><body>upstream error</body></html>",
-                                content_type="text/html")
-            if self.fail_body == "empty":
-                return Response(self.fail_status, raw=b"", content_type="text/plain")
-            return CrestError(self.fail_status, "Injected failure").response()
-        return None
-
-
-# --------------------------------------------------------------------------------------------
 class State:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -418,7 +343,7 @@ class State:
         self.rels = {}     # relationship id -> {"_id","_rev","group_id","user_id"}
         self.tokens = {}   # token -> {"client_id","scope","expires_at"}
         self.requests = []
-        self.faults = Faults()
+        self.faults = RequestFaults()
         self._cond_cache = {}
 
     def next_rev(self):
@@ -1231,19 +1156,15 @@ class App:
 def admin_users(state, body):
     """POST /__admin/users body: [{"userName": "jdoe", "mail"?, "givenName"?, "sn"?, "_id"?,
     "accountStatus"?, ...any extra searchable property e.g. "country"}] -> 200 [stored users]"""
-    if not isinstance(body, list):
-        body = [body]
-    return [state.make_user(spec) for spec in body]
+    return [state.make_user(spec) for spec in as_list(body)]
 
 
 def admin_groups(state, body):
     """POST /__admin/groups body: [{"name": "employees", "description"?, "condition"?, "_id"?
     (default: name, or a UUID with --group-id-mode uuid), "members"?: [userName or user _id]}]
     -> 200 [group + "members": [{"_id": relationship id, "user_id", "userName", "grant"}]]"""
-    if not isinstance(body, list):
-        body = [body]
     out = []
-    for spec in body:
+    for spec in as_list(body):
         name = spec.get("name")
         if not name:
             raise ValueError("name required")
@@ -1271,136 +1192,62 @@ def admin_groups(state, body):
     return out
 
 
-def handle_admin(state, method, path, body):
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        return Response(400, {"error": "admin body is not JSON"})
-    try:
-        if method == "GET" and path == "/__admin/state":
-            return Response(200, state.dump())
-        if method == "POST" and path == "/__admin/users":
-            return Response(200, admin_users(state, data or []))
-        if method == "POST" and path == "/__admin/groups":
-            return Response(200, admin_groups(state, data or []))
-        if method == "POST" and path == "/__admin/faults":
-            state.faults.set(data or {})
-            return Response(200, state.faults.dump())
-        if method == "POST" and path == "/__admin/reset":
-            state.reset()
-            return Response(200, {"ok": True})
-        if method == "POST" and path == "/__admin/expire_tokens":
-            for t in state.tokens.values():
-                t["expires_at"] = 0
-            return Response(200, {"expired": len(state.tokens)})
-    except CrestError as e:
-        return Response(400, {"error": e.message, "detail": e.detail})
-    except (ValueError, KeyError, TypeError) as e:
-        return Response(400, {"error": str(e)})
-    return Response(404, {"error": f"no admin endpoint {method} {path}"})
+def admin_error_body(e):
+    if isinstance(e, CrestError):
+        return {"error": e.message, "detail": e.detail}
+    return {"error": str(e)}
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+def admin_expire_tokens(state):
+    for t in state.tokens.values():
+        t["expires_at"] = 0
+    return {"expired": len(state.tokens)}
+
+
+class Handler(EmulatorHandler):
     server_version = "ForgeRockIDMEmulator/1.0"
+    content_type = "application/json;charset=utf-8"
 
-    def log_message(self, fmt, *args):
-        if self.server.verbose:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
+    def handle_admin(self, method, path, body):
+        state = self.state
+        return admin_dispatch(state, method, path, body, {
+            ("POST", "/__admin/users"): lambda data: admin_users(state, data or []),
+            ("POST", "/__admin/groups"): lambda data: admin_groups(state, data or []),
+            ("POST", "/__admin/expire_tokens"): lambda data: admin_expire_tokens(state),
+        }, errors=(CrestError,), error_body=admin_error_body)
 
-    def do_GET(self):
-        self.handle_any("GET")
-
-    def do_POST(self):
-        self.handle_any("POST")
-
-    def do_PUT(self):
-        self.handle_any("PUT")
-
-    def do_PATCH(self):
-        self.handle_any("PATCH")
-
-    def do_DELETE(self):
-        self.handle_any("DELETE")
-
-    def read_body(self):
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            data = b""
-            while True:
-                line = self.rfile.readline().strip()
-                n = int(line.split(b";")[0], 16)
-                if n == 0:
-                    while self.rfile.readline().strip():
-                        pass
-                    return data
-                data += self.rfile.read(n)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
-
-    def send(self, resp):
-        payload = resp.encode()
-        self.send_response(resp.status)
-        if resp.status != 204:
-            self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(payload)))
-        for k, v in resp.headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if payload:
-            self.wfile.write(payload)
-
-    def handle_any(self, method):
-        state = self.server.state
-        split = urlsplit(self.path)
-        path = split.path
-        query = parse_qs(split.query, keep_blank_values=True)
-        body = self.read_body()
-        if path.startswith("/__admin/"):
-            with state.lock:
-                resp = handle_admin(state, method, path, body)
-            self.send(resp)
-            return
-        with state.lock:
-            resp = state.faults.check(method, path)
-            app = App(state, self.headers, query, body, self.headers.get("Host") or "127.0.0.1")
-            if resp is None:
-                try:
-                    resp = app.dispatch(method, path)
-                except (CrestError, OAuthError) as e:
-                    resp = e.response()
-                except Exception as e:  # noqa: BLE001 - an emulator bug must still answer
-                    import traceback
-                    traceback.print_exc()
-                    resp = CrestError(500, f"emulator error: {e}").response()
-            state.requests.append({
-                "method": method, "path": path, "query": split.query, "status": resp.status,
-                "body": log_body(body, app.is_token_path(path)),
-                "if_match": self.headers.get("If-Match"),
-                "if_none_match": self.headers.get("If-None-Match"),
-                "accept_api_version": self.headers.get("Accept-API-Version"),
-            })
-        self.send(resp)
+    def handle_api(self, method, split, query, body):
+        state, path = self.state, split.path
+        resp = state.faults.check(method, path,
+                                  lambda: CrestError(429, "Too Many Requests").response(),
+                                  lambda status: CrestError(status, "Injected failure").response())
+        app = App(state, self.headers, query, body, self.headers.get("Host") or "127.0.0.1")
+        if resp is None:
+            resp = answer(lambda: app.dispatch(method, path), (CrestError, OAuthError),
+                          lambda e: CrestError(500, f"emulator error: {e}").response())
+        state.requests.append({
+            "method": method, "path": path, "query": split.query, "status": resp.status,
+            "body": log_body(body, app.is_token_path(path)),
+            "if_match": self.headers.get("If-Match"),
+            "if_none_match": self.headers.get("If-None-Match"),
+            "accept_api_version": self.headers.get("Accept-API-Version"),
+        })
+        return resp
 
 
 def log_body(body, is_token):
-    if not body:
-        return None
-    if is_token:
+    if body and is_token:
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         for secret in ("client_secret", "assertion"):
             if secret in form:
                 form[secret] = "<redacted>"
         return form
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")
+    return logged_body(body)
+
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="ForgeRock AIC / PingIDM managed groups emulator")
-    ap.add_argument("--port", type=int, default=0)
+    ap = argument_parser("ForgeRock AIC / PingIDM managed groups emulator")
     ap.add_argument("--realm", default="alpha",
                     help='managed object prefix: alpha -> alpha_group; "" -> group/user')
     ap.add_argument("--am-realm", default="alpha",
@@ -1423,24 +1270,10 @@ def parse_args(argv=None):
                     help="string comparisons in _queryFilter and name uniqueness are case-sensitive")
     ap.add_argument("--max-page-size", type=int, default=0, help="cap on _pageSize (0 = none)")
     ap.add_argument("--trailing-empty-page", action="store_true")
-    ap.add_argument("--verbose", action="store_true")
-    cfg = ap.parse_args(argv)
+    cfg = finish_args(ap, argv)
     cfg.duplicate_status_int = lambda: 409 if cfg.duplicate_status == "409" else 412
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    server = ThreadingHTTPServer(("127.0.0.1", cfg.port), Handler)
-    server.daemon_threads = True
-    server.state = State(cfg)
-    server.verbose = cfg.verbose
-    print(f"LISTENING http://127.0.0.1:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args, Handler, State)

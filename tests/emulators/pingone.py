@@ -100,8 +100,10 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlencode, urlsplit
+
+from emulator_common import (BodyTooLarge, EmulatorHandler, Faults, Response, argument_parser, finish_args,
+                             run)
 
 IMPORT_CONTENT_TYPE = "application/vnd.pingidentity.propagation.provisioningsync.groupimport+json"
 IMPORT_OPERATIONS = ("CREATED", "UPDATED", "DELETED")
@@ -340,6 +342,9 @@ class State:
         self.base_url = ""
         self.reset()
 
+    def on_listen(self, base_url: str):
+        self.base_url = base_url
+
     def reset(self):
         self.imports: list[dict] = []
         self.provisioning_tokens: dict[str, str] = {}
@@ -353,7 +358,7 @@ class State:
         self.tokens: dict[str, dict] = {}             # token -> {"exp": float, "revoked": bool}
         self.tokens_issued = 0
         self.requests: list[dict] = []
-        self.faults: dict = {}
+        self.faults = Faults()
         self.imports_ok_since_faults = 0
 
     # ---- naming --------------------------------------------------------------------------------
@@ -455,7 +460,7 @@ class State:
             "users": [self.render_user(u) for u in self.users.values()],
             "tokens_issued": self.tokens_issued,
             "requests": self.requests,
-            "faults": self.faults,
+            "faults": self.faults.dump(),
         }
 
 
@@ -463,75 +468,20 @@ class State:
 # HTTP handler
 # --------------------------------------------------------------------------------------------------
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(EmulatorHandler):
     server_version = "PingOneEmulator/1.0"
-    state: State  # set on the class by main()
-
-    def log_message(self, fmt, *args):
-        if self.state.cfg.verbose:
-            sys.stderr.write("pingone-emulator: " + (fmt % args) + "\n")
 
     # ---- plumbing --------------------------------------------------------------------------------
-    def do_GET(self):
-        self.dispatch()
+    do_HEAD = do_OPTIONS = EmulatorHandler.do_GET
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+    def common_headers(self):
+        return {"Correlation-Id": str(uuid.uuid4())}
 
-    def read_body(self, limit: int | None) -> bytes:
-        te = self.headers.get("Transfer-Encoding", "").lower()
-        chunks, total, too_large = [], 0, False
-        if "chunked" in te:
-            while True:
-                line = self.rfile.readline()
-                size = int(line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                data = self.rfile.read(size)
-                self.rfile.readline()
-                total += size
-                if limit is not None and total > limit:
-                    too_large = True
-                elif not too_large:
-                    chunks.append(data)
-        else:
-            length = int(self.headers.get("Content-Length") or 0)
-            if limit is not None and length > limit:
-                too_large = True
-                remaining = length
-                while remaining > 0:  # drain so the client can read our 413
-                    got = self.rfile.read(min(65536, remaining))
-                    if not got:
-                        break
-                    remaining -= len(got)
-            elif length:
-                chunks.append(self.rfile.read(length))
-        if too_large:
-            raise BodyTooLarge()
-        return b"".join(chunks)
+    def response_content_type(self, resp):
+        return self.content_type if resp.has_content() else None
 
-    def send(self, status: int, body=None, headers: dict | None = None, raw: bytes | None = None):
-        data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        self.send_response(status)
-        self.send_header("Correlation-Id", str(uuid.uuid4()))
-        if status != 204:
-            if body is not None or raw is not None:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if status != 204 and self.command != "HEAD":
-            self.wfile.write(data)
-        self.status_sent = status
+    def reply(self, status: int, body=None, headers: dict | None = None, raw: bytes | None = None):
+        self.send(Response(status, body, headers, raw))
 
     def json_body(self, raw: bytes, required_ct: str | None = "application/json"):
         if required_ct is not None:
@@ -546,16 +496,16 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "INVALID_REQUEST", "The request could not be completed. The request was malformed.",
                            [detail("INVALID_VALUE", f"Request body is not valid JSON: {e}")])
 
-    def dispatch(self):
+    def handle_any(self, method):
         st = self.state
         self.status_sent = None
         split = urlsplit(self.path)
         path, query = split.path, parse_qs(split.query, keep_blank_values=True)
         if path.startswith("/__admin/"):
             try:
-                self.handle_admin(path, self.read_body(None))
+                self.handle_admin(path, self.read_body())
             except ApiError as e:
-                self.send(e.status, e.body())
+                self.reply(e.status, e.body())
             return
         try:
             try:
@@ -573,14 +523,14 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise not_found("Resource")
         except OAuthError as e:
-            self.send(e.status, {"error": e.error, "error_description": e.description},
-                      dict(e.headers, **{"Cache-Control": "no-store", "Pragma": "no-cache"}))
+            self.reply(e.status, {"error": e.error, "error_description": e.description},
+                       dict(e.headers, **{"Cache-Control": "no-store", "Pragma": "no-cache"}))
         except ApiError as e:
-            self.send(e.status, e.body(), e.headers)
+            self.reply(e.status, e.body(), e.headers)
         except Exception as e:  # never leave the client hanging
             import traceback
             traceback.print_exc(file=sys.stderr)
-            self.send(500, ApiError(500, message=f"{MSG_500} ({type(e).__name__}: {e})").body())
+            self.reply(500, ApiError(500, message=f"{MSG_500} ({type(e).__name__}: {e})").body())
         finally:
             with st.lock:
                 st.requests.append({"method": self.command, "path": path, "query": split.query,
@@ -591,10 +541,10 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         with st.lock:
             if path == "/__admin/state" and self.command == "GET":
-                return self.send(200, st.snapshot())
+                return self.reply(200, st.snapshot())
             if path == "/__admin/reset" and self.command == "POST":
                 st.reset()
-                return self.send(200, {"reset": True})
+                return self.reply(200, {"reset": True})
             if path == "/__admin/faults" and self.command == "POST":
                 faults = self.json_body(raw or b"{}", None)
                 if not isinstance(faults, dict) or set(faults) - FAULT_KEYS:
@@ -602,9 +552,9 @@ class Handler(BaseHTTPRequestHandler):
                 if faults.pop("expire_tokens", False):
                     for t in st.tokens.values():
                         t["revoked"] = True
-                st.faults = faults
+                st.faults.set(faults)
                 st.imports_ok_since_faults = 0
-                return self.send(200, st.faults)
+                return self.reply(200, st.faults.dump())
             if path == "/__admin/users" and self.command == "POST":
                 users = self.json_body(raw, None)
                 if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
@@ -618,7 +568,7 @@ class Handler(BaseHTTPRequestHandler):
                     rec.update({k: v for k, v in u.items() if k not in ("id", "_links")})
                     st.users[rec["id"]] = rec
                     created.append(st.render_user(rec))
-                return self.send(201, created)
+                return self.reply(201, created)
         raise not_found("Admin endpoint")
 
     # ---- token endpoint --------------------------------------------------------------------------
@@ -677,8 +627,8 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.tokens[token] = {"exp": time.time() + cfg.token_ttl, "revoked": False}
             st.tokens_issued += 1
-        self.send(200, {"access_token": token, "token_type": "Bearer", "expires_in": cfg.token_ttl},
-                  {"Cache-Control": "no-store", "Pragma": "no-cache"})
+        self.reply(200, {"access_token": token, "token_type": "Bearer", "expires_in": cfg.token_ttl},
+                   {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     # ---- API -------------------------------------------------------------------------------------
     def retry_after_header(self, seconds: int) -> str:
@@ -716,9 +666,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle_api(self, path: str, query: dict, raw: bytes):
         st = self.state
         with st.lock:
-            n = int(st.faults.get("rate_limit_next", 0) or 0)
-            if n > 0:
-                st.faults["rate_limit_next"] = n - 1
+            if st.faults.take("rate_limit_next"):
                 secs = int(st.faults.get("retry_after", 1))
                 raise ApiError(429, "REQUEST_LIMITED", MSG_429, [detail(
                     "LIMIT_EXCEEDED", "The rate limit was exceeded. Retry later.", None,
@@ -735,9 +683,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise ApiError(403, "ACCESS_FAILED", MSG_403,
                                    [detail("INSUFFICIENT_PERMISSIONS", "You do not have access to this environment")])
                 raise not_found("Environment")
-            n = int(st.faults.get("fail_next", 0) or 0)
-            if n > 0:
-                st.faults["fail_next"] = n - 1
+            if st.faults.take("fail_next"):
                 raise self.fault_error()
             self.route(rest, query, raw)
 
@@ -922,8 +868,8 @@ class Handler(BaseHTTPRequestHandler):
         st.imports_ok_since_faults += 1
         mode = cfg.import_response
         if mode == "json200":
-            return self.send(200, {})
-        return self.send({"empty200": 200, "empty202": 202, "empty204": 204}[mode])
+            return self.reply(200, {})
+        return self.reply({"empty200": 200, "empty202": 202, "empty204": 204}[mode])
 
     def materialise(self, sync_id: str, unique_id: str, attrs: dict, deleted: bool):
         st = self.state
@@ -1012,7 +958,7 @@ class Handler(BaseHTTPRequestHandler):
         g = {"id": str(uuid.uuid4()), "createdAt": ts, "updatedAt": ts, **fields}
         st.groups[g["id"]] = g
         out = st.render_group(g, counts=False)
-        self.send(201, out, {"Location": out["_links"]["self"]["href"]})
+        self.reply(201, out, {"Location": out["_links"]["self"]["href"]})
 
     def list_groups(self, query, raw):
         st = self.state
@@ -1024,11 +970,11 @@ class Handler(BaseHTTPRequestHandler):
             ctx = ObjCtx(values, lambda g=g: [{"id": p, "type": t} for p, t in st.group_parents(g["id"]).items()])
             if pred(ctx):
                 items.append(st.render_group(g))
-        self.send(200, self.paginate(items, query, "groups"))
+        self.reply(200, self.paginate(items, query, "groups"))
 
     def get_group(self, gid, query, raw):
         include = ",".join(query.get("include", []))
-        self.send(200, self.state.render_group(self.the_group(gid), total="totalMemberCounts" in include))
+        self.reply(200, self.state.render_group(self.the_group(gid), total="totalMemberCounts" in include))
 
     def put_group(self, gid, query, raw):
         g = self.the_group(gid)
@@ -1037,7 +983,7 @@ class Handler(BaseHTTPRequestHandler):
         for k in ("description", "externalId", "customData", "userFilter"):
             g.pop(k, None)
         g.update(fields, updatedAt=now_iso())
-        self.send(200, self.state.render_group(g))
+        self.reply(200, self.state.render_group(g))
 
     def drop_group(self, gid: str):
         st = self.state
@@ -1053,7 +999,7 @@ class Handler(BaseHTTPRequestHandler):
     def delete_group(self, gid, query, raw):
         self.the_group(gid)
         self.drop_group(gid)
-        self.send(204)
+        self.reply(204)
 
     # ---- memberships (users) and nesting (groups) -----------------------------------------------
     def target_group_from_body(self, raw) -> dict:
@@ -1087,7 +1033,7 @@ class Handler(BaseHTTPRequestHandler):
             self.duplicate("The group membership", g["id"])
         else:
             members.append(uid)
-        self.send(201, st.render_membership(f"{st.env_href()}/users/{uid}", g["id"], "DIRECT", False))
+        self.reply(201, st.render_membership(f"{st.env_href()}/users/{uid}", g["id"], "DIRECT", False))
 
     def list_user_groups(self, uid, query, raw):
         st = self.state
@@ -1097,7 +1043,7 @@ class Handler(BaseHTTPRequestHandler):
         href = f"{st.env_href()}/users/{uid}"
         items = [st.render_membership(href, gid, t, expand) for gid, t in st.user_groups(uid).items()
                  if pred(MembershipCtx({"id": gid, "type": t}))]
-        self.send(200, self.paginate(items, query, "groupMemberships"))
+        self.reply(200, self.paginate(items, query, "groupMemberships"))
 
     def get_user_group(self, uid, gid, query, raw):
         st = self.state
@@ -1106,7 +1052,7 @@ class Handler(BaseHTTPRequestHandler):
         if t is None:
             raise not_found("Group membership")
         expand = "group" in ",".join(query.get("expand", []))
-        self.send(200, st.render_membership(f"{st.env_href()}/users/{uid}", gid, t, expand))
+        self.reply(200, st.render_membership(f"{st.env_href()}/users/{uid}", gid, t, expand))
 
     def delete_user_group(self, uid, gid, query, raw):
         st = self.state
@@ -1119,7 +1065,7 @@ class Handler(BaseHTTPRequestHandler):
         members.remove(uid)
         if not members:
             del st.memberships[gid]
-        self.send(204)
+        self.reply(204)
 
     def add_group_parent(self, gid, query, raw):
         st = self.state
@@ -1138,7 +1084,7 @@ class Handler(BaseHTTPRequestHandler):
             self.duplicate("The group nesting", parent["id"])
         else:
             parents.append(parent["id"])
-        self.send(201, st.render_membership(f"{st.env_href()}/groups/{gid}", parent["id"], "DIRECT", False))
+        self.reply(201, st.render_membership(f"{st.env_href()}/groups/{gid}", parent["id"], "DIRECT", False))
 
     def list_group_parents(self, gid, query, raw):
         st = self.state
@@ -1147,7 +1093,7 @@ class Handler(BaseHTTPRequestHandler):
         href = f"{st.env_href()}/groups/{gid}"
         items = [st.render_membership(href, p, t, False) for p, t in st.group_parents(gid).items()
                  if pred(MembershipCtx({"id": p, "type": t}))]
-        self.send(200, self.paginate(items, query, "groupMemberships"))
+        self.reply(200, self.paginate(items, query, "groupMemberships"))
 
     def get_group_parent(self, gid, pid, query, raw):
         st = self.state
@@ -1155,7 +1101,7 @@ class Handler(BaseHTTPRequestHandler):
         t = st.group_parents(gid).get(pid)
         if t is None:
             raise not_found("Group nesting")
-        self.send(200, st.render_membership(f"{st.env_href()}/groups/{gid}", pid, t, False))
+        self.reply(200, st.render_membership(f"{st.env_href()}/groups/{gid}", pid, t, False))
 
     def delete_group_parent(self, gid, pid, query, raw):
         st = self.state
@@ -1166,7 +1112,7 @@ class Handler(BaseHTTPRequestHandler):
         parents.remove(pid)
         if not parents:
             del st.nesting[gid]
-        self.send(204)
+        self.reply(204)
 
     # ---- users -----------------------------------------------------------------------------------
     USER_FILTER_ATTRS = {"id": False, "username": True, "email": True, "externalid": False, "population.id": False}
@@ -1181,7 +1127,7 @@ class Handler(BaseHTTPRequestHandler):
             ctx = ObjCtx(values, lambda u=u: [{"id": g, "type": t} for g, t in st.user_groups(u["id"]).items()])
             if pred(ctx):
                 items.append(st.render_user(u))
-        self.send(200, self.paginate(items, query, "users"))
+        self.reply(200, self.paginate(items, query, "users"))
 
     def get_user(self, uid, query, raw):
         st = self.state
@@ -1192,14 +1138,13 @@ class Handler(BaseHTTPRequestHandler):
             out["memberOfGroupIDs"] = list(groups)
         if "memberOfGroupNames" in include:
             out["memberOfGroupNames"] = [st.groups[g]["name"] for g in groups]
-        self.send(200, out)
+        self.reply(200, out)
 
 
 # --------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="PingOne emulator for ldapsync tests")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = pick a free port)")
+    p = argument_parser("PingOne emulator for ldapsync tests")
     p.add_argument("--environment-id", default="11111111-2222-3333-4444-555555555555")
     p.add_argument("--client-id", default="ldapsync-client")
     p.add_argument("--client-secret", default="s3cret-client")
@@ -1222,30 +1167,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-materialize-external-groups", dest="materialize_external_groups", action="store_false")
     p.add_argument("--no-require-name-attribute", dest="require_name_attribute", action="store_false")
     p.add_argument("--allow-unknown-import-fields", action="store_true")
-    p.add_argument("--verbose", action="store_true", help="log requests to stderr")
-    cfg = p.parse_args(argv)
+    cfg = finish_args(p, argv)
     cfg.provisioning_sync_id = cfg.provisioning_sync_id or ["aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"]
     cfg.population_id = cfg.population_id or ["99999999-8888-7777-6666-000000000001"]
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    state = State(cfg)
-    handler = type("BoundHandler", (Handler,), {"state": state})
-    server = ThreadingHTTPServer(("127.0.0.1", cfg.port), handler)
-    server.daemon_threads = True
-    port = server.server_address[1]
-    state.base_url = f"http://127.0.0.1:{port}"
-    sys.stdout.write(f"LISTENING http://127.0.0.1:{port}\n")
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args, Handler, State)

@@ -3,78 +3,29 @@
     python3 -m unittest discover -s tests/emulators -p 'test_*.py'
 """
 
-import http.client
-import json
 import os
-import re
-import subprocess
 import sys
 import unittest
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emulator_testcase import EmulatorProcess, EmulatorTestCase  # noqa: E402
+
 KEY = "connect-key-123"
 AUTH = {"Authorization": f"Key {KEY}"}
 
 
-class Emulator:
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "connect.py"), "--port", "0",
-                                      *args], stdout=subprocess.PIPE, text=True)
-        self.line = self.proc.stdout.readline()
-        m = re.fullmatch(r"LISTENING (http://127\.0\.0\.1:(\d+))\n", self.line)
-        if not m:
-            self.close()
-            raise RuntimeError(f"bad first line {self.line!r}")
-        self.base = m.group(1)
-        self.port = int(m.group(2))
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(5)
-        self.proc.stdout.close()
-
-    def req(self, method, path, body=None, headers=None, raw=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        hdrs = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            hdrs["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=hdrs)
-        resp = conn.getresponse()
-        text = resp.read()
-        conn.close()
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = text.decode()
-        return resp.status, dict(resp.getheaders()), parsed
+class Emulator(EmulatorProcess):
+    SCRIPT = "connect.py"
 
     def api(self, method, path, body=None, headers=None, raw=None):
         h = dict(AUTH)
         h.update(headers or {})
         return self.req(method, "/__api__" + path, body, h, raw)
 
-    def admin(self, method, path, body=None):
-        st, _, data = self.req(method, "/__admin/" + path, body)
-        assert st == 200, (st, data)
-        return data
 
-
-class Base(unittest.TestCase):
-    ARGS = ()
-
-    @classmethod
-    def setUpClass(cls):
-        cls.emu = Emulator(*cls.ARGS)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.emu.close()
-
-    def setUp(self):
-        self.emu.admin("POST", "reset")
+class Base(EmulatorTestCase):
+    EMULATOR = Emulator
 
     def assertError(self, result, status, code, message=None):
         st, _, body = result

@@ -4,17 +4,16 @@
 """
 
 import base64
-import http.client
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 import unittest
 from urllib.parse import quote, urlencode
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emulator_testcase import EmulatorProcess, EmulatorTestCase  # noqa: E402
+
 TOKEN_PATH = "/am/oauth2/realms/root/realms/alpha/access_token"
 CREDS = {"grant_type": "client_credentials", "client_id": "idm-provisioning",
          "client_secret": "idm-provisioning-secret", "scope": "fr:idm:*"}
@@ -26,39 +25,9 @@ def q(s):
     return quote(s, safe="")
 
 
-class Emulator:
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "forgerock.py"),
-                                      "--port", "0", *args], stdout=subprocess.PIPE, text=True)
-        self.line = self.proc.stdout.readline()
-        m = re.fullmatch(r"LISTENING (http://127\.0\.0\.1:(\d+))\n", self.line)
-        if not m:
-            self.close()
-            raise RuntimeError(f"bad first line {self.line!r}")
-        self.port = int(m.group(2))
-        self.token = None
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(5)
-        self.proc.stdout.close()
-
-    def req(self, method, path, body=None, headers=None, raw=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        hdrs = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=hdrs)
-        resp = conn.getresponse()
-        text = resp.read()
-        conn.close()
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = text.decode()
-        return resp.status, dict(resp.getheaders()), parsed
+class Emulator(EmulatorProcess):
+    SCRIPT = "forgerock.py"
+    token = None
 
     def get_token(self, path=TOKEN_PATH, **over):
         form = dict(CREDS, **over)
@@ -75,25 +44,12 @@ class Emulator:
         h = {k: v for k, v in h.items() if v is not None}   # None = do not send that header
         return self.req(method, path, body, h)
 
-    def admin(self, method, path, body=None):
-        st, _, data = self.req(method, "/__admin/" + path, body)
-        assert st == 200, (st, data)
-        return data
 
-
-class Base(unittest.TestCase):
-    ARGS = ()
-
-    @classmethod
-    def setUpClass(cls):
-        cls.emu = Emulator(*cls.ARGS)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.emu.close()
+class Base(EmulatorTestCase):
+    EMULATOR = Emulator
 
     def setUp(self):
-        self.emu.admin("POST", "reset")
+        super().setUp()
         self.emu.token = None
 
     def assertCrest(self, result, status, message=None):

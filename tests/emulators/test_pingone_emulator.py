@@ -2,54 +2,28 @@
 python3 -m unittest tests/emulators/test_pingone_emulator.py)."""
 
 import base64
-import json
 import os
-import subprocess
 import sys
 import time
 import unittest
-import urllib.error
 import urllib.parse
-import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EMULATOR = os.path.join(HERE, "pingone.py")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emulator_testcase import EmulatorProcess, EmulatorTestCase  # noqa: E402
+
 ENV = "11111111-2222-3333-4444-555555555555"
 SYNC = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 IMPORT_CT = "application/vnd.pingidentity.propagation.provisioningsync.groupimport+json"
 
 
-class Emu:
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, EMULATOR, "--port", "0", *args],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        assert line.startswith("LISTENING http://127.0.0.1:"), line
-        self.base = line.split(" ", 1)[1]
-        self.token = None
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
-
-    def raw(self, method, path, body=None, headers=None, data=None):
-        """Returns (status, headers, parsed-json-or-None)."""
-        url = path if path.startswith("http") else self.base + path
-        if body is not None:
-            data = json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                status, hdrs, payload = r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            status, hdrs, payload = e.code, e.headers, e.read()
-        return status, hdrs, (json.loads(payload) if payload else None)
+class Emu(EmulatorProcess):
+    SCRIPT = "pingone.py"
+    token = None
 
     def get_token(self, **kw):
         form = urllib.parse.urlencode({"grant_type": "client_credentials"}).encode()
         basic = base64.b64encode(b"ldapsync-client:s3cret-client").decode()
-        s, _, b = self.raw("POST", f"/{ENV}/as/token", data=form, headers={
+        s, _, b = self.req("POST", f"/{ENV}/as/token", raw=form, headers={
             "Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Basic {basic}"})
         assert s == 200, (s, b)
         self.token = b["access_token"]
@@ -61,16 +35,10 @@ class Emu:
             h["Content-Type"] = ct
         h.update(headers or {})
         url = path if path.startswith("http") else f"/v1/environments/{ENV}{path}"
-        return self.raw(method, url, body=body, headers=h)
+        return self.req(method, url, body=body, headers=h)
 
     def imp(self, body, sync=SYNC, ct=IMPORT_CT):
         return self.api("POST", f"/propagation/provisioningSyncs/{sync}", body, ct=ct)
-
-    def admin(self, method, path, body=None):
-        return self.raw(method, "/__admin/" + path, body=body, headers={"Content-Type": "application/json"})[2]
-
-    def state(self):
-        return self.admin("GET", "state")
 
 
 def grp(uid, name, op=None, **attrs):
@@ -80,19 +48,11 @@ def grp(uid, name, op=None, **attrs):
     return g
 
 
-class Base(unittest.TestCase):
-    ARGS: tuple = ()
-
-    @classmethod
-    def setUpClass(cls):
-        cls.emu = Emu(*cls.ARGS)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.emu.stop()
+class Base(EmulatorTestCase):
+    EMULATOR = Emu
 
     def setUp(self):
-        self.emu.admin("POST", "reset")
+        super().setUp()
         self.emu.get_token()
 
     def assertP1Error(self, status, body, want_status, code, detail_code=None, target=None):
@@ -113,7 +73,7 @@ class TestAuth(Base):
         self.assertEqual(len(tok["access_token"].split(".")), 3)
         form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": "ldapsync-client",
                                        "client_secret": "s3cret-client"}).encode()
-        s, h, b = self.emu.raw("POST", f"/{ENV}/as/token", data=form,
+        s, h, b = self.emu.req("POST", f"/{ENV}/as/token", raw=form,
                                headers={"Content-Type": "application/x-www-form-urlencoded"})
         self.assertEqual(s, 200, b)
         self.assertEqual(h["Cache-Control"], "no-store")
@@ -123,27 +83,27 @@ class TestAuth(Base):
         form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": "ldapsync-client",
                                        "client_secret": "wrong"}).encode()
         ctype = {"Content-Type": "application/x-www-form-urlencoded"}
-        s, _, b = self.emu.raw("POST", f"/{ENV}/as/token", data=form, headers=ctype)
+        s, _, b = self.emu.req("POST", f"/{ENV}/as/token", raw=form, headers=ctype)
         self.assertEqual((s, b["error"]), (401, "invalid_client"))
         basic = base64.b64encode(b"ldapsync-client:nope").decode()
-        s, h, b = self.emu.raw("POST", f"/{ENV}/as/token", data=b"grant_type=client_credentials",
+        s, h, b = self.emu.req("POST", f"/{ENV}/as/token", raw=b"grant_type=client_credentials",
                                headers=dict(ctype, Authorization=f"Basic {basic}"))
         self.assertEqual((s, b["error"]), (401, "invalid_client"))
         self.assertIn("WWW-Authenticate", h)
         good = base64.b64encode(b"ldapsync-client:s3cret-client").decode()
-        s, _, b = self.emu.raw("POST", f"/{ENV}/as/token", data=b"grant_type=password",
+        s, _, b = self.emu.req("POST", f"/{ENV}/as/token", raw=b"grant_type=password",
                                headers=dict(ctype, Authorization=f"Basic {good}"))
         self.assertEqual((s, b["error"]), (400, "unsupported_grant_type"))
-        s, _, b = self.emu.raw("POST", f"/{ENV}/as/token", data=b"",
+        s, _, b = self.emu.req("POST", f"/{ENV}/as/token", raw=b"",
                                headers=dict(ctype, Authorization=f"Basic {good}"))
         self.assertEqual((s, b["error"]), (400, "invalid_request"))
-        s, _, b = self.emu.raw("POST", "/00000000-0000-0000-0000-000000000000/as/token",
-                               data=b"grant_type=client_credentials", headers=dict(ctype, Authorization=f"Basic {good}"))
+        s, _, b = self.emu.req("POST", "/00000000-0000-0000-0000-000000000000/as/token",
+                               raw=b"grant_type=client_credentials", headers=dict(ctype, Authorization=f"Basic {good}"))
         self.assertP1Error(s, b, 404, "NOT_FOUND")
         self.assertEqual(self.emu.state()["tokens_issued"], 1)
 
     def test_api_requires_valid_bearer(self):
-        s, h, b = self.emu.raw("GET", f"/v1/environments/{ENV}/groups")
+        s, h, b = self.emu.req("GET", f"/v1/environments/{ENV}/groups")
         self.assertP1Error(s, b, 401, "ACCESS_FAILED", "INVALID_TOKEN")
         self.assertTrue(h["Correlation-Id"])
         s, _, b = self.emu.api("GET", "/groups", token="not-a-token")
@@ -152,7 +112,7 @@ class TestAuth(Base):
         self.assertEqual(s, 200, b)
 
     def test_unknown_environment(self):
-        s, _, b = self.emu.raw("GET", "/v1/environments/00000000-0000-0000-0000-000000000000/groups",
+        s, _, b = self.emu.req("GET", "/v1/environments/00000000-0000-0000-0000-000000000000/groups",
                                headers={"Authorization": f"Bearer {self.emu.token}"})
         self.assertP1Error(s, b, 403, "ACCESS_FAILED")
 
@@ -201,8 +161,8 @@ class TestImport(Base):
             with self.subTest(body=body):
                 s, _, b = self.emu.imp(body)
                 self.assertP1Error(s, b, 400, "INVALID_DATA", code, target)
-        s, _, b = self.emu.raw("POST", f"/v1/environments/{ENV}/propagation/provisioningSyncs/{SYNC}",
-                               data=b"{not json", headers={"Authorization": f"Bearer {self.emu.token}",
+        s, _, b = self.emu.req("POST", f"/v1/environments/{ENV}/propagation/provisioningSyncs/{SYNC}",
+                               raw=b"{not json", headers={"Authorization": f"Bearer {self.emu.token}",
                                                            "Content-Type": IMPORT_CT + "; charset=utf-8"})
         self.assertP1Error(s, b, 400, "INVALID_REQUEST")
         self.assertEqual(self.emu.state()["imports"], [])
@@ -403,7 +363,7 @@ class TestFaults(Base):
         self.assertP1Error(s, b, 503, "UNEXPECTED_ERROR")
         self.assertIn("Retry-After", h)
         self.assertEqual(self.emu.api("GET", "/groups")[0], 200)
-        s, _, b = self.emu.raw("POST", "/__admin/faults", body={"rate_limit": 1})
+        s, _, b = self.emu.req("POST", "/__admin/faults", body={"rate_limit": 1})
         self.assertEqual(s, 400)
 
     def test_reset(self):
