@@ -37,14 +37,6 @@ impl Env {
         )
     }
 
-    fn groups(&self) -> Vec<Value> {
-        self.emu.state_list("groups")
-    }
-
-    fn group(&self, name: &str) -> Option<Value> {
-        self.groups().into_iter().find(|g| g["name"] == name)
-    }
-
     fn member_names(&self, name: &str) -> Vec<String> {
         let mut names: Vec<String> = self
             .group(name)

@@ -42,21 +42,6 @@ impl Env {
         )
     }
 
-    fn groups(&self) -> Vec<Value> {
-        self.emu.state_list("groups")
-    }
-
-    fn groups_named(&self, name: &str) -> Vec<Value> {
-        self.groups()
-            .into_iter()
-            .filter(|g| g["name"] == name)
-            .collect()
-    }
-
-    fn group(&self, name: &str) -> Option<Value> {
-        self.groups_named(name).into_iter().next()
-    }
-
     /// userNames of the group's relationships, sorted, duplicates kept.
     fn member_names(&self, name: &str) -> Vec<String> {
         let group = self

@@ -634,36 +634,23 @@ pub enum Ldif {
     File(PathBuf),
 }
 
-impl From<&str> for Ldif {
-    fn from(s: &str) -> Self {
-        Ldif::Text(s.to_owned())
-    }
+macro_rules! ldif_from {
+    ($($t:ty => $variant:ident($conv:expr)),* $(,)?) => {$(
+        impl From<$t> for Ldif {
+            fn from(v: $t) -> Self {
+                Ldif::$variant($conv(v))
+            }
+        }
+    )*};
 }
-impl From<String> for Ldif {
-    fn from(s: String) -> Self {
-        Ldif::Text(s)
-    }
-}
-impl From<&String> for Ldif {
-    fn from(s: &String) -> Self {
-        Ldif::Text(s.clone())
-    }
-}
-impl From<&Path> for Ldif {
-    fn from(p: &Path) -> Self {
-        Ldif::File(p.to_owned())
-    }
-}
-impl From<PathBuf> for Ldif {
-    fn from(p: PathBuf) -> Self {
-        Ldif::File(p)
-    }
-}
-impl From<&PathBuf> for Ldif {
-    fn from(p: &PathBuf) -> Self {
-        Ldif::File(p.clone())
-    }
-}
+ldif_from!(
+    &str => Text(str::to_owned),
+    String => Text(String::from),
+    &String => Text(String::clone),
+    &Path => File(Path::to_path_buf),
+    PathBuf => File(PathBuf::from),
+    &PathBuf => File(PathBuf::clone),
+);
 
 /// How to start a [`Slapd`]; `Slapd::start*` cover the usual cases.
 #[derive(Debug, Clone, Default)]
@@ -1627,6 +1614,24 @@ impl EmulatorWorld {
             safety = permissive_safety_toml(max_member_removes),
         );
         write_file(self.dir.path(), "config.toml", text)
+    }
+
+    /// The emulator's groups (`groups` of its state).
+    pub fn groups(&self) -> Vec<Value> {
+        self.emu.state_list("groups")
+    }
+
+    /// The emulator's groups whose `name` is `name`.
+    pub fn groups_named(&self, name: &str) -> Vec<Value> {
+        self.groups()
+            .into_iter()
+            .filter(|g| g["name"] == name)
+            .collect()
+    }
+
+    /// The first emulator group named `name`.
+    pub fn group(&self, name: &str) -> Option<Value> {
+        self.groups_named(name).into_iter().next()
     }
 
     /// The emulator's requests from index `from` of its log that change something (not GET)
