@@ -4,62 +4,37 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 const KEY: &str = "connect-key-123";
 
-struct Env {
-    slapd: Slapd,
-    emu: Emulator,
-    dir: TempDir,
+/// slapd + the Connect emulator; derefs to the [`EmulatorWorld`].
+struct Env(EmulatorWorld);
+
+impl std::ops::Deref for Env {
+    type Target = EmulatorWorld;
+    fn deref(&self) -> &EmulatorWorld {
+        &self.0
+    }
 }
 
 impl Env {
     fn start(emulator_args: &[&str]) -> Env {
-        Env {
-            slapd: Slapd::start(),
-            emu: Emulator::start("connect", emulator_args),
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Env(EmulatorWorld::start("connect", emulator_args))
     }
 
     /// Writes the config with this `[[sinks]]` body (after `type = "connect"`).
     fn config(&self, sink_extra: &str) -> PathBuf {
-        let text = format!(
-            r#"{ldap}
-{safety}
-[[sinks]]
-name = "connect"
-type = "connect"
-base_url = "{base}"
-api_key = "{KEY}"
-max_retries = 2
-{sink_extra}
-"#,
-            ldap = ldap_config_toml(&self.slapd, &self.state_path()),
-            safety = permissive_safety_toml(1000),
-            base = self.emu.base_url(),
-        );
-        write_file(self.dir.path(), "config.toml", text)
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.dir.path().join("state.db")
-    }
-
-    fn groups(&self) -> Vec<Value> {
-        self.emu.state()["groups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn group(&self, name: &str) -> Option<Value> {
-        self.groups().into_iter().find(|g| g["name"] == name)
+        self.write_config(
+            1000,
+            &format!(
+                "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\nmax_retries = 2\n{sink_extra}\n",
+                self.emu.base_url()
+            ),
+        )
     }
 
     fn member_names(&self, name: &str) -> Vec<String> {
@@ -77,32 +52,10 @@ max_retries = 2
         names
     }
 
-    fn requests(&self) -> Vec<Value> {
-        self.emu.state()["requests"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
     /// API requests that change something (not GET), from index `from` of the log.
     fn writes_since(&self, from: usize) -> Vec<String> {
-        self.requests()
-            .iter()
-            .skip(from)
-            .filter(|r| r["method"] != "GET")
-            .map(|r| format!("{} {} -> {}", r["method"], r["path"], r["status"]))
-            .collect()
+        self.0.writes_since(from, |_| true)
     }
-}
-
-fn sync(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["sync"];
-    all.extend_from_slice(args);
-    run_ldapsync(config, &all)
-}
-
-fn assert_code(out: &std::process::Output, code: i32) {
-    assert_eq!(out.code(), code, "{}", out.describe());
 }
 
 /// LDAP-authenticated Connect: groups are imported from the directory by ticket, the exact name
@@ -175,15 +128,13 @@ fn remote_mode_imports_by_ticket_adopts_and_skips_membership() {
     );
 
     // Rerun: nothing to do, nothing written.
-    let before = env.requests().len();
+    let before = env.emu.requests().len();
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.writes_since(before), Vec::<String>::new());
 
     // A membership change is not sent to an LDAP server; the run succeeds.
-    env.slapd.modify(&format!(
-        "dn: {ds}\nchangetype: modify\nadd: member\nmember: {bob}\n"
-    ));
-    let before = env.requests().len();
+    env.slapd.add_member(&ds, &bob);
+    let before = env.emu.requests().len();
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert_eq!(env.writes_since(before), Vec::<String>::new());
@@ -233,21 +184,14 @@ fn local_mode_full_lifecycle() {
     let devs_guid = env.group("devs").unwrap()["guid"].clone();
 
     // Member removed and added.
-    env.slapd.modify(&format!(
-        "dn: {devs}\nchangetype: modify\ndelete: member\nmember: {bob}\n"
-    ));
-    env.slapd.modify(&format!(
-        "dn: {ops}\nchangetype: modify\nadd: member\nmember: {alice}\n"
-    ));
+    env.slapd.remove_member(&devs, &bob);
+    env.slapd.add_member(&ops, &alice);
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.member_names("devs"), vec!["alice"]);
     assert_eq!(env.member_names("ops"), vec!["alice", "bob"]);
 
     // Rename through modrdn: same group, new name.
-    let mut modrdn = env.slapd.ldap_tool("ldapmodrdn");
-    modrdn.args(["-r", &devs, "cn=developers"]);
-    let o = run_with_timeout(&mut modrdn, None, std::time::Duration::from_secs(30));
-    assert!(o.status.success(), "{}", o.describe());
+    env.slapd.rename(&devs, "cn=developers");
     assert_code(&sync(&config, &[]), 0);
     let renamed = env.group("developers").expect("renamed group");
     assert_eq!(renamed["guid"], devs_guid);
@@ -260,7 +204,7 @@ fn local_mode_full_lifecycle() {
     assert!(env.group("developers").is_some());
 
     // Converged: a rerun writes nothing.
-    let before = env.requests().len();
+    let before = env.emu.requests().len();
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.writes_since(before), Vec::<String>::new());
 }
@@ -382,13 +326,7 @@ fn crash_and_rerun_converge_without_duplicates() {
     assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
 
     // Crash between the create request and its record: only the intent is in the ledger.
-    let db = rusqlite::Connection::open(env.state_path()).unwrap();
-    db.execute_batch(
-        "UPDATE ledger_groups SET target_id = NULL WHERE sink = 'connect';
-         DELETE FROM ledger_members WHERE sink = 'connect';",
-    )
-    .unwrap();
-    drop(db);
+    forget_confirmed_creates(&env.state_path(), "connect");
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     let devs = env
@@ -439,6 +377,7 @@ fn repeating_prefix_pages_never_loop() {
     assert_eq!(env.group("eng-b").unwrap()["guid"], existing);
     assert_eq!(env.member_names("eng-b"), vec!["alice", "bob", "carol"]);
     let prefix_pages = env
+        .emu
         .requests()
         .iter()
         .filter(|r| {

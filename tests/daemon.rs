@@ -21,6 +21,9 @@ use serde_json::Value;
 
 // ------------------------------------------------------------------------------------ fixture
 
+/// The counter of successful runs.
+const RUNS_OK: &str = "ldapsync_runs_total{result=\"success\"}";
+
 /// A running `ldapsync daemon`; SIGKILLed on drop if still running.
 struct DaemonProc {
     child: Child,
@@ -67,6 +70,18 @@ impl DaemonProc {
 
     fn get(&self, path: &str) -> HttpResponse {
         http_request("GET", &self.url(path), &[], None)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    fn wait_ready(&self) {
+        wait_until(Duration::from_secs(30), "/readyz 200", || {
+            self.get("/readyz").status == 200
+        });
+    }
+
+    /// Waits until the metric `key` is at least `at_least`.
+    fn wait_metric(&self, timeout: Duration, what: &str, key: &str, at_least: f64) {
+        wait_until(timeout, what, || self.metric(key) >= at_least);
     }
 
     fn metrics(&self) -> BTreeMap<String, f64> {
@@ -143,19 +158,40 @@ fn env_with_directory(groups: usize) -> Env {
     Env { dir, slapd }
 }
 
-fn ldap_section(env: &Env) -> String {
-    let password = env.dir.path().join("ldap-password");
-    ldap_config_toml_with(
-        &env.slapd,
-        &env.dir.path().join("state.db"),
-        &format!("bind_password_file = \"{}\"", password.display()),
-    )
+impl Env {
+    /// Writes config.toml: the LDAP sections (the password from its file), then `rest`.
+    fn config(&self, rest: &str) -> PathBuf {
+        write_file(self.dir.path(), "config.toml", self.config_text(rest))
+    }
+
+    fn config_text(&self, rest: &str) -> String {
+        let password = self.dir.path().join("ldap-password");
+        let ldap = ldap_config_toml_with(
+            &self.slapd,
+            &self.dir.path().join("state.db"),
+            &format!("bind_password_file = \"{}\"", password.display()),
+        );
+        format!("{ldap}{rest}")
+    }
+
+    /// Writes the token of `scim` to a file and returns its path.
+    fn token_file(&self, scim: &ScimServer) -> PathBuf {
+        write_file(self.dir.path(), "scim-token", scim.token())
+    }
 }
 
 fn scim_sink(base_url: &str, token_file: &Path) -> String {
     format!(
         "\n[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{base_url}\"\ntoken_file = \"{}\"\n",
         token_file.display()
+    )
+}
+
+/// A file sink `audit` writing to `path`.
+fn file_sink(path: &Path) -> String {
+    format!(
+        "\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
+        path.display()
     )
 }
 
@@ -188,15 +224,10 @@ fn promtool_check(metrics_text: &str) {
 fn daemon_requires_a_schedule_section() {
     let env = env_with_directory(1);
     let port = free_port();
-    let config = write_file(
-        env.dir.path(),
-        "config.toml",
-        format!(
-            "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}",
-            ldap_section(&env),
-            "\n[[sinks]]\nname = \"out\"\ntype = \"file\"\npath = \"-\"\n"
-        ),
-    );
+    let config = env.config(&format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        "\n[[sinks]]\nname = \"out\"\ntype = \"file\"\npath = \"-\"\n"
+    ));
     let out = run_with_timeout(
         Command::new(ldapsync_bin())
             .arg("--config")
@@ -221,25 +252,17 @@ fn metrics_health_counters_and_no_secrets_in_logs() {
     for i in 0..3 {
         scim.create_user(&format!("user{i}"), &format!("user{i}@example.com"));
     }
-    let token_file = write_file(env.dir.path(), "scim-token", scim.token());
     let port = free_port();
-    let config = write_file(
-        env.dir.path(),
-        "config.toml",
-        format!(
-            "{}{}{}",
-            ldap_section(&env),
-            schedule("*/2 * * * * *", true, port, Some(60)),
-            scim_sink(&scim.base_url(), &token_file)
-        ),
-    );
+    let config = env.config(&format!(
+        "{}{}",
+        schedule("*/2 * * * * *", true, port, Some(60)),
+        scim_sink(&scim.base_url(), &env.token_file(&scim))
+    ));
     // debug for ldapsync and its HTTP/LDAP stack: the strictest test of "no secret in logs".
     let mut d = DaemonProc::start(&config, port, &[], &[("RUST_LOG", "debug")]);
     assert_eq!(d.get("/healthz").status, 200);
 
-    wait_until(Duration::from_secs(30), "/readyz 200", || {
-        d.get("/readyz").status == 200
-    });
+    d.wait_ready();
     let ready = d.get("/readyz");
     assert!(ready.body.contains("ready"), "{}", ready.body);
 
@@ -259,7 +282,7 @@ fn metrics_health_counters_and_no_secrets_in_logs() {
     ] {
         assert!(m.contains_key(key), "{key} missing:\n{}", response.body);
     }
-    assert!(m["ldapsync_runs_total{result=\"success\"}"] >= 1.0);
+    assert!(m[RUNS_OK] >= 1.0);
     assert_eq!(
         m["ldapsync_applied_operations_total{op=\"create\",result=\"success\",sink=\"scim\"}"],
         3.0
@@ -267,11 +290,14 @@ fn metrics_health_counters_and_no_secrets_in_logs() {
     assert_eq!(scim.groups().len(), 3);
 
     // Counters move with further scheduled runs.
-    let runs = m["ldapsync_runs_total{result=\"success\"}"];
+    let runs = m[RUNS_OK];
     let entries = m["ldapsync_ldap_entries_read_total{kind=\"group\"}"];
-    wait_until(Duration::from_secs(20), "two more successful runs", || {
-        d.metric("ldapsync_runs_total{result=\"success\"}") >= runs + 2.0
-    });
+    d.wait_metric(
+        Duration::from_secs(20),
+        "two more successful runs",
+        RUNS_OK,
+        runs + 2.0,
+    );
     let m = d.metrics();
     assert!(m["ldapsync_ldap_entries_read_total{kind=\"group\"}"] >= entries + 6.0);
     assert!(m["ldapsync_run_duration_seconds_count"] >= runs + 2.0);
@@ -290,19 +316,15 @@ fn metrics_health_counters_and_no_secrets_in_logs() {
 fn readyz_and_sighup_with_bad_and_good_configs() {
     let env = env_with_directory(2);
     let scim = ScimServer::start(false);
-    let token_file = write_file(env.dir.path(), "scim-token", scim.token());
     let port = free_port();
-    let good = format!(
-        "{}{}{}",
-        ldap_section(&env),
+    let good = env.config_text(&format!(
+        "{}{}",
         schedule("* * * * * *", true, port, Some(30)),
-        scim_sink(&scim.base_url(), &token_file)
-    );
+        scim_sink(&scim.base_url(), &env.token_file(&scim))
+    ));
     let config = write_file(env.dir.path(), "config.toml", &good);
     let d = DaemonProc::start(&config, port, &[], &[]);
-    wait_until(Duration::from_secs(30), "/readyz 200", || {
-        d.get("/readyz").status == 200
-    });
+    d.wait_ready();
 
     // A bad configuration: rejected, the old one keeps running.
     write_file(
@@ -318,11 +340,12 @@ fn readyz_and_sighup_with_bad_and_good_configs() {
         d.metric("ldapsync_config_reloads_total{result=\"success\"}"),
         0.0
     );
-    let runs = d.metric("ldapsync_runs_total{result=\"success\"}");
-    wait_until(
+    let runs = d.metric(RUNS_OK);
+    d.wait_metric(
         Duration::from_secs(15),
         "runs continue with the old config",
-        || d.metric("ldapsync_runs_total{result=\"success\"}") >= runs + 2.0,
+        RUNS_OK,
+        runs + 2.0,
     );
     assert_eq!(d.get("/readyz").status, 200);
     let log = d.log_text();
@@ -333,16 +356,11 @@ fn readyz_and_sighup_with_bad_and_good_configs() {
 
     // A good configuration with a wrong token: accepted, and the next run fails the sink.
     let wrong = write_file(env.dir.path(), "wrong-token", "not-the-token-4711");
-    write_file(
-        env.dir.path(),
-        "config.toml",
-        format!(
-            "{}{}{}",
-            ldap_section(&env),
-            schedule("* * * * * *", false, port, Some(30)),
-            scim_sink(&scim.base_url(), &wrong)
-        ),
-    );
+    env.config(&format!(
+        "{}{}",
+        schedule("* * * * * *", false, port, Some(30)),
+        scim_sink(&scim.base_url(), &wrong)
+    ));
     d.signal(nix::sys::signal::Signal::SIGHUP);
     wait_until(Duration::from_secs(10), "reload success counted", || {
         d.metric("ldapsync_config_reloads_total{result=\"success\"}") == 1.0
@@ -441,19 +459,16 @@ fn sigterm_during_a_run_finishes_it_and_records_it() {
     let env = env_with_directory(groups);
     let scim = ScimServer::start(false);
     let proxy = SlowProxy::start(scim.port(), Duration::from_millis(150));
-    let token_file = write_file(env.dir.path(), "scim-token", scim.token());
     let port = free_port();
-    let config = write_file(
-        env.dir.path(),
-        "config.toml",
-        format!(
-            "{}{}{}",
-            ldap_section(&env),
-            // Only the start-up run: 1 January at midnight is far away.
-            schedule("0 0 0 1 1 *", true, port, None),
-            scim_sink(&format!("http://127.0.0.1:{}/v2", proxy.port), &token_file)
-        ),
-    );
+    let config = env.config(&format!(
+        "{}{}",
+        // Only the start-up run: 1 January at midnight is far away.
+        schedule("0 0 0 1 1 *", true, port, None),
+        scim_sink(
+            &format!("http://127.0.0.1:{}/v2", proxy.port),
+            &env.token_file(&scim)
+        )
+    ));
     let mut d = DaemonProc::start(&config, port, &[], &[]);
     wait_until(Duration::from_secs(30), "the run to reach the sink", || {
         proxy.requests.load(Ordering::SeqCst) >= 2
@@ -494,18 +509,13 @@ fn one_second_cron_keeps_firing_without_overlap_and_json_logs() {
     let env = env_with_directory(3);
     let port = free_port();
     let out_file = env.dir.path().join("ops.jsonl");
-    let config = write_file(
-        env.dir.path(),
-        "config.toml",
-        format!(
-            "{}{}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
-            ldap_section(&env),
-            schedule("* * * * * *", false, port, Some(30)),
-            out_file.display()
-        ),
-    );
+    let config = env.config(&format!(
+        "{}{}",
+        schedule("* * * * * *", false, port, Some(30)),
+        file_sink(&out_file)
+    ));
     let mut d = DaemonProc::start(&config, port, &["--log-format", "json"], &[]);
-    let runs = |d: &DaemonProc| d.metric("ldapsync_runs_total{result=\"success\"}");
+    let runs = |d: &DaemonProc| d.metric(RUNS_OK);
     wait_until(Duration::from_secs(10), "the first scheduled run", || {
         runs(&d) >= 1.0
     });
@@ -585,16 +595,11 @@ fn systemd_notifications_ready_status_and_watchdog() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let config = write_file(
-        env.dir.path(),
-        "config.toml",
-        format!(
-            "{}{}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
-            ldap_section(&env),
-            schedule("0 0 0 1 1 *", true, port, None),
-            env.dir.path().join("ops.jsonl").display()
-        ),
-    );
+    let config = env.config(&format!(
+        "{}{}",
+        schedule("0 0 0 1 1 *", true, port, None),
+        file_sink(&env.dir.path().join("ops.jsonl"))
+    ));
     let socket_env = socket_path.display().to_string();
     let mut d = DaemonProc::start(
         &config,

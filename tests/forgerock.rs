@@ -4,25 +4,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-struct Env {
-    slapd: Slapd,
-    emu: Emulator,
-    dir: TempDir,
+/// slapd + the ForgeRock emulator; derefs to the [`EmulatorWorld`].
+struct Env(EmulatorWorld);
+
+impl std::ops::Deref for Env {
+    type Target = EmulatorWorld;
+    fn deref(&self) -> &EmulatorWorld {
+        &self.0
+    }
 }
 
 impl Env {
     fn start(emulator_args: &[&str]) -> Env {
-        Env {
-            slapd: Slapd::start(),
-            emu: Emulator::start("forgerock", emulator_args),
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Env(EmulatorWorld::start("forgerock", emulator_args))
     }
 
     /// Client-credentials auth against the emulator's default client.
@@ -34,43 +33,13 @@ impl Env {
     }
 
     fn config(&self, sink_extra: &str) -> PathBuf {
-        let text = format!(
-            r#"{ldap}
-{safety}
-[[sinks]]
-name = "idm"
-type = "forgerock"
-base_url = "{base}"
-max_retries = 3
-{sink_extra}
-"#,
-            ldap = ldap_config_toml(&self.slapd, &self.state_path()),
-            safety = permissive_safety_toml(1000),
-            base = self.emu.base_url(),
-        );
-        write_file(self.dir.path(), "config.toml", text)
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.dir.path().join("state.db")
-    }
-
-    fn groups(&self) -> Vec<Value> {
-        self.emu.state()["groups"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn groups_named(&self, name: &str) -> Vec<Value> {
-        self.groups()
-            .into_iter()
-            .filter(|g| g["name"] == name)
-            .collect()
-    }
-
-    fn group(&self, name: &str) -> Option<Value> {
-        self.groups_named(name).into_iter().next()
+        self.write_config(
+            1000,
+            &format!(
+                "name = \"idm\"\ntype = \"forgerock\"\nbase_url = \"{}\"\nmax_retries = 3\n{sink_extra}\n",
+                self.emu.base_url()
+            ),
+        )
     }
 
     /// userNames of the group's relationships, sorted, duplicates kept.
@@ -89,22 +58,11 @@ max_retries = 3
         names
     }
 
-    fn requests(&self) -> Vec<Value> {
-        self.emu.state()["requests"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
+    /// IDM requests (under /openidm) that change something, from index `from` of the log.
     fn writes_since(&self, from: usize) -> Vec<String> {
-        self.requests()
-            .iter()
-            .skip(from)
-            .filter(|r| {
-                r["method"] != "GET" && r["path"].as_str().unwrap_or("").starts_with("/openidm")
-            })
-            .map(|r| format!("{} {} -> {}", r["method"], r["path"], r["status"]))
-            .collect()
+        self.0.writes_since(from, |r| {
+            r["path"].as_str().unwrap_or("").starts_with("/openidm")
+        })
     }
 
     fn add_idm_users(&self, names: &[&str]) {
@@ -114,16 +72,6 @@ max_retries = 3
             .collect();
         self.emu.admin_post("/users", &Value::Array(users));
     }
-}
-
-fn sync(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["sync"];
-    all.extend_from_slice(args);
-    run_ldapsync(config, &all)
-}
-
-fn assert_code(out: &std::process::Output, code: i32) {
-    assert_eq!(out.code(), code, "{}", out.describe());
 }
 
 /// Create, member add/remove, rename (modrdn), delete, dry run; OAuth client credentials; the
@@ -154,7 +102,7 @@ fn lifecycle_with_client_credentials() {
         out.stdout_str()
     );
     let devs_id = env.group("devs").unwrap()["_id"].clone();
-    let requests = env.requests();
+    let requests = env.emu.requests();
     assert!(
         requests
             .iter()
@@ -169,25 +117,19 @@ fn lifecycle_with_client_credentials() {
         "{requests:#?}"
     );
 
-    env.slapd.modify(&format!(
-        "dn: {devs}\nchangetype: modify\ndelete: member\nmember: {bob}\n"
-    ));
-    env.slapd.modify(&format!(
-        "dn: {ops}\nchangetype: modify\nadd: member\nmember: {alice}\n"
-    ));
+    env.slapd.remove_member(&devs, &bob);
+    env.slapd.add_member(&ops, &alice);
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.member_names("devs"), vec!["alice"]);
     assert_eq!(env.member_names("ops"), vec!["alice", "bob"]);
 
-    let mut modrdn = env.slapd.ldap_tool("ldapmodrdn");
-    modrdn.args(["-r", &devs, "cn=developers"]);
-    let o = run_with_timeout(&mut modrdn, None, std::time::Duration::from_secs(30));
-    assert!(o.status.success(), "{}", o.describe());
+    env.slapd.rename(&devs, "cn=developers");
     assert_code(&sync(&config, &[]), 0);
     let renamed = env.group("developers").expect("renamed");
     assert_eq!(renamed["_id"], devs_id);
     assert_eq!(env.member_names("developers"), vec!["alice"]);
     let patch = env
+        .emu
         .requests()
         .into_iter()
         .rfind(|r| r["method"] == "PATCH")
@@ -201,7 +143,7 @@ fn lifecycle_with_client_credentials() {
     assert_code(&sync(&config, &[]), 0);
     assert!(env.group("ops").is_none());
 
-    let before = env.requests().len();
+    let before = env.emu.requests().len();
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.writes_since(before), Vec::<String>::new());
 }
@@ -220,7 +162,7 @@ fn empty_realm_and_access_token_file() {
     ));
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.member_names("devs"), vec!["alice"]);
-    let requests = env.requests();
+    let requests = env.emu.requests();
     assert!(
         requests
             .iter()
@@ -259,15 +201,13 @@ fn adopt_on_conflict_and_stale_rev_retry() {
         "/faults",
         &json!({"fail_next": 1, "fail_status": 412, "method": "PATCH"}),
     );
-    let mut modrdn = env.slapd.ldap_tool("ldapmodrdn");
-    modrdn.args(["-r", &devs, "cn=developers"]);
-    let o = run_with_timeout(&mut modrdn, None, std::time::Duration::from_secs(30));
-    assert!(o.status.success(), "{}", o.describe());
-    let before = env.requests().len();
+    env.slapd.rename(&devs, "cn=developers");
+    let before = env.emu.requests().len();
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert!(env.group("developers").is_some(), "{:#?}", env.groups());
     let patches: Vec<Value> = env
+        .emu
         .requests()
         .into_iter()
         .skip(before)
@@ -277,6 +217,7 @@ fn adopt_on_conflict_and_stale_rev_retry() {
     assert_eq!(patches[0]["status"], 412);
     assert_eq!(patches[1]["status"], 200);
     let reads = env
+        .emu
         .requests()
         .into_iter()
         .skip(before)
@@ -307,7 +248,8 @@ fn conditional_group_is_never_given_static_members() {
     assert!(text.contains("has a condition"), "{text}");
     assert_eq!(env.groups_named("devs").len(), 1);
     assert!(
-        !env.requests()
+        !env.emu
+            .requests()
             .iter()
             .any(|r| r["method"] == "POST" && r["path"].as_str().unwrap().ends_with("/members")),
         "no static member request"
@@ -334,7 +276,7 @@ fn token_refresh_and_rate_limit() {
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert_eq!(env.member_names("devs"), vec!["alice"]);
-    let requests = env.requests();
+    let requests = env.emu.requests();
     let limited = requests
         .iter()
         .position(|r| r["status"] == 429)
@@ -359,14 +301,12 @@ fn token_refresh_and_rate_limit() {
         "/faults",
         &json!({"fail_next": 1, "fail_status": 401, "path_prefix": "/openidm"}),
     );
-    env.slapd.modify(&format!(
-        "dn: {devs}\nchangetype: modify\nadd: member\nmember: {bob}\n"
-    ));
-    let before = env.requests().len();
+    env.slapd.add_member(&devs, &bob);
+    let before = env.emu.requests().len();
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
-    let run: Vec<Value> = env.requests().into_iter().skip(before).collect();
+    let run: Vec<Value> = env.emu.requests().into_iter().skip(before).collect();
     let rejected = run
         .iter()
         .position(|r| r["status"] == 401)
@@ -418,13 +358,7 @@ fn crash_and_rerun_converge_without_duplicates() {
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
 
-    let db = rusqlite::Connection::open(env.state_path()).unwrap();
-    db.execute_batch(
-        "UPDATE ledger_groups SET target_id = NULL WHERE sink = 'idm';
-         DELETE FROM ledger_members WHERE sink = 'idm';",
-    )
-    .unwrap();
-    drop(db);
+    forget_confirmed_creates(&env.state_path(), "idm");
     assert_code(&sync(&config, &[]), 0);
     assert_eq!(env.groups_named("devs").len(), 1, "{:#?}", env.groups());
     assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 const ENV_ID: &str = "11111111-2222-3333-4444-555555555555";
 const SYNC_ID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
@@ -17,59 +16,45 @@ const CLIENT_SECRET: &str = "s3cret-client";
 const POP_1: &str = "99999999-8888-7777-6666-000000000001";
 const POP_2: &str = "99999999-8888-7777-6666-000000000002";
 
+/// slapd + the PingOne emulator + a config with one sink `p1`; derefs to the [`EmulatorWorld`].
 struct World {
-    slapd: Slapd,
-    emu: Emulator,
-    /// Holds the config, secret and state files for the world's lifetime.
-    _dir: TempDir,
+    w: EmulatorWorld,
     config: PathBuf,
 }
 
-fn sink_common(emu: &Emulator) -> String {
-    format!(
-        r#"api_url = "{base}/v1"
-auth_url = "{base}"
-environment_id = "{ENV_ID}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "SECRET_FILE"
-"#,
-        base = emu.base_url()
-    )
+impl std::ops::Deref for World {
+    type Target = EmulatorWorld;
+    fn deref(&self) -> &EmulatorWorld {
+        &self.w
+    }
 }
 
 impl World {
     /// slapd + emulator (with `emu_args`) + a config whose only sink is `sink` (TOML lines
     /// after `name`/`type`, the connection keys are added).
     fn new(emu_args: &[&str], sink_type: &str, sink: &str) -> World {
-        let slapd = Slapd::start();
-        let emu = Emulator::start("pingone", emu_args);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let secret = write_file(dir.path(), "client-secret", format!("{CLIENT_SECRET}\n"));
-        let text = format!(
-            r#"{ldap}
-{safety}
-[[sinks]]
-name = "p1"
+        let w = EmulatorWorld::start("pingone", emu_args);
+        let secret = write_file(w.dir.path(), "client-secret", format!("{CLIENT_SECRET}\n"));
+        let config = w.write_config(
+            100,
+            &format!(
+                r#"name = "p1"
 type = "{sink_type}"
-{common}{sink}
-"#,
-            ldap = ldap_config_toml(&slapd, &dir.path().join("state.db")),
-            safety = permissive_safety_toml(100),
-            common = sink_common(&emu).replace("SECRET_FILE", &secret.display().to_string()),
+api_url = "{base}/v1"
+auth_url = "{base}"
+environment_id = "{ENV_ID}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "{secret}"
+{sink}"#,
+                base = w.emu.base_url(),
+                secret = secret.display(),
+            ),
         );
-        let config = write_file(dir.path(), "config.toml", text);
-        World {
-            slapd,
-            emu,
-            _dir: dir,
-            config,
-        }
+        World { w, config }
     }
 
     fn sync(&self, args: &[&str]) -> std::process::Output {
-        let mut all = vec!["sync"];
-        all.extend_from_slice(args);
-        run_ldapsync(&self.config, &all)
+        sync(&self.config, args)
     }
 
     fn sync_ok(&self) {
@@ -92,10 +77,7 @@ type = "{sink_type}"
     }
 
     fn imports(&self) -> Vec<Value> {
-        self.emu.state()["imports"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.emu.state_list("imports")
     }
 
     fn stored_token(&self) -> Option<String> {
@@ -105,10 +87,23 @@ type = "{sink_type}"
     }
 
     fn requests(&self) -> Vec<Value> {
-        self.emu.state()["requests"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.emu.requests()
+    }
+
+    /// The statuses of the requests to the provisioning sync (`…/provisioningSyncs/…`), from
+    /// index `from` of the log.
+    fn provisioning_statuses(&self, from: usize) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .skip(from)
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("provisioningSyncs")
+            })
+            .map(|r| r["status"].clone())
+            .collect()
     }
 }
 
@@ -213,8 +208,7 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
     );
 
     // Member add → UPDATED with the whole new list.
-    w.slapd
-        .modify(&format!("dn: {platform}\nadd: member\nmember: {carol}\n"));
+    w.slapd.add_member(&platform, &carol);
     w.sync_ok();
     let imports = w.imports();
     let p = group_in(&imports[3], &eng_id);
@@ -225,9 +219,7 @@ fn provisioning_sync_full_cycle_then_incremental_operations() {
     );
 
     // Member remove → UPDATED with the whole new list.
-    w.slapd.modify(&format!(
-        "dn: {platform}\ndelete: member\nmember: {alice}\n"
-    ));
+    w.slapd.remove_member(&platform, &alice);
     w.sync_ok();
     let imports = w.imports();
     let p = group_in(&imports[4], &eng_id);
@@ -296,8 +288,7 @@ fn provisioning_sync_failed_cycle_keeps_the_token_and_the_next_run_resends() {
 
     // Change every group, then let only the first import of the next cycle through.
     for g in &groups {
-        w.slapd
-            .modify(&format!("dn: {g}\nadd: member\nmember: {}\n", users[1]));
+        w.slapd.add_member(g, &users[1]);
     }
     w.emu.admin_post(
         "/faults",
@@ -392,19 +383,8 @@ fn provisioning_sync_retries_429_and_refreshes_an_expired_token() {
         started.elapsed() >= Duration::from_secs(3),
         "Retry-After honoured"
     );
-    let statuses: Vec<Value> = w
-        .requests()
-        .iter()
-        .filter(|r| {
-            r["path"]
-                .as_str()
-                .unwrap_or("")
-                .contains("provisioningSyncs")
-        })
-        .map(|r| r["status"].clone())
-        .collect();
     assert_eq!(
-        statuses,
+        w.provisioning_statuses(0),
         vec![json!(429), json!(429), json!(429), json!(200)]
     );
     assert!(w.stored_token().is_some());
@@ -426,19 +406,10 @@ fn provisioning_sync_retries_429_and_refreshes_an_expired_token() {
     w.emu.admin_post("/faults", &json!({"expire_tokens": true}));
     let out = run.join().expect("ldapsync thread");
     assert_eq!(out.code(), 0, "{}", out.describe());
-    let after: Vec<Value> = w
-        .requests()
-        .into_iter()
-        .skip(requests_before)
-        .filter(|r| {
-            r["path"]
-                .as_str()
-                .unwrap_or("")
-                .contains("provisioningSyncs")
-        })
-        .map(|r| r["status"].clone())
-        .collect();
-    assert_eq!(after, vec![json!(429), json!(401), json!(200)]);
+    assert_eq!(
+        w.provisioning_statuses(requests_before),
+        vec![json!(429), json!(401), json!(200)]
+    );
     assert_eq!(
         w.emu.state()["tokens_issued"].as_u64().unwrap(),
         issued_before + 2,
@@ -500,16 +471,25 @@ fn token(emu: &Emulator) -> String {
         .to_string()
 }
 
-fn create_group(emu: &Emulator, body: Value) -> String {
+/// POSTs `body` to the environment's `path` with a fresh access token, expecting 201; the
+/// response's JSON.
+fn api_create(emu: &Emulator, path: &str, body: Value) -> Value {
     let bearer = format!("Bearer {}", token(emu));
     let r = emu.request(
         "POST",
-        &format!("/v1/environments/{ENV_ID}/groups"),
+        &format!("/v1/environments/{ENV_ID}{path}"),
         &[("Authorization", bearer.as_str())],
         Some(&body),
     );
     assert_eq!(r.status, 201, "{}", r.body);
-    r.json()["id"].as_str().expect("id").to_string()
+    r.json()
+}
+
+fn create_group(emu: &Emulator, body: Value) -> String {
+    api_create(emu, "/groups", body)["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
 }
 
 /// Creates PingOne users (username, email) and returns their ids by username.
@@ -684,17 +664,11 @@ fn groups_sink_adopts_on_409_and_treats_duplicate_memberships_as_done() {
     let pingone_users = add_users(&w.emu, &["alice"]);
     let existing = create_group(&w.emu, json!({"name": "eng"}));
     // alice is already a member of the group we will adopt.
-    let bearer = format!("Bearer {}", token(&w.emu));
-    let r = w.emu.request(
-        "POST",
-        &format!(
-            "/v1/environments/{ENV_ID}/users/{}/memberOfGroups",
-            pingone_users["alice"]
-        ),
-        &[("Authorization", bearer.as_str())],
-        Some(&json!({"id": existing})),
+    api_create(
+        &w.emu,
+        &format!("/users/{}/memberOfGroups", pingone_users["alice"]),
+        json!({"id": existing}),
     );
-    assert_eq!(r.status, 201, "{}", r.body);
     let alice = w.slapd.add_user("alice", "alice@example.com");
     w.slapd.add_group("eng", &[&alice]);
     w.sync_ok();

@@ -98,12 +98,6 @@ fn expect(groups: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-fn sync(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["sync"];
-    all.extend_from_slice(args);
-    run_ldapsync(config, &all)
-}
-
 fn dry_run_json(config: &Path) -> (i32, Value) {
     let out = sync(config, &["--dry-run", "--output", "json"]);
     let json: Value = serde_json::from_str(&out.stdout_str())
@@ -119,24 +113,66 @@ struct World {
 }
 
 fn world(unique_names: bool, safety: &str, users: &[&str]) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let slapd = Slapd::start();
-    let scim = ScimServer::start(unique_names);
-    for user in users {
-        let mail = format!(
-            "{}@example.com",
-            user.replace(|c: char| !c.is_ascii_alphanumeric(), "x")
-        );
-        slapd.add_user(user, &mail);
-        scim.create_user(user, &mail);
+    World::new(
+        Slapd::start(),
+        ScimServer::start(unique_names),
+        safety,
+        users,
+    )
+}
+
+impl World {
+    /// `users` in both slapd and `scim` (mail NAME@example.com), and the config.
+    fn new(slapd: Slapd, scim: ScimServer, safety: &str, users: &[&str]) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        for user in users {
+            let mail = format!(
+                "{}@example.com",
+                user.replace(|c: char| !c.is_ascii_alphanumeric(), "x")
+            );
+            slapd.add_user(user, &mail);
+            scim.create_user(user, &mail);
+        }
+        let config = write_config(dir.path(), &slapd, &scim, safety);
+        World {
+            dir,
+            slapd,
+            scim,
+            config,
+        }
     }
-    let config = write_config(dir.path(), &slapd, &scim, safety);
-    World {
-        dir,
-        slapd,
-        scim,
-        config,
+
+    /// Runs `sync`, expecting success, then checks the SCIM groups and their members.
+    fn sync_to(&self, groups: &[(&str, &[&str])]) {
+        assert_code(&sync(&self.config, &[]), 0);
+        assert_eq!(scim_state(&self.scim), expect(groups));
     }
+
+    /// The ids of the SCIM groups, sorted.
+    fn group_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .scim
+            .groups()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Asserts that a dry run succeeds with nothing to do; returns its JSON report.
+fn assert_converged(config: &Path) -> Value {
+    let (code, plan) = dry_run_json(config);
+    assert_eq!(
+        (
+            code,
+            plan["sinks"][0]["operations"].as_array().unwrap().len()
+        ),
+        (0, 0),
+        "{plan}"
+    );
+    plan
 }
 
 fn user_dn(slapd: &Slapd, uid: &str) -> String {
@@ -154,12 +190,7 @@ fn lifecycle_converges_after_every_change_and_reruns_are_empty() {
     let eng = w.slapd.add_group("engineering", &[&alice, &bob]);
     w.slapd.add_group("sales", &[&carol]);
 
-    let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(
-        scim_state(&w.scim),
-        expect(&[("engineering", &["alice", "bob"]), ("sales", &["carol"])])
-    );
+    w.sync_to(&[("engineering", &["alice", "bob"]), ("sales", &["carol"])]);
 
     // No-op rerun: the plan is empty.
     let (code, plan) = dry_run_json(&w.config);
@@ -174,70 +205,30 @@ fn lifecycle_converges_after_every_change_and_reruns_are_empty() {
     w.slapd.modify(&format!(
         "dn: {eng}\nchangetype: modify\nadd: member\nmember: {carol}\n-\ndelete: member\nmember: {bob}\n"
     ));
-    let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(
-        scim_state(&w.scim),
-        expect(&[("engineering", &["alice", "carol"]), ("sales", &["carol"])])
-    );
+    w.sync_to(&[("engineering", &["alice", "carol"]), ("sales", &["carol"])]);
 
     // Rename (modrdn) keeps the SCIM group id: an update, not delete+create.
-    let id_before: Vec<String> = w
-        .scim
-        .groups()
-        .iter()
-        .map(|g| g["id"].as_str().unwrap().to_string())
-        .collect();
-    let mut modrdn = w.slapd.ldap_tool("ldapmodrdn");
-    modrdn.args(["-r", &eng, "cn=platform"]);
-    let out = run_with_timeout(&mut modrdn, None, Duration::from_secs(30));
-    assert!(out.status.success(), "{}", out.describe());
+    let id_before = w.group_ids();
+    w.slapd.rename(&eng, "cn=platform");
     let (_, plan) = dry_run_json(&w.config);
     assert_eq!(plan["sinks"][0]["summary"]["update"], 1, "{plan}");
     assert_eq!(
         plan["sinks"][0]["operations"][0]["previous_name"],
         "engineering"
     );
-    let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(
-        scim_state(&w.scim),
-        expect(&[("platform", &["alice", "carol"]), ("sales", &["carol"])])
-    );
-    let mut id_after: Vec<String> = w
-        .scim
-        .groups()
-        .iter()
-        .map(|g| g["id"].as_str().unwrap().to_string())
-        .collect();
-    let mut id_before = id_before;
-    id_before.sort();
-    id_after.sort();
-    assert_eq!(id_before, id_after, "rename must keep the target ids");
+    w.sync_to(&[("platform", &["alice", "carol"]), ("sales", &["carol"])]);
+    assert_eq!(id_before, w.group_ids(), "rename must keep the target ids");
 
     // Delete a group, add another.
     w.slapd
         .delete(&[&format!("cn=sales,ou=Groups,{}", w.slapd.base_dn())]);
     w.slapd.add_group("support", &[&user_dn(&w.slapd, "dave")]);
-    let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(
-        scim_state(&w.scim),
-        expect(&[("platform", &["alice", "carol"]), ("support", &["dave"])])
-    );
-    let (code, plan) = dry_run_json(&w.config);
-    assert_eq!(
-        (
-            code,
-            plan["sinks"][0]["operations"].as_array().unwrap().len()
-        ),
-        (0, 0),
-        "{plan}"
-    );
+    w.sync_to(&[("platform", &["alice", "carol"]), ("support", &["dave"])]);
+    assert_converged(&w.config);
 
     // status reads the history.
     let out = run_ldapsync(&w.config, &["status", "--output", "json"]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     let status: Value = serde_json::from_str(&out.stdout_str()).unwrap();
     assert_eq!(status["runs"].as_array().unwrap().len(), 4);
     assert_eq!(status["sinks"][0]["groups"], 2);
@@ -272,7 +263,7 @@ fn mass_delete_is_held_with_exit_3_and_nothing_written_until_allowed() {
     assert_eq!(w.scim.groups(), before, "a held run writes nothing");
 
     let out = sync(&w.config, &["--allow-deletes"]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     assert_eq!(scim_state(&w.scim), expect(&[("g1", &["alice"])]));
 }
 
@@ -296,9 +287,7 @@ fn dry_run_leaves_the_target_and_the_state_file_byte_identical() {
     assert!(w.scim.groups().is_empty());
 
     assert_eq!(sync(&w.config, &[]).code(), 0);
-    w.slapd.modify(&format!(
-        "dn: {g}\nchangetype: modify\nadd: member\nmember: {bob}\n"
-    ));
+    w.slapd.add_member(&g, &bob);
     let state = std::fs::read(w.dir.path().join("state.db")).unwrap();
     let groups = w.scim.groups();
     let text = sync(&w.config, &["--dry-run"]);
@@ -355,7 +344,7 @@ fn sigkill_during_a_large_initial_sync_then_rerun_converges_without_duplicates()
     );
 
     let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     let state = scim_state(&w.scim); // panics on duplicate names
     assert_eq!(state.len(), 300);
     for (i, (name, members)) in state.iter().enumerate() {
@@ -364,14 +353,7 @@ fn sigkill_during_a_large_initial_sync_then_rerun_converges_without_duplicates()
             [format!("u{}", i % 3 + 1), format!("u{}", (i + 1) % 3 + 1)].into();
         assert_eq!(members, &expected, "{name}");
     }
-    let (code, plan) = dry_run_json(&w.config);
-    assert_eq!(
-        (
-            code,
-            plan["sinks"][0]["operations"].as_array().unwrap().len()
-        ),
-        (0, 0)
-    );
+    assert_converged(&w.config);
 }
 
 #[test]
@@ -380,7 +362,7 @@ fn a_name_taken_in_a_unique_target_is_adopted() {
     let existing = w.scim.create_group("ops", &[]);
     w.slapd.add_group("ops", &[&user_dn(&w.slapd, "alice")]);
     let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     let groups = w.scim.groups();
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0]["id"], existing.as_str());
@@ -407,7 +389,7 @@ fn odd_data_escaped_dns_unicode_unknown_members_empty_and_duplicate_groups() {
          dn: cn=dup,ou=Other,ou=Groups,{base}\nobjectClass: groupOfNames\ncn: dup\nmember: uid=smith\\2C john,ou=People,{base}\n"
     ));
     let out = sync(&w.config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     let stderr = out.stderr_str();
     assert!(stderr.contains("duplicate group name \"dup\""), "{stderr}");
     assert!(
@@ -425,15 +407,7 @@ fn odd_data_escaped_dns_unicode_unknown_members_empty_and_duplicate_groups() {
             ("empty", &[]),
         ])
     );
-    let (code, plan) = dry_run_json(&w.config);
-    assert_eq!(
-        (
-            code,
-            plan["sinks"][0]["operations"].as_array().unwrap().len()
-        ),
-        (0, 0),
-        "{plan}"
-    );
+    let plan = assert_converged(&w.config);
     assert!(plan["warnings"].as_array().unwrap().len() >= 3, "{plan}");
 }
 
@@ -446,7 +420,7 @@ fn members_missing_in_the_target_are_skipped_counted_and_retried() {
         &[&user_dn(&w.slapd, "alice"), &user_dn(&w.slapd, "newcomer")],
     );
     let out = sync(&w.config, &["--output", "json"]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
     assert_eq!(report["sinks"][0]["unmapped_members"], 1, "{report}");
     assert_eq!(scim_state(&w.scim), expect(&[("ops", &["alice"])]));
@@ -527,14 +501,15 @@ fn a_second_process_on_the_same_state_file_fails_fast() {
 
 #[test]
 fn ldaps_and_starttls_with_a_ca_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let slapd = Slapd::start_tls();
-    let scim = ScimServer::start(false);
-    slapd.add_user("alice", "alice@example.com");
-    scim.create_user("alice", "alice@example.com");
-    slapd.add_group("tls", &[&user_dn(&slapd, "alice")]);
-    let plain =
-        std::fs::read_to_string(write_config(dir.path(), &slapd, &scim, LENIENT_SAFETY)).unwrap();
+    let w = World::new(
+        Slapd::start_tls(),
+        ScimServer::start(false),
+        LENIENT_SAFETY,
+        &["alice"],
+    );
+    let (dir, slapd, scim) = (&w.dir, &w.slapd, &w.scim);
+    slapd.add_group("tls", &[&user_dn(slapd, "alice")]);
+    let plain = std::fs::read_to_string(&w.config).unwrap();
     let ca = format!("ca_file = \"{}\"\n", slapd.ca_file().display());
 
     let ldaps = plain.replace(
@@ -543,7 +518,7 @@ fn ldaps_and_starttls_with_a_ca_file() {
     );
     let config = write_file(dir.path(), "ldaps.toml", &ldaps);
     let out = sync(&config, &["--dry-run", "--output", "json"]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     assert!(
         out.stdout_str().contains("\"create\":1"),
         "{}",
@@ -556,8 +531,8 @@ fn ldaps_and_starttls_with_a_ca_file() {
     );
     let config = write_file(dir.path(), "starttls.toml", &starttls);
     let out = sync(&config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(scim_state(&scim), expect(&[("tls", &["alice"])]));
+    assert_code(&out, 0);
+    assert_eq!(scim_state(scim), expect(&[("tls", &["alice"])]));
 
     // A certificate from an unknown CA is refused.
     let other = generate_test_pki(&dir.path().join("other"), &["localhost"], &["127.0.0.1"]);
@@ -579,9 +554,9 @@ fn ldaps_and_starttls_with_a_ca_file() {
 fn check_validates_and_connects() {
     let w = world(false, LENIENT_SAFETY, &[]);
     let out = run_ldapsync(&w.config, &["check"]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     let out = run_ldapsync(&w.config, &["check", "--connect"]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_code(&out, 0);
     assert!(out.stdout_str().contains("ldap: connected and bound"));
     let text = std::fs::read_to_string(&w.config).unwrap();
     let bad_token = write_file(
@@ -615,38 +590,26 @@ fn check_validates_and_connects() {
 
 #[test]
 fn without_patch_support_members_and_renames_go_through_put() {
-    let dir = tempfile::tempdir().unwrap();
-    let slapd = Slapd::start();
     // This server rejects PATCH, so converging proves the PUT path was used.
-    let scim = ScimServer::start_with(false, false);
-    for user in ["alice", "bob", "carol"] {
-        slapd.add_user(user, &format!("{user}@example.com"));
-        scim.create_user(user, &format!("{user}@example.com"));
-    }
-    let config = write_config(dir.path(), &slapd, &scim, LENIENT_SAFETY);
-    let g = slapd.add_group("ops", &[&user_dn(&slapd, "alice"), &user_dn(&slapd, "bob")]);
-    let out = sync(&config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(scim_state(&scim), expect(&[("ops", &["alice", "bob"])]));
+    let w = World::new(
+        Slapd::start(),
+        ScimServer::start_with(false, false),
+        LENIENT_SAFETY,
+        &["alice", "bob", "carol"],
+    );
+    let g = w.slapd.add_group(
+        "ops",
+        &[&user_dn(&w.slapd, "alice"), &user_dn(&w.slapd, "bob")],
+    );
+    w.sync_to(&[("ops", &["alice", "bob"])]);
 
-    slapd.modify(&format!(
+    w.slapd.modify(&format!(
         "dn: {g}\nchangetype: modify\nadd: member\nmember: {}\n-\ndelete: member\nmember: {}\n",
-        user_dn(&slapd, "carol"),
-        user_dn(&slapd, "alice")
+        user_dn(&w.slapd, "carol"),
+        user_dn(&w.slapd, "alice")
     ));
-    let mut modrdn = slapd.ldap_tool("ldapmodrdn");
-    modrdn.args(["-r", &g, "cn=operations"]);
-    assert!(
-        run_with_timeout(&mut modrdn, None, Duration::from_secs(30))
-            .status
-            .success()
-    );
-    let out = sync(&config, &[]);
-    assert_eq!(out.code(), 0, "{}", out.describe());
-    assert_eq!(
-        scim_state(&scim),
-        expect(&[("operations", &["bob", "carol"])])
-    );
+    w.slapd.rename(&g, "cn=operations");
+    w.sync_to(&[("operations", &["bob", "carol"])]);
 }
 
 #[test]
@@ -678,15 +641,7 @@ fn a_group_already_deleted_in_the_target_counts_as_deleted() {
         "404 on delete means done: {}",
         out.describe()
     );
-    let (code, plan) = dry_run_json(&w.config);
-    assert_eq!(
-        (
-            code,
-            plan["sinks"][0]["operations"].as_array().unwrap().len()
-        ),
-        (0, 0),
-        "{plan}"
-    );
+    assert_converged(&w.config);
     assert_eq!(scim_state(&w.scim), expect(&[("keep", &["alice"])]));
 }
 

@@ -214,9 +214,195 @@ fn log_file(path: &Path) -> (Stdio, Stdio) {
     (Stdio::from(f), Stdio::from(g))
 }
 
-fn log_says_port_taken(log: &Path) -> bool {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    text.contains("Address already in use") || text.contains("errno=98")
+/// Retries `attempt` (given the attempt number) up to 5 times while it returns Err(log tail),
+/// which it does when the address it picked was taken before the server could bind it.
+fn on_a_free_address<T>(what: &str, mut attempt: impl FnMut(u32) -> Result<T, String>) -> T {
+    let mut last_log = String::new();
+    for n in 0..5 {
+        match attempt(n) {
+            Ok(v) => return v,
+            Err(log) => last_log = log,
+        }
+    }
+    panic!("{what} could not listen on a free address after 5 attempts; log tail:\n{last_log}");
+}
+
+/// Waits for a server process that was just spawned (logging to `log`) until `ready` returns
+/// Ok, polling every 10 ms at first, backing off to 100 ms, and returns the child. Err(log tail)
+/// when it exited and its log says its address was taken (the caller retries elsewhere); panics
+/// when it exited for another reason, or is not ready within `START_TIMEOUT` (it is stopped
+/// first; `ready`'s last Err says why).
+fn await_server(
+    mut child: Child,
+    what: &str,
+    log: &Path,
+    mut ready: impl FnMut() -> Result<(), String>,
+) -> Result<Child, String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let tail = file_tail(log, 40);
+            let text = fs::read_to_string(log).unwrap_or_default();
+            if ["Address already in use", "errno=98", "Failed to listen"]
+                .iter()
+                .any(|m| text.contains(m))
+            {
+                return Err(tail);
+            }
+            panic!("{what} exited during start ({status}); log tail:\n{tail}");
+        }
+        let why = match ready() {
+            Ok(()) => return Ok(child),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            let tail = file_tail(log, 40);
+            drop(child.stdin.take());
+            stop_child(&mut child, Duration::from_secs(10));
+            panic!("{what} not ready within {START_TIMEOUT:?}: {why}; log tail:\n{tail}");
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------------------------------ ldap-utils
+
+/// A directory server administered with the ldap-utils commands (`ldapadd`, `ldapmodify`,
+/// `ldapdelete`, `ldapmodrdn`, `ldapsearch`): the plumbing [`Slapd`] and [`SambaDc`] share.
+pub trait LdapServer {
+    /// The server's name in failure messages.
+    const NAME: &'static str;
+    /// The naming context, probed with a base search to tell that the server is ready.
+    const BASE_DN: &'static str;
+    /// How long one ldap-utils command may take before it is killed.
+    const TOOL_TIMEOUT: Duration;
+
+    /// An ldap-utils command bound as the administrator (`-x -H URL -D DN -w PASSWORD`).
+    fn ldap_tool(&self, name: &str) -> Command;
+
+    /// The server's own log (stdout and stderr).
+    fn log_path(&self) -> PathBuf;
+
+    fn log_tail(&self, lines: usize) -> String {
+        file_tail(&self.log_path(), lines)
+    }
+
+    /// Runs `name` with `args`, feeding it `input`; panics with its stderr, the start of the
+    /// input and the server's log tail on failure.
+    fn run_tool(&self, name: &str, args: &[&str], input: &str) {
+        let out = run_with_timeout(
+            self.ldap_tool(name).args(args),
+            Some(input.as_bytes()),
+            Self::TOOL_TIMEOUT,
+        );
+        if !out.status.success() {
+            let command = [&[name], args].concat().join(" ");
+            let shown: String = input.chars().take(4000).collect();
+            panic!(
+                "{command} failed (exit {}):\n{}\n--- input (start) ---\n{shown}\n--- {} log tail ---\n{}",
+                out.code(),
+                out.stderr_str(),
+                Self::NAME,
+                self.log_tail(20)
+            );
+        }
+    }
+
+    /// Adds entries (LDIF without changetype) with `ldapadd`; panics with stderr on failure.
+    fn add(&self, ldif: &str) {
+        self.run_tool("ldapadd", &[], ldif)
+    }
+
+    /// Applies LDIF change records with `ldapmodify` (default changetype: modify; records may
+    /// carry `changetype: add|delete|modrdn`); panics with stderr on failure.
+    fn modify(&self, ldif: &str) {
+        self.run_tool("ldapmodify", &[], ldif)
+    }
+
+    /// Deletes entries (by DN) with `ldapdelete`; panics on failure.
+    fn delete(&self, dns: &[&str]) {
+        self.run_tool("ldapdelete", &[], &format!("{}\n", dns.join("\n")))
+    }
+
+    /// Renames `dn` to `new_rdn` (same parent, old RDN value removed) with `ldapmodrdn -r`.
+    fn rename(&self, dn: &str, new_rdn: &str) {
+        self.run_tool("ldapmodrdn", &["-r", dn, new_rdn], "")
+    }
+
+    /// Adds `member` to the `member` attribute of `group`.
+    fn add_member(&self, group: &str, member: &str) {
+        self.modify(&format!(
+            "dn: {group}\nchangetype: modify\nadd: member\nmember: {member}\n"
+        ))
+    }
+
+    /// Removes `member` from the `member` attribute of `group`.
+    fn remove_member(&self, group: &str, member: &str) {
+        self.modify(&format!(
+            "dn: {group}\nchangetype: modify\ndelete: member\nmember: {member}\n"
+        ))
+    }
+
+    /// `ldapsearch -LLL` as the administrator with `scope` (base, one, sub), returning the LDIF
+    /// text (unwrapped lines). An absent base (noSuchObject, 32) gives an empty string; other
+    /// failures panic.
+    fn search_scoped(&self, base: &str, scope: &str, filter: &str, attrs: &[&str]) -> String {
+        let out = run_with_timeout(
+            self.ldap_tool("ldapsearch")
+                .args([
+                    "-LLL",
+                    "-o",
+                    "ldif-wrap=no",
+                    "-b",
+                    base,
+                    "-s",
+                    scope,
+                    filter,
+                ])
+                .args(attrs),
+            None,
+            Self::TOOL_TIMEOUT,
+        );
+        match out.code() {
+            0 => out.stdout_str(),
+            32 => String::new(),
+            _ => panic!(
+                "ldapsearch -b {base:?} {filter:?} failed:\n{}",
+                out.describe()
+            ),
+        }
+    }
+
+    /// A bound base search of the naming context: Ok once the server answers it.
+    fn probe(&self) -> Result<(), String> {
+        let out = run_with_timeout(
+            self.ldap_tool("ldapsearch").args([
+                "-b",
+                Self::BASE_DN,
+                "-s",
+                "base",
+                "(objectClass=*)",
+                "1.1",
+            ]),
+            None,
+            Duration::from_secs(30),
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ldapsearch: {}", out.describe()))
+        }
+    }
+}
+
+/// `name -x -H url -D bind_dn -w password -o nettimeout=10`.
+fn ldap_command(name: &str, url: &str, bind_dn: &str, password: &str) -> Command {
+    let mut cmd = Command::new(name);
+    cmd.args(["-x", "-H", url, "-D", bind_dn, "-w", password])
+        .args(["-o", "nettimeout=10"]);
+    cmd
 }
 
 // ------------------------------------------------------------------------------------ HTTP
@@ -448,36 +634,23 @@ pub enum Ldif {
     File(PathBuf),
 }
 
-impl From<&str> for Ldif {
-    fn from(s: &str) -> Self {
-        Ldif::Text(s.to_owned())
-    }
+macro_rules! ldif_from {
+    ($($t:ty => $variant:ident($conv:expr)),* $(,)?) => {$(
+        impl From<$t> for Ldif {
+            fn from(v: $t) -> Self {
+                Ldif::$variant($conv(v))
+            }
+        }
+    )*};
 }
-impl From<String> for Ldif {
-    fn from(s: String) -> Self {
-        Ldif::Text(s)
-    }
-}
-impl From<&String> for Ldif {
-    fn from(s: &String) -> Self {
-        Ldif::Text(s.clone())
-    }
-}
-impl From<&Path> for Ldif {
-    fn from(p: &Path) -> Self {
-        Ldif::File(p.to_owned())
-    }
-}
-impl From<PathBuf> for Ldif {
-    fn from(p: PathBuf) -> Self {
-        Ldif::File(p)
-    }
-}
-impl From<&PathBuf> for Ldif {
-    fn from(p: &PathBuf) -> Self {
-        Ldif::File(p.clone())
-    }
-}
+ldif_from!(
+    &str => Text(str::to_owned),
+    String => Text(String::from),
+    &String => Text(String::clone),
+    &Path => File(Path::to_path_buf),
+    PathBuf => File(PathBuf::from),
+    &PathBuf => File(PathBuf::clone),
+);
 
 /// How to start a [`Slapd`]; `Slapd::start*` cover the usual cases.
 #[derive(Debug, Clone, Default)]
@@ -581,16 +754,11 @@ impl Slapd {
     }
 
     fn launch_on_free_ports(&mut self) {
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
+        on_a_free_address("slapd", |_| {
             self.port = free_port();
             self.ldaps_port = self.pki.as_ref().map(|_| free_port());
-            match self.launch() {
-                Ok(()) => return,
-                Err(log) => last_log = log, // port taken between free_port() and bind: retry
-            }
-        }
-        panic!("slapd could not bind a free port after 5 attempts; log tail:\n{last_log}");
+            self.launch()
+        })
     }
 
     /// Starts slapd on `self.port`; Err(log tail) if the port was taken, panics on other errors.
@@ -610,40 +778,14 @@ impl Slapd {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {SLAPD}: {e}"));
+        let child = await_server(child, "slapd", &self.log_path(), || {
+            if !(port_open(self.port) && self.ldaps_port.is_none_or(port_open)) {
+                return Err("port closed".into());
+            }
+            self.probe()
+        })?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                self.child = None;
-                let tail = self.log_tail(40);
-                if log_says_port_taken(&self.log_path()) {
-                    return Err(tail);
-                }
-                panic!("slapd exited during start ({status}); log tail:\n{tail}");
-            }
-            if port_open(self.port) && self.ldaps_port.is_none_or(port_open) && self.ldapsearch_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let tail = self.log_tail(40);
-                self.stop();
-                panic!("slapd not ready within {START_TIMEOUT:?}; log tail:\n{tail}");
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
-    fn ldapsearch_ok(&self) -> bool {
-        let out = run_with_timeout(
-            self.ldap_tool("ldapsearch")
-                .args(["-b", BASE_DN, "-s", "base", "1.1"]),
-            None,
-            Duration::from_secs(30),
-        );
-        out.status.success()
+        Ok(())
     }
 
     /// Stops slapd (SIGTERM, then SIGKILL); the data stays. See [`Slapd::restart`].
@@ -714,81 +856,10 @@ impl Slapd {
     pub fn conf_path(&self) -> PathBuf {
         self.dir().join("slapd.conf")
     }
-    /// slapd's stderr (debug level `stats` unless `LDAPSYNC_TEST_SLAPD_DEBUG` says otherwise).
-    pub fn log_path(&self) -> PathBuf {
-        self.dir().join("slapd.log")
-    }
-    pub fn log_tail(&self, lines: usize) -> String {
-        file_tail(&self.log_path(), lines)
-    }
-
-    /// An ldap-utils command bound as the admin to `url()`, ignoring ldap.conf/.ldaprc.
-    pub fn ldap_tool(&self, name: &str) -> Command {
-        let mut cmd = Command::new(name);
-        cmd.env("LDAPNOINIT", "1")
-            .args([
-                "-x",
-                "-H",
-                &self.url(),
-                "-D",
-                ADMIN_DN,
-                "-w",
-                ADMIN_PASSWORD,
-            ])
-            .args(["-o", "nettimeout=10"]);
-        cmd
-    }
-
-    fn run_ldif_tool(&self, name: &str, extra: &[&str], ldif: &str) {
-        let out = run_with_timeout(
-            self.ldap_tool(name).args(extra),
-            Some(ldif.as_bytes()),
-            Duration::from_secs(120),
-        );
-        if !out.status.success() {
-            panic!(
-                "{name} failed (exit {}):\n{}\n--- LDIF ---\n{ldif}\n--- slapd log tail ---\n{}",
-                out.code(),
-                out.stderr_str(),
-                self.log_tail(20)
-            );
-        }
-    }
-
-    /// Adds entries (LDIF without changetype) with `ldapadd`; panics with stderr on failure.
-    pub fn add(&self, ldif: &str) {
-        self.run_ldif_tool("ldapadd", &[], ldif)
-    }
-
-    /// Applies LDIF change records with `ldapmodify` (default changetype: modify; records may
-    /// carry `changetype: add|delete|modrdn`); panics with stderr on failure.
-    pub fn modify(&self, ldif: &str) {
-        self.run_ldif_tool("ldapmodify", &[], ldif)
-    }
-
-    /// Deletes entries (by DN) with `ldapdelete`; panics on failure.
-    pub fn delete(&self, dns: &[&str]) {
-        self.run_ldif_tool("ldapdelete", &[], &format!("{}\n", dns.join("\n")))
-    }
-
-    /// `ldapsearch -LLL` as admin, returning the LDIF text (unwrapped lines). An absent base
-    /// (noSuchObject, 32) gives an empty string; other failures panic.
+    /// `ldapsearch -LLL` as admin (subtree), returning the LDIF text (unwrapped lines). An absent
+    /// base (noSuchObject, 32) gives an empty string; other failures panic.
     pub fn search(&self, base: &str, filter: &str, attrs: &[&str]) -> String {
-        let out = run_with_timeout(
-            self.ldap_tool("ldapsearch")
-                .args(["-LLL", "-o", "ldif-wrap=no", "-b", base, filter])
-                .args(attrs),
-            None,
-            Duration::from_secs(120),
-        );
-        match out.code() {
-            0 => out.stdout_str(),
-            32 => String::new(),
-            _ => panic!(
-                "ldapsearch -b {base:?} {filter:?} failed:\n{}",
-                out.describe()
-            ),
-        }
+        self.search_scoped(base, "sub", filter, attrs)
     }
 
     /// The DNs under `base` matching `filter` (subtree), in server order; empty when `base`
@@ -799,27 +870,9 @@ impl Slapd {
 
     /// The values of `attr` on the entry `dn` (empty if the entry or attribute is absent).
     pub fn attr_values(&self, dn: &str, attr: &str) -> Vec<String> {
-        let out = run_with_timeout(
-            self.ldap_tool("ldapsearch").args([
-                "-LLL",
-                "-o",
-                "ldif-wrap=no",
-                "-b",
-                dn,
-                "-s",
-                "base",
-                "(objectClass=*)",
-                attr,
-            ]),
-            None,
-            Duration::from_secs(60),
-        );
-        if out.code() == 32 {
-            return Vec::new();
-        }
-        assert!(out.status.success(), "ldapsearch {dn}:\n{}", out.describe());
+        let ldif = self.search_scoped(dn, "base", "(objectClass=*)", &[attr]);
         let mut values = Vec::new();
-        for line in out.stdout_str().lines() {
+        for line in ldif.lines() {
             if let Some((name, rest)) = line.split_once(':') {
                 if !name.eq_ignore_ascii_case(attr) {
                     continue;
@@ -852,6 +905,24 @@ impl Slapd {
         }
         self.add(&ldif);
         dn
+    }
+}
+
+impl LdapServer for Slapd {
+    const NAME: &'static str = "slapd";
+    const BASE_DN: &'static str = BASE_DN;
+    const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// Bound as the admin to `url()`, ignoring ldap.conf/.ldaprc.
+    fn ldap_tool(&self, name: &str) -> Command {
+        let mut cmd = ldap_command(name, &self.url(), ADMIN_DN, ADMIN_PASSWORD);
+        cmd.env("LDAPNOINIT", "1");
+        cmd
+    }
+
+    /// slapd's stderr (debug level `stats` unless `LDAPSYNC_TEST_SLAPD_DEBUG` says otherwise).
+    fn log_path(&self) -> PathBuf {
+        self.dir().join("slapd.log")
     }
 }
 
@@ -989,8 +1060,7 @@ impl ScimServer {
             token,
             dir,
         };
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
+        on_a_free_address("scim2-server", |_| {
             server.port = free_port();
             let (out, err) = log_file(&server.log_path());
             let mut cmd = Command::new(&bin);
@@ -1014,45 +1084,24 @@ impl ScimServer {
                 .stderr(err)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            server.child = Some(child);
-            match server.wait_ready() {
-                Ok(()) => return server,
-                Err(tail) => last_log = tail,
-            }
-        }
-        panic!("scim2-server could not bind a free port after 5 attempts; log:\n{last_log}");
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                self.child = None;
-                let tail = self.log_tail(40);
-                if log_says_port_taken(&self.log_path()) {
-                    return Err(tail);
+            let child = await_server(child, "scim2-server", &server.log_path(), || {
+                if !port_open(server.port) {
+                    return Err("port closed".into());
                 }
-                panic!("scim2-server exited during start ({status}); log tail:\n{tail}");
-            }
-            if port_open(self.port) {
-                let r = self.request("GET", "/ServiceProviderConfig", None);
+                let r = server.request("GET", "/ServiceProviderConfig", None);
                 assert_eq!(
                     r.status,
                     200,
                     "scim2-server /ServiceProviderConfig: {}\nlog:\n{}",
                     r.body,
-                    self.log_tail(20)
+                    server.log_tail(20)
                 );
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let tail = self.log_tail(40);
-                panic!("scim2-server not ready within {START_TIMEOUT:?}; log tail:\n{tail}");
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
+                Ok(())
+            })?;
+            server.child = Some(child);
+            Ok(())
+        });
+        server
     }
 
     /// `http://127.0.0.1:PORT/v2` (scim2-server serves the same routes with and without `/v2`).
@@ -1411,6 +1460,16 @@ impl Emulator {
         r.json()
     }
 
+    /// The `key` list of `/__admin/state` (empty when absent).
+    pub fn state_list(&self, key: &str) -> Vec<Value> {
+        self.state()[key].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The emulator's request log (`requests` of `/__admin/state`), oldest first.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state_list("requests")
+    }
+
     /// POST `body` to the admin API: `path` is taken as is when it starts with `/__admin`,
     /// else it is appended to `/__admin` (so `"/reset"` and `"/__admin/reset"` are the same).
     /// Expects a 2xx status; returns the JSON body (Null if empty).
@@ -1494,6 +1553,98 @@ pub fn run_ldapsync_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> O
         cmd.env(k, v);
     }
     run_with_timeout(&mut cmd, None, Duration::from_secs(300))
+}
+
+/// `ldapsync --config CONFIG sync ARGS…` (see [`run_ldapsync`]).
+pub fn sync(config: &Path, args: &[&str]) -> Output {
+    run_ldapsync(config, &[&["sync"], args].concat())
+}
+
+/// Asserts a finished process's exit code, showing its whole output when it differs.
+#[track_caller]
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(out.code(), code, "{}", out.describe());
+}
+
+/// Makes the state file forget that the creates of `sink` were confirmed, as after a crash
+/// between a create request and its record: its ledger keeps only the intents (no target id,
+/// no members).
+pub fn forget_confirmed_creates(state: &Path, sink: &str) {
+    let db = rusqlite::Connection::open(state)
+        .unwrap_or_else(|e| panic!("open {}: {e}", state.display()));
+    db.execute(
+        "UPDATE ledger_groups SET target_id = NULL WHERE sink = ?1",
+        [sink],
+    )
+    .expect("clear the target ids");
+    db.execute("DELETE FROM ledger_members WHERE sink = ?1", [sink])
+        .expect("delete the ledger members");
+}
+
+/// The world of the emulator-driven sink tests: a real slapd, one emulator of
+/// `tests/emulators/`, and a temporary directory for the config, secret and state files.
+pub struct EmulatorWorld {
+    pub slapd: Slapd,
+    pub emu: Emulator,
+    pub dir: TempDir,
+}
+
+impl EmulatorWorld {
+    /// slapd (base tree only) and `tests/emulators/<script>.py EMULATOR_ARGS…`.
+    pub fn start(script: &str, emulator_args: &[&str]) -> EmulatorWorld {
+        EmulatorWorld {
+            slapd: Slapd::start(),
+            emu: Emulator::start(script, emulator_args),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The state file of the configs written by [`EmulatorWorld::write_config`].
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// Writes `config.toml`: [`ldap_config_toml`] for the world's slapd and state file,
+    /// [`permissive_safety_toml`]`(max_member_removes)`, and one `[[sinks]]` table with the
+    /// lines `sink`. Returns its path.
+    pub fn write_config(&self, max_member_removes: u32, sink: &str) -> PathBuf {
+        let text = format!(
+            "{ldap}\n{safety}\n[[sinks]]\n{sink}\n",
+            ldap = ldap_config_toml(&self.slapd, &self.state_path()),
+            safety = permissive_safety_toml(max_member_removes),
+        );
+        write_file(self.dir.path(), "config.toml", text)
+    }
+
+    /// The emulator's groups (`groups` of its state).
+    pub fn groups(&self) -> Vec<Value> {
+        self.emu.state_list("groups")
+    }
+
+    /// The emulator's groups whose `name` is `name`.
+    pub fn groups_named(&self, name: &str) -> Vec<Value> {
+        self.groups()
+            .into_iter()
+            .filter(|g| g["name"] == name)
+            .collect()
+    }
+
+    /// The first emulator group named `name`.
+    pub fn group(&self, name: &str) -> Option<Value> {
+        self.groups_named(name).into_iter().next()
+    }
+
+    /// The emulator's requests from index `from` of its log that change something (not GET)
+    /// and that `keep` keeps, as `"METHOD" "path" -> status`.
+    pub fn writes_since(&self, from: usize, keep: impl Fn(&Value) -> bool) -> Vec<String> {
+        self.emu
+            .requests()
+            .iter()
+            .skip(from)
+            .filter(|r| r["method"] != "GET" && keep(r))
+            .map(|r| format!("{} {} -> {}", r["method"], r["path"], r["status"]))
+            .collect()
+    }
 }
 
 // ------------------------------------------------------------------------------------ Samba AD DC
@@ -1586,24 +1737,21 @@ impl SambaDc {
                 dc.dir().join("tls/ca.crt").display()
             ),
         );
-        let mut last_log = String::new();
-        for attempt in 0..5u32 {
+        on_a_free_address("samba", |attempt| {
             dc.ip = loopback_address(attempt);
+            // Someone else's DC on this address: try the next one.
             if [389, 636].iter().any(|p| {
                 let addr: SocketAddr = format!("{}:{p}", dc.ip).parse().unwrap();
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             }) {
-                continue; // someone else's DC on this address
+                return Err(format!("{} is taken", dc.ip));
             }
             let tls = dc.dir().join("tls");
             dc.pki = generate_test_pki(&tls, &["localhost"], &["127.0.0.1", &dc.ip]);
             dc.write_smb_conf();
-            match dc.launch() {
-                Ok(()) => return dc,
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("samba could not listen on a free loopback address after 5 attempts:\n{last_log}");
+            dc.launch()
+        });
+        dc
     }
 
     /// Writes etc/smb.conf: the provisioned one (kept as smb.conf.provisioned) with our
@@ -1680,53 +1828,15 @@ impl SambaDc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {SAMBA}: {e}"));
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                self.child = None;
-                let tail = self.log_tail(40);
-                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
-                if log.contains("Address already in use") || log.contains("Failed to listen") {
-                    return Err(tail);
-                }
-                panic!("samba exited during start ({status}); log tail:\n{tail}");
-            }
+        let child = await_server(child, "samba", &self.log_path(), || {
             let addr: SocketAddr = format!("{}:636", self.ip).parse().unwrap();
-            let whoami = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .is_ok()
-                .then(|| self.whoami());
-            if whoami.as_ref().is_some_and(|out| out.status.success()) {
-                return Ok(());
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                return Err("port 636 closed".into());
             }
-            if Instant::now() >= deadline {
-                let tail = self.log_tail(40);
-                self.stop();
-                let probe = whoami.map_or("port 636 closed".into(), |out| out.describe());
-                panic!(
-                    "samba not ready within {START_TIMEOUT:?}; ldapsearch: {probe}\nlog tail:\n{tail}"
-                );
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
-    /// A bound base search of the domain (Samba has no WhoAmI extended operation).
-    fn whoami(&self) -> Output {
-        run_with_timeout(
-            self.ldap_tool("ldapsearch").args([
-                "-b",
-                SAMBA_BASE_DN,
-                "-s",
-                "base",
-                "(objectClass=*)",
-                "1.1",
-            ]),
-            None,
-            Duration::from_secs(30),
-        )
+            self.probe()
+        })?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Stops samba: closes its stdin (it exits at once), then SIGTERM/SIGKILL if it has not
@@ -1785,92 +1895,10 @@ impl SambaDc {
     pub fn sam_ldb(&self) -> PathBuf {
         self.dir().join("private/sam.ldb")
     }
-    /// samba's stdout/stderr (debug level 1).
-    pub fn log_path(&self) -> PathBuf {
-        self.dir().join("samba.log")
-    }
-    pub fn log_tail(&self, lines: usize) -> String {
-        file_tail(&self.log_path(), lines)
-    }
-
-    /// An ldap-utils command bound as the Administrator to `ldaps_url()`, trusting only the test
-    /// CA (its own ldap.conf; ~/.ldaprc and /etc/ldap/ldap.conf are not read).
-    pub fn ldap_tool(&self, name: &str) -> Command {
-        let mut cmd = Command::new(name);
-        cmd.env("LDAPCONF", self.dir().join("ldap.conf"))
-            .env("LDAPRC", "ldapsync-tests-no-ldaprc")
-            .env_remove("LDAPNOINIT")
-            .args([
-                "-x",
-                "-H",
-                &self.ldaps_url(),
-                "-D",
-                SAMBA_ADMIN_DN,
-                "-w",
-                SAMBA_ADMIN_PASSWORD,
-            ])
-            .args(["-o", "nettimeout=10"]);
-        cmd
-    }
-
-    fn run_ldif_tool(&self, name: &str, extra: &[&str], ldif: &str) {
-        let out = run_with_timeout(
-            self.ldap_tool(name).args(extra),
-            Some(ldif.as_bytes()),
-            Duration::from_secs(300),
-        );
-        if !out.status.success() {
-            let shown: String = ldif.chars().take(4000).collect();
-            panic!(
-                "{name} failed (exit {}):\n{}\n--- LDIF (start) ---\n{shown}\n--- samba log tail ---\n{}",
-                out.code(),
-                out.stderr_str(),
-                self.log_tail(20)
-            );
-        }
-    }
-
-    /// Adds entries (LDIF without changetype) with `ldapadd` over LDAPS; panics on failure.
-    pub fn add(&self, ldif: &str) {
-        self.run_ldif_tool("ldapadd", &[], ldif)
-    }
-
-    /// Applies LDIF change records with `ldapmodify` over LDAPS (default changetype: modify).
-    pub fn modify(&self, ldif: &str) {
-        self.run_ldif_tool("ldapmodify", &[], ldif)
-    }
-
-    /// Deletes entries (by DN) with `ldapdelete`; panics on failure.
-    pub fn delete(&self, dns: &[&str]) {
-        self.run_ldif_tool("ldapdelete", &[], &format!("{}\n", dns.join("\n")))
-    }
-
-    /// `ldapsearch -LLL` as Administrator over LDAPS (unwrapped LDIF). noSuchObject gives "".
+    /// `ldapsearch -LLL` as Administrator over LDAPS with `scope` (unwrapped LDIF). noSuchObject
+    /// gives "".
     pub fn search(&self, base: &str, scope: &str, filter: &str, attrs: &[&str]) -> String {
-        let out = run_with_timeout(
-            self.ldap_tool("ldapsearch")
-                .args([
-                    "-LLL",
-                    "-o",
-                    "ldif-wrap=no",
-                    "-b",
-                    base,
-                    "-s",
-                    scope,
-                    filter,
-                ])
-                .args(attrs),
-            None,
-            Duration::from_secs(120),
-        );
-        match out.code() {
-            0 => out.stdout_str(),
-            32 => String::new(),
-            _ => panic!(
-                "ldapsearch -b {base:?} {filter:?} failed:\n{}",
-                out.describe()
-            ),
-        }
+        self.search_scoped(base, scope, filter, attrs)
     }
 
     /// Adds `OU=NAME,<domain>` and returns its DN.
@@ -1932,6 +1960,32 @@ impl SambaDc {
             .unwrap_or_else(|| panic!("no objectGUID for {dn}:\n{}", out.describe()))
             .trim()
             .to_string()
+    }
+}
+
+impl LdapServer for SambaDc {
+    const NAME: &'static str = "samba";
+    const BASE_DN: &'static str = SAMBA_BASE_DN;
+    const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+    /// Bound as the Administrator to `ldaps_url()`, trusting only the test CA (its own
+    /// ldap.conf; ~/.ldaprc and /etc/ldap/ldap.conf are not read).
+    fn ldap_tool(&self, name: &str) -> Command {
+        let mut cmd = ldap_command(
+            name,
+            &self.ldaps_url(),
+            SAMBA_ADMIN_DN,
+            SAMBA_ADMIN_PASSWORD,
+        );
+        cmd.env("LDAPCONF", self.dir().join("ldap.conf"))
+            .env("LDAPRC", "ldapsync-tests-no-ldaprc")
+            .env_remove("LDAPNOINIT");
+        cmd
+    }
+
+    /// samba's stdout/stderr (debug level 1).
+    fn log_path(&self) -> PathBuf {
+        self.dir().join("samba.log")
     }
 }
 
