@@ -705,11 +705,11 @@ pub fn resolve_secret(
         .ok_or_else(|| SecretError::Missing { key: key.into() })
 }
 
+/// The required sections without any sink: the start of every test configuration.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
+macro_rules! test_config_scopes {
+    () => {
+        r#"
 [ldap]
 ldif_file = "dir.ldif"
 
@@ -721,12 +721,20 @@ base_dn = "ou=People,dc=example,dc=com"
 
 [state]
 path = "state.db"
+"#
+    };
+}
+#[cfg(test)]
+pub(crate) const TEST_CONFIG_SCOPES: &str = test_config_scopes!();
 
-[[sinks]]
-name = "audit"
-type = "file"
-path = "-"
-"#;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = concat!(
+        test_config_scopes!(),
+        "\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"-\"\n"
+    );
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("config.toml"))

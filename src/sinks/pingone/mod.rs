@@ -309,21 +309,7 @@ mod tests {
 mod config_tests {
     use std::path::Path;
 
-    use crate::config::Config;
-
-    const BASE: &str = r#"
-[ldap]
-ldif_file = "dir.ldif"
-
-[groups]
-base_dn = "ou=Groups,dc=example,dc=com"
-
-[users]
-base_dn = "ou=People,dc=example,dc=com"
-
-[state]
-path = "state.db"
-"#;
+    use crate::config::{Config, TEST_CONFIG_SCOPES as BASE};
 
     #[test]
     fn both_sinks_parse_in_a_config_and_unknown_keys_name_the_line() {
