@@ -4,15 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::app::{self, Config};
 use crate::engine::{self, RunOptions};
-use crate::sinks::{self, Sink};
+use crate::exit::ExitStatus;
 use crate::store::Store;
 use crate::telemetry::LogFormat;
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,34 +78,8 @@ pub fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/ldapsync/config.toml"))
 }
 
-/// Loads the configuration and resolves its secrets; messages are ready for stderr.
-pub fn load_config(path: &std::path::Path) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    config.resolve_secrets().map_err(|e| e.to_string())?;
-    Ok(config)
-}
-
-/// Builds the configured sinks, optionally only those named.
-pub fn build_sinks(config: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, String> {
-    for name in only {
-        if !config.sinks.iter().any(|s| &s.name == name) {
-            let known: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
-            return Err(format!(
-                "no sink named {name:?}; configured sinks: {}",
-                known.join(", ")
-            ));
-        }
-    }
-    config
-        .sinks
-        .iter()
-        .filter(|s| only.is_empty() || only.contains(&s.name))
-        .map(|s| sinks::build(s).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// Runs the parsed command and returns the process exit code.
-pub async fn run(cli: Cli) -> i32 {
+/// Runs the parsed command and returns the process exit status.
+pub async fn run(cli: Cli) -> ExitStatus {
     let path = config_path(&cli);
     match cli.command {
         Command::Sync {
@@ -137,20 +107,10 @@ async fn sync(
     only: &[String],
     options: &RunOptions,
     output: Output,
-) -> i32 {
-    let config = match load_config(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let sinks = match build_sinks(&config, only) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+) -> ExitStatus {
+    let (config, sinks) = match load(path, only) {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
     };
     let mut store = if options.dry_run {
         Store::open_read_only(&config.state.path)
@@ -161,14 +121,14 @@ async fn sync(
         Ok(store) => store.take(),
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_FAILED;
+            return ExitStatus::Failed;
         }
     };
     let report = match engine::run(&config, store.as_mut(), &sinks, options).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_FAILED;
+            return ExitStatus::Failed;
         }
     };
     match output {
@@ -178,23 +138,28 @@ async fn sync(
     if let Some(error) = &report.read_error {
         eprintln!("error: {error}");
     }
-    report.exit_code()
+    report.exit_status()
 }
 
-async fn check(path: &std::path::Path, connect: bool) -> i32 {
-    let config = match load_config(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let sinks = match build_sinks(&config, &[]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+/// Loads the configuration and builds the sinks (all, or those in `only`); prints the error.
+fn load(
+    path: &std::path::Path,
+    only: &[String],
+) -> Result<(Config, Vec<Box<dyn crate::sinks::Sink>>), ExitStatus> {
+    let loaded = app::load_config(path).and_then(|config| {
+        let sinks = app::build_sinks(&config, only)?;
+        Ok((config, sinks))
+    });
+    loaded.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitStatus::Usage
+    })
+}
+
+async fn check(path: &std::path::Path, connect: bool) -> ExitStatus {
+    let (config, sinks) = match load(path, &[]) {
+        Ok(loaded) => loaded,
+        Err(status) => return status,
     };
     println!(
         "{}: configuration is valid ({} sink(s))",
@@ -202,30 +167,15 @@ async fn check(path: &std::path::Path, connect: bool) -> i32 {
         sinks.len()
     );
     if !connect {
-        return EXIT_OK;
+        return ExitStatus::Success;
     }
-    let mut code = EXIT_OK;
-    if config.ldap.url.is_some() {
-        match crate::source::ldap::connect(&config).await {
-            Ok(_) => println!("ldap: connected and bound"),
-            Err(e) => {
-                println!("ldap: FAILED: {e}");
-                code = EXIT_FAILED;
-            }
-        }
-    } else {
-        match std::fs::metadata(
-            config
-                .ldap
-                .ldif_file
-                .as_deref()
-                .unwrap_or(std::path::Path::new("")),
-        ) {
-            Ok(_) => println!("ldif: readable"),
-            Err(e) => {
-                println!("ldif: FAILED: {e}");
-                code = EXIT_FAILED;
-            }
+    let mut status = ExitStatus::Success;
+    match app::check_source(&config).await {
+        ("ldap", Ok(())) => println!("ldap: connected and bound"),
+        (what, Ok(())) => println!("{what}: readable"),
+        (what, Err(e)) => {
+            println!("{what}: FAILED: {e}");
+            status = ExitStatus::Failed;
         }
     }
     for sink in &sinks {
@@ -233,19 +183,19 @@ async fn check(path: &std::path::Path, connect: bool) -> i32 {
             Ok(()) => println!("sink {:?} ({}): OK", sink.name(), sink.type_name()),
             Err(e) => {
                 println!("sink {:?} ({}): FAILED: {e}", sink.name(), sink.type_name());
-                code = EXIT_FAILED;
+                status = ExitStatus::Failed;
             }
         }
     }
-    code
+    status
 }
 
-fn status(path: &std::path::Path, output: Output) -> i32 {
+fn status(path: &std::path::Path, output: Output) -> ExitStatus {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USAGE;
+            return ExitStatus::Usage;
         }
     };
     let store = match Store::open_for_status(&config.state.path) {
@@ -258,18 +208,18 @@ fn status(path: &std::path::Path, output: Output) -> i32 {
                     config.state.path.display()
                 ),
             }
-            return EXIT_OK;
+            return ExitStatus::Success;
         }
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_FAILED;
+            return ExitStatus::Failed;
         }
     };
     let (runs, counts) = match (store.recent_runs(10), store.ledger_counts()) {
         (Ok(r), Ok(c)) => (r, c),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
-            return EXIT_FAILED;
+            return ExitStatus::Failed;
         }
     };
     let now = chrono::Utc::now();
@@ -339,5 +289,5 @@ fn status(path: &std::path::Path, output: Output) -> i32 {
             }
         }
     }
-    EXIT_OK
+    ExitStatus::Success
 }

@@ -6,9 +6,28 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
-use crate::sinks::SinkSettings;
+use crate::secret::{Secret, SecretError, resolve_optional_secret};
+
+/// A value that serde cannot check: the offending key and why it is wrong.
+pub type Invalid = (&'static str, String);
+
+/// What the configuration needs from the type-specific part of a `[[sinks]]` table. The sink
+/// registry (one level up, in `sinks`) implements it; `config` itself knows no sink type.
+pub trait SinkOptions: DeserializeOwned + fmt::Debug + Clone {
+    /// The `type` value.
+    fn type_name(&self) -> &'static str;
+    /// Checks values serde cannot.
+    fn validate(&self) -> Result<(), Invalid>;
+    /// Resolves every secret (files readable, `env:` variables set) without contacting anything.
+    fn resolve_secrets(&self) -> Result<(), SecretError>;
+    /// The keys whose secret is written inline in the file (not `env:NAME`, not a `*_file`).
+    fn inline_secrets(&self) -> Vec<&'static str>;
+}
 
 /// A configuration problem, located in the file where possible.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +47,10 @@ pub enum ConfigError {
     Unlocated { path: String, message: String },
 }
 
-/// The whole configuration file.
+/// The whole configuration file; `S` is the type-specific part of a `[[sinks]]` table.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
+#[serde(deny_unknown_fields, bound(deserialize = "S: DeserializeOwned"))]
+pub struct Config<S> {
     pub ldap: LdapConfig,
     pub groups: GroupsConfig,
     pub users: UsersConfig,
@@ -41,7 +60,7 @@ pub struct Config {
     pub safety: SafetyConfig,
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
-    pub sinks: Vec<SinkConfig>,
+    pub sinks: Vec<SinkConfig<S>>,
     /// Where this configuration was read from (not a TOML key).
     #[serde(skip)]
     pub source_path: PathBuf,
@@ -154,11 +173,60 @@ pub struct StateConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
-    pub cron: String,
-    pub timezone: Option<String>,
+    pub cron: CronSchedule,
+    /// An IANA zone name; UTC when absent.
+    #[serde(default, deserialize_with = "time_zone")]
+    pub timezone: Option<Tz>,
     #[serde(default = "default_true")]
     pub run_on_start: bool,
-    pub full_sync_cron: Option<String>,
+    pub full_sync_cron: Option<CronSchedule>,
+}
+
+/// A seconds-resolution cron expression, parsed once when the configuration is read, exactly as
+/// tokio-cron-scheduler parses it (seconds required; day-of-month AND day-of-week).
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    pub expression: String,
+    pub cron: Cron,
+}
+
+impl CronSchedule {
+    pub fn parse(expression: &str) -> Result<CronSchedule, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(expression)
+            .map(|cron| CronSchedule {
+                expression: expression.to_string(),
+                cron,
+            })
+            .map_err(|e| {
+                format!(
+                    "{expression:?} is not a seconds-resolution cron expression ({e}); it has six fields, second minute hour day month weekday, e.g. \"0 */5 * * * *\""
+                )
+            })
+    }
+}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expression)
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let expression = String::deserialize(deserializer)?;
+        CronSchedule::parse(&expression).map_err(serde::de::Error::custom)
+    }
+}
+
+fn time_zone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Tz>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    name.parse::<Tz>()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{name:?} is not an IANA time zone name")))
 }
 
 fn default_true() -> bool {
@@ -212,9 +280,9 @@ fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
 
-/// One `[[sinks]]` entry: a name plus the settings of its `type`.
+/// One `[[sinks]]` entry: a name, the keys every sink shares, and the settings of its `type`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct SinkConfig {
+pub struct SinkConfig<S> {
     pub name: String,
     /// Requests per second to this target (shared HTTP layer).
     pub rate_limit_per_second: Option<u32>,
@@ -223,31 +291,13 @@ pub struct SinkConfig {
     /// Retries of a request that met a 429, a 5xx or a connection error.
     pub max_retries: Option<u32>,
     #[serde(flatten)]
-    pub settings: SinkSettings,
+    pub settings: S,
 }
 
-impl SinkConfig {
-    /// Settings of the shared HTTP layer for this sink.
-    pub fn http_settings(&self) -> crate::sinks::http::HttpSettings {
-        let defaults = crate::sinks::http::HttpSettings::default();
-        crate::sinks::http::HttpSettings {
-            rate_limit_per_second: self
-                .rate_limit_per_second
-                .unwrap_or(defaults.rate_limit_per_second),
-            timeout: self
-                .timeout_secs
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(defaults.timeout),
-            max_retries: self.max_retries.unwrap_or(defaults.max_retries),
-            ..defaults
-        }
-    }
-}
-
-impl Config {
+impl<S: SinkOptions> Config<S> {
     /// Reads, parses and validates a configuration file. Secrets are not resolved here.
     /// Warns when the file holds inline secrets and other users can read it.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config<S>, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -257,7 +307,7 @@ impl Config {
         let mode = std::fs::metadata(path)
             .map(|m| m.permissions().mode())
             .unwrap_or(0);
-        let inline = inline_secret_keys(&text);
+        let inline = config.inline_secrets();
         if mode & 0o077 != 0 && !inline.is_empty() {
             tracing::warn!(
                 "{} holds inline secrets ({}) and is readable by other users: use *_file, env:NAME, or chmod 600",
@@ -269,9 +319,9 @@ impl Config {
     }
 
     /// Parses configuration text; `path` is only used in messages.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Config<S>, ConfigError> {
         let shown = path.display().to_string();
-        let mut config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config<S> = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let section = section_at(text, span.start).unwrap_or_default();
             let (message, key) = humanize_toml_error(e.message(), &section);
@@ -312,7 +362,7 @@ impl Config {
             path: path.clone(),
             message,
         };
-        self.ldap_password().map_err(|e| fail(e.to_string()))?;
+        self.ldap.bind_password().map_err(|e| fail(e.to_string()))?;
         for sink in &self.sinks {
             sink.settings
                 .resolve_secrets()
@@ -321,17 +371,38 @@ impl Config {
         Ok(())
     }
 
+    /// Where secrets are written inline in the file, as `section.key` (for the permission warning).
+    fn inline_secrets(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if self
+            .ldap
+            .bind_password
+            .as_ref()
+            .is_some_and(|p| !p.expose().starts_with("env:"))
+        {
+            found.push("ldap.bind_password".to_string());
+        }
+        for sink in &self.sinks {
+            for key in sink.settings.inline_secrets() {
+                found.push(format!("sinks[{}].{key}", sink.name));
+            }
+        }
+        found
+    }
+}
+
+impl LdapConfig {
     /// The LDAP bind password, if one is configured.
-    pub fn ldap_password(&self) -> Result<Option<Secret>, SecretError> {
+    pub fn bind_password(&self) -> Result<Option<Secret>, SecretError> {
         resolve_optional_secret(
             "[ldap] bind_password",
-            self.ldap.bind_password.as_ref().map(Secret::expose),
-            self.ldap.bind_password_file.as_deref(),
+            self.bind_password.as_ref().map(Secret::expose),
+            self.bind_password_file.as_deref(),
         )
     }
 }
 
-fn validate(config: &Config, text: &str, path: &str) -> Result<(), ConfigError> {
+fn validate<S: SinkOptions>(config: &Config<S>, text: &str, path: &str) -> Result<(), ConfigError> {
     let at = |section: &str, key: &str, message: String| ConfigError::Invalid {
         path: path.to_string(),
         line: locate_key(text, section, key).unwrap_or(1),
@@ -442,15 +513,6 @@ fn validate(config: &Config, text: &str, path: &str) -> Result<(), ConfigError> 
             ),
         ));
     }
-    if let Some(schedule) = &config.schedule {
-        crate::daemon::validate_schedule(schedule).map_err(|(key, message)| {
-            at(
-                "schedule",
-                key,
-                format!("invalid value for \"{key}\" in [schedule]: {message}"),
-            )
-        })?;
-    }
     if config.sinks.is_empty() {
         return Err(ConfigError::Unlocated {
             path: path.to_string(),
@@ -482,37 +544,6 @@ fn validate(config: &Config, text: &str, path: &str) -> Result<(), ConfigError> 
             })?;
     }
     Ok(())
-}
-
-/// Keys that hold a secret given inline (not `env:NAME`, not a `*_file`).
-fn inline_secret_keys(text: &str) -> Vec<String> {
-    const SECRET_KEYS: [&str; 4] = ["bind_password", "token", "client_secret", "api_key"];
-    fn walk(table: &toml::Table, path: &str, found: &mut Vec<String>) {
-        for (key, value) in table {
-            match value {
-                toml::Value::String(v)
-                    if SECRET_KEYS.contains(&key.as_str()) && !v.starts_with("env:") =>
-                {
-                    found.push(format!("{path}{key}"));
-                }
-                toml::Value::Table(t) => walk(t, &format!("{path}{key}."), found),
-                toml::Value::Array(items) => {
-                    for item in items {
-                        if let toml::Value::Table(t) = item {
-                            let name = t.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-                            walk(t, &format!("{path}{key}[{name}]."), found);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut found = Vec::new();
-    if let Ok(table) = text.parse::<toml::Table>() {
-        walk(&table, "", &mut found);
-    }
-    found
 }
 
 /// Turns serde/toml wording into the project's (`unknown key "x" in [ldap]`); also returns the key.
@@ -609,102 +640,6 @@ fn key_of(line: &str) -> Option<&str> {
     Some(key.trim().trim_matches('"'))
 }
 
-/// A secret value. Its `Debug` and `Display` never show the value, so a configuration printed
-/// with `{:?}` does not leak an inline secret either.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The value, for the one place that sends it (a bind, an auth header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Why a secret could not be resolved; names the key, never the value.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("{key}: environment variable {var} is not set")]
-    EnvMissing { key: String, var: String },
-    #[error("{key}: cannot read secret file {path}: {source}")]
-    File {
-        key: String,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{key}: secret file {path} is empty")]
-    Empty { key: String, path: String },
-    #[error("{key}: give the secret inline or as a file, not both")]
-    Both { key: String },
-    #[error("{key}: a secret is required")]
-    Missing { key: String },
-}
-
-/// Resolves a secret given inline (`value`, possibly `env:NAME`) or as `*_file`.
-pub fn resolve_optional_secret(
-    key: &str,
-    inline: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<Secret>, SecretError> {
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(SecretError::Both { key: key.into() }),
-        (Some(value), None) => {
-            if let Some(var) = value.strip_prefix("env:") {
-                std::env::var(var)
-                    .map(|v| Some(Secret(v)))
-                    .map_err(|_| SecretError::EnvMissing {
-                        key: key.into(),
-                        var: var.into(),
-                    })
-            } else {
-                Ok(Some(Secret(value.to_string())))
-            }
-        }
-        (None, Some(path)) => {
-            let contents = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                key: key.into(),
-                path: path.display().to_string(),
-                source,
-            })?;
-            let trimmed = contents.trim_end_matches(['\n', '\r']);
-            if trimmed.is_empty() {
-                return Err(SecretError::Empty {
-                    key: key.into(),
-                    path: path.display().to_string(),
-                });
-            }
-            Ok(Some(Secret(trimmed.to_string())))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
-/// Like [`resolve_optional_secret`] but the secret must be present.
-pub fn resolve_secret(
-    key: &str,
-    inline: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Secret, SecretError> {
-    resolve_optional_secret(key, inline, file)?
-        .ok_or_else(|| SecretError::Missing { key: key.into() })
-}
-
 /// The required sections without any sink: the start of every test configuration.
 #[cfg(test)]
 macro_rules! test_config_scopes {
@@ -727,6 +662,37 @@ path = "state.db"
 #[cfg(test)]
 pub(crate) const TEST_CONFIG_SCOPES: &str = test_config_scopes!();
 
+/// A stand-in for the sink registry in tests of the layers below `sinks`: one `type = "file"`.
+#[cfg(test)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum TestSink {
+    File {
+        #[serde(rename = "path")]
+        _path: String,
+    },
+}
+
+#[cfg(test)]
+impl SinkOptions for TestSink {
+    fn type_name(&self) -> &'static str {
+        "file"
+    }
+    fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+    fn resolve_secrets(&self) -> Result<(), SecretError> {
+        Ok(())
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+}
+
+/// A configuration with the test stand-in sink.
+#[cfg(test)]
+pub(crate) type TestConfig = Config<TestSink>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,8 +702,8 @@ mod tests {
         "\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"-\"\n"
     );
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("config.toml"))
+    fn parse(text: &str) -> Result<TestConfig, ConfigError> {
+        TestConfig::parse(text, Path::new("config.toml"))
     }
 
     #[test]
@@ -807,79 +773,6 @@ mod tests {
         assert!(
             err.contains("config.toml:7:") && err.contains("deep"),
             "{err}"
-        );
-    }
-
-    #[test]
-    fn secrets_resolve_from_env_and_file_and_never_display() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pw");
-        std::fs::write(&file, "from-file\n").unwrap();
-        let s = resolve_secret("k", None, Some(&file)).unwrap();
-        assert_eq!(s.expose(), "from-file");
-        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
-        let err = resolve_secret("k", Some("env:LDAPSYNC_SURELY_UNSET_VAR"), None).unwrap_err();
-        assert!(err.to_string().contains("LDAPSYNC_SURELY_UNSET_VAR"));
-        assert!(resolve_secret("k", None, Some(&dir.path().join("nope"))).is_err());
-    }
-}
-
-#[cfg(test)]
-mod example_tests {
-    #[test]
-    fn config_example_parses() {
-        let text = include_str!("../config.example.toml");
-        let config = super::Config::parse(text, std::path::Path::new("config.example.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(config.schedule.is_some());
-        let types: std::collections::BTreeSet<&str> = config
-            .sinks
-            .iter()
-            .map(|s| s.settings.type_name())
-            .collect();
-        assert_eq!(types.len(), 6, "every sink type is documented: {types:?}");
-    }
-}
-
-#[cfg(test)]
-mod inline_secret_tests {
-    #[test]
-    fn inline_secrets_are_found_but_env_and_files_are_not() {
-        let text = "[ldap]\nbind_password = \"x\"\n[[sinks]]\nname = \"s\"\ntoken = \"env:T\"\n[[sinks]]\nname = \"p\"\nclient_secret = \"y\"\nclient_secret_file = \"/f\"\n";
-        assert_eq!(
-            super::inline_secret_keys(text),
-            ["ldap.bind_password", "sinks[p].client_secret"]
-        );
-    }
-}
-
-#[cfg(test)]
-mod secret_debug_tests {
-    #[test]
-    fn a_configuration_printed_with_debug_hides_inline_secrets() {
-        let text = r#"
-[ldap]
-url = "ldap://127.0.0.1:1"
-bind_dn = "cn=x"
-bind_password = "inline-ldap-secret"
-[groups]
-base_dn = "ou=g"
-[users]
-base_dn = "ou=u"
-[state]
-path = "s.db"
-[[sinks]]
-name = "scim"
-type = "scim"
-base_url = "http://127.0.0.1:1"
-token = "inline-scim-secret"
-"#;
-        let config = super::Config::parse(text, std::path::Path::new("c.toml")).unwrap();
-        let printed = format!("{config:?}");
-        assert!(!printed.contains("inline-ldap-secret") && !printed.contains("inline-scim-secret"));
-        assert_eq!(
-            config.ldap_password().unwrap().unwrap().expose(),
-            "inline-ldap-secret"
         );
     }
 }

@@ -20,7 +20,7 @@
 //! being polled gets restarted by systemd). All of it is a no-op outside systemd.
 //!
 //! Signals: SIGTERM/SIGINT let the run in flight finish (bounded by [`SHUTDOWN_GRACE`]), record
-//! it and exit 0; SIGHUP reloads the configuration (`cli::load_config` + `cli::build_sinks`): a bad
+//! it and exit 0; SIGHUP reloads the configuration (`app::load_config` + `app::build_sinks`): a bad
 //! new configuration is rejected and the running one kept, with an error log line and
 //! `ldapsync_config_reloads_total{result="failure"}`.
 
@@ -41,9 +41,10 @@ use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::config::{Config, ScheduleConfig};
-use crate::engine::{self, RunOptions, RunReport, SinkResult};
+use crate::app::{self, Config};
+use crate::config::ScheduleConfig;
+use crate::engine::{self, RunOptions, RunReport, RunResult, SinkResult};
+use crate::exit::ExitStatus;
 use crate::sinks::Sink;
 use crate::store::{RunRecord, Store};
 use crate::telemetry::metrics;
@@ -57,45 +58,6 @@ const STALL_GRACE: Duration = Duration::from_secs(5);
 
 /// Default `[metrics] listen`.
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
-
-/// Checks `[schedule]` values; returns the offending key and why.
-pub fn validate_schedule(schedule: &ScheduleConfig) -> Result<(), (&'static str, String)> {
-    for (key, expression) in [
-        ("cron", Some(&schedule.cron)),
-        ("full_sync_cron", schedule.full_sync_cron.as_ref()),
-    ] {
-        let Some(expression) = expression else {
-            continue;
-        };
-        Job::new_async(expression.as_str(), |_, _| Box::pin(async {})).map_err(|e| {
-            (
-                key,
-                format!("{expression:?} is not a seconds-resolution cron expression ({e})"),
-            )
-        })?;
-        parse_cron(expression).map_err(|e| {
-            (
-                key,
-                format!("{expression:?} is not a seconds-resolution cron expression ({e})"),
-            )
-        })?;
-    }
-    if let Some(tz) = &schedule.timezone {
-        tz.parse::<Tz>()
-            .map_err(|_| ("timezone", format!("{tz:?} is not an IANA time zone name")))?;
-    }
-    Ok(())
-}
-
-/// Parses a cron expression exactly as tokio-cron-scheduler does (seconds required, and
-/// day-of-month AND day-of-week).
-fn parse_cron(expression: &str) -> Result<Cron, croner::errors::CronError> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expression)
-}
 
 /// Why the daemon could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +81,10 @@ enum DaemonError {
 }
 
 impl DaemonError {
-    fn exit_code(&self) -> i32 {
+    fn exit_status(&self) -> ExitStatus {
         match self {
-            DaemonError::Config(_) => EXIT_USAGE,
-            _ => EXIT_FAILED,
+            DaemonError::Config(_) => ExitStatus::Usage,
+            _ => ExitStatus::Failed,
         }
     }
 }
@@ -143,23 +105,8 @@ impl Schedule {
                 config.shown_path()
             ));
         };
-        let invalid = |(key, message): (&str, String)| {
-            format!(
-                "{}: invalid value for \"{key}\" in [schedule]: {message}",
-                config.shown_path()
-            )
-        };
-        validate_schedule(schedule).map_err(invalid)?;
-        let cron = parse_cron(&schedule.cron).map_err(|e| invalid(("cron", e.to_string())))?;
-        let tz = match &schedule.timezone {
-            Some(name) => name.parse::<Tz>().map_err(|_| {
-                invalid((
-                    "timezone",
-                    format!("{name:?} is not an IANA time zone name"),
-                ))
-            })?,
-            None => Tz::UTC,
-        };
+        let cron = schedule.cron.cron.clone();
+        let tz = schedule.timezone.unwrap_or(Tz::UTC);
         Ok(Schedule {
             config: schedule.clone(),
             cron,
@@ -267,9 +214,9 @@ struct Ticker {
 impl Ticker {
     async fn start(schedule: &Schedule, ticks: &Arc<Ticks>) -> Result<Ticker, JobSchedulerError> {
         let scheduler = JobScheduler::new().await?;
-        let mut crons = vec![(schedule.config.cron.clone(), false)];
+        let mut crons = vec![(schedule.config.cron.expression.clone(), false)];
         if let Some(full) = &schedule.config.full_sync_cron {
-            crons.push((full.clone(), true));
+            crons.push((full.expression.clone(), true));
         }
         for (expression, full) in crons {
             let ticks = ticks.clone();
@@ -298,7 +245,7 @@ impl Ticker {
 #[derive(Debug, Clone)]
 struct SinkHealth {
     finished_at: DateTime<Utc>,
-    result: String,
+    result: SinkResult,
     error: Option<String>,
 }
 
@@ -317,11 +264,11 @@ impl Health {
         for sink in &self.sinks {
             match self.latest.get(sink) {
                 None => problems.push(format!("sink {sink:?}: no completed run yet")),
-                Some(h) if h.result != "success" => problems.push(format!(
+                Some(h) if h.result != SinkResult::Success => problems.push(format!(
                     "sink {sink:?}: latest run at {} {}{}",
                     h.finished_at
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    if h.result == "held" {
+                    if h.result == SinkResult::Held {
                         "was held by a safety threshold"
                     } else {
                         "failed"
@@ -354,12 +301,12 @@ impl Health {
         }
     }
 
-    fn record(&mut self, sink: &str, at: DateTime<Utc>, result: &str, error: Option<String>) {
+    fn record(&mut self, sink: &str, at: DateTime<Utc>, result: SinkResult, error: Option<String>) {
         self.latest.insert(
             sink.to_string(),
             SinkHealth {
                 finished_at: at,
-                result: result.to_string(),
+                result,
                 error,
             },
         );
@@ -381,13 +328,14 @@ impl Health {
         if run.sinks.is_empty() {
             if let Some(error) = &run.error {
                 for sink in self.sinks.clone() {
-                    self.record(&sink, at, "failure", Some(error.clone()));
+                    self.record(&sink, at, SinkResult::Failed, Some(error.clone()));
                 }
             }
             return;
         }
         for s in &run.sinks {
-            self.record(&s.sink, at, &s.result, s.error.clone());
+            let result = SinkResult::parse(&s.result).unwrap_or(SinkResult::Failed);
+            self.record(&s.sink, at, result, s.error.clone());
         }
     }
 
@@ -396,18 +344,12 @@ impl Health {
         let at = Utc::now();
         if let Some(error) = &report.read_error {
             for sink in self.sinks.clone() {
-                self.record(&sink, at, "failure", Some(error.clone()));
+                self.record(&sink, at, SinkResult::Failed, Some(error.clone()));
             }
             return;
         }
         for s in &report.sinks {
-            let result = match s.result {
-                SinkResult::Success => "success",
-                SinkResult::Held => "held",
-                SinkResult::Failed => "failure",
-                SinkResult::Planned => "planned",
-            };
-            self.record(&s.name, at, result, s.error.clone());
+            self.record(&s.name, at, s.result, s.error.clone());
         }
     }
 }
@@ -477,39 +419,20 @@ fn watchdog_usec() -> Option<u64> {
 
 /// Loads the configuration, requires `[schedule]` and builds the sinks.
 fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
-    let config = crate::cli::load_config(path)?;
+    let config = app::load_config(path).map_err(|e| e.to_string())?;
     let schedule = Schedule::from_config(&config)?;
-    let sinks = crate::cli::build_sinks(&config, &[])?;
+    let sinks = app::build_sinks(&config, &[]).map_err(|e| e.to_string())?;
     Ok((config, sinks, schedule))
 }
 
-/// The first bind check before `READY=1`: bind to LDAP, or check the LDIF file is readable.
-async fn source_check(config: &Config) -> Result<(), String> {
-    if config.ldap.url.is_some() {
-        crate::source::ldap::connect(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    } else {
-        let path = config
-            .ldap
-            .ldif_file
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""));
-        std::fs::File::open(path)
-            .map(|_| ())
-            .map_err(|e| format!("{}: {e}", path.display()))
-    }
-}
-
 /// Runs the scheduled loop until SIGTERM/SIGINT; returns the exit code.
-pub async fn run(path: &std::path::Path) -> i32 {
+pub async fn run(path: &std::path::Path) -> ExitStatus {
     match Daemon::start(path).await {
         Ok((daemon, signals)) => daemon.serve(signals).await,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
-            e.exit_code()
+            e.exit_status()
         }
     }
 }
@@ -587,7 +510,11 @@ impl Daemon {
                 addr: addr.clone(),
                 source,
             })?;
-        source_check(&config).await.map_err(DaemonError::Source)?;
+        // The first bind check before `READY=1`.
+        app::check_source(&config)
+            .await
+            .1
+            .map_err(DaemonError::Source)?;
         let http_stop = CancellationToken::new();
         let app = router(health.clone());
         let stop = http_stop.clone();
@@ -613,9 +540,13 @@ impl Daemon {
         tracing::info!(
             config = %config.shown_path(),
             listen = %addr,
-            cron = %schedule.config.cron,
+            cron = %schedule.config.cron.expression,
             timezone = %schedule.tz,
-            full_sync_cron = schedule.config.full_sync_cron.as_deref().unwrap_or("none"),
+            full_sync_cron = schedule
+                .config
+                .full_sync_cron
+                .as_ref()
+                .map_or("none", |c| c.expression.as_str()),
             sinks = config.sinks.len(),
             watchdog,
             "daemon started"
@@ -646,7 +577,7 @@ impl Daemon {
 
 impl Daemon {
     /// The scheduler loop; returns the exit code.
-    async fn serve(mut self, mut signals: Signals) -> i32 {
+    async fn serve(mut self, mut signals: Signals) -> ExitStatus {
         if self.schedule.config.run_on_start {
             self.ticks.fire(false);
         }
@@ -688,7 +619,7 @@ impl Daemon {
             self.http.abort();
         }
         tracing::info!("stopped");
-        EXIT_OK
+        ExitStatus::Success
     }
 
     /// Watchdog ping, scheduler stall check (#113) and DST re-scheduling.
@@ -798,10 +729,10 @@ impl Daemon {
                 let sinks: Vec<String> = report
                     .sinks
                     .iter()
-                    .map(|s| format!("{}={}", s.name, sink_result(s.result)))
+                    .map(|s| format!("{}={}", s.name, s.result.as_str()))
                     .collect();
                 tracing::info!(
-                    result = report.result_label(),
+                    result = report.result().as_str(),
                     full,
                     users = report.users,
                     groups = report.groups,
@@ -812,7 +743,7 @@ impl Daemon {
                 let mut status = format!(
                     "last run {}: {}",
                     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    report.result_label()
+                    report.result().as_str()
                 );
                 match &report.read_error {
                     Some(e) => status.push_str(&format!(" (read failed: {e})")),
@@ -822,11 +753,14 @@ impl Daemon {
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "run failed on the state file");
-                metrics().runs_total.with_label_values(&["failure"]).inc();
+                metrics()
+                    .runs_total
+                    .with_label_values(&[RunResult::Failure.as_str()])
+                    .inc();
                 let at = Utc::now();
                 let mut health = lock(&self.health);
                 for sink in health.sinks.clone() {
-                    health.record(&sink, at, "failure", Some(e.to_string()));
+                    health.record(&sink, at, SinkResult::Failed, Some(e.to_string()));
                 }
                 format!(
                     "last run {}: failure (state file: {e})",
@@ -896,8 +830,13 @@ impl Daemon {
                 "[metrics] listen changed; it takes effect after a restart"
             );
         }
-        let reschedule = schedule.config.cron != self.schedule.config.cron
-            || schedule.config.full_sync_cron != self.schedule.config.full_sync_cron
+        let expression = |c: &ScheduleConfig| {
+            (
+                c.cron.expression.clone(),
+                c.full_sync_cron.as_ref().map(|f| f.expression.clone()),
+            )
+        };
+        let reschedule = expression(&schedule.config) != expression(&self.schedule.config)
             || schedule.tz != self.schedule.tz;
         {
             let mut health = lock(&self.health);
@@ -921,15 +860,6 @@ impl Daemon {
     }
 }
 
-fn sink_result(result: SinkResult) -> &'static str {
-    match result {
-        SinkResult::Success => "success",
-        SinkResult::Held => "held",
-        SinkResult::Failed => "failed",
-        SinkResult::Planned => "planned",
-    }
-}
-
 fn next_status(status: &str, schedule: &Schedule) -> String {
     match schedule.next_after(&schedule.cron, Utc::now()) {
         Some(next) => format!(
@@ -946,13 +876,13 @@ mod tests {
 
     fn schedule(cron: &str, tz: Option<&str>) -> Schedule {
         let config = ScheduleConfig {
-            cron: cron.into(),
-            timezone: tz.map(str::to_string),
+            cron: crate::config::CronSchedule::parse(cron).unwrap(),
+            timezone: tz.map(|t| t.parse().unwrap()),
             run_on_start: false,
             full_sync_cron: None,
         };
         Schedule {
-            cron: parse_cron(cron).unwrap(),
+            cron: config.cron.cron.clone(),
             tz: tz.map(|t| t.parse().unwrap()).unwrap_or(Tz::UTC),
             config,
         }
@@ -999,14 +929,14 @@ mod tests {
                 .unwrap_err()
                 .contains("\"a\": no completed run yet")
         );
-        h.record("a", now, "success", None);
-        h.record("b", now, "failure", Some("HTTP 401".into()));
+        h.record("a", now, SinkResult::Success, None);
+        h.record("b", now, SinkResult::Failed, Some("HTTP 401".into()));
         let why = h.readiness(now).unwrap_err();
         assert!(
             why.contains("\"b\"") && why.contains("HTTP 401") && !why.contains("\"a\""),
             "{why}"
         );
-        h.record("b", now, "success", None);
+        h.record("b", now, SinkResult::Success, None);
         assert!(h.readiness(now).is_ok());
         let later = now + chrono::Duration::seconds(61);
         assert!(h.readiness(later).unwrap_err().contains("61s old"));

@@ -14,34 +14,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{GroupsConfig, NestedMode, UsersConfig};
+use crate::config::{GroupsConfig, LdapConfig, NestedMode, UsersConfig};
 use crate::dn;
-
-/// One entry as read from LDAP or LDIF: attribute names lower-cased, values as raw bytes.
-#[derive(Debug, Clone, Default)]
-pub struct RawEntry {
-    pub dn: String,
-    pub attrs: HashMap<String, Vec<Vec<u8>>>,
-}
-
-impl RawEntry {
-    pub fn values(&self, attribute: &str) -> &[Vec<u8>] {
-        let found = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.attrs.get(&attribute.to_ascii_lowercase())
-        } else {
-            self.attrs.get(attribute)
-        };
-        found.map(Vec::as_slice).unwrap_or(&[])
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct User {
-    pub source_id: String,
-    pub dn: String,
-    pub username: String,
-    pub email: Option<String>,
-}
+use crate::model::User;
+use crate::source::{self, EntrySink, RawEntry, ReadStats, SourceError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Group {
@@ -53,13 +29,26 @@ pub struct Group {
     pub members: Vec<u32>,
 }
 
-/// Whether ids came from Active Directory (objectGUID), which some sinks report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Flavor {
-    #[default]
-    Ldap,
-    ActiveDirectory,
+/// Reads the configured scopes (LDAP server or LDIF file) into a Directory. All or nothing: any
+/// incomplete read is an error, never a shorter directory.
+pub async fn read(
+    ldap: &LdapConfig,
+    users: &UsersConfig,
+    groups: &GroupsConfig,
+) -> Result<(Directory, ReadStats), SourceError> {
+    let started = std::time::Instant::now();
+    let mut builder = DirectoryBuilder::new(groups, users);
+    let stats = source::read(ldap, users, groups, &mut builder).await?;
+    let read_seconds = started.elapsed().as_secs_f64();
+    let directory = builder.finish();
+    tracing::debug!(
+        users = stats.users,
+        groups = stats.groups,
+        read_seconds,
+        resolve_seconds = started.elapsed().as_secs_f64() - read_seconds,
+        "directory read"
+    );
+    Ok((directory, stats))
 }
 
 /// A complete, consistent read of the configured scopes.
@@ -69,31 +58,13 @@ pub struct Directory {
     pub users: Vec<Arc<User>>,
     /// Sorted by id.
     pub groups: Vec<Group>,
-    pub flavor: Flavor,
     pub warnings: Vec<String>,
-    pub unknown_members: u64,
 }
 
 impl Directory {
     pub fn user(&self, index: u32) -> &Arc<User> {
         &self.users[index as usize]
     }
-    pub fn membership_count(&self) -> usize {
-        self.groups.iter().map(|g| g.members.len()).sum()
-    }
-}
-
-/// Why the read cannot be trusted.
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    #[error(
-        "entry {dn} has no \"{attribute}\" (the configured id attribute); refusing to continue because an entry without its immutable id cannot be tracked. Check [{section}] id_attribute"
-    )]
-    MissingId {
-        dn: String,
-        attribute: String,
-        section: &'static str,
-    },
 }
 
 const MAX_LISTED_WARNINGS: usize = 50;
@@ -107,10 +78,8 @@ pub struct DirectoryBuilder {
     user_by_name: HashMap<String, u32>,
     user_ids: FxHashSet<String>,
     groups: Vec<PendingGroup>,
-    flavor: Flavor,
     warnings: Vec<String>,
     suppressed_warnings: u64,
-    unknown_members: u64,
 }
 
 struct PendingGroup {
@@ -134,17 +103,8 @@ impl DirectoryBuilder {
             user_by_name: HashMap::default(),
             user_ids: FxHashSet::default(),
             groups: Vec::new(),
-            flavor: if groups_config
-                .id_attribute
-                .eq_ignore_ascii_case("objectGUID")
-            {
-                Flavor::ActiveDirectory
-            } else {
-                Flavor::Ldap
-            },
             warnings: Vec::new(),
             suppressed_warnings: 0,
-            unknown_members: 0,
         }
     }
 
@@ -169,15 +129,19 @@ impl DirectoryBuilder {
             }
         })
     }
+}
 
+impl EntrySink for DirectoryBuilder {
     /// Adds a user entry. Users must all be added before the first group.
-    pub fn add_user(&mut self, entry: &RawEntry) -> Result<(), DirectoryError> {
+    fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
         let id_attribute = self.users_config.id_attribute.clone();
-        let id = source_id(entry, &id_attribute).ok_or_else(|| DirectoryError::MissingId {
-            dn: entry.dn.clone(),
-            attribute: id_attribute.clone(),
-            section: "users",
-        })?;
+        let id = entry
+            .source_id(&id_attribute)
+            .ok_or_else(|| SourceError::MissingId {
+                dn: entry.dn.clone(),
+                attribute: id_attribute.clone(),
+                section: "users",
+            })?;
         if !self.user_ids.insert(id.clone()) {
             self.warn(format!(
                 "{}: duplicate user id {id}; entry ignored",
@@ -213,13 +177,15 @@ impl DirectoryBuilder {
     }
 
     /// Adds a group entry, resolving its user members now and keeping the rest for `finish`.
-    pub fn add_group(&mut self, entry: &RawEntry) -> Result<(), DirectoryError> {
+    fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
         let id_attribute = self.groups_config.id_attribute.clone();
-        let id = source_id(entry, &id_attribute).ok_or_else(|| DirectoryError::MissingId {
-            dn: entry.dn.clone(),
-            attribute: id_attribute.clone(),
-            section: "groups",
-        })?;
+        let id = entry
+            .source_id(&id_attribute)
+            .ok_or_else(|| SourceError::MissingId {
+                dn: entry.dn.clone(),
+                attribute: id_attribute.clone(),
+                section: "groups",
+            })?;
         let name_attribute = self.groups_config.name_attribute.clone();
         let name = match self.text(entry, &name_attribute) {
             Some(name) => name,
@@ -238,7 +204,6 @@ impl DirectoryBuilder {
         let mut unresolved = Vec::new();
         for raw in entry.values(&member_attribute) {
             let Ok(value) = std::str::from_utf8(raw) else {
-                self.unknown_members += 1;
                 self.warn(format!(
                     "{}: a \"{member_attribute}\" value is not valid UTF-8; skipped",
                     entry.dn
@@ -249,7 +214,6 @@ impl DirectoryBuilder {
                 match self.user_by_name.get(&value.trim().to_lowercase()) {
                     Some(&index) => members.push(index),
                     None => {
-                        self.unknown_members += 1;
                         self.warn(format!(
                             "{}: member user name {value:?} is not a user in [users] scope; skipped",
                             entry.dn
@@ -277,15 +241,9 @@ impl DirectoryBuilder {
         });
         Ok(())
     }
+}
 
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-
-    /// Resolves nested groups, applies the nesting mode, sorts, and reports duplicates.
+impl DirectoryBuilder {
     pub fn finish(mut self) -> Directory {
         // Sort users by id and remap member indexes.
         let mut order: Vec<u32> = (0..self.users.len() as u32).collect();
@@ -363,7 +321,6 @@ impl DirectoryBuilder {
             direct_groups.push(subgroups);
         }
         for (group_dn, member_dn) in unknown {
-            self.unknown_members += 1;
             self.warn(format!(
                 "{group_dn}: member {member_dn} is neither a user in [users] scope nor a synced group; skipped"
             ));
@@ -392,9 +349,7 @@ impl DirectoryBuilder {
         Directory {
             users,
             groups,
-            flavor: self.flavor,
             warnings,
-            unknown_members: self.unknown_members,
         }
     }
 }
@@ -427,20 +382,6 @@ fn strip_unique_member_uid(value: &str) -> &str {
     }
 }
 
-/// The immutable source id: objectGUID as a canonical GUID string, other ids as text.
-pub fn source_id(entry: &RawEntry, attribute: &str) -> Option<String> {
-    let value = entry.values(attribute).first()?;
-    if attribute.eq_ignore_ascii_case("objectGUID") && value.len() == 16 {
-        let bytes: [u8; 16] = value.as_slice().try_into().ok()?;
-        return Some(uuid::Uuid::from_bytes_le(bytes).hyphenated().to_string());
-    }
-    match std::str::from_utf8(value) {
-        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
-        Ok(_) => None,
-        Err(_) => Some(value.iter().map(|b| format!("{b:02x}")).collect()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,7 +409,7 @@ mod tests {
                 NestedMode::Ignore => "ignore",
             }
         );
-        let c = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let c = crate::config::TestConfig::parse(&text, std::path::Path::new("t.toml")).unwrap();
         (c.groups, c.users)
     }
 
@@ -522,7 +463,6 @@ mod tests {
         assert_eq!(names, ["juergen", "smith"]);
         let inner = d.groups.iter().find(|g| g.name == "inner").unwrap();
         assert_eq!(inner.members.len(), 2, "cycle inner→outer→inner adds smith");
-        assert_eq!(d.unknown_members, 1);
         assert!(d.warnings.iter().any(|w| w.contains("ghost")));
     }
 
@@ -577,7 +517,8 @@ mod tests {
         .unwrap();
         let d = b.finish();
         assert_eq!(d.groups[0].members, vec![0]);
-        assert_eq!(d.unknown_members, 1);
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("\"bob\""), "{:?}", d.warnings);
     }
 
     #[test]
@@ -604,7 +545,7 @@ mod tests {
             ]],
         );
         assert_eq!(
-            source_id(&e, "objectGUID").unwrap(),
+            e.source_id("objectGUID").unwrap(),
             "00112233-4455-6677-8899-aabbccddeeff"
         );
     }

@@ -9,13 +9,15 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, SafetyConfig};
-use crate::directory::Directory;
+use crate::config::{Config, GroupsConfig, LdapConfig, SafetyConfig, UsersConfig};
+use crate::directory::{self, Directory};
+use crate::exit::ExitStatus;
 use crate::ledger::Ledger;
-use crate::plan::{self, Hold, OpKind, Plan, Summary};
+use crate::model::{OpKind, Plan, Summary};
+use crate::plan::{self, Hold, Thresholds};
 use crate::sinks::{ApplyReport, Recorder, Sink};
-use crate::source::{self, ReadStats};
-use crate::store::{SinkRunRecord, Store};
+use crate::source::{ReadStats, SourceError};
+use crate::store::{SinkRunRecord, Store, StoreError};
 use crate::telemetry::metrics;
 
 #[derive(Debug, Clone, Default)]
@@ -25,6 +27,7 @@ pub struct RunOptions {
     pub allow_deletes: bool,
 }
 
+/// How one sink's part of a run ended; one spelling everywhere (report, history, `/readyz`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkResult {
@@ -33,6 +36,65 @@ pub enum SinkResult {
     Success,
     Held,
     Failed,
+}
+
+impl SinkResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkResult::Planned => "planned",
+            SinkResult::Success => "success",
+            SinkResult::Held => "held",
+            SinkResult::Failed => "failed",
+        }
+    }
+
+    /// Reads a result back from the run history (`failure` is how older versions wrote `failed`).
+    pub fn parse(text: &str) -> Option<SinkResult> {
+        match text {
+            "planned" => Some(SinkResult::Planned),
+            "success" => Some(SinkResult::Success),
+            "held" => Some(SinkResult::Held),
+            "failed" | "failure" => Some(SinkResult::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Why the directory read failed; every variant fails the run for every sink, nothing written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("the directory read crashed ({0}); treated as an incomplete read")]
+    Crashed(String),
+    #[error(
+        "the {scope} scope ({base}) returned no entries but held {previous} at the last complete read; refusing to treat that as deletions. If the scope really is empty now, remove the state file or change the scope"
+    )]
+    ScopeEmptied {
+        scope: &'static str,
+        base: String,
+        previous: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The run-level outcome label of metrics and the run history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    Success,
+    Held,
+    Failure,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Success => "success",
+            RunResult::Held => "held",
+            RunResult::Failure => "failure",
+        }
+    }
 }
 
 /// What happened to one sink in a run.
@@ -76,10 +138,10 @@ impl RunReport {
         }
     }
 
-    /// Exit code per DESIGN.md §5.
-    pub fn exit_code(&self) -> i32 {
+    /// The exit status of the run (README "Commands and exit codes").
+    pub fn exit_status(&self) -> ExitStatus {
         if self.read_error.is_some() {
-            return 1;
+            return ExitStatus::Failed;
         }
         let count = |r: SinkResult| self.sinks.iter().filter(|s| s.result == r).count();
         let (failed, held, ok) = (
@@ -88,19 +150,19 @@ impl RunReport {
             count(SinkResult::Success) + count(SinkResult::Planned),
         );
         match (failed, held, ok) {
-            (0, 0, _) => 0,
-            (0, _, _) => 3,
-            (_, _, 0) => 1,
-            _ => 4,
+            (0, 0, _) => ExitStatus::Success,
+            (0, _, _) => ExitStatus::Held,
+            (_, _, 0) => ExitStatus::Failed,
+            _ => ExitStatus::Partial,
         }
     }
 
     /// `success`, `held` or `failure`, for metrics and history.
-    pub fn result_label(&self) -> &'static str {
-        match self.exit_code() {
-            0 => "success",
-            3 => "held",
-            _ => "failure",
+    pub fn result(&self) -> RunResult {
+        match self.exit_status() {
+            ExitStatus::Success => RunResult::Success,
+            ExitStatus::Held => RunResult::Held,
+            _ => RunResult::Failure,
         }
     }
 }
@@ -113,8 +175,8 @@ pub enum EngineError {
 }
 
 /// Performs one run over `sinks`. `store` is `None` only for a dry run with no state file yet.
-pub async fn run(
-    config: &Config,
+pub async fn run<S>(
+    config: &Config<S>,
     mut store: Option<&mut Store>,
     sinks: &[Box<dyn Sink>],
     options: &RunOptions,
@@ -131,9 +193,14 @@ pub async fn run(
         Ok(read) => read,
         Err(error) => {
             tracing::error!(%error, "directory read failed; nothing was written to any sink");
-            let report = RunReport::failed_read(options.dry_run, error, started);
+            let report = RunReport::failed_read(options.dry_run, error.to_string(), started);
             if let (Some(store), Some(id)) = (store.as_deref_mut(), run_id) {
-                store.finish_run(id, "failure", report.read_error.as_deref(), &[])?;
+                store.finish_run(
+                    id,
+                    RunResult::Failure.as_str(),
+                    report.read_error.as_deref(),
+                    &[],
+                )?;
             }
             record_run_metrics(&report, options, started);
             return Ok(report);
@@ -143,8 +210,15 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     if let (Some(store), false) = (store.as_deref_mut(), options.dry_run) {
-        store.save_snapshot(&directory, &source_identity(config))?;
+        store.record_scopes(
+            &[
+                ("users", directory.users.len() as u64),
+                ("groups", directory.groups.len() as u64),
+            ],
+            &source_identity(&config.ldap, &config.users, &config.groups),
+        )?;
     }
+    let thresholds = thresholds(&config.safety);
 
     let mut outcomes = Vec::with_capacity(sinks.len());
     for sink in sinks {
@@ -157,7 +231,7 @@ pub async fn run(
             &directory,
             &ledger,
             store.as_deref_mut(),
-            &config.safety,
+            &thresholds,
             options,
         )
         .await?;
@@ -179,7 +253,7 @@ pub async fn run(
             .iter()
             .map(|s| SinkRunRecord {
                 sink: s.name.clone(),
-                result: format!("{:?}", s.result).to_lowercase(),
+                result: s.result.as_str().to_string(),
                 planned: s.summary,
                 applied: s.applied.as_ref().map(|a| a.applied).unwrap_or_default(),
                 failed: s
@@ -191,25 +265,38 @@ pub async fn run(
                 error: s.error.clone(),
             })
             .collect();
-        store.finish_run(id, report.result_label(), None, &records)?;
+        store.finish_run(id, report.result().as_str(), None, &records)?;
     }
     record_run_metrics(&report, options, started);
     Ok(report)
 }
 
-/// Reads the directory and applies the "scope emptied" rule (DESIGN.md §4.1).
-async fn read(config: &Config, store: Option<&Store>) -> Result<(Directory, ReadStats), String> {
+/// The `[safety]` section as the planner's thresholds.
+fn thresholds(safety: &SafetyConfig) -> Thresholds {
+    Thresholds {
+        max_group_deletes: safety.max_group_deletes,
+        max_group_delete_percent: safety.max_group_delete_percent,
+        max_member_removes: safety.max_member_removes,
+        max_member_remove_percent: safety.max_member_remove_percent,
+    }
+}
+
+/// Reads the directory and applies the "scope emptied" rule (an empty scope that held entries
+/// at the last complete read is an incomplete read, not a deletion).
+async fn read<S>(
+    config: &Config<S>,
+    store: Option<&Store>,
+) -> Result<(Directory, ReadStats), ReadError> {
     // ldap3's decoders can panic on malformed BER (ldap3 #135): contain that as a failed read.
-    let owned = config.clone();
-    let handle = tokio::spawn(async move { source::read_directory(&owned).await });
+    let (ldap, users, groups) = (
+        config.ldap.clone(),
+        config.users.clone(),
+        config.groups.clone(),
+    );
+    let handle = tokio::spawn(async move { directory::read(&ldap, &users, &groups).await });
     let (directory, stats) = match handle.await {
-        Ok(Ok(read)) => read,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => {
-            return Err(format!(
-                "the directory read crashed ({e}); treated as an incomplete read"
-            ));
-        }
+        Ok(read) => read?,
+        Err(e) => return Err(ReadError::Crashed(e.to_string())),
     };
     let m = metrics();
     m.ldap_entries_read_total
@@ -219,44 +306,41 @@ async fn read(config: &Config, store: Option<&Store>) -> Result<(Directory, Read
         .with_label_values(&["group"])
         .inc_by(stats.groups);
     if let Some(store) = store {
-        let identity = source_identity(config);
+        let identity = source_identity(&config.ldap, &config.users, &config.groups);
         for (scope, now, base) in [
             ("users", directory.users.len(), &config.users.base_dn),
             ("groups", directory.groups.len(), &config.groups.base_dn),
         ] {
-            let previous = store.scope(scope).map_err(|e| e.to_string())?;
-            if let Some(previous) = previous
+            if let Some(previous) = store.scope(scope)?
                 && previous.source == identity
                 && previous.entries > 0
                 && now == 0
             {
-                return Err(format!(
-                    "the {scope} scope ({base}) returned no entries but held {} at the last complete read; refusing to treat that as deletions. If the scope really is empty now, remove the state file or change the scope",
-                    previous.entries
-                ));
+                return Err(ReadError::ScopeEmptied {
+                    scope,
+                    base: base.clone(),
+                    previous: previous.entries,
+                });
             }
         }
     }
     Ok((directory, stats))
 }
 
-/// Identifies where a snapshot came from: server or file, scopes and filters.
-fn source_identity(config: &Config) -> String {
-    let source = config
-        .ldap
+/// Identifies where a read came from: server or file, scopes and filters.
+fn source_identity(ldap: &LdapConfig, users: &UsersConfig, groups: &GroupsConfig) -> String {
+    let source = ldap
         .url
         .clone()
         .or_else(|| {
-            config
-                .ldap
-                .ldif_file
+            ldap.ldif_file
                 .as_ref()
                 .map(|p| format!("ldif:{}", p.display()))
         })
         .unwrap_or_default();
     format!(
         "{source}|{}|{}|{}|{}",
-        config.users.base_dn, config.users.filter, config.groups.base_dn, config.groups.filter
+        users.base_dn, users.filter, groups.base_dn, groups.filter
     )
 }
 
@@ -265,7 +349,7 @@ async fn run_sink(
     directory: &Directory,
     ledger: &Ledger,
     store: Option<&mut Store>,
-    safety: &SafetyConfig,
+    thresholds: &Thresholds,
     options: &RunOptions,
 ) -> Result<SinkOutcome, EngineError> {
     let mut plan = plan::plan(directory, ledger);
@@ -277,7 +361,7 @@ async fn run_sink(
             .with_label_values(&[sink.name(), kind.as_str()])
             .set(summary.get(kind) as i64);
     }
-    let hold = plan::guard(&plan, ledger, safety, options.allow_deletes);
+    let hold = plan::guard(&plan, ledger, thresholds, options.allow_deletes);
     let mut outcome = SinkOutcome {
         name: sink.name().to_string(),
         type_name: sink.type_name().to_string(),
@@ -319,7 +403,8 @@ async fn run_sink(
             ])
             .inc_by(count);
     };
-    let mut recorder = Recorder::new(store, sink.name()).with_observer(&observer);
+    let mut ledger_writer = store.ledger_writer(sink.name());
+    let mut recorder = Recorder::new(&mut ledger_writer, sink.name()).with_observer(&observer);
     let started = Instant::now();
     let result = if outcome.plan.is_empty() && !options.full {
         Ok(())
@@ -328,6 +413,7 @@ async fn run_sink(
     };
     let report = std::mem::take(&mut recorder.report);
     drop(recorder);
+    drop(ledger_writer);
     m.unmapped_members
         .with_label_values(&[sink.name()])
         .set(report.unmapped as i64);
@@ -383,7 +469,7 @@ fn record_run_metrics(report: &RunReport, options: &RunOptions, started: Instant
     }
     let m = metrics();
     m.runs_total
-        .with_label_values(&[report.result_label()])
+        .with_label_values(&[report.result().as_str()])
         .inc();
     m.run_duration_seconds
         .observe(started.elapsed().as_secs_f64());

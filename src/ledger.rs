@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::directory::{Directory, User};
+use crate::model::{GroupSpec, MemberRef, User};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -49,43 +49,32 @@ impl Ledger {
     pub fn membership_count(&self) -> usize {
         self.groups.values().map(|g| g.members.len()).sum()
     }
-
-    /// The ledger a sink would hold after a complete, successful apply of `directory`.
-    pub fn mirroring(directory: &Directory) -> Ledger {
-        let groups = directory
-            .groups
-            .iter()
-            .map(|group| {
-                let members = group
-                    .members
-                    .iter()
-                    .map(|&index| {
-                        let user = directory.user(index);
-                        (
-                            Arc::from(user.source_id.as_str()),
-                            LedgerMember {
-                                user: Arc::clone(user),
-                                target_id: None,
-                            },
-                        )
-                    })
-                    .collect();
-                (
-                    group.id.clone(),
-                    LedgerGroup {
-                        source_id: group.id.clone(),
-                        target_id: Some(group.id.clone()),
-                        name: group.name.clone(),
-                        description: group.description.clone(),
-                        dn: group.dn.clone(),
-                        members,
-                    },
-                )
-            })
-            .collect();
-        Ledger {
-            groups,
-            cursor: None,
-        }
-    }
 }
+
+/// Where one sink's applied operations are recorded as they happen: the store implements it on
+/// the state file. Sinks see only this trait, never SQLite.
+pub trait LedgerWriter: Send {
+    /// Records that a create is about to be sent, unless the group is recorded already.
+    fn record_intent(&mut self, group: &GroupSpec) -> Result<(), LedgerWriteError>;
+    /// Records a group as present in the target with `target_id` and the spec's attributes.
+    fn record_group(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), LedgerWriteError>;
+    /// Forgets a group and its members.
+    fn record_deleted(&mut self, source_id: &str) -> Result<(), LedgerWriteError>;
+    /// Records members (with their target ids) as present in a group.
+    fn record_members_added(
+        &mut self,
+        group_source_id: &str,
+        members: &[MemberRef],
+    ) -> Result<(), LedgerWriteError>;
+    /// Records members as gone from a group.
+    fn record_members_removed(
+        &mut self,
+        group_source_id: &str,
+        user_source_ids: &[&str],
+    ) -> Result<(), LedgerWriteError>;
+}
+
+/// A ledger write that failed (the state file could not be written).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct LedgerWriteError(pub Box<dyn std::error::Error + Send + Sync>);

@@ -1,30 +1,33 @@
 //! ldapsync: reconcile LDAP groups and their members into SCIM, PingOne, Posit Connect and ForgeRock.
 //!
-//! The flow goes one way: `source` → `directory` → `plan` (with its guard) → `sinks`, with
-//! `store` beside it. See ARCHITECTURE.md for the map and the invariants.
+//! The modules form a ladder; each uses only the rungs below it (ARCHITECTURE.md draws it):
 //!
-//! - [`config`]: the TOML file, validation with file:line errors, secrets.
-//! - [`source`]: LDAP (paged, ranged) and LDIF readers.
-//! - [`directory`]: users and groups keyed by immutable ids, member resolution, nesting.
-//! - [`ledger`]: what a sink holds according to ldapsync.
-//! - [`plan`]: the pure diff and the safety guard.
-//! - [`sinks`]: the `Sink` trait, the shared HTTP layer and one module per target.
-//! - [`store`]: the SQLite state file (the only SQLite user).
-//! - [`engine`]: one run, dry or real.
-//! - [`report`]: text and JSON output of a run.
-//! - [`daemon`], [`telemetry`]: the scheduled service, metrics and logging.
-//! - [`cli`]: the commands behind the binary.
+//! - leaf types: [`exit`] (exit statuses), `secret`, `dn`, `model` (users, group specs,
+//!   operations, plans, summaries), `ledger` (what a sink holds), `telemetry` (metrics, logging);
+//! - [`config`]: the TOML file, validation with file:line errors; knows no sink type;
+//! - [`source`]: LDAP (paged, ranged) and LDIF readers producing raw entries;
+//! - `directory`: users and groups keyed by immutable ids, member resolution, nesting;
+//! - `plan`: the pure diff and the safety guard;
+//! - `store`: the SQLite state file (the only SQLite user);
+//! - `sinks`: the `Sink` trait, the sink registry, the shared HTTP layer, one module per target;
+//! - `engine`: one run, dry or real; `report`: text and JSON output of a run and of `status`;
+//! - `app`: configuration with its sinks and the source check, shared by both front ends;
+//! - [`cli`] and `daemon`: the commands and the scheduled service.
 
+pub(crate) mod app;
 pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod directory;
-pub mod dn;
-pub mod engine;
-pub mod ledger;
-pub mod plan;
-pub mod report;
-pub mod sinks;
+pub(crate) mod daemon;
+pub(crate) mod directory;
+pub(crate) mod dn;
+pub(crate) mod engine;
+pub mod exit;
+pub(crate) mod ledger;
+pub(crate) mod model;
+pub(crate) mod plan;
+pub(crate) mod report;
+pub(crate) mod secret;
+pub(crate) mod sinks;
 pub mod source;
-pub mod store;
+pub(crate) mod store;
 pub mod telemetry;

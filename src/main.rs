@@ -3,9 +3,9 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = ldapsync::cli::Cli::parse();
     ldapsync::telemetry::init_logging(cli.log_format);
-    let code = ldapsync::cli::run(cli).await;
-    std::process::exit(code);
+    let status = ldapsync::cli::run(cli).await;
+    std::process::exit(status.code());
 }

@@ -5,238 +5,22 @@
 //! over the same data print the same plan.
 
 use std::collections::BTreeMap;
-
-use serde::Serialize;
-use serde_json::{Value, json};
-
-use crate::config::SafetyConfig;
-use crate::directory::{Directory, Group, User};
-use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
 use std::sync::Arc;
 
-/// The group an operation concerns, with everything a sink needs to write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GroupSpec {
-    pub source_id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub dn: String,
-    /// The target's id from the ledger, when known at plan time.
-    pub target_id: Option<String>,
-}
+use serde::Serialize;
 
-/// A user in a membership operation: the shared directory user (its fields are reachable
-/// directly, `member.username`) plus the target's user id when known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberRef {
-    pub user: Arc<User>,
-    /// The target's user id recorded in the ledger, if any.
-    pub target_id: Option<String>,
-}
+use crate::directory::{Directory, Group};
+use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
+use crate::model::{GroupSpec, MemberRef, Operation, Plan};
 
-impl MemberRef {
-    pub fn new(user: Arc<User>) -> Self {
-        MemberRef {
-            user,
-            target_id: None,
-        }
-    }
-}
-
-impl std::ops::Deref for MemberRef {
-    type Target = User;
-    fn deref(&self) -> &User {
-        &self.user
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpKind {
-    Create,
-    Update,
-    MemberAdd,
-    MemberRemove,
-    Delete,
-}
-
-impl OpKind {
-    pub const ALL: [OpKind; 5] = [
-        OpKind::Create,
-        OpKind::Update,
-        OpKind::Delete,
-        OpKind::MemberAdd,
-        OpKind::MemberRemove,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Create => "create",
-            OpKind::Update => "update",
-            OpKind::MemberAdd => "member_add",
-            OpKind::MemberRemove => "member_remove",
-            OpKind::Delete => "delete",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    /// Create the group. `resume` means an earlier create was started but never confirmed:
-    /// the sink must look the object up (externalId, then name) before creating it.
-    Create { group: GroupSpec, resume: bool },
-    /// Rename and/or change the description or DN.
-    Update {
-        group: GroupSpec,
-        previous: GroupSpec,
-    },
-    MemberAdd {
-        group: GroupSpec,
-        members: Vec<MemberRef>,
-    },
-    MemberRemove {
-        group: GroupSpec,
-        members: Vec<MemberRef>,
-    },
-    /// Delete; `group` holds the last known attributes from the ledger.
-    Delete { group: GroupSpec },
-}
-
-impl Operation {
-    pub fn kind(&self) -> OpKind {
-        match self {
-            Operation::Create { .. } => OpKind::Create,
-            Operation::Update { .. } => OpKind::Update,
-            Operation::MemberAdd { .. } => OpKind::MemberAdd,
-            Operation::MemberRemove { .. } => OpKind::MemberRemove,
-            Operation::Delete { .. } => OpKind::Delete,
-        }
-    }
-
-    pub fn group(&self) -> &GroupSpec {
-        match self {
-            Operation::Create { group, .. }
-            | Operation::Update { group, .. }
-            | Operation::MemberAdd { group, .. }
-            | Operation::MemberRemove { group, .. }
-            | Operation::Delete { group } => group,
-        }
-    }
-
-    pub fn members(&self) -> &[MemberRef] {
-        match self {
-            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
-                members
-            }
-            _ => &[],
-        }
-    }
-
-    /// How many things this operation counts for in a summary (memberships for member ops).
-    pub fn weight(&self) -> u64 {
-        match self {
-            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
-                members.len() as u64
-            }
-            _ => 1,
-        }
-    }
-
-    /// The operation as the JSON plan and the file sink print it (DESIGN.md §5).
-    pub fn to_json(&self) -> Value {
-        let group = self.group();
-        let mut value = json!({
-            "op": self.kind().as_str(),
-            "group": group.name,
-            "source_id": group.source_id,
-            "dn": group.dn,
-        });
-        let object = value.as_object_mut().expect("json! object literal");
-        match self {
-            Operation::Create { resume, .. } => {
-                object.insert("description".into(), json!(group.description));
-                if *resume {
-                    object.insert("resume".into(), json!(true));
-                }
-            }
-            Operation::Update { previous, .. } => {
-                object.insert("description".into(), json!(group.description));
-                object.insert("previous_name".into(), json!(previous.name));
-                object.insert("previous_description".into(), json!(previous.description));
-                object.insert("previous_dn".into(), json!(previous.dn));
-            }
-            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
-                object.insert(
-                    "members".into(),
-                    json!(members.iter().map(|m| &m.username).collect::<Vec<_>>()),
-                );
-                object.insert(
-                    "member_ids".into(),
-                    json!(members.iter().map(|m| &m.source_id).collect::<Vec<_>>()),
-                );
-            }
-            Operation::Delete { .. } => {}
-        }
-        if let Some(target_id) = &group.target_id {
-            object.insert("target_id".into(), json!(target_id));
-        }
-        value
-    }
-}
-
-/// Counts per operation kind; member kinds count memberships.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    pub create: u64,
-    pub update: u64,
-    pub delete: u64,
-    pub member_add: u64,
-    pub member_remove: u64,
-}
-
-impl Summary {
-    pub fn add(&mut self, kind: OpKind, count: u64) {
-        match kind {
-            OpKind::Create => self.create += count,
-            OpKind::Update => self.update += count,
-            OpKind::Delete => self.delete += count,
-            OpKind::MemberAdd => self.member_add += count,
-            OpKind::MemberRemove => self.member_remove += count,
-        }
-    }
-    pub fn get(&self, kind: OpKind) -> u64 {
-        match kind {
-            OpKind::Create => self.create,
-            OpKind::Update => self.update,
-            OpKind::Delete => self.delete,
-            OpKind::MemberAdd => self.member_add,
-            OpKind::MemberRemove => self.member_remove,
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        OpKind::ALL.iter().all(|&k| self.get(k) == 0)
-    }
-}
-
-/// Everything one sink must do to match the Directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub operations: Vec<Operation>,
-    /// A full reconcile was asked for (`sync --full`): sinks with cursors resend everything.
-    pub full: bool,
-}
-
-impl Plan {
-    pub fn summary(&self) -> Summary {
-        let mut summary = Summary::default();
-        for op in &self.operations {
-            summary.add(op.kind(), op.weight());
-        }
-        summary
-    }
-    pub fn is_empty(&self) -> bool {
-        self.operations.is_empty()
-    }
+/// The mass-change limits a plan is checked against: absolute counts and percentages of what
+/// the ledger holds (the `[safety]` section maps onto this).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    pub max_group_deletes: u64,
+    pub max_group_delete_percent: f64,
+    pub max_member_removes: u64,
+    pub max_member_remove_percent: f64,
 }
 
 fn spec_of_group(group: &Group, target_id: Option<String>) -> GroupSpec {
@@ -436,11 +220,11 @@ impl std::fmt::Display for Hold {
     }
 }
 
-/// Checks a plan against `[safety]`; `allow_deletes` lifts both thresholds for one run.
+/// Checks a plan against the thresholds; `allow_deletes` lifts both thresholds for one run.
 pub fn guard(
     plan: &Plan,
     ledger: &Ledger,
-    safety: &SafetyConfig,
+    safety: &Thresholds,
     allow_deletes: bool,
 ) -> Option<Hold> {
     if allow_deletes {
@@ -496,7 +280,48 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{OpKind, OperationView, User};
     use proptest::prelude::*;
+    use serde_json::json;
+
+    /// The ledger a sink would hold after a complete, successful apply of `directory`.
+    fn mirroring(directory: &Directory) -> Ledger {
+        let groups = directory
+            .groups
+            .iter()
+            .map(|group| {
+                let members = group
+                    .members
+                    .iter()
+                    .map(|&index| {
+                        let user = directory.user(index);
+                        (
+                            Arc::from(user.source_id.as_str()),
+                            LedgerMember {
+                                user: Arc::clone(user),
+                                target_id: None,
+                            },
+                        )
+                    })
+                    .collect();
+                (
+                    group.id.clone(),
+                    LedgerGroup {
+                        source_id: group.id.clone(),
+                        target_id: Some(group.id.clone()),
+                        name: group.name.clone(),
+                        description: group.description.clone(),
+                        dn: group.dn.clone(),
+                        members,
+                    },
+                )
+            })
+            .collect();
+        Ledger {
+            groups,
+            cursor: None,
+        }
+    }
 
     fn directory(groups: &[(&str, &str, &[u32])], users: u32) -> Directory {
         Directory {
@@ -547,7 +372,7 @@ mod tests {
     #[test]
     fn rename_is_an_update_and_unconfirmed_create_resumes() {
         let d = directory(&[("g1", "old", &[0])], 1);
-        let mut ledger = Ledger::mirroring(&d);
+        let mut ledger = mirroring(&d);
         let renamed = directory(&[("g1", "new", &[0])], 1);
         let p = plan(&renamed, &ledger);
         assert_eq!(p.operations.len(), 1);
@@ -568,10 +393,10 @@ mod tests {
             &[("g1", "a", &[0, 1]), ("g2", "b", &[]), ("g3", "c", &[])],
             2,
         );
-        let ledger = Ledger::mirroring(&d);
+        let ledger = mirroring(&d);
         let gone = directory(&[("g1", "a", &[])], 2);
         let p = plan(&gone, &ledger);
-        let safety = SafetyConfig {
+        let safety = Thresholds {
             max_group_deletes: 1,
             max_group_delete_percent: 100.0,
             max_member_removes: 100,
@@ -580,7 +405,7 @@ mod tests {
         let hold = guard(&p, &ledger, &safety, false).unwrap();
         assert_eq!(hold.reasons.len(), 1, "{hold:?}");
         assert!(hold.reasons[0].contains("2 group deletes"));
-        let strict_percent = SafetyConfig {
+        let strict_percent = Thresholds {
             max_group_deletes: 10,
             max_member_remove_percent: 50.0,
             ..safety.clone()
@@ -594,7 +419,7 @@ mod tests {
     fn json_shape_follows_the_contract() {
         let d = directory(&[("g1", "a", &[0])], 1);
         let p = plan(&d, &Ledger::default());
-        let add = p.operations[1].to_json();
+        let add = serde_json::to_value(OperationView::from(&p.operations[1])).unwrap();
         assert_eq!(add["op"], "member_add");
         assert_eq!(add["group"], "a");
         assert_eq!(add["source_id"], "g1");
@@ -635,25 +460,25 @@ mod tests {
     proptest! {
         #[test]
         fn plan_against_mirror_is_empty(d in arb_directory()) {
-            prop_assert!(plan(&d, &Ledger::mirroring(&d)).is_empty());
+            prop_assert!(plan(&d, &mirroring(&d)).is_empty());
         }
 
         #[test]
         fn applying_a_plan_yields_the_directory(before in arb_directory(), after in arb_directory()) {
-            let mut ledger = Ledger::mirroring(&before);
+            let mut ledger = mirroring(&before);
             let p = plan(&after, &ledger);
             apply_to_ledger(&mut ledger, &p);
-            let mut expected = Ledger::mirroring(&after);
+            let mut expected = mirroring(&after);
             // target ids are assigned by the target; compare everything else
             for g in ledger.groups.values_mut() { g.target_id = None; }
             for g in expected.groups.values_mut() { g.target_id = None; }
             prop_assert_eq!(ledger, expected);
-            prop_assert_eq!(plan(&after, &Ledger::mirroring(&after)), Plan::default());
+            prop_assert_eq!(plan(&after, &mirroring(&after)), Plan::default());
         }
 
         #[test]
         fn plans_are_deterministic(d in arb_directory(), before in arb_directory()) {
-            let ledger = Ledger::mirroring(&before);
+            let ledger = mirroring(&before);
             prop_assert_eq!(plan(&d, &ledger), plan(&d, &ledger));
         }
     }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde_json::{Value, json};
 
 use crate::engine::{RunReport, SinkResult};
-use crate::plan::{OpKind, Operation};
+use crate::model::{OpKind, Operation, OperationView};
 
 /// At most this many member names are printed per operation in text output.
 const NAMES_SHOWN: usize = 10;
@@ -22,7 +22,7 @@ pub fn json(report: &RunReport) -> Value {
                 "result": s.result,
                 "summary": s.summary,
                 "held": s.hold.is_some(),
-                "operations": s.plan.operations.iter().map(Operation::to_json).collect::<Vec<_>>(),
+                "operations": s.plan.operations.iter().map(OperationView::from).collect::<Vec<_>>(),
             });
             let object = value.as_object_mut().expect("json! object literal");
             if let Some(hold) = &s.hold {
@@ -48,7 +48,7 @@ pub fn json(report: &RunReport) -> Value {
         "sinks": sinks,
         "read": {"users": report.users, "groups": report.groups},
         "warnings": report.warnings,
-        "exit_code": report.exit_code(),
+        "exit_code": report.exit_status().code(),
     });
     if let Some(error) = &report.read_error {
         value["error"] = json!(error);

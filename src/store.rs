@@ -15,12 +15,12 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
 
-use crate::directory::{Directory, User};
-use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
-use crate::plan::{GroupSpec, MemberRef, Summary};
+use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
+use crate::model::{GroupSpec, MemberRef, Summary, User};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    r#"
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        r#"
 CREATE TABLE snapshot_scope (
     scope TEXT PRIMARY KEY,
     entries INTEGER NOT NULL,
@@ -79,7 +79,10 @@ CREATE TABLE run_sinks (
     PRIMARY KEY (run_id, sink)
 );
 "#,
-)];
+    ),
+    // The full snapshot was written on every run and never read; only the scope counts are.
+    M::up("DROP TABLE snapshot_users; DROP TABLE snapshot_groups; DROP TABLE snapshot_members;"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -494,65 +497,33 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Replaces the snapshot with a complete read, in one transaction.
-    pub fn save_snapshot(&mut self, directory: &Directory, source: &str) -> Result<(), StoreError> {
+    /// Remembers how many entries each scope (`users`, `groups`) held at a complete read, and
+    /// from where (the empty-scope rule compares the next read with it).
+    pub fn record_scopes(
+        &mut self,
+        scopes: &[(&str, u64)],
+        source: &str,
+    ) -> Result<(), StoreError> {
         self.in_transaction(|tx| {
-            tx.execute_batch("DELETE FROM snapshot_members; DELETE FROM snapshot_groups; DELETE FROM snapshot_users;")
-                ?;
-            {
-                let mut users = tx
-                    .prepare_cached(
-                        "INSERT INTO snapshot_users (id, dn, username, email) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    ?;
-                for u in &directory.users {
-                    users
-                        .execute(params![u.source_id, u.dn, u.username, u.email])
-                        ?;
-                }
-                let mut groups = tx
-                    .prepare_cached("INSERT INTO snapshot_groups (id, dn, name, description) VALUES (?1, ?2, ?3, ?4)")
-                    ?;
-                let mut members = tx
-                    .prepare_cached("INSERT INTO snapshot_members (group_id, user_id) VALUES (?1, ?2)")
-                    ?;
-                for g in &directory.groups {
-                    groups
-                        .execute(params![g.id, g.dn, g.name, g.description])
-                        ?;
-                    for &m in &g.members {
-                        members
-                            .execute(params![g.id, directory.user(m).source_id])
-                            ?;
-                    }
-                }
-                let mut scope = tx
-                    .prepare_cached(
-                        "INSERT INTO snapshot_scope (scope, entries, source, read_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (scope) DO UPDATE SET entries = excluded.entries, source = excluded.source,
-                           read_at = excluded.read_at",
-                    )
-                    ?;
-                let read_at = now();
-                scope
-                    .execute(params![
-                        "users",
-                        directory.users.len() as i64,
-                        source,
-                        read_at
-                    ])
-                    ?;
-                scope
-                    .execute(params![
-                        "groups",
-                        directory.groups.len() as i64,
-                        source,
-                        read_at
-                    ])
-                    ?;
+            let mut scope = tx.prepare_cached(
+                "INSERT INTO snapshot_scope (scope, entries, source, read_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (scope) DO UPDATE SET entries = excluded.entries, source = excluded.source,
+                   read_at = excluded.read_at",
+            )?;
+            let read_at = now();
+            for (name, entries) in scopes {
+                scope.execute(params![name, *entries as i64, source, read_at])?;
             }
             Ok(())
         })
+    }
+
+    /// The ledger writer of one sink, for its [`LedgerWriter`] records during an apply.
+    pub fn ledger_writer<'a>(&'a mut self, sink: &str) -> SinkLedgerWriter<'a> {
+        SinkLedgerWriter {
+            store: self,
+            sink: sink.to_string(),
+        }
     }
 
     /// Starts a run in the history and returns its id.
@@ -684,6 +655,48 @@ impl Store {
     }
 }
 
+/// One sink's ledger in the state file, as a [`LedgerWriter`].
+pub struct SinkLedgerWriter<'a> {
+    store: &'a mut Store,
+    sink: String,
+}
+
+impl From<StoreError> for LedgerWriteError {
+    fn from(error: StoreError) -> Self {
+        LedgerWriteError(Box::new(error))
+    }
+}
+
+impl LedgerWriter for SinkLedgerWriter<'_> {
+    fn record_intent(&mut self, group: &GroupSpec) -> Result<(), LedgerWriteError> {
+        Ok(self.store.record_intent(&self.sink, group)?)
+    }
+    fn record_group(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), LedgerWriteError> {
+        Ok(self.store.record_group(&self.sink, group, target_id)?)
+    }
+    fn record_deleted(&mut self, source_id: &str) -> Result<(), LedgerWriteError> {
+        Ok(self.store.record_deleted(&self.sink, source_id)?)
+    }
+    fn record_members_added(
+        &mut self,
+        group_source_id: &str,
+        members: &[MemberRef],
+    ) -> Result<(), LedgerWriteError> {
+        Ok(self
+            .store
+            .record_members_added(&self.sink, group_source_id, members)?)
+    }
+    fn record_members_removed(
+        &mut self,
+        group_source_id: &str,
+        user_source_ids: &[&str],
+    ) -> Result<(), LedgerWriteError> {
+        Ok(self
+            .store
+            .record_members_removed(&self.sink, group_source_id, user_source_ids)?)
+    }
+}
+
 fn parse_summary(text: &str) -> Summary {
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
@@ -739,7 +752,7 @@ mod tests {
         store.record_group("s", &spec("g1", "a"), "T1").unwrap();
         store.record_intent("s", &spec("g1", "a")).unwrap();
         let member = MemberRef {
-            user: std::sync::Arc::new(crate::directory::User {
+            user: std::sync::Arc::new(crate::model::User {
                 source_id: "u1".into(),
                 username: "alice".into(),
                 email: None,

@@ -15,8 +15,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-use ldapsync::directory::RawEntry;
-use ldapsync::source::SourceError;
+use ldapsync::source::{RawEntry, SourceError};
 
 /// Users, not computer accounts (in AD, `computer` is a subclass of `user`).
 const AD_USERS: &str = "(&(objectClass=user)(!(objectClass=computer)))";
@@ -333,9 +332,14 @@ fn large_group_read_completely_and_ranged_retrieval() {
     // The ranged path, against the same server: ask for a first range as Windows would answer
     // it, then let complete_ranges fetch the rest.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cfg = ldapsync::config::Config::load(&config).expect("config");
+    let table: toml::Table = std::fs::read_to_string(&config)
+        .expect("config")
+        .parse()
+        .expect("config");
+    let ldap_config: ldapsync::config::LdapConfig =
+        table["ldap"].clone().try_into().expect("[ldap]");
     rt.block_on(async {
-        let mut ldap = ldapsync::source::ldap::connect(&cfg)
+        let mut ldap = ldapsync::source::ldap::connect(&ldap_config)
             .await
             .expect("connect");
         let timeout = Duration::from_secs(30);

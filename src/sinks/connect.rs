@@ -28,9 +28,9 @@ use tokio::sync::Mutex;
 use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{self, Created, GroupApi, Membership, OpError, Outcome, Prepared};
 use super::{Recorder, Sink, SinkError};
-use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::secret::{Secret, SecretError, resolve_secret};
 
 /// Connect's maximum `page_size` / `limit`.
 const PAGE_SIZE: &str = "500";
@@ -94,6 +94,30 @@ impl ConnectConfig {
             self.api_key.as_ref().map(Secret::expose),
             self.api_key_file.as_deref(),
         )
+    }
+}
+
+impl crate::sinks::SinkType for ConnectConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
+        ConnectConfig::validate(self)
+    }
+    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
+        self.api_key().map(|key| vec![key])
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        self.api_key
+            .as_ref()
+            .filter(|secret| !secret.expose().starts_with("env:"))
+            .map(|_| "api_key")
+            .into_iter()
+            .collect()
+    }
+    fn build(
+        &self,
+        name: String,
+        http: crate::sinks::http::HttpSettings,
+    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+        Ok(Box::new(ConnectSink::new(name, self, http)?))
     }
 }
 
@@ -1032,7 +1056,8 @@ mod tests {
             target_id: None,
         };
         {
-            let mut recorder = Recorder::new(&mut store, "c");
+            let mut writer = store.ledger_writer("c");
+            let mut recorder = Recorder::new(&mut writer, "c");
             sink.create_remote(&group, &mut recorder).await.unwrap();
             assert!(
                 recorder.report.failures.is_empty(),

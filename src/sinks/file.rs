@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{Recorder, Sink, SinkError};
 use crate::ledger::Ledger;
-use crate::plan::{Operation, Plan};
+use crate::model::{Operation, OperationView, Plan};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,25 @@ impl FileConfig {
             return Err(("path", "must be a file path or \"-\" for stdout".into()));
         }
         Ok(())
+    }
+}
+
+impl crate::sinks::SinkType for FileConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
+        FileConfig::validate(self)
+    }
+    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
+        Ok(Vec::new())
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    fn build(
+        &self,
+        name: String,
+        _http: crate::sinks::http::HttpSettings,
+    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+        Ok(Box::new(FileSink::new(name, self.clone())))
     }
 }
 
@@ -89,7 +108,11 @@ impl Sink for FileSink {
         };
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for op in &plan.operations {
-            let mut line = op.to_json();
+            let mut line =
+                serde_json::to_value(OperationView::from(op)).map_err(|e| SinkError::Target {
+                    sink: self.name.clone(),
+                    message: format!("cannot encode an operation: {e}"),
+                })?;
             if let Some(object) = line.as_object_mut() {
                 object.insert("sink".into(), self.name.clone().into());
                 object.insert("time".into(), time.clone().into());

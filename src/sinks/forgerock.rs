@@ -30,9 +30,9 @@ use super::lifecycle::{
     self, Created, GroupApi, Membership, OpError, Outcome, UserCache, ids, outcome,
 };
 use super::{Recorder, Sink, SinkError};
-use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::secret::{Secret, SecretError, resolve_secret};
 
 const PAGE_SIZE: &str = "500";
 /// A paged query never fetches more pages than this, whatever cookies the server returns.
@@ -129,11 +129,6 @@ impl ForgeRockConfig {
         }
     }
 
-    /// Resolves whichever secret the configuration uses.
-    pub fn resolve_secrets(&self) -> Result<(), SecretError> {
-        self.credential().map(|_| ())
-    }
-
     fn credential(&self) -> Result<Secret, SecretError> {
         match &self.access_token_file {
             Some(file) => resolve_secret("access_token_file", None, Some(file)),
@@ -152,6 +147,30 @@ impl ForgeRockConfig {
         } else {
             format!("{}_{kind}", self.realm)
         }
+    }
+}
+
+impl crate::sinks::SinkType for ForgeRockConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
+        ForgeRockConfig::validate(self)
+    }
+    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
+        self.credential().map(|secret| vec![secret])
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        self.client_secret
+            .as_ref()
+            .filter(|secret| !secret.expose().starts_with("env:"))
+            .map(|_| "client_secret")
+            .into_iter()
+            .collect()
+    }
+    fn build(
+        &self,
+        name: String,
+        http: crate::sinks::http::HttpSettings,
+    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+        Ok(Box::new(ForgeRockSink::new(name, self, http)?))
     }
 }
 

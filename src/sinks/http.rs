@@ -16,7 +16,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {

@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 
 use super::http::{HttpError, Response};
 use super::{Recorder, SinkError};
-use crate::plan::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+use crate::model::{GroupSpec, MemberRef, OpKind, Operation, Plan};
 
 /// Member changes written to the ledger together, to keep writes few on large groups.
 const RECORD_BATCH: usize = 100;
@@ -508,7 +508,7 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use super::*;
-    use crate::directory::User;
+    use crate::model::User;
     use crate::sinks::ApplyReport;
     use crate::store::Store;
 
@@ -617,7 +617,8 @@ mod tests {
     async fn run(api: &Fake, operations: Vec<Operation>) -> (Result<(), SinkError>, ApplyReport) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-        let mut recorder = Recorder::new(&mut store, "fake");
+        let mut writer = store.ledger_writer("fake");
+        let mut recorder = Recorder::new(&mut writer, "fake");
         let plan = Plan {
             operations,
             full: false,

@@ -7,95 +7,106 @@
 //! (SCIM, PingOne groups, Connect, ForgeRock) only implement [`lifecycle::GroupApi`]; the
 //! shared driver [`lifecycle::apply`] does the rest.
 
-pub mod connect;
-pub mod file;
-pub mod forgerock;
-pub mod http;
-pub mod lifecycle;
-pub mod pingone;
-pub mod scim;
+pub(crate) mod connect;
+pub(crate) mod file;
+pub(crate) mod forgerock;
+pub(crate) mod http;
+pub(crate) mod lifecycle;
+pub(crate) mod pingone;
+pub(crate) mod scim;
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::SecretError;
-use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, OpKind, Plan, Summary};
-use crate::store::{Store, StoreError};
+use crate::config::{Invalid, SinkConfig, SinkOptions};
+use crate::ledger::{Ledger, LedgerWriteError, LedgerWriter};
+use crate::model::{GroupSpec, MemberRef, OpKind, Plan, Summary};
+use crate::secret::{Secret, SecretError};
 
-/// The `type`-specific part of a `[[sinks]]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SinkSettings {
-    File(file::FileConfig),
-    Scim(scim::ScimConfig),
-    PingoneProvisioningSync(pingone::provisioning_sync::ProvisioningSyncConfig),
-    PingoneGroups(pingone::groups::PingOneGroupsConfig),
-    Connect(connect::ConnectConfig),
-    Forgerock(forgerock::ForgeRockConfig),
+/// The registration of one sink type, implemented by the type's config struct: everything the
+/// rest of the program needs to know about a type, so adding a sink is one module plus one
+/// line in [`sink_types!`].
+pub(crate) trait SinkType {
+    /// Checks values serde cannot; returns the offending key and why.
+    fn validate(&self) -> Result<(), Invalid>;
+    /// The secrets this configuration uses, resolved (files read, `env:` looked up).
+    fn secrets(&self) -> Result<Vec<Secret>, SecretError>;
+    /// The keys whose secret is written inline in the configuration file.
+    fn inline_secrets(&self) -> Vec<&'static str>;
+    /// Builds the sink.
+    fn build(&self, name: String, http: http::HttpSettings) -> Result<Box<dyn Sink>, SinkError>;
 }
 
-impl SinkSettings {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkSettings::File(_) => "file",
-            SinkSettings::Scim(_) => "scim",
-            SinkSettings::PingoneProvisioningSync(_) => "pingone_provisioning_sync",
-            SinkSettings::PingoneGroups(_) => "pingone_groups",
-            SinkSettings::Connect(_) => "connect",
-            SinkSettings::Forgerock(_) => "forgerock",
+/// Generates [`SinkSettings`], the `type`-tagged union of every registered sink config.
+macro_rules! sink_types {
+    ($($type_name:literal => $variant:ident($config:ty),)*) => {
+        /// The `type`-specific part of a `[[sinks]]` table.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "type")]
+        pub(crate) enum SinkSettings {
+            $(#[serde(rename = $type_name)] $variant($config),)*
         }
-    }
 
-    /// Checks values serde cannot; returns the offending key and why.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        match self {
-            SinkSettings::File(c) => c.validate(),
-            SinkSettings::Scim(c) => c.validate(),
-            SinkSettings::PingoneProvisioningSync(c) => c.validate(),
-            SinkSettings::PingoneGroups(c) => c.validate(),
-            SinkSettings::Connect(c) => c.validate(),
-            SinkSettings::Forgerock(c) => c.validate(),
+        impl SinkSettings {
+            fn registered(&self) -> &dyn SinkType {
+                match self {
+                    $(SinkSettings::$variant(config) => config,)*
+                }
+            }
         }
-    }
 
-    pub fn resolve_secrets(&self) -> Result<(), SecretError> {
-        match self {
-            SinkSettings::File(_) => Ok(()),
-            SinkSettings::Scim(c) => c.token().map(|_| ()),
-            SinkSettings::PingoneProvisioningSync(c) => c.client_secret().map(|_| ()),
-            SinkSettings::PingoneGroups(c) => c.client_secret().map(|_| ()),
-            SinkSettings::Connect(c) => c.api_key().map(|_| ()),
-            SinkSettings::Forgerock(c) => c.resolve_secrets(),
+        impl SinkOptions for SinkSettings {
+            fn type_name(&self) -> &'static str {
+                match self {
+                    $(SinkSettings::$variant(_) => $type_name,)*
+                }
+            }
+            fn validate(&self) -> Result<(), Invalid> {
+                self.registered().validate()
+            }
+            fn resolve_secrets(&self) -> Result<(), SecretError> {
+                self.registered().secrets().map(|_| ())
+            }
+            fn inline_secrets(&self) -> Vec<&'static str> {
+                self.registered().inline_secrets()
+            }
         }
-    }
+    };
+}
+
+sink_types! {
+    "file" => File(file::FileConfig),
+    "scim" => Scim(scim::ScimConfig),
+    "pingone_provisioning_sync" => PingoneProvisioningSync(pingone::provisioning_sync::ProvisioningSyncConfig),
+    "pingone_groups" => PingoneGroups(pingone::groups::PingOneGroupsConfig),
+    "connect" => Connect(connect::ConnectConfig),
+    "forgerock" => Forgerock(forgerock::ForgeRockConfig),
 }
 
 /// Builds the sink described by a `[[sinks]]` entry.
-pub fn build(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let name = config.name.clone();
-    Ok(match &config.settings {
-        SinkSettings::File(c) => Box::new(file::FileSink::new(name, c.clone())),
-        SinkSettings::Scim(c) => Box::new(scim::ScimSink::new(name, c, config.http_settings())?),
-        SinkSettings::PingoneProvisioningSync(c) => Box::new(
-            pingone::provisioning_sync::ProvisioningSyncSink::new(name, c, config.http_settings())?,
-        ),
-        SinkSettings::PingoneGroups(c) => Box::new(pingone::groups::PingOneGroupsSink::new(
-            name,
-            c,
-            config.http_settings(),
-        )?),
-        SinkSettings::Connect(c) => {
-            Box::new(connect::ConnectSink::new(name, c, config.http_settings())?)
-        }
-        SinkSettings::Forgerock(c) => Box::new(forgerock::ForgeRockSink::new(
-            name,
-            c,
-            config.http_settings(),
-        )?),
-    })
+pub(crate) fn build(config: &SinkConfig<SinkSettings>) -> Result<Box<dyn Sink>, SinkError> {
+    config
+        .settings
+        .registered()
+        .build(config.name.clone(), http_settings(config))
+}
+
+/// The shared HTTP layer's settings from the keys every `[[sinks]]` table has.
+pub(crate) fn http_settings<S>(config: &SinkConfig<S>) -> http::HttpSettings {
+    let defaults = http::HttpSettings::default();
+    http::HttpSettings {
+        rate_limit_per_second: config
+            .rate_limit_per_second
+            .unwrap_or(defaults.rate_limit_per_second),
+        timeout: config
+            .timeout_secs
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(defaults.timeout),
+        max_retries: config.max_retries.unwrap_or(defaults.max_retries),
+        ..defaults
+    }
 }
 
 /// A failure of a sink as a whole or of one of its operations.
@@ -115,11 +126,11 @@ pub enum SinkError {
         #[source]
         source: SecretError,
     },
-    #[error("sink \"{sink}\": {source}")]
-    Store {
+    #[error("sink \"{sink}\": cannot record in the ledger: {source}")]
+    Ledger {
         sink: String,
         #[source]
-        source: StoreError,
+        source: LedgerWriteError,
     },
 }
 
@@ -171,7 +182,7 @@ pub struct ApplyReport {
 
 /// Records each applied operation in the sink's ledger as it happens, and counts it.
 pub struct Recorder<'a> {
-    store: &'a mut Store,
+    ledger: &'a mut dyn LedgerWriter,
     sink: String,
     target_ids: HashMap<String, String>,
     pub report: ApplyReport,
@@ -179,9 +190,9 @@ pub struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    pub fn new(store: &'a mut Store, sink: &str) -> Self {
+    pub fn new(ledger: &'a mut dyn LedgerWriter, sink: &str) -> Self {
         Recorder {
-            store,
+            ledger,
             sink: sink.to_string(),
             target_ids: HashMap::new(),
             report: ApplyReport::default(),
@@ -198,8 +209,8 @@ impl<'a> Recorder<'a> {
         self
     }
 
-    fn store_error(&self, source: StoreError) -> SinkError {
-        SinkError::Store {
+    fn store_error(&self, source: LedgerWriteError) -> SinkError {
+        SinkError::Ledger {
             sink: self.sink.clone(),
             source,
         }
@@ -222,15 +233,15 @@ impl<'a> Recorder<'a> {
 
     /// Records the intent to create `group` before the create request is sent.
     pub fn intent(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
-        self.store
-            .record_intent(&self.sink, group)
+        self.ledger
+            .record_intent(group)
             .map_err(|e| self.store_error(e))
     }
 
     /// Records a created (or adopted) group.
     pub fn created(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), SinkError> {
-        self.store
-            .record_group(&self.sink, group, target_id)
+        self.ledger
+            .record_group(group, target_id)
             .map_err(|e| self.store_error(e))?;
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
@@ -240,8 +251,8 @@ impl<'a> Recorder<'a> {
 
     /// Records an updated group (new name/description/DN).
     pub fn updated(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), SinkError> {
-        self.store
-            .record_group(&self.sink, group, target_id)
+        self.ledger
+            .record_group(group, target_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Update, 1);
         Ok(())
@@ -249,8 +260,8 @@ impl<'a> Recorder<'a> {
 
     /// Records a deleted group (or one found already gone).
     pub fn deleted(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
-        self.store
-            .record_deleted(&self.sink, &group.source_id)
+        self.ledger
+            .record_deleted(&group.source_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Delete, 1);
         Ok(())
@@ -258,8 +269,8 @@ impl<'a> Recorder<'a> {
 
     /// Forgets a group the target no longer has, without counting a delete (it will be recreated).
     pub fn forget(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
-        self.store
-            .record_deleted(&self.sink, &group.source_id)
+        self.ledger
+            .record_deleted(&group.source_id)
             .map_err(|e| self.store_error(e))
     }
 
@@ -272,8 +283,8 @@ impl<'a> Recorder<'a> {
         if members.is_empty() {
             return Ok(());
         }
-        self.store
-            .record_members_added(&self.sink, &group.source_id, members)
+        self.ledger
+            .record_members_added(&group.source_id, members)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::MemberAdd, members.len() as u64);
         Ok(())
@@ -293,13 +304,13 @@ impl<'a> Recorder<'a> {
         match kind {
             OpKind::MemberRemove => {
                 let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
-                self.store
-                    .record_members_removed(&self.sink, &group.source_id, &ids)
+                self.ledger
+                    .record_members_removed(&group.source_id, &ids)
                     .map_err(|e| self.store_error(e))?;
             }
             _ => self
-                .store
-                .record_members_added(&self.sink, &group.source_id, members)
+                .ledger
+                .record_members_added(&group.source_id, members)
                 .map_err(|e| self.store_error(e))?,
         }
         self.report.skipped += members.len() as u64;
@@ -316,8 +327,8 @@ impl<'a> Recorder<'a> {
             return Ok(());
         }
         let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
-        self.store
-            .record_members_removed(&self.sink, &group.source_id, &ids)
+        self.ledger
+            .record_members_removed(&group.source_id, &ids)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::MemberRemove, members.len() as u64);
         Ok(())
@@ -352,5 +363,77 @@ impl<'a> Recorder<'a> {
     /// Proposes a new cursor; the engine stores it only if no operation failed.
     pub fn set_cursor(&mut self, cursor: String) {
         self.report.cursor = Some(cursor);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::SinkSettings;
+    use crate::config::{Config, SinkOptions};
+
+    fn parse(text: &str, path: &str) -> Config<SinkSettings> {
+        Config::parse(text, Path::new(path)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn config_example_documents_every_sink_type() {
+        let config = parse(
+            include_str!("../../config.example.toml"),
+            "config.example.toml",
+        );
+        assert!(config.schedule.is_some());
+        let types: std::collections::BTreeSet<&str> = config
+            .sinks
+            .iter()
+            .map(|s| s.settings.type_name())
+            .collect();
+        assert_eq!(types.len(), 6, "every sink type is documented: {types:?}");
+    }
+
+    const INLINE_SECRETS: &str = r#"
+[ldap]
+url = "ldap://127.0.0.1:1"
+bind_dn = "cn=x"
+bind_password = "inline-ldap-secret"
+[groups]
+base_dn = "ou=g"
+[users]
+base_dn = "ou=u"
+[state]
+path = "s.db"
+[[sinks]]
+name = "scim"
+type = "scim"
+base_url = "http://127.0.0.1:1"
+token = "inline-scim-secret"
+[[sinks]]
+name = "env"
+type = "scim"
+base_url = "http://127.0.0.1:1"
+token = "env:SOME_TOKEN"
+"#;
+
+    #[test]
+    fn a_configuration_printed_with_debug_hides_inline_secrets() {
+        let config = parse(INLINE_SECRETS, "c.toml");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("inline-ldap-secret") && !printed.contains("inline-scim-secret"));
+        assert_eq!(
+            config.ldap.bind_password().unwrap().unwrap().expose(),
+            "inline-ldap-secret"
+        );
+    }
+
+    #[test]
+    fn inline_secrets_are_found_but_env_references_are_not() {
+        let config = parse(INLINE_SECRETS, "c.toml");
+        let found: Vec<Vec<&str>> = config
+            .sinks
+            .iter()
+            .map(|s| s.settings.inline_secrets())
+            .collect();
+        assert_eq!(found, [vec!["token"], vec![]]);
     }
 }

@@ -17,9 +17,9 @@ use tokio::sync::Mutex;
 use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
 use super::{Recorder, Sink, SinkError};
-use crate::config::{Secret, SecretError, resolve_secret};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, Plan};
+use crate::model::{GroupSpec, MemberRef, Plan};
+use crate::secret::{Secret, SecretError, resolve_secret};
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -78,6 +78,30 @@ impl ScimConfig {
             self.token.as_ref().map(Secret::expose),
             self.token_file.as_deref(),
         )
+    }
+}
+
+impl crate::sinks::SinkType for ScimConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
+        ScimConfig::validate(self)
+    }
+    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
+        self.token().map(|token| vec![token])
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        self.token
+            .as_ref()
+            .filter(|secret| !secret.expose().starts_with("env:"))
+            .map(|_| "token")
+            .into_iter()
+            .collect()
+    }
+    fn build(
+        &self,
+        name: String,
+        http: crate::sinks::http::HttpSettings,
+    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+        Ok(Box::new(ScimSink::new(name, self, http)?))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use ldap3::asn1::{ASNTag, PL, StructureTag};
 
-use crate::directory::RawEntry;
+use super::RawEntry;
 
 /// A parsed filter ready to be evaluated many times.
 pub struct Filter(StructureTag);

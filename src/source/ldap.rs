@@ -13,17 +13,15 @@ use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::asn1::{PL, StructureTag};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, ResultEntry, Scope};
 
-use super::{ReadStats, SourceError};
-use crate::config::{Config, LdapConfig};
-use crate::directory::{DirectoryBuilder, RawEntry};
+use super::{EntrySink, RawEntry, ReadStats, SourceError};
+use crate::config::{GroupsConfig, LdapConfig, UsersConfig};
 
 /// LDAP result codes that mean "success" for a search.
 const RC_SUCCESS: u32 = 0;
 const RC_REFERRAL: u32 = 10;
 
 /// Opens a connection and binds; used by the read and by `check --connect`.
-pub async fn connect(config: &Config) -> Result<Ldap, SourceError> {
-    let ldap_config = &config.ldap;
+pub async fn connect(ldap_config: &LdapConfig) -> Result<Ldap, SourceError> {
     let url = ldap_config.url.clone().unwrap_or_default();
     let settings = settings(ldap_config)?;
     let (connection, mut ldap) =
@@ -39,7 +37,7 @@ pub async fn connect(config: &Config) -> Result<Ldap, SourceError> {
         }
     });
     if let Some(bind_dn) = &ldap_config.bind_dn {
-        let password = config.ldap_password()?;
+        let password = ldap_config.bind_password()?;
         let result = ldap
             .with_timeout(Duration::from_secs(ldap_config.timeout_secs))
             .simple_bind(bind_dn, password.as_ref().map(|p| p.expose()).unwrap_or(""))
@@ -94,13 +92,14 @@ fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, SourceE
 }
 
 /// Reads users, then groups, into `builder`.
-pub async fn read(
-    config: &Config,
-    builder: &mut DirectoryBuilder,
+pub(super) async fn read(
+    config: &LdapConfig,
+    users: &UsersConfig,
+    groups: &GroupsConfig,
+    builder: &mut impl EntrySink,
 ) -> Result<ReadStats, SourceError> {
     let mut ldap = connect(config).await?;
     let mut stats = ReadStats::default();
-    let users = &config.users;
     let user_attrs = vec![
         users.id_attribute.clone(),
         users.username_attribute.clone(),
@@ -116,13 +115,12 @@ pub async fn read(
         user_attrs,
         |entry| {
             stats.users += 1;
-            builder.add_user(&entry).map_err(SourceError::from)
+            builder.add_user(&entry)
         },
         &mut failure,
     )
     .await?;
     tracing::debug!(users = stats.users, "users read");
-    let groups = &config.groups;
     let group_attrs = vec![
         groups.id_attribute.clone(),
         groups.name_attribute.clone(),
@@ -148,13 +146,13 @@ pub async fn read(
                 ranged.push(entry);
                 Ok(())
             } else {
-                builder.add_group(&entry).map_err(SourceError::from)
+                builder.add_group(&entry)
             }
         },
         &mut failure,
     )
     .await?;
-    let timeout = Duration::from_secs(config.ldap.timeout_secs);
+    let timeout = Duration::from_secs(config.timeout_secs);
     for mut entry in ranged {
         complete_ranges(&mut ldap, timeout, &mut entry, &member_attribute).await?;
         builder.add_group(&entry)?;
@@ -168,7 +166,7 @@ pub async fn read(
 #[allow(clippy::too_many_arguments)]
 async fn search(
     ldap: &mut Ldap,
-    config: &Config,
+    config: &LdapConfig,
     section: &'static str,
     base: &str,
     filter: &str,
@@ -183,16 +181,16 @@ async fn search(
     };
     tracing::debug!(
         "equivalent: ldapsearch -H {} -b {base:?} -E pr={}/noprompt {filter:?} {}",
-        config.ldap.url.as_deref().unwrap_or(""),
-        config.ldap.page_size,
+        config.url.as_deref().unwrap_or(""),
+        config.page_size,
         attrs.join(" ")
     );
     let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> = vec![
         Box::new(EntriesOnly::new()),
-        Box::new(PagedResults::new(config.ldap.page_size)),
+        Box::new(PagedResults::new(config.page_size)),
     ];
     let mut stream = ldap
-        .with_timeout(Duration::from_secs(config.ldap.timeout_secs))
+        .with_timeout(Duration::from_secs(config.timeout_secs))
         .streaming_search_with(adapters, base, Scope::Subtree, filter, attrs)
         .await
         .map_err(|e| search_error(e.to_string()))?;

@@ -8,9 +8,8 @@ use std::path::Path;
 use base64::Engine;
 
 use super::filter::Filter;
-use super::{ReadStats, SourceError};
-use crate::config::Config;
-use crate::directory::{DirectoryBuilder, RawEntry};
+use super::{EntrySink, RawEntry, ReadStats, SourceError};
+use crate::config::{GroupsConfig, UsersConfig};
 use crate::dn;
 
 /// Parses LDIF text into entries; `path` is only used in messages.
@@ -95,10 +94,11 @@ pub fn parse(text: &[u8], path: &str) -> Result<Vec<RawEntry>, SourceError> {
 }
 
 /// Reads an LDIF file: entries in the users scope become users, those in the groups scope groups.
-pub fn read(
+pub(super) fn read(
     path: &Path,
-    config: &Config,
-    builder: &mut DirectoryBuilder,
+    users: &UsersConfig,
+    groups: &GroupsConfig,
+    builder: &mut impl EntrySink,
 ) -> Result<ReadStats, SourceError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| SourceError::Ldif {
@@ -115,8 +115,8 @@ pub fn read(
                 && filter.as_ref().is_some_and(|f| f.matches(entry))
         }
     };
-    let is_user = scope(&config.users.base_dn, &config.users.filter);
-    let is_group = scope(&config.groups.base_dn, &config.groups.filter);
+    let is_user = scope(&users.base_dn, &users.filter);
+    let is_group = scope(&groups.base_dn, &groups.filter);
     let mut stats = ReadStats::default();
     for entry in entries.iter().filter(|e| is_user(e)) {
         builder.add_user(entry)?;

@@ -3,12 +3,51 @@
 //! A read is all or nothing: any failed page, non-success result, referral we cannot follow or
 //! range retrieval cut short is a [`SourceError`], never a shorter list (DESIGN.md §4.1).
 
-pub mod filter;
+pub(crate) mod filter;
 pub mod ldap;
-pub mod ldif;
+pub(crate) mod ldif;
 
-use crate::config::Config;
-use crate::directory::{Directory, DirectoryBuilder, DirectoryError};
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::config::{GroupsConfig, LdapConfig, UsersConfig};
+
+/// One entry as read from LDAP or LDIF: attribute names lower-cased, values as raw bytes.
+#[derive(Debug, Clone, Default)]
+pub struct RawEntry {
+    pub dn: String,
+    pub attrs: HashMap<String, Vec<Vec<u8>>>,
+}
+
+impl RawEntry {
+    pub fn values(&self, attribute: &str) -> &[Vec<u8>] {
+        let found = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.attrs.get(&attribute.to_ascii_lowercase())
+        } else {
+            self.attrs.get(attribute)
+        };
+        found.map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The immutable source id: objectGUID as a canonical GUID string, other ids as text.
+    pub fn source_id(&self, attribute: &str) -> Option<String> {
+        let value = self.values(attribute).first()?;
+        if attribute.eq_ignore_ascii_case("objectGUID") && value.len() == 16 {
+            let bytes: [u8; 16] = value.as_slice().try_into().ok()?;
+            return Some(uuid::Uuid::from_bytes_le(bytes).hyphenated().to_string());
+        }
+        match std::str::from_utf8(value) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+            Ok(_) => None,
+            Err(_) => Some(value.iter().map(|b| format!("{b:02x}")).collect()),
+        }
+    }
+}
+
+/// Where a read delivers its entries: users first, then groups (the directory builder).
+pub trait EntrySink {
+    fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError>;
+    fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError>;
+}
 
 /// Why the directory could not be read completely. Every variant fails the run for every sink.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +92,16 @@ pub enum SourceError {
         line: usize,
         message: String,
     },
-    #[error(transparent)]
-    Directory(#[from] DirectoryError),
+    #[error(
+        "entry {dn} has no \"{attribute}\" (the configured id attribute); refusing to continue because an entry without its immutable id cannot be tracked. Check [{section}] id_attribute"
+    )]
+    MissingId {
+        dn: String,
+        attribute: String,
+        section: &'static str,
+    },
     #[error("the LDAP bind password could not be resolved: {0}")]
-    Secret(#[from] crate::config::SecretError),
+    Secret(#[from] crate::secret::SecretError),
 }
 
 /// Counts of what a read returned, for metrics and the scope-emptied check.
@@ -67,22 +112,15 @@ pub struct ReadStats {
     pub continuation_references_skipped: u64,
 }
 
-/// Reads the configured scopes from `[ldap]` (server or LDIF file) into a Directory.
-pub async fn read_directory(config: &Config) -> Result<(Directory, ReadStats), SourceError> {
-    let started = std::time::Instant::now();
-    let mut builder = DirectoryBuilder::new(&config.groups, &config.users);
-    let stats = match &config.ldap.ldif_file {
-        Some(path) => ldif::read(path, config, &mut builder)?,
-        None => ldap::read(config, &mut builder).await?,
-    };
-    let read_seconds = started.elapsed().as_secs_f64();
-    let directory = builder.finish();
-    tracing::debug!(
-        users = stats.users,
-        groups = stats.groups,
-        read_seconds,
-        resolve_seconds = started.elapsed().as_secs_f64() - read_seconds,
-        "directory read"
-    );
-    Ok((directory, stats))
+/// Reads the configured user and group scopes from `[ldap]` (a server or an LDIF file) into `sink`.
+pub async fn read(
+    ldap: &LdapConfig,
+    users: &UsersConfig,
+    groups: &GroupsConfig,
+    sink: &mut impl EntrySink,
+) -> Result<ReadStats, SourceError> {
+    match &ldap.ldif_file {
+        Some(path) => ldif::read(path, users, groups, sink),
+        None => self::ldap::read(ldap, users, groups, sink).await,
+    }
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{connection_fields, quote};
 use crate::ledger::Ledger;
-use crate::plan::{GroupSpec, MemberRef, Plan};
+use crate::model::{GroupSpec, MemberRef, Plan};
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
 use crate::sinks::{Recorder, Sink, SinkError};
@@ -66,6 +66,30 @@ impl PingOneGroupsConfig {
             return Err(("page_size", "must be between 1 and 1000".into()));
         }
         Ok(())
+    }
+}
+
+impl crate::sinks::SinkType for PingOneGroupsConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
+        PingOneGroupsConfig::validate(self)
+    }
+    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
+        self.client_secret().map(|secret| vec![secret])
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        self.client_secret
+            .as_ref()
+            .filter(|secret| !secret.expose().starts_with("env:"))
+            .map(|_| "client_secret")
+            .into_iter()
+            .collect()
+    }
+    fn build(
+        &self,
+        name: String,
+        http: crate::sinks::http::HttpSettings,
+    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+        Ok(Box::new(PingOneGroupsSink::new(name, self, http)?))
     }
 }
 

@@ -9,8 +9,8 @@
 //! retries on 429/5xx honouring `Retry-After`, per-sink rate limit). What is known and UNCONFIRMED
 //! about these APIs is in `specs/pingone.md` and `docs/pingone.md`.
 
-pub mod groups;
-pub mod provisioning_sync;
+pub(crate) mod groups;
+pub(crate) mod provisioning_sync;
 
 use std::path::Path;
 
@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::SinkError;
 use super::http::{Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod, check_url};
-use crate::config::{Secret, SecretError, resolve_secret};
+use crate::secret::{Secret, SecretError, resolve_secret};
 
 /// A PingOne region, by the top-level domain of its hosts (specs/pingone.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -186,7 +186,7 @@ macro_rules! connection_fields {
             pub auth_url: Option<String>,
             pub environment_id: String,
             pub client_id: String,
-            pub client_secret: Option<$crate::config::Secret>,
+            pub client_secret: Option<$crate::secret::Secret>,
             pub client_secret_file: Option<std::path::PathBuf>,
             /// How the client authenticates to the token endpoint: `basic` (default) or `post`.
             #[serde(default)]
@@ -202,13 +202,13 @@ macro_rules! connection_fields {
                     auth_url: self.auth_url.as_deref(),
                     environment_id: &self.environment_id,
                     client_id: &self.client_id,
-                    client_secret: self.client_secret.as_ref().map($crate::config::Secret::expose),
+                    client_secret: self.client_secret.as_ref().map($crate::secret::Secret::expose),
                     client_secret_file: self.client_secret_file.as_deref(),
                     token_auth: self.token_auth,
                 }
             }
 
-            pub fn client_secret(&self) -> Result<$crate::config::Secret, $crate::config::SecretError> {
+            pub fn client_secret(&self) -> Result<$crate::secret::Secret, $crate::secret::SecretError> {
                 self.connection().client_secret()
             }
         }
@@ -309,7 +309,8 @@ mod tests {
 mod config_tests {
     use std::path::Path;
 
-    use crate::config::{Config, TEST_CONFIG_SCOPES as BASE};
+    use crate::config::{SinkOptions, TEST_CONFIG_SCOPES as BASE};
+    type Config = crate::config::Config<crate::sinks::SinkSettings>;
 
     #[test]
     fn both_sinks_parse_in_a_config_and_unknown_keys_name_the_line() {
@@ -342,7 +343,10 @@ user_match = "email"
             "pingone_provisioning_sync"
         );
         assert_eq!(config.sinks[1].settings.type_name(), "pingone_groups");
-        assert_eq!(config.sinks[0].http_settings().rate_limit_per_second, 50);
+        assert_eq!(
+            crate::sinks::http_settings(&config.sinks[0]).rate_limit_per_second,
+            50
+        );
 
         let bad = format!("{text}bogus_key = 1\n");
         let error = Config::parse(&bad, Path::new("config.toml"))

@@ -26,7 +26,8 @@ use serde_json::{Map, Value, json};
 
 use super::connection_fields;
 use crate::ledger::{Ledger, LedgerGroup};
-use crate::plan::{GroupSpec, OpKind, Operation, Plan, apply_to_ledger};
+use crate::model::{GroupSpec, OpKind, Operation, Plan};
+use crate::plan::apply_to_ledger;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::{Recorder, Sink, SinkError};
 
@@ -111,6 +112,30 @@ impl ProvisioningSyncConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl crate::sinks::SinkType for ProvisioningSyncConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
+        ProvisioningSyncConfig::validate(self)
+    }
+    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
+        self.client_secret().map(|secret| vec![secret])
+    }
+    fn inline_secrets(&self) -> Vec<&'static str> {
+        self.client_secret
+            .as_ref()
+            .filter(|secret| !secret.expose().starts_with("env:"))
+            .map(|_| "client_secret")
+            .into_iter()
+            .collect()
+    }
+    fn build(
+        &self,
+        name: String,
+        http: crate::sinks::http::HttpSettings,
+    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+        Ok(Box::new(ProvisioningSyncSink::new(name, self, http)?))
     }
 }
 
@@ -543,7 +568,7 @@ impl Sink for ProvisioningSyncSink {
 mod tests {
     use super::*;
     use crate::ledger::LedgerMember;
-    use crate::plan::MemberRef;
+    use crate::model::MemberRef;
 
     fn config(batch_size: usize, max_batch_bytes: usize) -> ProvisioningSyncConfig {
         toml::from_str(&format!(
@@ -570,7 +595,7 @@ max_batch_bytes = {max_batch_bytes}
     }
 
     fn member(i: usize) -> MemberRef {
-        MemberRef::new(std::sync::Arc::new(crate::directory::User {
+        MemberRef::new(std::sync::Arc::new(crate::model::User {
             source_id: format!("u{i:04}"),
             username: format!("user{i}"),
             email: None,

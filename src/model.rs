@@ -1,0 +1,254 @@
+//! The plan model shared by every rung above the directory: users, the groups and operations a plan holds, and their counts.
+//!
+//! Plain data with no I/O: the planner produces it, sinks consume it, the store records it.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// A directory user, shared (`Arc`) by the directory, plans and ledgers so a million
+/// memberships never copy user data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub source_id: String,
+    pub dn: String,
+    pub username: String,
+    pub email: Option<String>,
+}
+
+/// The group an operation concerns, with everything a sink needs to write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSpec {
+    pub source_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub dn: String,
+    /// The target's id from the ledger, when known at plan time.
+    pub target_id: Option<String>,
+}
+
+/// A user in a membership operation: the shared directory user (its fields are reachable
+/// directly, `member.username`) plus the target's user id when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    pub user: Arc<User>,
+    /// The target's user id recorded in the ledger, if any.
+    pub target_id: Option<String>,
+}
+
+impl MemberRef {
+    pub fn new(user: Arc<User>) -> Self {
+        MemberRef {
+            user,
+            target_id: None,
+        }
+    }
+}
+
+impl std::ops::Deref for MemberRef {
+    type Target = User;
+    fn deref(&self) -> &User {
+        &self.user
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Create,
+    Update,
+    MemberAdd,
+    MemberRemove,
+    Delete,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 5] = [
+        OpKind::Create,
+        OpKind::Update,
+        OpKind::Delete,
+        OpKind::MemberAdd,
+        OpKind::MemberRemove,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Create => "create",
+            OpKind::Update => "update",
+            OpKind::MemberAdd => "member_add",
+            OpKind::MemberRemove => "member_remove",
+            OpKind::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Create the group. `resume` means an earlier create was started but never confirmed:
+    /// the sink must look the object up (externalId, then name) before creating it.
+    Create { group: GroupSpec, resume: bool },
+    /// Rename and/or change the description or DN.
+    Update {
+        group: GroupSpec,
+        previous: GroupSpec,
+    },
+    MemberAdd {
+        group: GroupSpec,
+        members: Vec<MemberRef>,
+    },
+    MemberRemove {
+        group: GroupSpec,
+        members: Vec<MemberRef>,
+    },
+    /// Delete; `group` holds the last known attributes from the ledger.
+    Delete { group: GroupSpec },
+}
+
+impl Operation {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Operation::Create { .. } => OpKind::Create,
+            Operation::Update { .. } => OpKind::Update,
+            Operation::MemberAdd { .. } => OpKind::MemberAdd,
+            Operation::MemberRemove { .. } => OpKind::MemberRemove,
+            Operation::Delete { .. } => OpKind::Delete,
+        }
+    }
+
+    pub fn group(&self) -> &GroupSpec {
+        match self {
+            Operation::Create { group, .. }
+            | Operation::Update { group, .. }
+            | Operation::MemberAdd { group, .. }
+            | Operation::MemberRemove { group, .. }
+            | Operation::Delete { group } => group,
+        }
+    }
+
+    /// How many things this operation counts for in a summary (memberships for member ops).
+    pub fn weight(&self) -> u64 {
+        match self {
+            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
+                members.len() as u64
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// Counts per operation kind; member kinds count memberships.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: u64,
+    pub update: u64,
+    pub delete: u64,
+    pub member_add: u64,
+    pub member_remove: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, kind: OpKind, count: u64) {
+        match kind {
+            OpKind::Create => self.create += count,
+            OpKind::Update => self.update += count,
+            OpKind::Delete => self.delete += count,
+            OpKind::MemberAdd => self.member_add += count,
+            OpKind::MemberRemove => self.member_remove += count,
+        }
+    }
+    pub fn get(&self, kind: OpKind) -> u64 {
+        match kind {
+            OpKind::Create => self.create,
+            OpKind::Update => self.update,
+            OpKind::Delete => self.delete,
+            OpKind::MemberAdd => self.member_add,
+            OpKind::MemberRemove => self.member_remove,
+        }
+    }
+}
+
+/// Everything one sink must do to match the Directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub operations: Vec<Operation>,
+    /// A full reconcile was asked for (`sync --full`): sinks with cursors resend everything.
+    pub full: bool,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for op in &self.operations {
+            summary.add(op.kind(), op.weight());
+        }
+        summary
+    }
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+}
+
+/// An operation as the JSON plan and the file sink print it (one object per operation).
+/// Fields are declared in alphabetical order, the order the JSON has always had.
+#[derive(Debug, Serialize)]
+pub struct OperationView<'a> {
+    /// Present (possibly `null`) on `create` and `update`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Option<&'a str>>,
+    pub dn: &'a str,
+    pub group: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_ids: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<&'a str>>,
+    pub op: OpKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_description: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_dn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
+    pub source_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a Operation> for OperationView<'a> {
+    fn from(op: &'a Operation) -> Self {
+        let group = op.group();
+        let mut view = OperationView {
+            description: None,
+            dn: &group.dn,
+            group: &group.name,
+            member_ids: None,
+            members: None,
+            op: op.kind(),
+            previous_description: None,
+            previous_dn: None,
+            previous_name: None,
+            resume: false,
+            source_id: &group.source_id,
+            target_id: group.target_id.as_deref(),
+        };
+        match op {
+            Operation::Create { resume, .. } => {
+                view.description = Some(group.description.as_deref());
+                view.resume = *resume;
+            }
+            Operation::Update { previous, .. } => {
+                view.description = Some(group.description.as_deref());
+                view.previous_name = Some(&previous.name);
+                view.previous_description = Some(previous.description.as_deref());
+                view.previous_dn = Some(&previous.dn);
+            }
+            Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
+                view.members = Some(members.iter().map(|m| m.username.as_str()).collect());
+                view.member_ids = Some(members.iter().map(|m| m.source_id.as_str()).collect());
+            }
+            Operation::Delete { .. } => {}
+        }
+        view
+    }
+}
