@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::app::{self, Config};
 use crate::engine::{self, RunOptions};
 use crate::exit::ExitStatus;
+use crate::report::{self, StatusView};
 use crate::store::Store;
 use crate::telemetry::LogFormat;
 
@@ -132,8 +133,8 @@ async fn sync(
         }
     };
     match output {
-        Output::Text => print!("{}", crate::report::text(&report)),
-        Output::Json => println!("{}", crate::report::json(&report)),
+        Output::Text => print!("{}", report::text(&report)),
+        Output::Json => println!("{}", report::json(&report)),
     }
     if let Some(error) = &report.read_error {
         eprintln!("error: {error}");
@@ -222,72 +223,13 @@ fn status(path: &std::path::Path, output: Output) -> ExitStatus {
             return ExitStatus::Failed;
         }
     };
-    let now = chrono::Utc::now();
-    let age = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds())
-    };
+    let view = StatusView::new(&config.state.path, &runs, &counts, chrono::Utc::now());
     match output {
-        Output::Json => {
-            let sinks: Vec<serde_json::Value> = counts
-                .iter()
-                .map(|c| {
-                    let mut v = serde_json::to_value(c).unwrap_or_default();
-                    v["cursor_age_seconds"] = serde_json::json!(age(&c.cursor_updated_at));
-                    v
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::json!({"state": config.state.path, "runs": runs, "sinks": sinks})
-            );
-        }
-        Output::Text => {
-            println!("state: {}", config.state.path.display());
-            println!("sinks:");
-            for c in &counts {
-                let cursor = match age(&c.cursor_updated_at) {
-                    Some(s) => format!("cursor {s}s old"),
-                    None => "no cursor".into(),
-                };
-                println!(
-                    "  {:<20} {} groups, {} memberships, {} unconfirmed creates, {cursor}",
-                    c.sink, c.groups, c.memberships, c.pending_creates
-                );
-            }
-            println!("recent runs:");
-            for r in &runs {
-                println!(
-                    "  #{:<5} {} {:<8} {}{}",
-                    r.id,
-                    r.started_at,
-                    r.mode,
-                    r.result.as_deref().unwrap_or("running"),
-                    r.error
-                        .as_deref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-                for s in &r.sinks {
-                    let a = s.applied;
-                    println!(
-                        "         {:<20} {:<8} applied {}+ {}~ {}- members +{} -{}{}",
-                        s.sink,
-                        s.result,
-                        a.create,
-                        a.update,
-                        a.delete,
-                        a.member_add,
-                        a.member_remove,
-                        s.error
-                            .as_deref()
-                            .map(|e| format!(" ({e})"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-        }
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(&view).expect("a status view always serializes")
+        ),
+        Output::Text => print!("{}", view.text()),
     }
     ExitStatus::Success
 }

@@ -98,14 +98,12 @@ impl RunResult {
 }
 
 /// What happened to one sink in a run.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct SinkOutcome {
     pub name: String,
-    #[serde(rename = "type")]
     pub type_name: String,
     pub result: SinkResult,
     pub summary: Summary,
-    #[serde(skip)]
     pub plan: Plan,
     pub hold: Option<Hold>,
     pub preview: Option<Value>,
@@ -114,7 +112,7 @@ pub struct SinkOutcome {
 }
 
 /// The outcome of a run.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct RunReport {
     pub dry_run: bool,
     pub read_error: Option<String>,

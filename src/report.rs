@@ -1,59 +1,103 @@
-//! Renders a run for people (text, one line per operation, grouped by sink) and for tools (JSON, DESIGN.md §5).
+//! Renders what the commands print: a run (text, one line per operation, grouped by sink; or JSON for tools) and `status`.
 
 use std::fmt::Write;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::engine::{RunReport, SinkResult};
-use crate::model::{OpKind, Operation, OperationView};
+use crate::engine::{RunReport, SinkOutcome, SinkResult};
+use crate::model::{OpKind, Operation, OperationView, Summary};
+use crate::sinks::OpFailure;
+use crate::store::{LedgerCounts, RunRecord};
 
 /// At most this many member names are printed per operation in text output.
 const NAMES_SHOWN: usize = 10;
 
-/// The JSON document printed by `sync --output json`.
-pub fn json(report: &RunReport) -> Value {
-    let sinks: Vec<Value> = report
-        .sinks
-        .iter()
-        .map(|s| {
-            let mut value = json!({
-                "name": s.name,
-                "type": s.type_name,
-                "result": s.result,
-                "summary": s.summary,
-                "held": s.hold.is_some(),
-                "operations": s.plan.operations.iter().map(OperationView::from).collect::<Vec<_>>(),
-            });
-            let object = value.as_object_mut().expect("json! object literal");
-            if let Some(hold) = &s.hold {
-                object.insert("hold_reasons".into(), json!(hold.reasons));
-            }
-            if let Some(preview) = &s.preview {
-                object.insert("preview".into(), preview.clone());
-            }
-            if let Some(applied) = &s.applied {
-                object.insert("applied".into(), json!(applied.applied));
-                object.insert("failures".into(), json!(applied.failures));
-                object.insert("unmapped_members".into(), json!(applied.unmapped));
-                object.insert("skipped_members".into(), json!(applied.skipped));
-            }
-            if let Some(error) = &s.error {
-                object.insert("error".into(), json!(error));
-            }
-            value
-        })
-        .collect();
-    let mut value = json!({
-        "dry_run": report.dry_run,
-        "sinks": sinks,
-        "read": {"users": report.users, "groups": report.groups},
-        "warnings": report.warnings,
-        "exit_code": report.exit_status().code(),
-    });
-    if let Some(error) = &report.read_error {
-        value["error"] = json!(error);
+/// The JSON document printed by `sync --output json`. Fields are declared in alphabetical
+/// order, the order the document has always had.
+#[derive(Debug, Serialize)]
+pub struct RunView<'a> {
+    pub dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    pub exit_code: i32,
+    pub read: ReadView,
+    pub sinks: Vec<SinkView<'a>>,
+    pub warnings: &'a [String],
+}
+
+/// What the directory read returned.
+#[derive(Debug, Serialize)]
+pub struct ReadView {
+    pub groups: u64,
+    pub users: u64,
+}
+
+/// One sink's plan and, after a real run, what it applied.
+#[derive(Debug, Serialize)]
+pub struct SinkView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<&'a [OpFailure]>,
+    pub held: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_reasons: Option<&'a [String]>,
+    pub name: &'a str,
+    pub operations: Vec<OperationView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<&'a serde_json::Value>,
+    pub result: SinkResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_members: Option<u64>,
+    pub summary: Summary,
+    #[serde(rename = "type")]
+    pub type_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmapped_members: Option<u64>,
+}
+
+impl<'a> From<&'a SinkOutcome> for SinkView<'a> {
+    fn from(s: &'a SinkOutcome) -> Self {
+        let applied = s.applied.as_ref();
+        SinkView {
+            applied: applied.map(|a| a.applied),
+            error: s.error.as_deref(),
+            failures: applied.map(|a| a.failures.as_slice()),
+            held: s.hold.is_some(),
+            hold_reasons: s.hold.as_ref().map(|h| h.reasons.as_slice()),
+            name: &s.name,
+            operations: s.plan.operations.iter().map(OperationView::from).collect(),
+            preview: s.preview.as_ref(),
+            result: s.result,
+            skipped_members: applied.map(|a| a.skipped),
+            summary: s.summary,
+            type_name: &s.type_name,
+            unmapped_members: applied.map(|a| a.unmapped),
+        }
     }
-    value
+}
+
+impl<'a> From<&'a RunReport> for RunView<'a> {
+    fn from(report: &'a RunReport) -> Self {
+        RunView {
+            dry_run: report.dry_run,
+            error: report.read_error.as_deref(),
+            exit_code: report.exit_status().code(),
+            read: ReadView {
+                groups: report.groups,
+                users: report.users,
+            },
+            sinks: report.sinks.iter().map(SinkView::from).collect(),
+            warnings: &report.warnings,
+        }
+    }
+}
+
+/// The JSON document printed by `sync --output json`.
+pub fn json(report: &RunReport) -> String {
+    serde_json::to_string(&RunView::from(report)).expect("a run view always serializes")
 }
 
 /// A user name as the text plan lists it: quoted when it contains the list separator.
@@ -173,4 +217,147 @@ pub fn text(report: &RunReport) -> String {
         let _ = writeln!(out, "\nDry run: nothing was written.");
     }
     out
+}
+
+/// The JSON document printed by `status --output json`.
+#[derive(Debug, Serialize)]
+pub struct StatusView<'a> {
+    pub runs: Vec<RunStatusView<'a>>,
+    pub sinks: Vec<SinkStatusView<'a>>,
+    pub state: &'a std::path::Path,
+}
+
+/// One run of the history.
+#[derive(Debug, Serialize)]
+pub struct RunStatusView<'a> {
+    pub error: Option<&'a str>,
+    pub finished_at: Option<&'a str>,
+    pub id: i64,
+    pub mode: &'a str,
+    pub result: Option<&'a str>,
+    pub sinks: Vec<SinkRunStatusView<'a>>,
+    pub started_at: &'a str,
+}
+
+/// One sink's part of a run in the history.
+#[derive(Debug, Serialize)]
+pub struct SinkRunStatusView<'a> {
+    pub applied: Summary,
+    pub error: Option<&'a str>,
+    pub failed: u64,
+    pub planned: Summary,
+    pub result: &'a str,
+    pub sink: &'a str,
+    pub unmapped: u64,
+}
+
+/// One sink's ledger counts.
+#[derive(Debug, Serialize)]
+pub struct SinkStatusView<'a> {
+    pub cursor_age_seconds: Option<i64>,
+    pub cursor_updated_at: Option<&'a str>,
+    pub groups: u64,
+    pub memberships: u64,
+    pub pending_creates: u64,
+    pub sink: &'a str,
+}
+
+/// Seconds since an RFC 3339 time.
+fn age_seconds(time: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    time.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds())
+}
+
+impl<'a> StatusView<'a> {
+    pub fn new(
+        state: &'a std::path::Path,
+        runs: &'a [RunRecord],
+        counts: &'a [LedgerCounts],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        StatusView {
+            runs: runs
+                .iter()
+                .map(|r| RunStatusView {
+                    error: r.error.as_deref(),
+                    finished_at: r.finished_at.as_deref(),
+                    id: r.id,
+                    mode: &r.mode,
+                    result: r.result.as_deref(),
+                    sinks: r
+                        .sinks
+                        .iter()
+                        .map(|s| SinkRunStatusView {
+                            applied: s.applied,
+                            error: s.error.as_deref(),
+                            failed: s.failed,
+                            planned: s.planned,
+                            result: &s.result,
+                            sink: &s.sink,
+                            unmapped: s.unmapped,
+                        })
+                        .collect(),
+                    started_at: &r.started_at,
+                })
+                .collect(),
+            sinks: counts
+                .iter()
+                .map(|c| SinkStatusView {
+                    cursor_age_seconds: age_seconds(c.cursor_updated_at.as_deref(), now),
+                    cursor_updated_at: c.cursor_updated_at.as_deref(),
+                    groups: c.groups,
+                    memberships: c.memberships,
+                    pending_creates: c.pending_creates,
+                    sink: &c.sink,
+                })
+                .collect(),
+            state,
+        }
+    }
+
+    /// `status` as a person reads it.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "state: {}", self.state.display());
+        let _ = writeln!(out, "sinks:");
+        for c in &self.sinks {
+            let cursor = match c.cursor_age_seconds {
+                Some(s) => format!("cursor {s}s old"),
+                None => "no cursor".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<20} {} groups, {} memberships, {} unconfirmed creates, {cursor}",
+                c.sink, c.groups, c.memberships, c.pending_creates
+            );
+        }
+        let _ = writeln!(out, "recent runs:");
+        for r in &self.runs {
+            let _ = writeln!(
+                out,
+                "  #{:<5} {} {:<8} {}{}",
+                r.id,
+                r.started_at,
+                r.mode,
+                r.result.unwrap_or("running"),
+                r.error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            for s in &r.sinks {
+                let a = s.applied;
+                let _ = writeln!(
+                    out,
+                    "         {:<20} {:<8} applied {}+ {}~ {}- members +{} -{}{}",
+                    s.sink,
+                    s.result,
+                    a.create,
+                    a.update,
+                    a.delete,
+                    a.member_add,
+                    a.member_remove,
+                    s.error.map(|e| format!(" ({e})")).unwrap_or_default()
+                );
+            }
+        }
+        out
+    }
 }

@@ -13,7 +13,6 @@ use rustc_hash::FxHashMap as HashMap;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
-use serde::Serialize;
 
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
 use crate::model::{GroupSpec, MemberRef, Summary, User};
@@ -101,7 +100,7 @@ pub enum StoreError {
 }
 
 /// How a sink fared in one run, as recorded in the history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct SinkRunRecord {
     pub sink: String,
     pub result: String,
@@ -112,7 +111,7 @@ pub struct SinkRunRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RunRecord {
     pub id: i64,
     pub started_at: String,
@@ -123,7 +122,7 @@ pub struct RunRecord {
     pub sinks: Vec<SinkRunRecord>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct LedgerCounts {
     pub sink: String,
     pub groups: u64,
