@@ -7,28 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 use super::http::{HttpResponse, http_request};
-use super::process::{START_TIMEOUT, file_tail, repo_root, stop_child, write_file};
+use super::process::{
+    START_TIMEOUT, file_tail, repo_root, stop_child, temp_dir, venv_program, wait_for_exit,
+    write_file,
+};
 use super::run::{ldap_config_toml, permissive_safety_toml};
 use super::slapd::Slapd;
 
 /// `$LDAPSYNC_PYTHON`, else `$REPO/.venv/bin/python`.
 pub fn venv_python() -> PathBuf {
-    let py = std::env::var_os("LDAPSYNC_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
-    if !py.exists() {
-        panic!(
-            "{} not found (run scripts/install-test-deps.sh, or set LDAPSYNC_PYTHON)",
-            py.display()
-        );
-    }
-    py
+    venv_program("LDAPSYNC_PYTHON", "python")
 }
 
 /// One of the target emulators in `tests/emulators/<script>.py`, run as
@@ -59,10 +53,7 @@ impl Emulator {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ldapsync-emu-{name}-"))
-            .tempdir()
-            .expect("create temp dir for emulator");
+        let dir = temp_dir(&format!("ldapsync-emu-{name}-"));
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let stderr = File::create(&stderr_path).expect("create emulator stderr log");
@@ -111,10 +102,7 @@ impl Emulator {
         let Some(url) = first.trim().strip_prefix("LISTENING ") else {
             // Give a crashing emulator a moment to finish writing its traceback.
             if let Some(c) = emu.child.as_mut() {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                    thread::sleep(Duration::from_millis(20));
-                }
+                wait_for_exit(c, Duration::from_secs(5));
             }
             panic!(
                 "emulator {}: expected `LISTENING http://127.0.0.1:PORT` on stdout, got {first:?}; stderr:\n{}",

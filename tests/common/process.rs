@@ -12,6 +12,8 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tempfile::TempDir;
+
 /// How long a test server may take to become ready.
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,8 +84,20 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    addr_open(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Whether something accepts TCP connections on `addr` (within 200 ms).
+pub(super) fn addr_open(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// A new temporary directory `$TMPDIR/PREFIX…`, deleted when dropped.
+pub(super) fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("create temp dir {prefix}*: {e}"))
 }
 
 pub(super) fn tool(path: &str, hint: &str) -> PathBuf {
@@ -92,6 +106,20 @@ pub(super) fn tool(path: &str, hint: &str) -> PathBuf {
         panic!("{path} not found: {hint} (run scripts/install-test-deps.sh)");
     }
     p
+}
+
+/// `$VAR` when set, else `$REPO/.venv/bin/NAME`; panics when that does not exist.
+pub(super) fn venv_program(var: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin").join(name));
+    if !path.exists() {
+        panic!(
+            "{} not found (run scripts/install-test-deps.sh, or set {var})",
+            path.display()
+        );
+    }
+    path
 }
 
 /// Runs `cmd` to completion with `stdin` fed to it, killing it after `timeout`.
@@ -185,15 +213,26 @@ pub(super) fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatu
     }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        thread::sleep(Duration::from_millis(10));
+    if let Some(status) = wait_for_exit(child, grace) {
+        return Some(status);
     }
     let _ = child.kill();
     child.wait().ok()
+}
+
+/// Waits up to `timeout` (polling every 10 ms) for a child to exit: its status, or None while it
+/// is still running.
+pub(super) fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub(super) fn log_file(path: &Path) -> (Stdio, Stdio) {

@@ -2,19 +2,18 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
 use super::ldap::{LdapServer, ldap_command};
 use super::pki::{TestPki, generate_test_pki};
 use super::process::{
-    OutputExt, await_server, log_file, on_a_free_address, run_with_timeout, stop_child, tool,
-    write_file,
+    OutputExt, addr_open, await_server, log_file, on_a_free_address, run_with_timeout, stop_child,
+    temp_dir, tool, wait_for_exit, write_file,
 };
 
 const SAMBA: &str = "/usr/sbin/samba";
@@ -54,10 +53,7 @@ impl SambaDc {
     pub fn start() -> SambaDc {
         tool(SAMBA, "Debian package samba");
         tool(SAMBA_TOOL, "Debian package samba-common-bin");
-        let dir = tempfile::Builder::new()
-            .prefix("ldapsync-samba-")
-            .tempdir()
-            .expect("create temp dir for samba");
+        let dir = temp_dir("ldapsync-samba-");
         let root = dir.path();
         // An empty config file: samba-tool must not read /etc/samba/smb.conf (its share
         // definitions and log paths would end up in ours); --targetdir keeps everything else in
@@ -108,10 +104,7 @@ impl SambaDc {
         on_a_free_address("samba", |attempt| {
             dc.ip = loopback_address(attempt);
             // Someone else's DC on this address: try the next one.
-            if [389, 636].iter().any(|p| {
-                let addr: SocketAddr = format!("{}:{p}", dc.ip).parse().unwrap();
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            }) {
+            if [389, 636].into_iter().any(|p| dc.port_open(p)) {
                 return Err(format!("{} is taken", dc.ip));
             }
             let tls = dc.dir().join("tls");
@@ -197,8 +190,7 @@ impl SambaDc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {SAMBA}: {e}"));
         let child = await_server(child, "samba", &self.log_path(), || {
-            let addr: SocketAddr = format!("{}:636", self.ip).parse().unwrap();
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if !self.port_open(636) {
                 return Err("port 636 closed".into());
             }
             self.probe()
@@ -212,15 +204,15 @@ impl SambaDc {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(10));
+            if wait_for_exit(&mut child, Duration::from_secs(10)).is_none() {
+                stop_child(&mut child, Duration::from_secs(5));
             }
-            stop_child(&mut child, Duration::from_secs(5));
         }
+    }
+
+    /// Whether something accepts TCP connections on the DC's address at `port`.
+    fn port_open(&self, port: u16) -> bool {
+        addr_open(SocketAddr::new(self.ip.parse().expect("DC address"), port))
     }
 
     /// `ldaps://127.X.Y.Z` (port 636).

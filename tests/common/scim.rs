@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use super::http::{HttpResponse, http_request};
 use super::process::{
     OutputExt, await_server, file_tail, free_port, log_file, on_a_free_address, port_open,
-    repo_root, run_with_timeout, stop_child, write_file,
+    run_with_timeout, stop_child, temp_dir, venv_program, write_file,
 };
 
 const SCIM_GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -38,10 +38,7 @@ impl ScimServer {
     /// announces no PATCH support, so clients must fall back to PUT.
     pub fn start_with(unique_display_name: bool, patch_supported: bool) -> ScimServer {
         let bin = scim2_server_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("ldapsync-scim-")
-            .tempdir()
-            .expect("create temp dir for scim2-server");
+        let dir = temp_dir("ldapsync-scim-");
         let schema = unique_display_name.then(|| {
             let mut schemas = default_scim_schemas(&bin);
             make_group_display_name_unique(&mut schemas);
@@ -247,16 +244,7 @@ impl Drop for ScimServer {
 
 /// `$LDAPSYNC_SCIM2_SERVER`, else `$REPO/.venv/bin/scim2-server`.
 pub fn scim2_server_bin() -> PathBuf {
-    let bin = std::env::var_os("LDAPSYNC_SCIM2_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/scim2-server"));
-    if !bin.exists() {
-        panic!(
-            "{} not found (run scripts/install-test-deps.sh, or set LDAPSYNC_SCIM2_SERVER)",
-            bin.display()
-        );
-    }
-    bin
+    venv_program("LDAPSYNC_SCIM2_SERVER", "scim2-server")
 }
 
 /// The Python interpreter of a console script: its `#!` line, else `python` beside it.

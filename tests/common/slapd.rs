@@ -13,7 +13,7 @@ use super::ldap::{LdapServer, decode_ldif_value, ldap_command, parse_ldif_dns};
 use super::pki::{TestPki, generate_test_pki};
 use super::process::{
     OutputExt, await_server, free_port, log_file, on_a_free_address, port_open, run_with_timeout,
-    stop_child, tool, write_file,
+    stop_child, temp_dir, tool, write_file,
 };
 
 const SLAPD: &str = "/usr/sbin/slapd";
@@ -98,10 +98,7 @@ impl Slapd {
 
     pub fn start_with(opts: SlapdOptions) -> Slapd {
         tool(SLAPD, "Debian package slapd");
-        let dir = tempfile::Builder::new()
-            .prefix("ldapsync-slapd-")
-            .tempdir()
-            .expect("create temp dir for slapd");
+        let dir = temp_dir("ldapsync-slapd-");
         let pki = opts
             .tls
             .then(|| generate_test_pki(&dir.path().join("tls"), &["localhost"], &["127.0.0.1"]));
