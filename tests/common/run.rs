@@ -1,0 +1,88 @@
+//! Running the `ldapsync` binary: its path, config TOML builders, running it and checking its
+//! exit code, and editing its state file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::process::{OutputExt, run_with_timeout};
+use super::slapd::Slapd;
+
+/// The `ldapsync` binary built by cargo for these tests.
+pub fn ldapsync_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ldapsync"))
+}
+
+/// The `[ldap]`, `[groups]`, `[users]` and `[state]` sections of a config reading `slapd` (its
+/// admin password inline) with the state file at `state`.
+pub fn ldap_config_toml(slapd: &Slapd, state: &Path) -> String {
+    let password = format!("bind_password = \"{}\"", slapd.admin_password());
+    ldap_config_toml_with(slapd, state, &password)
+}
+
+/// [`ldap_config_toml`] with another password line (e.g. `bind_password_file = "…"`).
+pub fn ldap_config_toml_with(slapd: &Slapd, state: &Path, password_line: &str) -> String {
+    format!(
+        "[ldap]\nurl = \"{url}\"\nbind_dn = \"{bind_dn}\"\n{password_line}\n\n\
+         [groups]\nbase_dn = \"{groups}\"\n\n[users]\nbase_dn = \"{people}\"\n\n\
+         [state]\npath = \"{state}\"\n",
+        url = slapd.url(),
+        bind_dn = slapd.admin_dn(),
+        groups = slapd.groups_dn(),
+        people = slapd.people_dn(),
+        state = state.display(),
+    )
+}
+
+/// A `[safety]` section that holds nothing back in a test (`max_member_removes` as given).
+pub fn permissive_safety_toml(max_member_removes: u32) -> String {
+    format!(
+        "[safety]\nmax_group_deletes = 100\nmax_group_delete_percent = 100.0\n\
+         max_member_removes = {max_member_removes}\nmax_member_remove_percent = 100.0\n"
+    )
+}
+
+/// Runs `ldapsync --config CONFIG ARGS…` to completion (killed after 5 minutes) and captures its
+/// output. `LDAPSYNC_CONFIG` is removed from its environment.
+pub fn run_ldapsync(config: &Path, args: &[&str]) -> Output {
+    run_ldapsync_env(config, args, &[])
+}
+
+/// [`run_ldapsync`] with extra environment variables.
+pub fn run_ldapsync_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(ldapsync_bin());
+    cmd.env_remove("LDAPSYNC_CONFIG")
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_with_timeout(&mut cmd, None, Duration::from_secs(300))
+}
+
+/// `ldapsync --config CONFIG sync ARGS…` (see [`run_ldapsync`]).
+pub fn sync(config: &Path, args: &[&str]) -> Output {
+    run_ldapsync(config, &[&["sync"], args].concat())
+}
+
+/// Asserts a finished process's exit code, showing its whole output when it differs.
+#[track_caller]
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(out.code(), code, "{}", out.describe());
+}
+
+/// Makes the state file forget that the creates of `sink` were confirmed, as after a crash
+/// between a create request and its record: its ledger keeps only the intents (no target id,
+/// no members).
+pub fn forget_confirmed_creates(state: &Path, sink: &str) {
+    let db = rusqlite::Connection::open(state)
+        .unwrap_or_else(|e| panic!("open {}: {e}", state.display()));
+    db.execute(
+        "UPDATE ledger_groups SET target_id = NULL WHERE sink = ?1",
+        [sink],
+    )
+    .expect("clear the target ids");
+    db.execute("DELETE FROM ledger_members WHERE sink = ?1", [sink])
+        .expect("delete the ledger members");
+}
