@@ -14,6 +14,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod pingone;
 pub mod scim;
+pub mod target;
 
 use std::collections::HashMap;
 

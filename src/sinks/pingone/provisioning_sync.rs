@@ -28,6 +28,7 @@ use super::connection_fields;
 use crate::ledger::{Ledger, LedgerGroup};
 use crate::plan::{GroupSpec, OpKind, Operation, Plan, apply_to_ledger};
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
+use crate::sinks::target;
 use crate::sinks::{Recorder, Sink, SinkError};
 
 /// The vendor content type of the group import (specs/pingone.md §3.1).
@@ -439,10 +440,7 @@ impl Sink for ProvisioningSyncSink {
         self.http
             .authenticate()
             .await
-            .map_err(|source| SinkError::Http {
-                sink: self.name.clone(),
-                source,
-            })
+            .map_err(target::http_error(&self.name))
     }
 
     async fn apply(
