@@ -482,10 +482,8 @@ impl GroupApi for ForgeRockSink {
         for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
             for rel in current.get(user_id).into_iter().flatten() {
                 let path = format!("{}/{id}/members/{rel}", self.group_path);
-                let response = self.http.send(Method::DELETE, &path, &[], None).await?;
-                if !(response.is_success() || response.status.as_u16() == 404) {
-                    return Err(response.into_error().into());
-                }
+                // 404: the relationship is gone already.
+                outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
             }
         }
         Ok(Outcome::Done)
@@ -503,20 +501,12 @@ impl Sink for ForgeRockSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.http
-            .json::<Value>(
-                Method::GET,
-                &self.group_path,
-                &[
-                    ("_queryFilter", "true"),
-                    ("_pageSize", "1"),
-                    ("_fields", "_id"),
-                ],
-                None,
-            )
-            .await
-            .map(|_| ())
-            .map_err(target::http_error(&self.name))
+        let query = [
+            ("_queryFilter", "true"),
+            ("_pageSize", "1"),
+            ("_fields", "_id"),
+        ];
+        target::probe(&self.name, &self.http, &self.group_path, &query).await
     }
 
     async fn apply(

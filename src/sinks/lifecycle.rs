@@ -881,15 +881,20 @@ mod tests {
         assert_eq!(api.calls(), ["create a"]);
     }
 
-    #[tokio::test]
-    async fn a_401_stops_the_sink_whatever_its_text_says() {
-        let api = Fake {
+    /// A target whose creates all fail with a refusal of this status.
+    fn refusing(status: u16, message: &str) -> Fake {
+        Fake {
             create_error: Some(OpError::Target {
-                status: Some(401),
-                message: "the target turned the credential down".into(),
+                status: Some(status),
+                message: message.into(),
             }),
             ..Fake::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_stops_the_sink_whatever_its_text_says() {
+        let api = refusing(401, "the target turned the credential down");
         let (result, report) = run(&api, creates(&["a", "b"])).await;
         let error = result.unwrap_err().to_string();
         assert!(
@@ -934,13 +939,7 @@ mod tests {
         assert_eq!(api.calls(), ["create b"]);
 
         // A group named like an auth failure, refused with its own status.
-        let api = Fake {
-            create_error: Some(OpError::Target {
-                status: Some(403),
-                message: "token request / HTTP 401 is not a valid name".into(),
-            }),
-            ..Fake::default()
-        };
+        let api = refusing(403, "token request / HTTP 401 is not a valid name");
         let (result, report) = run(&api, creates(&["a", "b"])).await;
         result.unwrap();
         assert_eq!(report.failures.len(), 2);

@@ -391,11 +391,7 @@ impl Sink for ScimSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.http
-            .json::<Value>(Method::GET, "/Groups", &[("count", "1")], None)
-            .await
-            .map(|_| ())
-            .map_err(target::http_error(&self.name))
+        target::probe(&self.name, &self.http, "/Groups", &[("count", "1")]).await
     }
 
     async fn apply(

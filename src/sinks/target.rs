@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::SinkError;
-use super::http::HttpError;
+use super::http::{HttpClient, HttpError};
 use super::lifecycle::{Created, OpError};
 use crate::config::SecretError;
 
@@ -26,6 +26,19 @@ pub fn http_error(sink: &str) -> impl Fn(HttpError) -> SinkError + '_ {
         sink: sink.to_string(),
         source,
     }
+}
+
+/// `check --connect` of a sink with a harmless read: `GET path?query`, any failure the sink's.
+pub async fn probe(
+    sink: &str,
+    http: &HttpClient,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<(), SinkError> {
+    http.json::<Value>(reqwest::Method::GET, path, query, None)
+        .await
+        .map(|_| ())
+        .map_err(http_error(sink))
 }
 
 /// Maps an unreadable secret of the sink `sink` to its error.

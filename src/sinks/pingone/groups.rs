@@ -292,10 +292,8 @@ impl GroupApi for PingOneGroupsSink {
                 urlencoding::encode(uid),
                 urlencoding::encode(gid)
             );
-            let r = self.http.send(Method::DELETE, &path, &[], None).await?;
-            if !(r.is_success() || r.status.as_u16() == 404) {
-                return Err(r.into_error().into());
-            }
+            // 404: not a member, which is what a removal wants.
+            outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
         }
         Ok(Outcome::Done)
     }
@@ -312,11 +310,7 @@ impl Sink for PingOneGroupsSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.http
-            .json::<Value>(Method::GET, "/groups", &[("limit", "1")], None)
-            .await
-            .map(|_| ())
-            .map_err(target::http_error(&self.name))
+        target::probe(&self.name, &self.http, "/groups", &[("limit", "1")]).await
     }
 
     async fn apply(
