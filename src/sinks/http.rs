@@ -727,4 +727,29 @@ mod tests {
         assert!(token.is_auth());
         assert_eq!(token.status(), None);
     }
+
+    #[tokio::test]
+    async fn every_attempt_is_timed_per_sink() {
+        let settings = HttpSettings {
+            max_retries: 1,
+            base_backoff: Duration::from_millis(1),
+            connect_timeout: Duration::from_secs(2),
+            ..HttpSettings::default()
+        };
+        let client = HttpClient::new(
+            "timed-sink",
+            "http://127.0.0.1:1",
+            Auth::None,
+            settings,
+            |_| None,
+        )
+        .unwrap();
+        let error = client.send(Method::GET, "/x", &[], None).await.unwrap_err();
+        assert!(matches!(error, HttpError::Transport { .. }), "{error}");
+        let samples = crate::telemetry::metrics()
+            .sink_request_duration_seconds
+            .with_label_values(&["timed-sink"])
+            .get_sample_count();
+        assert_eq!(samples, 2, "one sample per attempt");
+    }
 }
