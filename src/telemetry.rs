@@ -17,6 +17,8 @@ pub struct Metrics {
     pub ldap_entries_read_total: IntCounterVec,
     pub planned_operations: IntGaugeVec,
     pub applied_operations_total: IntCounterVec,
+    /// Every HTTP attempt a sink's client makes (retries and OAuth2 token requests included),
+    /// observed by the shared HTTP layer (`sinks::http::HttpClient`).
     pub sink_request_duration_seconds: HistogramVec,
     pub last_success_timestamp_seconds: GaugeVec,
     pub safety_holds_total: IntCounterVec,
@@ -67,7 +69,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let sink_request_duration_seconds = HistogramVec::new(
         HistogramOpts::new(
             "ldapsync_sink_request_duration_seconds",
-            "HTTP request latency per sink.",
+            "HTTP request latency per sink, per attempt (retries and token requests included).",
         )
         .buckets(vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

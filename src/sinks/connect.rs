@@ -25,8 +25,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
+use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{self, Created, GroupApi, Membership, OpError, Outcome, Prepared};
+use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
 use crate::ledger::Ledger;
 use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
@@ -34,8 +35,6 @@ use crate::secret::{Secret, SecretError, resolve_secret};
 
 /// Connect's maximum `page_size` / `limit`.
 const PAGE_SIZE: &str = "500";
-/// A listing never fetches more pages than this, whatever the server answers.
-const MAX_PAGES: u32 = 10_000;
 
 /// Where groups come from on the Connect server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -229,10 +228,15 @@ fn hint(code: Option<i64>) -> &'static str {
     }
 }
 
+/// A Connect error body (`{code, error, payload}`): `code=… error`.
+fn error_body(body: &[u8]) -> Option<String> {
+    http::json_error(body, &["code"], &["error"], |_| Vec::new())
+}
+
 /// The error of a failed response, with an operator hint for known Connect codes.
-fn describe(response: Response) -> String {
+fn describe(response: Response) -> OpError {
     let code = error_code(&response.body);
-    format!("{}{}", response.into_error(), hint(code))
+    OpError::hinted(response.into_error(), hint(code))
 }
 
 /// One result of `GET /v1/groups/remote` (or `/v1/users/remote`).
@@ -317,32 +321,21 @@ impl ConnectSink {
         config: &ConnectConfig,
         settings: HttpSettings,
     ) -> Result<ConnectSink, SinkError> {
-        let key = config.api_key().map_err(|source| SinkError::Secret {
-            sink: name.clone(),
-            source,
-        })?;
+        let key = config.api_key().map_err(target::secret_error(&name))?;
         let http = HttpClient::new(
+            &name,
             &api_root(&config.base_url),
             Auth::Scheme { scheme: "Key", key },
             settings,
+            error_body,
         )
-        .map_err(|source| SinkError::Http {
-            sink: name.clone(),
-            source,
-        })?;
+        .map_err(target::http_error(&name))?;
         Ok(ConnectSink {
             name,
             config: config.clone(),
             http,
             users: Mutex::new(None),
         })
-    }
-
-    fn error(&self, source: HttpError) -> SinkError {
-        SinkError::Http {
-            sink: self.name.clone(),
-            source,
-        }
     }
 
     fn target_error(&self, message: String) -> SinkError {
@@ -360,7 +353,9 @@ impl ConnectSink {
             .await
         {
             Ok(settings) => Some(settings),
-            Err(e) if self.config.group_mode == GroupMode::Auto => return Err(self.error(e)),
+            Err(e) if self.config.group_mode == GroupMode::Auto => {
+                return Err(target::http_error(&self.name)(e));
+            }
             Err(e) => {
                 tracing::debug!(sink = %self.name, error = %e, "server_settings unreadable; using the configured group_mode");
                 None
@@ -380,49 +375,61 @@ impl ConnectSink {
         query: &[(&str, &str)],
         first_page_only: bool,
     ) -> Result<Listing, HttpError> {
-        let mut items: Vec<Value> = Vec::new();
         let mut seen = HashSet::new();
         let mut total: Option<u64> = None;
+        let mut collected = 0u64;
         let mut stopped_early = false;
-        for page in 1..=MAX_PAGES {
-            let page_number = page.to_string();
+        let mut page = 0u32;
+        let fetch = |next: Option<String>| async move {
+            let page_number = next.unwrap_or_else(|| "1".into());
             let mut q: Vec<(&str, &str)> = query.to_vec();
             q.push(("page_number", &page_number));
             q.push(("page_size", PAGE_SIZE));
-            let answer: Value = self.http.json(Method::GET, path, &q, None).await?;
+            self.http.json(Method::GET, path, &q, None).await
+        };
+        let read = |answer: Value| {
+            page += 1;
             total = answer.get("total").and_then(Value::as_u64).or(total);
             let results = answer
                 .get("results")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            if results.is_empty() {
-                break;
-            }
             let ids: Vec<String> = results
                 .iter()
                 .filter_map(|r| r.get("guid").and_then(Value::as_str).map(str::to_string))
                 .collect();
+            let last = Page {
+                items: Vec::new(),
+                next: None,
+            };
+            if results.is_empty() {
+                return last;
+            }
             if page_repeats(&seen, &ids) {
                 tracing::warn!(sink = %self.name, path, page, "Connect answered a page that repeats earlier results (its prefix paging bug); listing stopped there");
                 stopped_early = true;
-                break;
+                return last;
             }
             seen.extend(ids);
-            items.extend(results);
-            if total.is_some_and(|t| items.len() as u64 >= t) {
-                break;
-            }
-            if first_page_only {
+            collected += results.len() as u64;
+            let next = if total.is_some_and(|t| collected >= t) {
+                None
+            } else if first_page_only {
                 stopped_early = true;
-                break;
+                None
+            } else {
+                Some((page + 1).to_string())
+            };
+            Page {
+                items: results,
+                next,
             }
-            if page == MAX_PAGES {
-                tracing::warn!(sink = %self.name, path, "listing stopped after {MAX_PAGES} pages");
-                stopped_early = true;
-            }
-        }
-        let truncated = stopped_early && total.is_none_or(|t| (items.len() as u64) < t);
+        };
+        let pages = target::all_pages(&self.name, path, fetch, read).await?;
+        let items = pages.items;
+        let truncated =
+            (stopped_early || pages.cut) && total.is_none_or(|t| (items.len() as u64) < t);
         Ok(Listing { items, truncated })
     }
 
@@ -475,13 +482,10 @@ impl ConnectSink {
     }
 
     /// The Connect user guid of an LDAP user (from the per-run index), provisioning it if allowed.
-    async fn user_guid(&self, mode: &Mode, member: &MemberRef) -> Result<Option<String>, String> {
+    async fn user_guid(&self, mode: &Mode, member: &MemberRef) -> Result<Option<String>, OpError> {
         let mut users = self.users.lock().await;
         if users.is_none() {
-            let listing = self
-                .list_pages("/v1/users", &[], false)
-                .await
-                .map_err(|e| e.to_string())?;
+            let listing = self.list_pages("/v1/users", &[], false).await?;
             let mut index = UserIndex::default();
             for user in &listing.items {
                 index.insert(user);
@@ -521,12 +525,9 @@ impl ConnectSink {
 
     /// Creates the Connect user of an LDAP member: a remote ticket where the provider searches
     /// users (LDAP, OAuth2 with Google), `POST /v1/users` otherwise.
-    async fn provision(&self, mode: &Mode, member: &MemberRef) -> Result<Option<Value>, String> {
+    async fn provision(&self, mode: &Mode, member: &MemberRef) -> Result<Option<Value>, OpError> {
         let response = if mode.user_remote_search {
-            let found = self
-                .remote_search("users", &member.username)
-                .await
-                .map_err(|e| e.to_string())?;
+            let found = self.remote_search("users", &member.username).await?;
             let remote = match found.as_slice() {
                 [one] => one.clone(),
                 _ => return Ok(None),
@@ -558,16 +559,11 @@ impl ConnectSink {
             self.http
                 .send(Method::POST, "/v1/users", &[], Some(&Body::json(&user)))
                 .await
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         if !response.is_success() {
-            return Err(format!(
-                "provisioning user {:?}: {}",
-                member.username,
-                describe(response)
-            ));
+            return Err(describe(response).of(format!("provisioning user {:?}", member.username)));
         }
-        let user: Value = response.json().map_err(|e| e.to_string())?;
+        let user: Value = response.json()?;
         tracing::info!(sink = %self.name, user = %member.username, "provisioned a Connect user");
         Ok(Some(user))
     }
@@ -682,16 +678,12 @@ impl GroupApi for ConnectApi<'_> {
             }
         };
         if conflict {
-            return Ok(Created::Conflict(describe(response).into()));
+            return Ok(Created::Conflict(describe(response)));
         }
         if !response.is_success() {
-            return Err(describe(response).into());
+            return Err(describe(response));
         }
-        let created: Value = response.json()?;
-        match created.get("guid").and_then(Value::as_str) {
-            Some(guid) => Ok(Created::Id(guid.to_string())),
-            None => Err("the create answer has no \"guid\"".into()),
-        }
+        target::created(&response.json()?, "guid")
     }
 
     /// A rename only (Connect groups have no description or DN); not sent for LDAP groups.
@@ -716,21 +708,21 @@ impl GroupApi for ConnectApi<'_> {
         if response.status.as_u16() == 404 && error_code(&response.body) == Some(2) {
             response = http.send(Method::POST, &path, &[], Some(&body)).await?;
         }
-        described(response)
+        lifecycle::outcome_or(response, describe)
     }
 
     async fn delete(&self, guid: &str) -> Result<Outcome, OpError> {
         let path = format!("/v1/groups/{guid}");
-        described(
-            self.sink
-                .http
-                .send(Method::DELETE, &path, &[], None)
-                .await?,
-        )
+        let response = self
+            .sink
+            .http
+            .send(Method::DELETE, &path, &[], None)
+            .await?;
+        lifecycle::outcome_or(response, describe)
     }
 
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        Ok(self.sink.user_guid(&self.mode, member).await?)
+        self.sink.user_guid(&self.mode, member).await
     }
 
     async fn members(&self, _: OpKind, _: &str, _: &GroupSpec) -> Result<Membership<()>, OpError> {
@@ -796,27 +788,16 @@ impl ConnectApi<'_> {
     fn member_refusal(&self, response: Response) -> Result<Outcome, OpError> {
         match error_code(&response.body) {
             Some(4 | 153) => Ok(Outcome::NotFound),
-            Some(132) => Ok(Outcome::Refused(
-                format!(
+            Some(132) => Ok(Outcome::Refused(OpError::Target {
+                status: Some(response.status.as_u16()),
+                message: format!(
                     "Connect's {} provider manages this group's members: {}",
                     self.mode.provider,
                     describe(response)
-                )
-                .into(),
-            )),
-            _ => Err(describe(response).into()),
+                ),
+            })),
+            _ => Err(describe(response)),
         }
-    }
-}
-
-/// 2xx done, 404 gone, anything else the error with its operator hint.
-fn described(response: Response) -> Result<Outcome, OpError> {
-    if response.is_success() {
-        Ok(Outcome::Done)
-    } else if response.status.as_u16() == 404 {
-        Ok(Outcome::NotFound)
-    } else {
-        Err(describe(response).into())
     }
 }
 
@@ -849,9 +830,9 @@ impl Sink for ConnectSink {
             .http
             .send(Method::GET, "/v1/user", &[], None)
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(target::http_error(&self.name))?;
         if !response.is_success() {
-            return Err(self.target_error(describe(response)));
+            return Err(self.target_error(describe(response).to_string()));
         }
         let mode = self.resolve_mode().await?;
         tracing::info!(sink = %self.name, provider = %mode.provider, remote = mode.remote, provider_members = mode.provider_members, "Connect reachable");
@@ -939,6 +920,16 @@ mod tests {
         assert!(page_repeats(&seen, &["a".into(), "b".into()]));
         assert!(!page_repeats(&seen, &["b".into(), "c".into()]));
         assert!(!page_repeats(&seen, &[]));
+    }
+
+    #[test]
+    fn error_bodies_read_code_and_error() {
+        let connect = br#"{"code":131,"error":"A group using the same unique ID already exists","payload":null}"#;
+        assert_eq!(
+            error_body(connect).as_deref(),
+            Some("code=131 A group using the same unique ID already exists")
+        );
+        assert_eq!(error_body(br#"{"payload":null}"#), None);
     }
 
     #[test]

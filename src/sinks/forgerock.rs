@@ -15,7 +15,7 @@
 //! * Groups with a `condition` (dynamic membership) never get static member changes: every such
 //!   operation is reported as failed with an explanation.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -24,19 +24,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{
-    Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
+    self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    self, Created, GroupApi, Membership, OpError, Outcome, UserCache, ids, outcome,
+    self, Created, GroupApi, Membership, OpError, Outcome, UserCache, UserKey, ids, outcome,
 };
+use super::target::{self, Page, quote};
 use super::{Recorder, Sink, SinkError};
 use crate::ledger::Ledger;
 use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const PAGE_SIZE: &str = "500";
-/// A paged query never fetches more pages than this, whatever cookies the server returns.
-const MAX_PAGES: u32 = 10_000;
 
 /// How an LDAP user is found among the managed users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -174,9 +173,9 @@ impl crate::sinks::SinkType for ForgeRockConfig {
     }
 }
 
-/// A CREST query filter string literal (JSON string syntax, double quotes).
-fn quote(value: &str) -> String {
-    Value::String(value.to_string()).to_string()
+/// A CREST error body (`{code, reason, message}`): `code=… message`, or the reason.
+fn error_body(body: &[u8]) -> Option<String> {
+    http::json_error(body, &["code"], &["message", "reason"], |_| Vec::new())
 }
 
 /// The relationship id and user id of one item of `…/members`.
@@ -208,7 +207,7 @@ struct GroupState {
 enum Blocked {
     /// The group is gone from the target.
     Gone,
-    Failed(String),
+    Failed(OpError),
 }
 
 pub struct ForgeRockSink {
@@ -227,10 +226,7 @@ impl ForgeRockSink {
         config: &ForgeRockConfig,
         settings: HttpSettings,
     ) -> Result<ForgeRockSink, SinkError> {
-        let credential = config.credential().map_err(|source| SinkError::Secret {
-            sink: name.clone(),
-            source,
-        })?;
+        let credential = config.credential().map_err(target::secret_error(&name))?;
         let auth = match (&config.token_url, &config.client_id) {
             (Some(token_url), Some(client_id)) if config.access_token_file.is_none() => {
                 Auth::OAuth(OAuthClient::new(
@@ -244,11 +240,8 @@ impl ForgeRockSink {
             _ => Auth::Bearer(credential),
         };
         let root = format!("{}/openidm", config.base_url.trim_end_matches('/'));
-        let http = HttpClient::new(&root, auth, settings)
-            .map_err(|source| SinkError::Http {
-                sink: name.clone(),
-                source,
-            })?
+        let http = HttpClient::new(&name, &root, auth, settings, error_body)
+            .map_err(target::http_error(&name))?
             .with_header("Accept-API-Version", "resource=1.0");
         Ok(ForgeRockSink {
             group_path: format!("/managed/{}", config.object("group")),
@@ -260,40 +253,30 @@ impl ForgeRockSink {
         })
     }
 
-    fn error(&self, source: HttpError) -> SinkError {
-        SinkError::Http {
-            sink: self.name.clone(),
-            source,
-        }
-    }
-
     /// Runs a CREST query over every page (`_pageSize` + `_pagedResultsCookie`).
     async fn query_all(&self, path: &str, query: &[(&str, &str)]) -> Result<Vec<Value>, HttpError> {
-        let mut items = Vec::new();
-        let mut cookie: Option<String> = None;
-        let mut seen_cookies = HashSet::new();
-        for _ in 0..MAX_PAGES {
+        let fetch = |cookie: Option<String>| async move {
             let mut q: Vec<(&str, &str)> = query.to_vec();
             q.push(("_pageSize", PAGE_SIZE));
             if let Some(c) = &cookie {
                 q.push(("_pagedResultsCookie", c));
             }
-            let page: Value = self.http.json(Method::GET, path, &q, None).await?;
-            if let Some(result) = page.get("result").and_then(Value::as_array) {
-                items.extend(result.iter().cloned());
-            }
-            match page.get("pagedResultsCookie").and_then(Value::as_str) {
-                Some(next) if !next.is_empty() => {
-                    if !seen_cookies.insert(next.to_string()) {
-                        tracing::warn!(sink = %self.name, path, "the target repeated a paged-results cookie; query stopped");
-                        break;
-                    }
-                    cookie = Some(next.to_string());
-                }
-                _ => break,
-            }
-        }
-        Ok(items)
+            self.http.json(Method::GET, path, &q, None).await
+        };
+        let read = |page: Value| Page {
+            items: page
+                .get("result")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            next: page
+                .get("pagedResultsCookie")
+                .and_then(Value::as_str)
+                .filter(|next| !next.is_empty())
+                .map(str::to_string),
+        };
+        let pages = target::all_pages(&self.name, path, fetch, read).await?;
+        Ok(pages.items)
     }
 
     /// Groups with exactly this name (case-sensitive matches first; the repository compares
@@ -324,14 +307,14 @@ impl ForgeRockSink {
                 None,
             )
             .await
-            .map_err(|e| Blocked::Failed(e.to_string()))?;
+            .map_err(|e| Blocked::Failed(e.into()))?;
         if response.status.as_u16() == 404 {
             return Err(Blocked::Gone);
         }
         let group: Value = response
             .success()
             .and_then(|r| r.json())
-            .map_err(|e| Blocked::Failed(e.to_string()))?;
+            .map_err(|e| Blocked::Failed(e.into()))?;
         Ok(GroupState {
             rev: group
                 .get("_rev")
@@ -398,11 +381,7 @@ impl GroupApi for ForgeRockSink {
         if matches!(response.status.as_u16(), 409 | 412) {
             return Ok(Created::Conflict(response.into_error().into()));
         }
-        let created: Value = response.success()?.json()?;
-        match created.get("_id").and_then(Value::as_str) {
-            Some(id) => Ok(Created::Id(id.to_string())),
-            None => Err("the create answer has no \"_id\"".into()),
-        }
+        target::created(&response.success()?.json()?, "_id")
     }
 
     /// `PATCH` with `If-Match: <_rev>`; one re-read and retry after a 412 (someone else changed
@@ -418,7 +397,7 @@ impl GroupApi for ForgeRockSink {
             let state = match self.read_group(id).await {
                 Ok(state) => state,
                 Err(Blocked::Gone) => return Ok(Outcome::NotFound),
-                Err(Blocked::Failed(e)) => return Err(e.into()),
+                Err(Blocked::Failed(e)) => return Err(e),
             };
             let headers: Vec<(&'static str, String)> = state
                 .rev
@@ -445,30 +424,23 @@ impl GroupApi for ForgeRockSink {
 
     /// The managed user id of an LDAP user, by the configured attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let (attribute, value) = match self.config.user_match {
-            ForgeRockUserMatch::UserName => ("userName", member.username.clone()),
-            ForgeRockUserMatch::Mail => match &member.email {
-                Some(email) => ("mail", email.clone()),
-                None => return Ok(None),
-            },
+        let matched = match self.config.user_match {
+            ForgeRockUserMatch::UserName => ("userName", UserKey::Username),
+            ForgeRockUserMatch::Mail => ("mail", UserKey::Email),
         };
-        let filter = format!("{attribute} eq {}", quote(&value));
-        let find = async {
+        let find = |filter: String| async move {
+            let query = [
+                ("_queryFilter", filter.as_str()),
+                ("_fields", "_id,userName,mail"),
+            ];
             let found: Value = self
                 .http
-                .json(
-                    Method::GET,
-                    &self.user_path,
-                    &[("_queryFilter", &filter), ("_fields", "_id,userName,mail")],
-                    None,
-                )
+                .json(Method::GET, &self.user_path, &query, None)
                 .await?;
             let result = found.get("result").and_then(Value::as_array);
             Ok(ids(result.map_or(&[][..], Vec::as_slice), "_id"))
         };
-        self.users
-            .lookup(&self.name, member, (attribute, &value), find)
-            .await
+        self.users.lookup(&self.name, member, matched, find).await
     }
 
     /// Groups with a `condition` compute their members: static changes are refused.
@@ -488,7 +460,7 @@ impl GroupApi for ForgeRockSink {
             .into()),
             Ok(_) => Ok(Membership::Managed(self.relationships(id).await?)),
             Err(Blocked::Gone) => Ok(Membership::Gone),
-            Err(Blocked::Failed(e)) => Err(e.into()),
+            Err(Blocked::Failed(e)) => Err(e),
         }
     }
 
@@ -529,10 +501,8 @@ impl GroupApi for ForgeRockSink {
         for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
             for rel in current.get(user_id).into_iter().flatten() {
                 let path = format!("{}/{id}/members/{rel}", self.group_path);
-                let response = self.http.send(Method::DELETE, &path, &[], None).await?;
-                if !(response.is_success() || response.status.as_u16() == 404) {
-                    return Err(response.into_error().into());
-                }
+                // 404: the relationship is gone already.
+                outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
             }
         }
         Ok(Outcome::Done)
@@ -550,20 +520,12 @@ impl Sink for ForgeRockSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.http
-            .json::<Value>(
-                Method::GET,
-                &self.group_path,
-                &[
-                    ("_queryFilter", "true"),
-                    ("_pageSize", "1"),
-                    ("_fields", "_id"),
-                ],
-                None,
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e))
+        let query = [
+            ("_queryFilter", "true"),
+            ("_pageSize", "1"),
+            ("_fields", "_id"),
+        ];
+        target::probe(&self.name, &self.http, &self.group_path, &query).await
     }
 
     async fn apply(
@@ -636,6 +598,19 @@ mod tests {
         let minimal = json!({"_ref": "managed/alpha_user/u2", "_refProperties": {"_id": "r2"}});
         assert_eq!(relationship(&minimal), Some(("r2".into(), "u2".into())));
         assert_eq!(relationship(&json!({"_ref": "x"})), None);
+    }
+
+    #[test]
+    fn error_bodies_read_code_and_message_or_reason() {
+        let crest =
+            br#"{"code":412,"reason":"Precondition Failed","message":"Expectation failed"}"#;
+        assert_eq!(
+            error_body(crest).as_deref(),
+            Some("code=412 Expectation failed")
+        );
+        let reason = br#"{"code":403,"reason":"Forbidden"}"#;
+        assert_eq!(error_body(reason).as_deref(), Some("code=403 Forbidden"));
+        assert_eq!(error_body(b"<html>"), None);
     }
 
     #[test]

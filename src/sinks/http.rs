@@ -5,13 +5,15 @@
 //! A POST is retried only when the target cannot have processed it (429, 503, connect errors).
 //! OAuth2 tokens are cached until shortly before `expires_in` and refreshed once on a 401.
 //! Secrets never appear in errors or logs: errors carry the method, the URL path and the
-//! target's own error text.
+//! target's own error text. Each sink reads its target's error bodies itself (an [`ErrorBody`]
+//! given to [`HttpClient::new`]); this layer only falls back to a short excerpt ([`excerpt`]).
+//! Every attempt is timed in `ldapsync_sink_request_duration_seconds{sink}`.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus::Histogram;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -46,14 +48,10 @@ impl Default for HttpSettings {
 /// How requests authenticate.
 #[derive(Debug)]
 pub enum Auth {
-    None,
     /// `Authorization: Bearer <token>`.
     Bearer(Secret),
     /// `Authorization: <scheme> <key>` (Connect uses `Key`).
-    Scheme {
-        scheme: &'static str,
-        key: Secret,
-    },
+    Scheme { scheme: &'static str, key: Secret },
     /// OAuth2 client credentials with a cached token.
     OAuth(OAuthClient),
 }
@@ -97,7 +95,7 @@ impl OAuthClient {
 }
 
 /// A failed exchange with a target.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
     #[error("{method} {path}: cannot reach the target: {message}")]
     Transport {
@@ -123,13 +121,23 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// The HTTP status of an error answer (`None` when the target did not answer one).
     pub fn status(&self) -> Option<u16> {
         match self {
             HttpError::Status { status, .. } => Some(*status),
             _ => None,
         }
     }
+
+    /// The target rejected the credential: an HTTP 401, or a failed OAuth2 token request.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, HttpError::Token { .. }) || self.status() == Some(401)
+    }
 }
+
+/// A sink's reader of its target's error bodies: the useful text, or `None` when the body is
+/// not in the target's error shape (then the layer shows an [`excerpt`]).
+pub type ErrorBody = fn(&[u8]) -> Option<String>;
 
 /// Config validation: `url` (the value of `key`) must be an http(s) URL.
 pub fn check_url(key: &'static str, url: &str) -> Result<(), (&'static str, String)> {
@@ -146,8 +154,9 @@ pub struct Response {
     pub method: Method,
     pub path: String,
     pub status: StatusCode,
-    pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The sink's reader of error bodies, for [`Response::into_error`].
+    error_body: ErrorBody,
 }
 
 impl Response {
@@ -178,7 +187,7 @@ impl Response {
             method: self.method.to_string(),
             path: self.path.clone(),
             status: self.status.as_u16(),
-            detail: error_detail(&self.body),
+            detail: describe(self.error_body, &self.body),
         }
     }
 
@@ -190,53 +199,64 @@ impl Response {
     }
 }
 
-/// The most useful text of a JSON error body in any of the targets' shapes
-/// (SCIM `detail`, PingOne `message`+`details`, Connect `error`, ForgeRock `message`).
-pub fn error_detail(body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        let text: String = String::from_utf8_lossy(body).chars().take(300).collect();
-        return if text.trim().is_empty() {
-            "(empty body)".into()
-        } else {
-            text
-        };
+/// The text of an error body: what the sink's `error_body` reads, or else an [`excerpt`].
+fn describe(error_body: ErrorBody, body: &[u8]) -> String {
+    error_body(body).unwrap_or_else(|| excerpt(body))
+}
+
+/// What the layer shows of an error body no sink reader understood: JSON compacted, any other
+/// text trimmed with control characters blanked, at most 300 characters; or "(empty body)".
+pub fn excerpt(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => value.to_string(),
+        Err(_) => String::from_utf8_lossy(body)
+            .trim()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
     };
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    text.chars().take(300).collect()
+}
+
+/// Reads a JSON error body the usual way: `key=value` for each of `codes` present, then the
+/// first of `texts` present, then whatever `more` adds; `None` when none of them is there.
+/// The building block of the sinks' [`ErrorBody`] readers.
+pub fn json_error(
+    body: &[u8],
+    codes: &[&str],
+    texts: &[&str],
+    more: impl FnOnce(&serde_json::Value) -> Vec<String>,
+) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
     let mut parts = Vec::new();
-    for key in ["code", "scimType"] {
+    for key in codes {
         if let Some(v) = value.get(key).filter(|v| !v.is_null()) {
-            parts.push(format!(
-                "{key}={}",
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            ));
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            parts.push(format!("{key}={v}"));
         }
     }
-    for key in ["detail", "message", "error", "reason"] {
-        if let Some(v) = value.get(key).and_then(|v| v.as_str()) {
-            parts.push(v.to_string());
-            break;
-        }
+    if let Some(text) = texts
+        .iter()
+        .find_map(|key| value.get(key).and_then(serde_json::Value::as_str))
+    {
+        parts.push(text.to_string());
     }
-    if let Some(details) = value.get("details").and_then(|d| d.as_array()) {
-        for d in details.iter().take(5) {
-            let code = d.get("code").and_then(|v| v.as_str()).unwrap_or("");
-            let target = d.get("target").and_then(|v| v.as_str()).unwrap_or("");
-            let message = d.get("message").and_then(|v| v.as_str()).unwrap_or("");
-            parts.push(format!("[{code} {target}: {message}]"));
-        }
-    }
-    if parts.is_empty() {
-        value.to_string().chars().take(300).collect()
-    } else {
-        parts.join(" ")
-    }
+    parts.extend(more(&value));
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// An OAuth2 token endpoint's error body (RFC 6749 §5.2): its `error` code.
+fn oauth_error(body: &[u8]) -> Option<String> {
+    json_error(body, &[], &["error"], |_| Vec::new())
 }
 
 /// Called after every request with (duration, status or 0 for a transport error).
-pub type RequestObserver = Arc<dyn Fn(Duration, u16) + Send + Sync>;
 
-/// One target's HTTP client: base URL, auth, retries and rate limit.
+/// One target's HTTP client: base URL, auth, retries, rate limit, the sink's reader of error
+/// bodies and the request-duration metric.
 pub struct HttpClient {
     client: reqwest::Client,
     base_url: String,
@@ -244,7 +264,9 @@ pub struct HttpClient {
     settings: HttpSettings,
     limiter: DefaultDirectRateLimiter,
     extra_headers: HeaderMap,
-    observer: Option<RequestObserver>,
+    error_body: ErrorBody,
+    /// `ldapsync_sink_request_duration_seconds{sink}` of this client's sink.
+    duration: Histogram,
 }
 
 /// A request body with its content type.
@@ -266,10 +288,14 @@ impl Body {
 }
 
 impl HttpClient {
+    /// A client for the sink named `sink` (the metric label) whose target answers errors in the
+    /// shape `error_body` reads.
     pub fn new(
+        sink: &str,
         base_url: &str,
         auth: Auth,
         settings: HttpSettings,
+        error_body: ErrorBody,
     ) -> Result<HttpClient, HttpError> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
@@ -290,7 +316,10 @@ impl HttpClient {
             limiter: RateLimiter::direct(Quota::per_second(rate)),
             settings,
             extra_headers: HeaderMap::new(),
-            observer: None,
+            error_body,
+            duration: crate::telemetry::metrics()
+                .sink_request_duration_seconds
+                .with_label_values(&[sink]),
         })
     }
 
@@ -299,15 +328,6 @@ impl HttpClient {
         self.extra_headers
             .insert(name, HeaderValue::from_static(value));
         self
-    }
-
-    pub fn with_observer(mut self, observer: RequestObserver) -> Self {
-        self.observer = Some(observer);
-        self
-    }
-
-    pub fn base_url(&self) -> &str {
-        &self.base_url
     }
 
     /// Sends a request to `path` (relative to the base URL, or absolute), retrying as described
@@ -369,7 +389,7 @@ impl HttpClient {
             let outcome = request.send().await;
             let retry_delay = match outcome {
                 Err(e) => {
-                    self.observe(started.elapsed(), 0);
+                    self.observe(started.elapsed());
                     let safe_to_retry = idempotent || e.is_connect();
                     if attempt >= self.settings.max_retries || !safe_to_retry {
                         return Err(HttpError::Transport {
@@ -389,7 +409,7 @@ impl HttpClient {
                         .await
                         .map(|b| b.to_vec())
                         .unwrap_or_default();
-                    self.observe(started.elapsed(), status.as_u16());
+                    self.observe(started.elapsed());
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
                         && matches!(self.auth, Auth::OAuth(_))
@@ -408,8 +428,8 @@ impl HttpClient {
                             method: method.clone(),
                             path: shown_path,
                             status,
-                            headers,
                             body: bytes,
+                            error_body: self.error_body,
                         });
                     }
                     let delay = retry_after(&headers)
@@ -444,10 +464,10 @@ impl HttpClient {
         self.authorization(false).await.map(|_| ())
     }
 
-    fn observe(&self, elapsed: Duration, status: u16) {
-        if let Some(observer) = &self.observer {
-            observer(elapsed, status);
-        }
+    /// Called after every attempt, retries and token requests included: each one is a sample
+    /// of `ldapsync_sink_request_duration_seconds{sink}`.
+    fn observe(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -462,7 +482,6 @@ impl HttpClient {
 
     async fn authorization(&self, force_refresh: bool) -> Result<Option<HeaderValue>, HttpError> {
         let value = match &self.auth {
-            Auth::None => return Ok(None),
             Auth::Bearer(token) => format!("Bearer {}", token.expose()),
             Auth::Scheme { scheme, key } => format!("{scheme} {}", key.expose()),
             Auth::OAuth(oauth) => {
@@ -526,7 +545,7 @@ impl HttpClient {
             let response = match response {
                 Ok(r) => r,
                 Err(e) => {
-                    self.observe(started.elapsed(), 0);
+                    self.observe(started.elapsed());
                     if attempt < self.settings.max_retries {
                         attempt += 1;
                         tokio::time::sleep(self.backoff(attempt)).await;
@@ -545,7 +564,7 @@ impl HttpClient {
                 .await
                 .map(|b| b.to_vec())
                 .unwrap_or_default();
-            self.observe(started.elapsed(), status.as_u16());
+            self.observe(started.elapsed());
             if (status.as_u16() == 429 || status.is_server_error())
                 && attempt < self.settings.max_retries
             {
@@ -557,7 +576,11 @@ impl HttpClient {
             if !status.is_success() {
                 return Err(HttpError::Token {
                     path: shown,
-                    detail: format!("HTTP {}: {}", status.as_u16(), error_detail(&body)),
+                    detail: format!(
+                        "HTTP {}: {}",
+                        status.as_u16(),
+                        oauth_error(&body).unwrap_or_else(|| describe(self.error_body, &body))
+                    ),
                 });
             }
             #[derive(serde::Deserialize)]
@@ -630,19 +653,80 @@ mod tests {
     }
 
     #[test]
-    fn error_detail_reads_every_target_shape() {
-        let scim = br#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"409","scimType":"uniqueness","detail":"in use"}"#;
-        assert_eq!(error_detail(scim), "scimType=uniqueness in use");
-        let ping = br#"{"id":"x","code":"INVALID_DATA","message":"bad","details":[{"code":"UNIQUENESS_VIOLATION","target":"name","message":"taken"}]}"#;
+    fn unknown_error_bodies_become_short_printable_excerpts() {
+        let none: ErrorBody = |_| None;
+        assert_eq!(describe(none, b""), "(empty body)");
+        assert_eq!(describe(none, b" \n\t "), "(empty body)");
         assert_eq!(
-            error_detail(ping),
-            "code=INVALID_DATA bad [UNIQUENESS_VIOLATION name: taken]"
+            describe(none, b"\n<html>\r\nBad\tGateway</html>\n"),
+            "<html>  Bad Gateway</html>"
         );
-        let connect = br#"{"code":131,"error":"A group using the same unique ID already exists","payload":null}"#;
+        assert_eq!(describe(none, b"{ \"odd\": [1, 2] }"), r#"{"odd":[1,2]}"#);
+        assert_eq!(describe(none, "x".repeat(1000).as_bytes()).len(), 300);
+        let sink: ErrorBody = |_| Some("read by the sink".into());
+        assert_eq!(describe(sink, b"{}"), "read by the sink");
         assert_eq!(
-            error_detail(connect),
-            "code=131 A group using the same unique ID already exists"
+            oauth_error(br#"{"error":"invalid_client","error_description":"no"}"#).as_deref(),
+            Some("invalid_client")
         );
-        assert_eq!(error_detail(b""), "(empty body)");
+    }
+
+    #[test]
+    fn json_error_reads_codes_then_the_first_text() {
+        let body = br#"{"code":7,"reason":"r","message":"m","n":null}"#;
+        let read = |codes: &[&str], texts: &[&str]| json_error(body, codes, texts, |_| Vec::new());
+        assert_eq!(
+            read(&["code"], &["message", "reason"]).as_deref(),
+            Some("code=7 m")
+        );
+        assert_eq!(read(&["n"], &["reason"]).as_deref(), Some("r"));
+        assert_eq!(read(&["x"], &["y"]), None);
+        assert_eq!(
+            json_error(b"not json", &["code"], &[], |_| Vec::new()),
+            None
+        );
+    }
+
+    #[test]
+    fn auth_failures_are_401_and_token_requests() {
+        let status = |status| HttpError::Status {
+            method: "GET".into(),
+            path: "/x".into(),
+            status,
+            detail: "HTTP 401 in the text".into(),
+        };
+        assert!(status(401).is_auth());
+        assert!(!status(403).is_auth());
+        let token = HttpError::Token {
+            path: "/t".into(),
+            detail: "HTTP 400: invalid_client".into(),
+        };
+        assert!(token.is_auth());
+        assert_eq!(token.status(), None);
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_timed_per_sink() {
+        let settings = HttpSettings {
+            max_retries: 1,
+            base_backoff: Duration::from_millis(1),
+            connect_timeout: Duration::from_secs(2),
+            ..HttpSettings::default()
+        };
+        let client = HttpClient::new(
+            "timed-sink",
+            "http://127.0.0.1:1",
+            Auth::Bearer(Secret::new("t")),
+            settings,
+            |_| None,
+        )
+        .unwrap();
+        let error = client.send(Method::GET, "/x", &[], None).await.unwrap_err();
+        assert!(matches!(error, HttpError::Transport { .. }), "{error}");
+        let samples = crate::telemetry::metrics()
+            .sink_request_duration_seconds
+            .with_label_values(&["timed-sink"])
+            .get_sample_count();
+        assert_eq!(samples, 2, "one sample per attempt");
     }
 }

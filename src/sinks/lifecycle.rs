@@ -19,44 +19,101 @@
 //! driver acts on; it never touches the [`Recorder`].
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::future::Future;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::http::{HttpError, Response};
+use super::target::quote;
 use super::{Recorder, SinkError};
 use crate::model::{GroupSpec, MemberRef, OpKind, Operation, Plan};
 
 /// Member changes written to the ledger together, to keep writes few on large groups.
 const RECORD_BATCH: usize = 100;
 
-/// Why one request of an operation failed: the text that goes into the run report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpError(String);
+/// Why an operation (or one step of it) failed: the text that goes into the run report, and
+/// what kind of failure it was, so the driver decides on the kind, never on the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// A request failed: an HTTP error status (kept in the [`HttpError`]), an unreachable
+    /// target, a failed token request or an unreadable answer. `hint` is appended as is
+    /// (empty, or " (…)" saying what to do, where the sink knows the target's error code).
+    #[error("{source}{hint}")]
+    Request {
+        source: HttpError,
+        hint: &'static str,
+    },
+    /// The target's answer or state rules the change out, in the sink's words (e.g. a
+    /// ForgeRock group with a `condition`, a create answer without an id); `status` is the
+    /// HTTP status of that answer, when it was an error answer.
+    #[error("{message}")]
+    Target {
+        status: Option<u16>,
+        message: String,
+    },
+    /// `source` happened for one object of the operation: a member, a user being provisioned.
+    #[error("{object}: {source}")]
+    Object {
+        object: String,
+        source: Box<OpError>,
+    },
+}
 
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl OpError {
+    /// A failed request with an operator hint (" (…)") appended to its text.
+    pub fn hinted(source: HttpError, hint: &'static str) -> Self {
+        OpError::Request { source, hint }
+    }
+
+    /// This error, as it happened for `object` (its text is prefixed with "`object`: ").
+    pub fn of(self, object: impl Into<String>) -> Self {
+        OpError::Object {
+            object: object.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The HTTP status the target answered, if the failure was an error answer.
+    #[cfg(test)]
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            OpError::Request { source, .. } => source.status(),
+            OpError::Target { status, .. } => *status,
+            OpError::Object { source, .. } => source.status(),
+        }
+    }
+
+    /// The target rejected the credential (HTTP 401, a failed OAuth2 token request): the sink
+    /// cannot go on.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            OpError::Request { source, .. } => source.is_auth(),
+            OpError::Target { status, .. } => *status == Some(401),
+            OpError::Object { source, .. } => source.is_auth(),
+        }
     }
 }
 
 impl From<HttpError> for OpError {
-    fn from(error: HttpError) -> Self {
-        OpError(error.to_string())
+    fn from(source: HttpError) -> Self {
+        OpError::hinted(source, "")
     }
 }
 
+/// A refusal in the sink's words, without an HTTP status.
 impl From<String> for OpError {
     fn from(message: String) -> Self {
-        OpError(message)
+        OpError::Target {
+            status: None,
+            message,
+        }
     }
 }
 
 impl From<&str> for OpError {
     fn from(message: &str) -> Self {
-        OpError(message.to_string())
+        message.to_string().into()
     }
 }
 
@@ -203,6 +260,43 @@ struct Skipped {
     groups: HashSet<String>,
 }
 
+/// The [`Recorder`] of one apply, which also remembers the first rejected credential.
+struct Ops<'r, 'a> {
+    recorder: &'r mut Recorder<'a>,
+    /// The report text of the first failure that [`OpError::is_auth`].
+    rejected: Option<String>,
+}
+
+impl<'r, 'a> Ops<'r, 'a> {
+    fn new(recorder: &'r mut Recorder<'a>) -> Self {
+        Ops {
+            recorder,
+            rejected: None,
+        }
+    }
+
+    /// Records a failed operation (`count` changes); a rejected credential stops the sink at
+    /// the end of the operation ([`Ops::go_on`]).
+    fn fail(&mut self, kind: OpKind, group: &GroupSpec, error: impl Into<OpError>, count: u64) {
+        let error = error.into();
+        if error.is_auth() && self.rejected.is_none() {
+            self.rejected = Some(error.to_string());
+        }
+        self.recorder.failed(kind, group, error, count);
+    }
+
+    /// `Err` once the target rejected the credential: the sink cannot go on.
+    fn go_on(&self, api: &(impl GroupApi + ?Sized)) -> Result<(), SinkError> {
+        match &self.rejected {
+            None => Ok(()),
+            Some(error) => Err(SinkError::Target {
+                sink: api.sink_name().to_string(),
+                message: format!("authentication rejected ({error}); {}", api.auth_hint()),
+            }),
+        }
+    }
+}
+
 /// Executes `plan` on the target behind `api`, recording every success in `recorder`.
 pub async fn apply<A: GroupApi + ?Sized>(
     api: &A,
@@ -210,30 +304,18 @@ pub async fn apply<A: GroupApi + ?Sized>(
     recorder: &mut Recorder<'_>,
 ) -> Result<(), SinkError> {
     let mut skipped = Skipped::default();
+    let ops = &mut Ops::new(recorder);
     for op in &plan.operations {
-        let failures_before = recorder.report.failures.len();
         match op {
-            Operation::Create { group, resume } => create(api, group, *resume, recorder).await?,
-            Operation::Update { group, previous } => update(api, group, previous, recorder).await?,
+            Operation::Create { group, resume } => create_op(api, group, *resume, ops).await?,
+            Operation::Update { group, previous } => update(api, group, previous, ops).await?,
             Operation::MemberAdd { group, members }
             | Operation::MemberRemove { group, members } => {
-                change_members(api, op.kind(), group, members, recorder, &mut skipped).await?
+                change_members(api, op.kind(), group, members, ops, &mut skipped).await?
             }
-            Operation::Delete { group } => delete(api, group, recorder).await?,
+            Operation::Delete { group } => delete(api, group, ops).await?,
         }
-        if let Some(failure) = recorder.report.failures[failures_before..]
-            .iter()
-            .find(|f| is_auth_failure(&f.error))
-        {
-            return Err(SinkError::Target {
-                sink: api.sink_name().to_string(),
-                message: format!(
-                    "authentication rejected ({}); {}",
-                    failure.error,
-                    api.auth_hint()
-                ),
-            });
-        }
+        ops.go_on(api)?;
     }
     if skipped.members > 0 {
         tracing::warn!(
@@ -247,11 +329,6 @@ pub async fn apply<A: GroupApi + ?Sized>(
     Ok(())
 }
 
-/// A rejected credential: the sink cannot go on.
-fn is_auth_failure(error: &str) -> bool {
-    error.contains("HTTP 401") || error.contains("token request")
-}
-
 fn gone(api: &(impl GroupApi + ?Sized), kind: OpKind) -> String {
     match kind {
         OpKind::MemberRemove => format!("the group no longer exists in {}", api.target_label()),
@@ -262,35 +339,47 @@ fn gone(api: &(impl GroupApi + ?Sized), kind: OpKind) -> String {
     }
 }
 
-/// Creates (or adopts) one group.
+/// Creates (or adopts) one group; `Err` also when the target rejected the credential.
+#[cfg(test)]
 pub async fn create<A: GroupApi + ?Sized>(
     api: &A,
     group: &GroupSpec,
     resume: bool,
     recorder: &mut Recorder<'_>,
 ) -> Result<(), SinkError> {
+    let ops = &mut Ops::new(recorder);
+    create_op(api, group, resume, ops).await?;
+    ops.go_on(api)
+}
+
+async fn create_op<A: GroupApi + ?Sized>(
+    api: &A,
+    group: &GroupSpec,
+    resume: bool,
+    ops: &mut Ops<'_, '_>,
+) -> Result<(), SinkError> {
     let ticket = match api.prepare_create(group, resume).await {
-        Ok(Prepared::Adopt(id)) => return recorder.created(group, &id),
+        Ok(Prepared::Adopt(id)) => return ops.recorder.created(group, &id),
         Ok(Prepared::Create(ticket)) => ticket,
         Err(e) => {
-            recorder.failed(OpKind::Create, group, e, 1);
+            ops.fail(OpKind::Create, group, e, 1);
             return Ok(());
         }
     };
-    recorder.intent(group)?;
+    ops.recorder.intent(group)?;
     let error = match api.create(group, ticket).await {
-        Ok(Created::Id(id)) => return recorder.created(group, &id),
+        Ok(Created::Id(id)) => return ops.recorder.created(group, &id),
         Ok(Created::Conflict(conflict)) => match api.find_existing(group).await {
             Ok(Some(id)) => {
                 tracing::info!(sink = %api.sink_name(), group = %group.name, id, "the group already exists in {}; adopted it", api.target_label());
-                return recorder.created(group, &id);
+                return ops.recorder.created(group, &id);
             }
             Ok(None) => conflict,
             Err(e) => e,
         },
         Err(e) => e,
     };
-    recorder.failed(OpKind::Create, group, error, 1);
+    ops.fail(OpKind::Create, group, error, 1);
     Ok(())
 }
 
@@ -298,20 +387,20 @@ async fn update<A: GroupApi + ?Sized>(
     api: &A,
     group: &GroupSpec,
     previous: &GroupSpec,
-    recorder: &mut Recorder<'_>,
+    ops: &mut Ops<'_, '_>,
 ) -> Result<(), SinkError> {
-    let Some(id) = recorder.target_id(group) else {
-        recorder.failed(OpKind::Update, group, "no target id recorded", 1);
+    let Some(id) = ops.recorder.target_id(group) else {
+        ops.fail(OpKind::Update, group, "no target id recorded", 1);
         return Ok(());
     };
     match api.update(&id, group, previous).await {
-        Ok(Outcome::Done) => recorder.updated(group, &id),
+        Ok(Outcome::Done) => ops.recorder.updated(group, &id),
         Ok(Outcome::NotFound) => {
-            recorder.failed(OpKind::Update, group, gone(api, OpKind::Update), 1);
-            recorder.forget(group)
+            ops.fail(OpKind::Update, group, gone(api, OpKind::Update), 1);
+            ops.recorder.forget(group)
         }
         Ok(Outcome::Refused(e)) | Err(e) => {
-            recorder.failed(OpKind::Update, group, e, 1);
+            ops.fail(OpKind::Update, group, e, 1);
             Ok(())
         }
     }
@@ -320,26 +409,26 @@ async fn update<A: GroupApi + ?Sized>(
 async fn delete<A: GroupApi + ?Sized>(
     api: &A,
     group: &GroupSpec,
-    recorder: &mut Recorder<'_>,
+    ops: &mut Ops<'_, '_>,
 ) -> Result<(), SinkError> {
-    let id = match recorder.target_id(group) {
+    let id = match ops.recorder.target_id(group) {
         Some(id) => Some(id),
         // An unconfirmed create: delete what it may have created.
         None => match api.find_existing(group).await {
             Ok(found) => found,
             Err(e) => {
-                recorder.failed(OpKind::Delete, group, e, 1);
+                ops.fail(OpKind::Delete, group, e, 1);
                 return Ok(());
             }
         },
     };
     let Some(id) = id else {
-        return recorder.deleted(group);
+        return ops.recorder.deleted(group);
     };
     match api.delete(&id).await {
-        Ok(Outcome::Done | Outcome::NotFound) => recorder.deleted(group),
+        Ok(Outcome::Done | Outcome::NotFound) => ops.recorder.deleted(group),
         Ok(Outcome::Refused(e)) | Err(e) => {
-            recorder.failed(OpKind::Delete, group, e, 1);
+            ops.fail(OpKind::Delete, group, e, 1);
             Ok(())
         }
     }
@@ -364,34 +453,34 @@ async fn change_members<A: GroupApi + ?Sized>(
     kind: OpKind,
     group: &GroupSpec,
     members: &[MemberRef],
-    recorder: &mut Recorder<'_>,
+    ops: &mut Ops<'_, '_>,
     skipped: &mut Skipped,
 ) -> Result<(), SinkError> {
     let adding = kind == OpKind::MemberAdd;
     let count = members.len() as u64;
-    let Some(id) = recorder.target_id(group) else {
+    let Some(id) = ops.recorder.target_id(group) else {
         let why = if adding {
             "the group was not created"
         } else {
             "no target id recorded"
         };
-        recorder.failed(kind, group, why, count);
+        ops.fail(kind, group, why, count);
         return Ok(());
     };
     let current = match api.members(kind, &id, group).await {
         Ok(Membership::Managed(current)) => current,
         Ok(Membership::Provider) => {
-            recorder.members_skipped(kind, group, members)?;
+            ops.recorder.members_skipped(kind, group, members)?;
             skipped.members += count;
             skipped.groups.insert(group.source_id.clone());
             return Ok(());
         }
         Ok(Membership::Gone) => {
-            recorder.failed(kind, group, gone(api, kind), count);
-            return recorder.forget(group);
+            ops.fail(kind, group, gone(api, kind), count);
+            return ops.recorder.forget(group);
         }
         Err(e) => {
-            recorder.failed(kind, group, e, count);
+            ops.fail(kind, group, e, count);
             return Ok(());
         }
     };
@@ -409,10 +498,10 @@ async fn change_members<A: GroupApi + ?Sized>(
                 target_id: Some(target_id),
                 ..member.clone()
             }),
-            Ok(None) if adding => recorder.unmapped(group, member),
+            Ok(None) if adding => ops.recorder.unmapped(group, member),
             // Not in the target at all, so not in the group: nothing to remove.
             Ok(None) => done.push(member.clone()),
-            Err(e) => recorder.failed(kind, group, format!("{}: {e}", member.username), 1),
+            Err(e) => ops.fail(kind, group, e.of(&member.username), 1),
         }
     }
     let mut left = mapped.len() as u64;
@@ -426,37 +515,45 @@ async fn change_members<A: GroupApi + ?Sized>(
             Ok(Outcome::Done) => {
                 done.extend_from_slice(chunk);
                 if done.len() >= RECORD_BATCH {
-                    record(recorder, kind, group, &mut done)?;
+                    record(ops.recorder, kind, group, &mut done)?;
                 }
             }
             Ok(Outcome::NotFound) => {
-                record(recorder, kind, group, &mut done)?;
-                recorder.failed(kind, group, gone(api, kind), left);
-                return recorder.forget(group);
+                record(ops.recorder, kind, group, &mut done)?;
+                ops.fail(kind, group, gone(api, kind), left);
+                return ops.recorder.forget(group);
             }
             Ok(Outcome::Refused(e)) => {
-                record(recorder, kind, group, &mut done)?;
-                recorder.failed(kind, group, e, left);
+                record(ops.recorder, kind, group, &mut done)?;
+                ops.fail(kind, group, e, left);
                 return Ok(());
             }
             Err(e) => match chunk {
-                [one] => recorder.failed(kind, group, format!("{}: {e}", one.username), 1),
-                _ => recorder.failed(kind, group, e, chunk.len() as u64),
+                [one] => ops.fail(kind, group, e.of(&one.username), 1),
+                _ => ops.fail(kind, group, e, chunk.len() as u64),
             },
         }
         left -= chunk.len() as u64;
     }
-    record(recorder, kind, group, &mut done)
+    record(ops.recorder, kind, group, &mut done)
 }
 
 /// The usual answer of a write: 2xx done, 404 gone, anything else an error.
 pub fn outcome(response: Response) -> Result<Outcome, OpError> {
+    outcome_or(response, |r| r.into_error().into())
+}
+
+/// [`outcome`] with the sink's own reading of a failed answer (e.g. an operator hint).
+pub fn outcome_or(
+    response: Response,
+    failed: impl FnOnce(Response) -> OpError,
+) -> Result<Outcome, OpError> {
     if response.is_success() {
         Ok(Outcome::Done)
     } else if response.status.as_u16() == 404 {
         Ok(Outcome::NotFound)
     } else {
-        Err(response.into_error().into())
+        Err(failed(response))
     }
 }
 
@@ -465,23 +562,51 @@ pub fn outcome(response: Response) -> Result<Outcome, OpError> {
 #[derive(Debug, Default)]
 pub struct UserCache(Mutex<HashMap<String, String>>);
 
+/// The property of an LDAP user that a target's user attribute is matched with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKey {
+    Username,
+    SourceId,
+    Email,
+}
+
+impl UserKey {
+    fn of(self, member: &MemberRef) -> Option<&str> {
+        match self {
+            UserKey::Username => Some(&member.username),
+            UserKey::SourceId => Some(&member.source_id),
+            UserKey::Email => member.email.as_deref(),
+        }
+    }
+}
+
 impl UserCache {
-    /// The one target user whose `attribute` is `value`; `find` (every matching id) runs on a
-    /// cache miss. No match, or several, is `None` (the member is counted as unmapped).
-    pub async fn lookup(
+    /// The one target user whose `attribute` equals the member's `key`. On a cache miss `find`
+    /// gets the filter `<attribute> eq "<value>"` ([`quote`]d) and returns every matching id.
+    /// No value (a member without email), no match, or several is `None` (counted as unmapped).
+    pub async fn lookup<F>(
         &self,
         sink: &str,
         member: &MemberRef,
-        (attribute, value): (&str, &str),
-        find: impl Future<Output = Result<Vec<String>, HttpError>> + Send,
-    ) -> Result<Option<String>, OpError> {
-        let key = format!("{attribute}\u{0}{value}");
-        if let Some(id) = self.0.lock().await.get(&key) {
+        (attribute, key): (&str, UserKey),
+        find: impl FnOnce(String) -> F,
+    ) -> Result<Option<String>, OpError>
+    where
+        F: Future<Output = Result<Vec<String>, HttpError>> + Send,
+    {
+        let Some(value) = key.of(member) else {
+            return Ok(None);
+        };
+        let cache_key = format!("{attribute}\u{0}{value}");
+        if let Some(id) = self.0.lock().await.get(&cache_key) {
             return Ok(Some(id.clone()));
         }
-        match find.await?.as_slice() {
+        match find(format!("{attribute} eq {}", quote(value)))
+            .await?
+            .as_slice()
+        {
             [id] => {
-                self.0.lock().await.insert(key, id.clone());
+                self.0.lock().await.insert(cache_key, id.clone());
                 Ok(Some(id.clone()))
             }
             [] => Ok(None),
@@ -518,8 +643,11 @@ mod tests {
         existing: HashMap<String, String>,
         conflict: bool,
         update_gone: bool,
-        unauthorized: bool,
+        /// What every create answers instead of an id.
+        create_error: Option<OpError>,
         users: HashMap<String, String>,
+        /// What every user lookup answers instead of an id.
+        user_error: Option<OpError>,
         calls: StdMutex<Vec<String>>,
     }
 
@@ -550,8 +678,8 @@ mod tests {
         }
         async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
             self.log(format!("create {}", group.name));
-            if self.unauthorized {
-                return Err("POST /groups: HTTP 401: no".into());
+            if let Some(error) = &self.create_error {
+                return Err(error.clone());
             }
             Ok(match self.conflict {
                 true => Created::Conflict("HTTP 409".into()),
@@ -570,6 +698,9 @@ mod tests {
             Ok(Outcome::NotFound)
         }
         async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
+            if let Some(error) = &self.user_error {
+                return Err(error.clone());
+            }
             Ok(self.users.get(&member.username).cloned())
         }
         async fn add_members(
@@ -713,10 +844,31 @@ mod tests {
         assert_eq!(api.calls(), ["update A", "find b", "delete C"]);
     }
 
+    /// An HTTP error answer with this status.
+    fn status(status: u16, detail: &str) -> OpError {
+        HttpError::Status {
+            method: "POST".into(),
+            path: "/groups".into(),
+            status,
+            detail: detail.into(),
+        }
+        .into()
+    }
+
+    fn creates(names: &[&str]) -> Vec<Operation> {
+        names
+            .iter()
+            .map(|n| Operation::Create {
+                group: group(n, None),
+                resume: false,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_rejected_credential_stops_the_sink() {
         let api = Fake {
-            unauthorized: true,
+            create_error: Some(status(401, "no")),
             ..Fake::default()
         };
         let ops = ["a", "b"]
@@ -730,5 +882,94 @@ mod tests {
         assert!(error.contains("authentication rejected"), "{error}");
         assert!(error.contains("check the fake"), "{error}");
         assert_eq!(api.calls(), ["create a"]);
+    }
+
+    /// A target whose creates all fail with a refusal of this status.
+    fn refusing(status: u16, message: &str) -> Fake {
+        Fake {
+            create_error: Some(OpError::Target {
+                status: Some(status),
+                message: message.into(),
+            }),
+            ..Fake::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_stops_the_sink_whatever_its_text_says() {
+        let api = refusing(401, "the target turned the credential down");
+        let (result, report) = run(&api, creates(&["a", "b"])).await;
+        let error = result.unwrap_err().to_string();
+        assert!(
+            error.contains("authentication rejected (the target turned the credential down)"),
+            "{error}"
+        );
+        assert_eq!(report.failures.len(), 1);
+        assert_eq!(api.calls(), ["create a"]);
+
+        let token = HttpError::Token {
+            path: "/as/token".into(),
+            detail: "HTTP 400: invalid_client".into(),
+        };
+        let api = Fake {
+            create_error: Some(token.into()),
+            ..Fake::default()
+        };
+        let (result, _) = run(&api, creates(&["a", "b"])).await;
+        assert!(result.is_err());
+        assert_eq!(api.calls(), ["create a"]);
+    }
+
+    #[tokio::test]
+    async fn failure_text_that_mentions_401_does_not_stop_the_sink() {
+        let api = Fake {
+            user_error: Some(status(400, "invalid filter")),
+            ..Fake::default()
+        };
+        let g = group("g", Some("G"));
+        let mut ops = vec![Operation::MemberAdd {
+            group: g.clone(),
+            members: vec![member("HTTP 401 Bob")],
+        }];
+        ops.extend(creates(&["b"]));
+        let (result, report) = run(&api, ops).await;
+        result.unwrap();
+        assert_eq!(
+            report.failures[0].error,
+            "HTTP 401 Bob: POST /groups: HTTP 400: invalid filter"
+        );
+        assert_eq!(report.applied.create, 1);
+        assert_eq!(api.calls(), ["create b"]);
+
+        // A group named like an auth failure, refused with its own status.
+        let api = refusing(403, "token request / HTTP 401 is not a valid name");
+        let (result, report) = run(&api, creates(&["a", "b"])).await;
+        result.unwrap();
+        assert_eq!(report.failures.len(), 2);
+        assert_eq!(api.calls(), ["create a", "create b"]);
+    }
+
+    #[test]
+    fn op_errors_keep_status_and_kind_through_context() {
+        let e = status(401, "denied").of("alice");
+        assert_eq!(e.to_string(), "alice: POST /groups: HTTP 401: denied");
+        assert_eq!(e.status(), Some(401));
+        assert!(e.is_auth());
+        let hinted = OpError::hinted(
+            HttpError::Status {
+                method: "GET".into(),
+                path: "/v1/user".into(),
+                status: 401,
+                detail: "code=24 bad key".into(),
+            },
+            " (check api_key)",
+        );
+        assert_eq!(
+            hinted.to_string(),
+            "GET /v1/user: HTTP 401: code=24 bad key (check api_key)"
+        );
+        assert!(hinted.is_auth());
+        let plain = OpError::from("HTTP 401");
+        assert_eq!((plain.status(), plain.is_auth()), (None, false));
     }
 }

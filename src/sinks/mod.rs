@@ -14,6 +14,7 @@ pub(crate) mod http;
 pub(crate) mod lifecycle;
 pub(crate) mod pingone;
 pub(crate) mod scim;
+pub(crate) mod target;
 
 use std::collections::HashMap;
 

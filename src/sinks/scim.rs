@@ -14,8 +14,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::http::{Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
-use super::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
+use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
+use super::lifecycle::{
+    self, Created, GroupApi, OpError, Outcome, UserCache, UserKey, ids, outcome,
+};
+use super::target::{self, quote};
 use super::{Recorder, Sink, SinkError};
 use crate::ledger::Ledger;
 use crate::model::{GroupSpec, MemberRef, Plan};
@@ -120,17 +123,15 @@ impl ScimSink {
         config: &ScimConfig,
         settings: HttpSettings,
     ) -> Result<ScimSink, SinkError> {
-        let token = config.token().map_err(|source| SinkError::Secret {
-            sink: name.clone(),
-            source,
-        })?;
-        let http =
-            HttpClient::new(&config.base_url, Auth::Bearer(token), settings).map_err(|source| {
-                SinkError::Http {
-                    sink: name.clone(),
-                    source,
-                }
-            })?;
+        let token = config.token().map_err(target::secret_error(&name))?;
+        let http = HttpClient::new(
+            &name,
+            &config.base_url,
+            Auth::Bearer(token),
+            settings,
+            error_body,
+        )
+        .map_err(target::http_error(&name))?;
         Ok(ScimSink {
             name,
             config: config.clone(),
@@ -138,18 +139,6 @@ impl ScimSink {
             patch_supported: Mutex::new(None),
             users: UserCache::default(),
         })
-    }
-
-    pub fn with_http(mut self, http: impl FnOnce(HttpClient) -> HttpClient) -> Self {
-        self.http = http(self.http);
-        self
-    }
-
-    fn error(&self, source: HttpError) -> SinkError {
-        SinkError::Http {
-            sink: self.name.clone(),
-            source,
-        }
     }
 
     /// Whether to use PATCH (from /ServiceProviderConfig; assumed when discovery fails).
@@ -278,29 +267,21 @@ impl GroupApi for ScimSink {
 
     /// The target user id of an LDAP user, by the configured match attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let (attribute, value) = match self.config.user_match {
-            ScimUserMatch::UserName => ("userName", member.username.clone()),
-            ScimUserMatch::ExternalId => ("externalId", member.source_id.clone()),
-            ScimUserMatch::Email => match &member.email {
-                Some(email) => ("emails.value", email.clone()),
-                None => return Ok(None),
-            },
+        let matched = match self.config.user_match {
+            ScimUserMatch::UserName => ("userName", UserKey::Username),
+            ScimUserMatch::ExternalId => ("externalId", UserKey::SourceId),
+            ScimUserMatch::Email => ("emails.value", UserKey::Email),
         };
-        let filter = format!("{attribute} eq {}", quote(&value));
-        let find = async {
-            let response = self
-                .http
-                .send(Method::GET, "/Users", &[("filter", filter.as_str())], None)
-                .await?;
+        let find = |filter: String| async move {
+            let query = [("filter", filter.as_str())];
+            let response = self.http.send(Method::GET, "/Users", &query, None).await?;
             if response.status.as_u16() == 404 {
                 return Ok(Vec::new());
             }
             let list: Value = response.success()?.json()?;
             Ok(ids(&resources(&list), "id"))
         };
-        self.users
-            .lookup(&self.name, member, (attribute, &value), find)
-            .await
+        self.users.lookup(&self.name, member, matched, find).await
     }
 
     async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
@@ -315,11 +296,7 @@ impl GroupApi for ScimSink {
         if response.status.as_u16() == 409 {
             return Ok(Created::Conflict(response.into_error().into()));
         }
-        let created: Value = response.success()?.json()?;
-        match created.get("id").and_then(Value::as_str) {
-            Some(id) => Ok(Created::Id(id.to_string())),
-            None => Err("the create answer has no \"id\"".into()),
-        }
+        target::created(&response.success()?.json()?, "id")
     }
 
     async fn update(&self, id: &str, group: &GroupSpec, _: &GroupSpec) -> Result<Outcome, OpError> {
@@ -417,9 +394,9 @@ fn resources(list: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// A SCIM filter string literal: JSON string syntax.
-fn quote(value: &str) -> String {
-    Value::String(value.to_string()).to_string()
+/// A SCIM error body (RFC 7644 §3.12): `scimType=… detail`.
+fn error_body(body: &[u8]) -> Option<String> {
+    http::json_error(body, &["scimType"], &["detail"], |_| Vec::new())
 }
 
 #[async_trait]
@@ -433,11 +410,7 @@ impl Sink for ScimSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.http
-            .json::<Value>(Method::GET, "/Groups", &[("count", "1")], None)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e))
+        target::probe(&self.name, &self.http, "/Groups", &[("count", "1")]).await
     }
 
     async fn apply(
@@ -457,5 +430,15 @@ mod tests {
     #[test]
     fn filter_values_are_json_quoted() {
         assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+    }
+
+    #[test]
+    fn error_bodies_read_scim_type_and_detail() {
+        let scim = br#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"409","scimType":"uniqueness","detail":"in use"}"#;
+        assert_eq!(
+            error_body(scim).as_deref(),
+            Some("scimType=uniqueness in use")
+        );
+        assert_eq!(error_body(br#"{"status":"500"}"#), None);
     }
 }

@@ -14,11 +14,14 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{connection_fields, quote};
+use super::connection_fields;
 use crate::ledger::Ledger;
 use crate::model::{GroupSpec, MemberRef, Plan};
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
-use crate::sinks::lifecycle::{self, Created, GroupApi, OpError, Outcome, UserCache, ids, outcome};
+use crate::sinks::lifecycle::{
+    self, Created, GroupApi, OpError, Outcome, UserCache, UserKey, ids, outcome,
+};
+use crate::sinks::target::{self, Page, quote};
 use crate::sinks::{Recorder, Sink, SinkError};
 
 /// How an LDAP user is found among PingOne users.
@@ -142,48 +145,25 @@ impl PingOneGroupsSink {
         })
     }
 
-    pub fn with_http(mut self, http: impl FnOnce(HttpClient) -> HttpClient) -> Self {
-        self.http = http(self.http);
-        self
-    }
-
-    fn error(&self, source: HttpError) -> SinkError {
-        SinkError::Http {
-            sink: self.name.clone(),
-            source,
-        }
-    }
-
     /// Every item of a filtered list, following `_links.next` (absolute hrefs).
     async fn list_all(&self, path: &str, filter: &str, key: &str) -> Result<Vec<Value>, HttpError> {
         let limit = self.config.page_size.to_string();
-        let mut items = Vec::new();
-        let mut page: Value = self
-            .http
-            .json(
-                Method::GET,
-                path,
-                &[("filter", filter), ("limit", limit.as_str())],
-                None,
-            )
-            .await?;
-        let mut seen = std::collections::HashSet::new();
-        loop {
-            items.extend(embedded(&page, key));
-            let Some(next) = page
+        let first = [("filter", filter), ("limit", limit.as_str())];
+        let fetch = |next: Option<String>| async move {
+            match next {
+                None => self.http.json(Method::GET, path, &first, None).await,
+                Some(href) => self.http.json(Method::GET, &href, &[], None).await,
+            }
+        };
+        let read = |page: Value| Page {
+            items: embedded(&page, key),
+            next: page
                 .pointer("/_links/next/href")
                 .and_then(Value::as_str)
-                .map(str::to_string)
-            else {
-                break;
-            };
-            if !seen.insert(next.clone()) || seen.len() > 10_000 {
-                tracing::warn!(sink = %self.name, path, "the target's paging links loop; stopped following them");
-                break;
-            }
-            page = self.http.json(Method::GET, &next, &[], None).await?;
-        }
-        Ok(items)
+                .map(str::to_string),
+        };
+        let pages = target::all_pages(&self.name, path, fetch, read).await?;
+        Ok(pages.items)
     }
 
     /// Whether a listed group is one this sink may adopt: not external, same population.
@@ -268,11 +248,7 @@ impl GroupApi for PingOneGroupsSink {
         if is_uniqueness_violation(response.status.as_u16(), &response.body) {
             return Ok(Created::Conflict(response.into_error().into()));
         }
-        let created: Value = response.success()?.json()?;
-        match created.get("id").and_then(Value::as_str) {
-            Some(id) => Ok(Created::Id(id.to_string())),
-            None => Err("the create answer has no \"id\"".into()),
-        }
+        target::created(&response.success()?.json()?, "id")
     }
 
     async fn update(&self, id: &str, group: &GroupSpec, _: &GroupSpec) -> Result<Outcome, OpError> {
@@ -288,19 +264,15 @@ impl GroupApi for PingOneGroupsSink {
 
     /// The PingOne user id of an LDAP user, by the configured match attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let (attribute, value) = match self.config.user_match {
-            UserMatch::Username => ("username", member.username.clone()),
-            UserMatch::ExternalId => ("externalId", member.source_id.clone()),
-            UserMatch::Email => match &member.email {
-                Some(email) => ("email", email.clone()),
-                None => return Ok(None),
-            },
+        let matched = match self.config.user_match {
+            UserMatch::Username => ("username", UserKey::Username),
+            UserMatch::ExternalId => ("externalId", UserKey::SourceId),
+            UserMatch::Email => ("email", UserKey::Email),
         };
-        let filter = format!("{attribute} eq {}", quote(&value));
-        let find = async { Ok(ids(&self.list_all("/users", &filter, "users").await?, "id")) };
-        self.users
-            .lookup(&self.name, member, (attribute, &value), find)
-            .await
+        let find = |filter: String| async move {
+            Ok(ids(&self.list_all("/users", &filter, "users").await?, "id"))
+        };
+        self.users.lookup(&self.name, member, matched, find).await
     }
 
     /// `POST /users/{uid}/memberOfGroups`; a duplicate membership is success.
@@ -339,10 +311,8 @@ impl GroupApi for PingOneGroupsSink {
                 urlencoding::encode(uid),
                 urlencoding::encode(gid)
             );
-            let r = self.http.send(Method::DELETE, &path, &[], None).await?;
-            if !(r.is_success() || r.status.as_u16() == 404) {
-                return Err(r.into_error().into());
-            }
+            // 404: not a member, which is what a removal wants.
+            outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
         }
         Ok(Outcome::Done)
     }
@@ -359,11 +329,7 @@ impl Sink for PingOneGroupsSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.http
-            .json::<Value>(Method::GET, "/groups", &[("limit", "1")], None)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e))
+        target::probe(&self.name, &self.http, "/groups", &[("limit", "1")]).await
     }
 
     async fn apply(

@@ -17,7 +17,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::SinkError;
-use super::http::{Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod, check_url};
+use super::http::{self, Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod, check_url};
+use super::target;
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 /// A PingOne region, by the top-level domain of its hosts (specs/pingone.md §1).
@@ -152,10 +153,7 @@ impl Connection<'_> {
 
     /// An HTTP client for this environment, authenticated with OAuth2 client credentials.
     pub fn http_client(&self, sink: &str, settings: HttpSettings) -> Result<HttpClient, SinkError> {
-        let secret = self.client_secret().map_err(|source| SinkError::Secret {
-            sink: sink.to_string(),
-            source,
-        })?;
+        let secret = self.client_secret().map_err(target::secret_error(sink))?;
         let oauth = OAuthClient::new(
             self.token_url(),
             self.client_id.to_string(),
@@ -163,12 +161,14 @@ impl Connection<'_> {
             self.token_auth,
             None,
         );
-        HttpClient::new(&self.environment_url(), Auth::OAuth(oauth), settings).map_err(|source| {
-            SinkError::Http {
-                sink: sink.to_string(),
-                source,
-            }
-        })
+        HttpClient::new(
+            sink,
+            &self.environment_url(),
+            Auth::OAuth(oauth),
+            settings,
+            error_body,
+        )
+        .map_err(target::http_error(sink))
     }
 }
 
@@ -216,9 +216,27 @@ macro_rules! connection_fields {
 }
 pub(crate) use connection_fields;
 
-/// A SCIM-style filter string literal (JSON string syntax), as PingOne's `filter` expects.
-pub(crate) fn quote(value: &str) -> String {
-    serde_json::Value::String(value.to_string()).to_string()
+/// A PingOne error body: `code=… message`, then up to five `[code target: message]` details.
+fn error_body(body: &[u8]) -> Option<String> {
+    http::json_error(body, &["code"], &["message"], |value| {
+        let details = value.get("details").and_then(|d| d.as_array());
+        fn field<'v>(d: &'v serde_json::Value, key: &str) -> &'v str {
+            d.get(key).and_then(|v| v.as_str()).unwrap_or("")
+        }
+        details
+            .into_iter()
+            .flatten()
+            .take(5)
+            .map(|d| {
+                format!(
+                    "[{} {}: {}]",
+                    field(d, "code"),
+                    field(d, "target"),
+                    field(d, "message")
+                )
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -236,6 +254,16 @@ mod tests {
             client_secret_file: None,
             token_auth: TokenAuthMethod::Basic,
         }
+    }
+
+    #[test]
+    fn error_bodies_read_code_message_and_details() {
+        let ping = br#"{"id":"x","code":"INVALID_DATA","message":"bad","details":[{"code":"UNIQUENESS_VIOLATION","target":"name","message":"taken"}]}"#;
+        assert_eq!(
+            error_body(ping).as_deref(),
+            Some("code=INVALID_DATA bad [UNIQUENESS_VIOLATION name: taken]")
+        );
+        assert_eq!(error_body(br#"{"id":"x"}"#), None);
     }
 
     #[test]

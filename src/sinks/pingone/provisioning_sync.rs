@@ -29,6 +29,7 @@ use crate::ledger::{Ledger, LedgerGroup};
 use crate::model::{GroupSpec, OpKind, Operation, Plan};
 use crate::plan::apply_to_ledger;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
+use crate::sinks::target;
 use crate::sinks::{Recorder, Sink, SinkError};
 
 /// The vendor content type of the group import (specs/pingone.md §3.1).
@@ -387,11 +388,6 @@ impl ProvisioningSyncSink {
         })
     }
 
-    pub fn with_http(mut self, http: impl FnOnce(HttpClient) -> HttpClient) -> Self {
-        self.http = http(self.http);
-        self
-    }
-
     fn path(&self) -> String {
         format!(
             "/propagation/provisioningSyncs/{}",
@@ -464,10 +460,7 @@ impl Sink for ProvisioningSyncSink {
         self.http
             .authenticate()
             .await
-            .map_err(|source| SinkError::Http {
-                sink: self.name.clone(),
-                source,
-            })
+            .map_err(target::http_error(&self.name))
     }
 
     async fn apply(
