@@ -134,11 +134,7 @@ impl Daemon {
         }
         let prepared = Prepared::load(path).map_err(DaemonError::Config)?;
         let state = StateFile::open(&prepared.config.state.path).await?;
-        let mut health = Health::new(
-            &prepared.config,
-            prepared.sink_names(),
-            &prepared.schedule,
-        );
+        let mut health = Health::new(&prepared.config, prepared.sink_names(), &prepared.schedule);
         for run in state.recent_runs(50).await?.iter().rev() {
             health.seed(run);
         }
@@ -395,11 +391,7 @@ impl Daemon {
             );
         }
         let reschedule = self.schedule.jobs_differ(&prepared.schedule);
-        lock(&self.health).reconfigure(
-            &prepared.config,
-            prepared.sink_names(),
-            &prepared.schedule,
-        );
+        lock(&self.health).reconfigure(&prepared.config, prepared.sink_names(), &prepared.schedule);
         self.config = Arc::new(prepared.config);
         self.sinks = Arc::new(prepared.sinks);
         self.schedule = prepared.schedule;

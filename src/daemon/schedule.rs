@@ -90,7 +90,10 @@ impl Schedule {
         let expressions = |s: &Schedule| {
             (
                 s.config.cron.expression.clone(),
-                s.config.full_sync_cron.as_ref().map(|f| f.expression.clone()),
+                s.config
+                    .full_sync_cron
+                    .as_ref()
+                    .map(|f| f.expression.clone()),
             )
         };
         expressions(self) != expressions(other) || self.tz != other.tz

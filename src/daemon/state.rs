@@ -132,3 +132,36 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The loop's pattern: a slow SQLite call awaited in a `select!` next to the watchdog interval.
+    #[tokio::test]
+    async fn a_slow_sqlite_call_does_not_stall_the_pings() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::open(&dir.path().join("state.db")).await.unwrap();
+        let slow = state.with(|store| {
+            std::thread::sleep(Duration::from_millis(400));
+            store.recent_runs(1)
+        });
+        tokio::pin!(slow);
+        let mut ping = tokio::time::interval(Duration::from_millis(20));
+        let mut pings = 0;
+        let runs = loop {
+            tokio::select! {
+                runs = &mut slow => break runs,
+                _ = ping.tick() => pings += 1,
+            }
+        };
+        assert!(runs.unwrap().is_empty());
+        assert!(
+            pings >= 10,
+            "only {pings} pings during a 400 ms SQLite call"
+        );
+        state.mark_interrupted().await.unwrap();
+    }
+}
