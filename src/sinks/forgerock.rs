@@ -229,7 +229,7 @@ impl ForgeRockSink {
         let credential = config.credential().map_err(target::secret_error(&name))?;
         let auth = match (&config.token_url, &config.client_id) {
             (Some(token_url), Some(client_id)) if config.access_token_file.is_none() => {
-                Auth::OAuth(OAuthClient::new(
+                Auth::ClientCredentials(OAuthClient::new(
                     token_url.clone(),
                     client_id.clone(),
                     credential,

@@ -53,7 +53,7 @@ pub enum Auth {
     /// `Authorization: <scheme> <key>` (Connect uses `Key`).
     Scheme { scheme: &'static str, key: Secret },
     /// OAuth2 client credentials with a cached token.
-    OAuth(OAuthClient),
+    ClientCredentials(OAuthClient),
 }
 
 /// How the client authenticates to the token endpoint.
@@ -253,8 +253,6 @@ fn oauth_error(body: &[u8]) -> Option<String> {
     json_error(body, &[], &["error"], |_| Vec::new())
 }
 
-/// Called after every request with (duration, status or 0 for a transport error).
-
 /// One target's HTTP client: base URL, auth, retries, rate limit, the sink's reader of error
 /// bodies and the request-duration metric.
 pub struct HttpClient {
@@ -412,7 +410,7 @@ impl HttpClient {
                     self.observe(started.elapsed());
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
-                        && matches!(self.auth, Auth::OAuth(_))
+                        && matches!(self.auth, Auth::ClientCredentials(_))
                     {
                         refreshed = true;
                         self.authorization(true).await?;
@@ -484,7 +482,7 @@ impl HttpClient {
         let value = match &self.auth {
             Auth::Bearer(token) => format!("Bearer {}", token.expose()),
             Auth::Scheme { scheme, key } => format!("{scheme} {}", key.expose()),
-            Auth::OAuth(oauth) => {
+            Auth::ClientCredentials(oauth) => {
                 let mut cached = oauth.cached.lock().await;
                 let fresh = cached
                     .as_ref()

@@ -164,7 +164,7 @@ impl Connection<'_> {
         HttpClient::new(
             sink,
             &self.environment_url(),
-            Auth::OAuth(oauth),
+            Auth::ClientCredentials(oauth),
             settings,
             error_body,
         )
