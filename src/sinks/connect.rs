@@ -1,6 +1,6 @@
 //! The Posit Connect sink: LDAP ("remote") groups through remote search + temp ticket, or local groups with managed members.
 //!
-//! Follows specs/connect.md and seeds/connect-create-group-from-ldap.txt. The API lives under
+//! Follows the Posit Connect API reference (see docs/connect.md). The API lives under
 //! `<base_url>/__api__` and authenticates with `Authorization: Key <api key>`.
 //!
 //! * `group_mode = "auto"` reads `GET /__api__/server_settings`: `external_group_search` means the

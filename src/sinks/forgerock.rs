@@ -1,6 +1,6 @@
 //! The ForgeRock Identity Cloud / PingIDM sink: managed groups and their member relationships over CREST.
 //!
-//! Follows specs/scim-and-forgerock.md part B and seeds/forgerock-manage-groups.txt:
+//! Follows ForgeRock Identity Cloud's "Manage groups" REST documentation (see docs/forgerock.md):
 //! `/openidm/managed/<realm>_group` (an empty realm gives self-managed IDM's `managed/group`),
 //! `Accept-API-Version: resource=1.0` on every request, OAuth2 client credentials (cached token,
 //! refreshed on a 401 by the shared HTTP layer) or a bearer token from a file.

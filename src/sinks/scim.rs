@@ -1,6 +1,6 @@
 //! The SCIM 2.0 sink (StrongDM's generic SCIM endpoint first): groups via /Groups, members via PATCH or PUT.
 //!
-//! Follows RFC 7644 and StrongDM's documented behaviour (specs/scim-and-forgerock.md §A.11):
+//! Follows RFC 7644 and StrongDM's documented behaviour (StrongDM's SCIM documentation, "Create group"):
 //! membership changes are PATCH add/remove in chunks, or GET+PUT of the whole member list when
 //! `/ServiceProviderConfig` does not announce PATCH; a 409 `uniqueness` on create means "find it
 //! by `displayName eq` and adopt it"; 404 on delete means done; users are found by a filter on

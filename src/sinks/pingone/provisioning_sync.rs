@@ -32,7 +32,7 @@ use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::target;
 use crate::sinks::{Recorder, Sink, SinkError};
 
-/// The vendor content type of the group import (specs/pingone.md §3.1).
+/// The vendor content type of the group import (docs/pingone.md).
 pub const IMPORT_CONTENT_TYPE: &str =
     "application/vnd.pingidentity.propagation.provisioningsync.groupimport+json";
 
