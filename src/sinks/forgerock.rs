@@ -23,16 +23,15 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::SinkError;
 use super::http::{
     self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    self, Created, GroupApi, Membership, OpError, Outcome, UserCache, UserKey, ids, outcome,
+    Created, GroupApi, GroupSink, Membership, OpError, Outcome, UserCache, UserKey, ids, outcome,
 };
 use super::target::{self, Page, quote};
-use super::{Recorder, Sink, SinkError};
-use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::model::{GroupSpec, MemberRef, OpKind};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const PAGE_SIZE: &str = "500";
@@ -501,31 +500,16 @@ impl GroupApi for ForgeRockSink {
 }
 
 #[async_trait]
-impl Sink for ForgeRockSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl GroupSink for ForgeRockSink {
+    const TYPE_NAME: &'static str = "forgerock";
 
-    fn type_name(&self) -> &'static str {
-        "forgerock"
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
+    async fn probe(&self) -> Result<(), SinkError> {
         let query = [
             ("_queryFilter", "true"),
             ("_pageSize", "1"),
             ("_fields", "_id"),
         ];
         target::probe(&self.name, &self.http, &self.group_path, &query).await
-    }
-
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        lifecycle::apply(self, plan, recorder).await
     }
 }
 

@@ -26,8 +26,44 @@ use tokio::sync::Mutex;
 
 use super::http::{HttpError, Response};
 use super::target::quote;
-use super::{Recorder, SinkError};
+use super::{Recorder, Sink, SinkError};
+use crate::ledger::Ledger;
 use crate::model::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+
+/// A sink whose target is "groups with members" driven by [`apply`]: its [`Sink`] impl comes
+/// from here, so such a sink writes only its primitives, its type name and its probe.
+#[async_trait]
+pub trait GroupSink: GroupApi {
+    /// The `type` of its `[[sinks]]` table.
+    const TYPE_NAME: &'static str;
+
+    /// Authenticates and makes one harmless read (`check --connect`).
+    async fn probe(&self) -> Result<(), SinkError>;
+}
+
+#[async_trait]
+impl<A: GroupSink> Sink for A {
+    fn name(&self) -> &str {
+        self.sink_name()
+    }
+
+    fn type_name(&self) -> &'static str {
+        A::TYPE_NAME
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        self.probe().await
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        _ledger: &Ledger,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        apply(self, plan, recorder).await
+    }
+}
 
 /// Member changes written to the ledger together, to keep writes few on large groups.
 const RECORD_BATCH: usize = 100;

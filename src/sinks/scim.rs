@@ -14,14 +14,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    self, Created, GroupApi, OpError, Outcome, UserCache, UserKey, ids, outcome,
+    Created, GroupApi, GroupSink, OpError, Outcome, UserCache, UserKey, ids, outcome,
 };
 use super::target::{self, quote};
-use super::{Recorder, Sink, SinkError};
-use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, Plan};
+use crate::model::{GroupSpec, MemberRef};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -391,26 +390,11 @@ fn error_body(body: &[u8]) -> Option<String> {
 }
 
 #[async_trait]
-impl Sink for ScimSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl GroupSink for ScimSink {
+    const TYPE_NAME: &'static str = "scim";
 
-    fn type_name(&self) -> &'static str {
-        "scim"
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
+    async fn probe(&self) -> Result<(), SinkError> {
         target::probe(&self.name, &self.http, "/Groups", &[("count", "1")]).await
-    }
-
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        lifecycle::apply(self, plan, recorder).await
     }
 }
 

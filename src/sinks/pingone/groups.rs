@@ -15,14 +15,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::connection_fields;
-use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, Plan};
+use crate::model::{GroupSpec, MemberRef};
+use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
-    self, Created, GroupApi, OpError, Outcome, UserCache, UserKey, ids, outcome,
+    Created, GroupApi, GroupSink, OpError, Outcome, UserCache, UserKey, ids, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
-use crate::sinks::{Recorder, Sink, SinkError};
 
 /// How an LDAP user is found among PingOne users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -308,26 +307,11 @@ impl GroupApi for PingOneGroupsSink {
 }
 
 #[async_trait]
-impl Sink for PingOneGroupsSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl GroupSink for PingOneGroupsSink {
+    const TYPE_NAME: &'static str = "pingone_groups";
 
-    fn type_name(&self) -> &'static str {
-        "pingone_groups"
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
+    async fn probe(&self) -> Result<(), SinkError> {
         target::probe(&self.name, &self.http, "/groups", &[("limit", "1")]).await
-    }
-
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        lifecycle::apply(self, plan, recorder).await
     }
 }
 
