@@ -52,14 +52,25 @@ pub enum SecretError {
     Missing { key: String },
 }
 
-/// `[key]` when the secret is written inline in the file (not `env:NAME`), else nothing: what
-/// the permission warning lists.
-pub fn inline(key: &'static str, secret: Option<&Secret>) -> Vec<&'static str> {
-    secret
-        .filter(|secret| !secret.expose().starts_with("env:"))
-        .map(|_| key)
-        .into_iter()
-        .collect()
+/// One secret of a configuration: its key, and where its value is (inline or a `*_file`).
+#[derive(Debug, Clone, Copy)]
+pub struct SecretField<'a> {
+    pub key: &'static str,
+    pub inline: Option<&'a Secret>,
+    pub file: Option<&'a Path>,
+}
+
+impl SecretField<'_> {
+    /// The value (the file read, `env:NAME` looked up); the secret must be given.
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
+        resolve_secret(self.key, self.inline.map(Secret::expose), self.file)
+    }
+
+    /// Written in the configuration file itself (not `env:NAME`, not a file).
+    pub fn is_inline(&self) -> bool {
+        self.inline
+            .is_some_and(|secret| !secret.expose().starts_with("env:"))
+    }
 }
 
 /// Resolves a secret given inline (`value`, possibly `env:NAME`) or as `*_file`.

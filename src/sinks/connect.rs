@@ -86,6 +86,13 @@ impl ConnectConfig {
 }
 
 impl crate::sinks::SinkType for ConnectConfig {
+    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+        vec![crate::secret::SecretField {
+            key: "api_key",
+            inline: self.api_key.as_ref(),
+            file: self.api_key_file.as_deref(),
+        }]
+    }
     fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if self.api_key.is_none() && self.api_key_file.is_none() {
@@ -95,12 +102,6 @@ impl crate::sinks::SinkType for ConnectConfig {
             ));
         }
         Ok(())
-    }
-    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
-        self.api_key().map(|key| vec![key])
-    }
-    fn inline_secrets(&self) -> Vec<&'static str> {
-        crate::secret::inline("api_key", self.api_key.as_ref())
     }
     fn build(
         &self,

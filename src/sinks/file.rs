@@ -21,17 +21,14 @@ pub struct FileConfig {
 }
 
 impl crate::sinks::SinkType for FileConfig {
+    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+        Vec::new()
+    }
     fn validate(&self) -> Result<(), crate::config::Invalid> {
         if self.path.trim().is_empty() {
             return Err(("path", "must be a file path or \"-\" for stdout".into()));
         }
         Ok(())
-    }
-    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
-        Ok(Vec::new())
-    }
-    fn inline_secrets(&self) -> Vec<&'static str> {
-        Vec::new()
     }
     fn build(
         &self,

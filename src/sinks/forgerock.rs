@@ -102,6 +102,20 @@ impl ForgeRockConfig {
 }
 
 impl crate::sinks::SinkType for ForgeRockConfig {
+    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+        vec![match &self.access_token_file {
+            Some(file) => crate::secret::SecretField {
+                key: "access_token_file",
+                inline: None,
+                file: Some(file),
+            },
+            None => crate::secret::SecretField {
+                key: "client_secret",
+                inline: self.client_secret.as_ref(),
+                file: self.client_secret_file.as_deref(),
+            },
+        }]
+    }
     fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if let Some(url) = &self.token_url {
@@ -147,12 +161,6 @@ impl crate::sinks::SinkType for ForgeRockConfig {
             }
             _ => Ok(()),
         }
-    }
-    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
-        self.credential().map(|secret| vec![secret])
-    }
-    fn inline_secrets(&self) -> Vec<&'static str> {
-        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,

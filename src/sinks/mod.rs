@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Invalid, SinkConfig, SinkOptions};
 use crate::ledger::{Ledger, LedgerWriteError, LedgerWriter};
 use crate::model::{GroupSpec, MemberRef, OpKind, Plan, Summary};
-use crate::secret::{Secret, SecretError};
+use crate::secret::{SecretError, SecretField};
 
 /// The registration of one sink type, implemented by the type's config struct: everything the
 /// rest of the program needs to know about a type, so adding a sink is one module plus one
@@ -32,10 +32,9 @@ use crate::secret::{Secret, SecretError};
 pub(crate) trait SinkType {
     /// Checks values serde cannot; returns the offending key and why.
     fn validate(&self) -> Result<(), Invalid>;
-    /// The secrets this configuration uses, resolved (files read, `env:` looked up).
-    fn secrets(&self) -> Result<Vec<Secret>, SecretError>;
-    /// The keys whose secret is written inline in the configuration file.
-    fn inline_secrets(&self) -> Vec<&'static str>;
+    /// The secrets this configuration uses (resolved by `check`, listed by the permission
+    /// warning when written inline).
+    fn secret_fields(&self) -> Vec<SecretField<'_>>;
     /// Builds the sink.
     fn build(&self, name: String, http: http::HttpSettings) -> Result<Box<dyn Sink>, SinkError>;
 }
@@ -68,10 +67,18 @@ macro_rules! sink_types {
                 self.registered().validate()
             }
             fn resolve_secrets(&self) -> Result<(), SecretError> {
-                self.registered().secrets().map(|_| ())
+                self.registered()
+                    .secret_fields()
+                    .iter()
+                    .try_for_each(|field| field.resolve().map(|_| ()))
             }
             fn inline_secrets(&self) -> Vec<&'static str> {
-                self.registered().inline_secrets()
+                self.registered()
+                    .secret_fields()
+                    .iter()
+                    .filter(|field| field.is_inline())
+                    .map(|field| field.key)
+                    .collect()
             }
         }
     };
@@ -218,6 +225,9 @@ impl<'a> Recorder<'a> {
     }
 
     fn count(&mut self, kind: OpKind, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.report.applied.add(kind, n);
         if let Some(observer) = self.observer {
             observer(kind, true, n);
@@ -281,13 +291,19 @@ impl<'a> Recorder<'a> {
         group: &GroupSpec,
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
-        if members.is_empty() {
-            return Ok(());
-        }
-        self.ledger
-            .record_members_added(&group.source_id, members)
-            .map_err(|e| self.store_error(e))?;
+        self.record_members(OpKind::MemberAdd, group, members)?;
         self.count(OpKind::MemberAdd, members.len() as u64);
+        Ok(())
+    }
+
+    /// Records members removed from a group.
+    pub fn members_removed(
+        &mut self,
+        group: &GroupSpec,
+        members: &[MemberRef],
+    ) -> Result<(), SinkError> {
+        self.record_members(OpKind::MemberRemove, group, members)?;
+        self.count(OpKind::MemberRemove, members.len() as u64);
         Ok(())
     }
 
@@ -299,40 +315,29 @@ impl<'a> Recorder<'a> {
         group: &GroupSpec,
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
-        if members.is_empty() {
-            return Ok(());
-        }
-        match kind {
-            OpKind::MemberRemove => {
-                let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
-                self.ledger
-                    .record_members_removed(&group.source_id, &ids)
-                    .map_err(|e| self.store_error(e))?;
-            }
-            _ => self
-                .ledger
-                .record_members_added(&group.source_id, members)
-                .map_err(|e| self.store_error(e))?,
-        }
+        self.record_members(kind, group, members)?;
         self.report.skipped += members.len() as u64;
         Ok(())
     }
 
-    /// Records members removed from a group.
-    pub fn members_removed(
+    /// Writes a member change (`MemberRemove`: gone; otherwise present) to the ledger.
+    fn record_members(
         &mut self,
+        kind: OpKind,
         group: &GroupSpec,
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
         if members.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
-        self.ledger
-            .record_members_removed(&group.source_id, &ids)
-            .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::MemberRemove, members.len() as u64);
-        Ok(())
+        let written = match kind {
+            OpKind::MemberRemove => {
+                let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
+                self.ledger.record_members_removed(&group.source_id, &ids)
+            }
+            _ => self.ledger.record_members_added(&group.source_id, members),
+        };
+        written.map_err(|e| self.store_error(e))
     }
 
     /// Records a failed operation; the run goes on with the next one.

@@ -70,6 +70,13 @@ impl ScimConfig {
 }
 
 impl crate::sinks::SinkType for ScimConfig {
+    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+        vec![crate::secret::SecretField {
+            key: "token",
+            inline: self.token.as_ref(),
+            file: self.token_file.as_deref(),
+        }]
+    }
     fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if self.token.is_none() && self.token_file.is_none() {
@@ -82,12 +89,6 @@ impl crate::sinks::SinkType for ScimConfig {
             return Err(("member_chunk_size", "must be between 1 and 1000".into()));
         }
         Ok(())
-    }
-    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
-        self.token().map(|token| vec![token])
-    }
-    fn inline_secrets(&self) -> Vec<&'static str> {
-        crate::secret::inline("token", self.token.as_ref())
     }
     fn build(
         &self,

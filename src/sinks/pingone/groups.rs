@@ -57,6 +57,9 @@ fn default_page_size() -> u32 {
 }
 
 impl crate::sinks::SinkType for PingOneGroupsConfig {
+    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+        vec![self.connection().secret_field()]
+    }
     fn validate(&self) -> Result<(), crate::config::Invalid> {
         self.connection().validate()?;
         if let Some(population) = &self.population_id
@@ -68,12 +71,6 @@ impl crate::sinks::SinkType for PingOneGroupsConfig {
             return Err(("page_size", "must be between 1 and 1000".into()));
         }
         Ok(())
-    }
-    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
-        self.client_secret().map(|secret| vec![secret])
-    }
-    fn inline_secrets(&self) -> Vec<&'static str> {
-        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,

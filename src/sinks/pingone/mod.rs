@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::SinkError;
 use super::http::{self, Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMethod, check_url};
 use super::target;
-use crate::secret::{Secret, SecretError, resolve_secret};
+use crate::secret::{Secret, SecretError};
 
 /// A PingOne region, by the top-level domain of its hosts (docs/pingone.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -72,12 +72,12 @@ pub struct Connection<'a> {
     pub auth_url: Option<&'a str>,
     pub environment_id: &'a str,
     pub client_id: &'a str,
-    pub client_secret: Option<&'a str>,
+    pub client_secret: Option<&'a Secret>,
     pub client_secret_file: Option<&'a Path>,
     pub token_auth: TokenAuthMethod,
 }
 
-impl Connection<'_> {
+impl<'a> Connection<'a> {
     /// Checks the shared keys; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         match (self.api_url, self.auth_url) {
@@ -127,7 +127,16 @@ impl Connection<'_> {
     }
 
     pub fn client_secret(&self) -> Result<Secret, SecretError> {
-        resolve_secret("client_secret", self.client_secret, self.client_secret_file)
+        self.secret_field().resolve()
+    }
+
+    /// Where the client secret is.
+    pub fn secret_field(&self) -> crate::secret::SecretField<'a> {
+        crate::secret::SecretField {
+            key: "client_secret",
+            inline: self.client_secret,
+            file: self.client_secret_file,
+        }
     }
 
     /// The management API base URL, without a trailing slash (`…/v1`).
@@ -202,14 +211,10 @@ macro_rules! connection_fields {
                     auth_url: self.auth_url.as_deref(),
                     environment_id: &self.environment_id,
                     client_id: &self.client_id,
-                    client_secret: self.client_secret.as_ref().map($crate::secret::Secret::expose),
+                    client_secret: self.client_secret.as_ref(),
                     client_secret_file: self.client_secret_file.as_deref(),
                     token_auth: self.token_auth,
                 }
-            }
-
-            pub fn client_secret(&self) -> Result<$crate::secret::Secret, $crate::secret::SecretError> {
-                self.connection().client_secret()
             }
         }
     };
@@ -250,7 +255,7 @@ mod tests {
             auth_url: None,
             environment_id: "env-1",
             client_id: "client",
-            client_secret: Some("s"),
+            client_secret: Some(Box::leak(Box::new(Secret::new("s")))),
             client_secret_file: None,
             token_auth: TokenAuthMethod::Basic,
         }

@@ -89,6 +89,9 @@ fn default_max_batch_bytes() -> usize {
 }
 
 impl crate::sinks::SinkType for ProvisioningSyncConfig {
+    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+        vec![self.connection().secret_field()]
+    }
     fn validate(&self) -> Result<(), crate::config::Invalid> {
         self.connection().validate()?;
         let id = self.provisioning_sync_id.trim();
@@ -113,12 +116,6 @@ impl crate::sinks::SinkType for ProvisioningSyncConfig {
             }
         }
         Ok(())
-    }
-    fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
-        self.client_secret().map(|secret| vec![secret])
-    }
-    fn inline_secrets(&self) -> Vec<&'static str> {
-        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,
