@@ -88,10 +88,12 @@ sink_types! {
 
 /// Builds the sink described by a `[[sinks]]` entry.
 pub(crate) fn build(config: &SinkConfig<SinkSettings>) -> Result<Box<dyn Sink>, SinkError> {
-    config
-        .settings
-        .registered()
-        .build(config.name.clone(), http_settings(config))
+    let registered = config.settings.registered();
+    let mut http = http_settings(config);
+    // Every configured secret is scrubbed from what the target answers; a secret that cannot be
+    // resolved fails in `build` itself, naming its key.
+    http.secrets = registered.secrets().unwrap_or_default();
+    registered.build(config.name.clone(), http)
 }
 
 /// The shared HTTP layer's settings from the keys every `[[sinks]]` table has.
@@ -106,6 +108,10 @@ pub(crate) fn http_settings<S>(config: &SinkConfig<S>) -> http::HttpSettings {
             .map(std::time::Duration::from_secs)
             .unwrap_or(defaults.timeout),
         max_retries: config.max_retries.unwrap_or(defaults.max_retries),
+        max_retry_after: config
+            .max_retry_after_secs
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(defaults.max_retry_after),
         ..defaults
     }
 }

@@ -303,7 +303,8 @@ class RequestFaults(Faults):
     POST /__admin/faults body (all keys optional; a POST replaces the previous settings):
       {"rate_limit_next": 3, "retry_after": 1,   # 429 + Retry-After (null: no header)
        "fail_next": 2, "fail_status": 500,       # N failures with that status
-       "fail_body": "json"|"text"|"empty",       # json = the target's error body; text/empty = proxy-like
+       "fail_body": "json"|"text"|"empty"|"echo", # json = the target's error body; text/empty = proxy-like;
+                                                 # echo = a JSON body echoing the request's headers (a leaky target)
        "path_prefix": "/__api__/v1/groups",      # only requests whose path starts with this
        "method": "PUT"}                          # only this method
     Non-matching requests do not consume the counters.  Rate limiting is checked first.
@@ -324,9 +325,10 @@ class RequestFaults(Faults):
         prefix, only = self.spec["path_prefix"], self.spec["method"]
         return not (prefix and not path.startswith(prefix)) and not (only and only.upper() != method)
 
-    def check(self, method, path, rate_limited, failed):
+    def check(self, method, path, rate_limited, failed, headers=None):
         """The injected answer for this request, or None.  ``rate_limited()`` builds the 429
-        (Retry-After is added here), ``failed(status)`` a JSON failure."""
+        (Retry-After is added here), ``failed(status)`` a JSON failure; ``headers`` (the
+        request's) are what an ``echo`` failure repeats."""
         if not self.applies(method, path):
             return None
         if self.take("rate_limit_next"):
@@ -339,6 +341,15 @@ class RequestFaults(Faults):
             if kind == "text":
                 return Response(status, raw="<html><body>upstream error</body></html>",
                                 content_type="text/html")
+            if kind == "echo":
+                echoed = {k: v for k, v in (headers or {}).items()}
+                auth = echoed.get("Authorization", "")
+                return Response(status, {
+                    "code": 1,
+                    "error": f"rejected credential Authorization: {auth} for {method} {path}",
+                    "message": f"you sent {auth}",
+                    "headers": echoed,
+                })
             if kind == "empty":
                 return Response(status, raw=b"", content_type="text/plain")
             return failed(status)

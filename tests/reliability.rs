@@ -1,0 +1,170 @@
+//! Faults and hostile inputs (docs/reliability.md): a target that echoes credentials, empty
+//! reads, endless Retry-After, interruptions, state files from the future, plaintext, control
+//! characters. A real slapd, the real binary, the emulators of `tests/emulators/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const KEY: &str = "connect-key-123";
+
+/// slapd with two groups + the Connect emulator (password provider: ldapsync creates groups).
+fn connect_world() -> EmulatorWorld {
+    let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
+    let alice = world.slapd.add_user("alice", "alice@example.com");
+    world.slapd.add_group("devs", &[&alice]);
+    world.slapd.add_group("ops", &[&alice]);
+    world
+}
+
+fn connect_sink(world: &EmulatorWorld, extra: &str) -> String {
+    format!(
+        "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\nmax_retries = 1\n{extra}\n",
+        world.emu.base_url()
+    )
+}
+
+/// Every byte of the state file and its WAL.
+fn state_bytes(state: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-journal"] {
+        let path = PathBuf::from(format!("{}{suffix}", state.display()));
+        bytes.extend(std::fs::read(path).unwrap_or_default());
+    }
+    bytes
+}
+
+#[track_caller]
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(
+        !text.contains(KEY),
+        "{what} leaks the API key echoed by the target:\n{text}"
+    );
+}
+
+/// A target answering 401 with a body that echoes the `Authorization` header: the key appears
+/// in no output (text and JSON), no log line, not in `status`, `check --connect`, the state file
+/// or the daemon's `/readyz`; the error itself is still reported.
+#[test]
+fn secrets_echoed_by_a_target_are_scrubbed_everywhere() {
+    let world = connect_world();
+    world.emu.admin_post(
+        "/faults",
+        &json!({"fail_next": 100000, "fail_status": 401, "fail_body": "echo"}),
+    );
+    let config = world.write_config(1000, &connect_sink(&world, ""));
+
+    let text = sync(&config, &[]);
+    assert_eq!(text.code(), 1, "{}", text.describe());
+    assert!(
+        text.stdout_str().contains("401") || text.stderr_str().contains("401"),
+        "the failure is still reported: {}",
+        text.describe()
+    );
+    let json_run = sync(&config, &["--output", "json"]);
+    let dry = sync(&config, &["--dry-run", "--output", "json"]);
+    let check = run_ldapsync(&config, &["check", "--connect"]);
+    assert_ne!(check.code(), 0, "{}", check.describe());
+    let status_text = run_ldapsync(&config, &["status"]);
+    let status_json = run_ldapsync(&config, &["status", "--output", "json"]);
+    for (what, out) in [
+        ("sync", &text),
+        ("sync --output json", &json_run),
+        ("sync --dry-run", &dry),
+        ("check --connect", &check),
+        ("status", &status_text),
+        ("status --output json", &status_json),
+    ] {
+        assert_no_secret(&format!("{what} stdout"), &out.stdout_str());
+        assert_no_secret(&format!("{what} stderr"), &out.stderr_str());
+    }
+    assert!(
+        status_text.stdout_str().contains("401"),
+        "status shows the error: {}",
+        status_text.describe()
+    );
+    assert_no_secret(
+        "the state file",
+        &String::from_utf8_lossy(&state_bytes(&world.state_path())),
+    );
+
+    // The daemon: its log and the unauthenticated /readyz.
+    let port = free_port();
+    let daemon_config = write_file(
+        world.dir.path(),
+        "daemon.toml",
+        format!(
+            "{}\n[schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = true\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    );
+    let log = world.dir.path().join("daemon.log");
+    let mut child = Command::new(ldapsync_bin())
+        .env_remove("LDAPSYNC_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "debug")
+        .arg("--config")
+        .arg(&daemon_config)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(world.dir.path().join("daemon.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the daemon");
+    let ready = wait_for(
+        Duration::from_secs(60),
+        "/readyz naming the failure",
+        || {
+            if !port_open(port) {
+                return None;
+            }
+            let r = http_request("GET", &format!("http://127.0.0.1:{port}/readyz"), &[], None);
+            (r.status == 503 && r.body.contains("401")).then_some(r)
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_no_secret("/readyz", &ready.body);
+    assert_no_secret("the daemon log", &std::fs::read_to_string(&log).unwrap());
+    assert_no_secret(
+        "the state file after the daemon",
+        &String::from_utf8_lossy(&state_bytes(&world.state_path())),
+    );
+}
+
+/// Credentials written into a sink URL are a configuration error naming the key; the URL's
+/// password is not printed.
+#[test]
+fn credentials_in_a_sink_url_are_a_configuration_error() {
+    let world = connect_world();
+    let url = world
+        .emu
+        .base_url()
+        .replace("http://", "http://admin:url-password-77@");
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{url}\"\napi_key = \"{KEY}\"\n"
+        ),
+    );
+    for args in [&["check"][..], &["sync"], &["sync", "--dry-run"]] {
+        let out = run_ldapsync(&config, args);
+        assert_code(&out, 2);
+        assert!(
+            out.stderr_str().contains("base_url"),
+            "names the key: {}",
+            out.describe()
+        );
+        assert!(
+            !out.stderr_str().contains("url-password-77")
+                && !out.stdout_str().contains("url-password-77"),
+            "{}",
+            out.describe()
+        );
+    }
+}
