@@ -54,6 +54,10 @@ pub enum Command {
         /// Lift the group-delete and member-removal thresholds for this run
         #[arg(long)]
         allow_deletes: bool,
+        /// Accept, for this run only, a directory read that returns zero groups or users while
+        /// a sink's ledger still holds groups (otherwise such a read fails the run)
+        #[arg(long)]
+        allow_empty_scope: bool,
     },
     /// Run on the configured schedule with the metrics and health endpoints, until SIGTERM
     Daemon,
@@ -89,11 +93,13 @@ pub async fn run(cli: Cli) -> ExitStatus {
             full,
             output,
             allow_deletes,
+            allow_empty_scope,
         } => {
             let options = RunOptions {
                 dry_run,
                 full,
                 allow_deletes,
+                allow_empty_scope,
             };
             sync(&path, &sinks, &options, output).await
         }

@@ -25,6 +25,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub full: bool,
     pub allow_deletes: bool,
+    /// Accept a read that returned zero groups or users although a ledger holds groups
+    /// (`sync --allow-empty-scope`, one run only).
+    pub allow_empty_scope: bool,
 }
 
 /// How one sink's part of a run ended; one spelling everywhere (report, history, `/readyz`).
@@ -75,6 +78,14 @@ pub enum ReadError {
         base: String,
         previous: u64,
     },
+    #[error(
+        "the {scope} scope ({base}) returned no entries while the ledgers hold {held} group(s); refusing to treat that as deletions, nothing was written. Check the base DN, filter and bind permissions; if the scope really is empty now, run `ldapsync sync --allow-empty-scope` once"
+    )]
+    EmptyScope {
+        scope: &'static str,
+        base: String,
+        held: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -116,6 +127,8 @@ pub struct SinkOutcome {
 pub struct RunReport {
     pub dry_run: bool,
     pub read_error: Option<String>,
+    /// The run accepted an empty scope (`--allow-empty-scope`).
+    pub allow_empty_scope: bool,
     pub warnings: Vec<String>,
     pub users: u64,
     pub groups: u64,
@@ -124,10 +137,11 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn failed_read(dry_run: bool, error: String, started: Instant) -> RunReport {
+    fn failed_read(options: &RunOptions, error: String, started: Instant) -> RunReport {
         RunReport {
-            dry_run,
+            dry_run: options.dry_run,
             read_error: Some(error),
+            allow_empty_scope: options.allow_empty_scope,
             warnings: Vec::new(),
             users: 0,
             groups: 0,
@@ -186,12 +200,12 @@ pub async fn run<S>(
         _ => None,
     };
 
-    let read = read(config, store.as_deref()).await;
+    let read = read(config, store.as_deref(), options.allow_empty_scope).await;
     let (directory, stats) = match read {
         Ok(read) => read,
         Err(error) => {
             tracing::error!(%error, "directory read failed; nothing was written to any sink");
-            let report = RunReport::failed_read(options.dry_run, error.to_string(), started);
+            let report = RunReport::failed_read(options, error.to_string(), started);
             if let (Some(store), Some(id)) = (store.as_deref_mut(), run_id) {
                 store.finish_run(
                     id,
@@ -239,6 +253,7 @@ pub async fn run<S>(
     let report = RunReport {
         dry_run: options.dry_run,
         read_error: None,
+        allow_empty_scope: options.allow_empty_scope,
         warnings: directory.warnings.clone(),
         users: stats.users,
         groups: stats.groups,
@@ -279,11 +294,14 @@ fn thresholds(safety: &SafetyConfig) -> Thresholds {
     }
 }
 
-/// Reads the directory and applies the "scope emptied" rule (an empty scope that held entries
-/// at the last complete read is an incomplete read, not a deletion).
+/// Reads the directory and applies the empty-scope rules: a scope that returns nothing while
+/// it held entries at the last complete read, or while any sink's ledger holds groups (whatever
+/// scope earlier runs read), is an incomplete read, not a deletion — unless the operator
+/// accepts it for this one run (`allow_empty_scope`).
 async fn read<S>(
     config: &Config<S>,
     store: Option<&Store>,
+    allow_empty_scope: bool,
 ) -> Result<(Directory, ReadStats), ReadError> {
     // ldap3's decoders can panic on malformed BER (ldap3 #135): contain that as a failed read.
     let (ldap, users, groups) = (
@@ -303,7 +321,26 @@ async fn read<S>(
     m.ldap_entries_read_total
         .with_label_values(&["group"])
         .inc_by(stats.groups);
-    if let Some(store) = store {
+    if let Some(store) = store
+        && !allow_empty_scope
+    {
+        let held: u64 = store
+            .ledger_counts()?
+            .iter()
+            .map(|c| c.groups + c.pending_creates)
+            .sum();
+        for (scope, now, base) in [
+            ("groups", directory.groups.len(), &config.groups.base_dn),
+            ("users", directory.users.len(), &config.users.base_dn),
+        ] {
+            if now == 0 && held > 0 {
+                return Err(ReadError::EmptyScope {
+                    scope,
+                    base: base.clone(),
+                    held,
+                });
+            }
+        }
         let identity = source_identity(&config.ldap, &config.users, &config.groups);
         for (scope, now, base) in [
             ("users", directory.users.len(), &config.users.base_dn),

@@ -16,6 +16,9 @@ const NAMES_SHOWN: usize = 10;
 /// order, the order the document has always had.
 #[derive(Debug, Serialize)]
 pub struct RunView<'a> {
+    /// Present (true) when the operator accepted an empty scope for this run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty_scope: bool,
     pub dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
@@ -82,6 +85,7 @@ impl<'a> From<&'a SinkOutcome> for SinkView<'a> {
 impl<'a> From<&'a RunReport> for RunView<'a> {
     fn from(report: &'a RunReport) -> Self {
         RunView {
+            allow_empty_scope: report.allow_empty_scope,
             dry_run: report.dry_run,
             error: report.read_error.as_deref(),
             exit_code: report.exit_status().code(),
@@ -131,6 +135,12 @@ pub fn text(report: &RunReport) -> String {
         "{title}: read {} users and {} groups in {:.2}s",
         report.users, report.groups, report.duration_seconds
     );
+    if report.allow_empty_scope {
+        let _ = writeln!(
+            out,
+            "Empty scope accepted for this run (--allow-empty-scope): an empty read may delete every group"
+        );
+    }
     if !report.warnings.is_empty() {
         let _ = writeln!(
             out,

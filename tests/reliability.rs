@@ -168,3 +168,76 @@ fn credentials_in_a_sink_url_are_a_configuration_error() {
         );
     }
 }
+
+/// An LDIF-and-file-sink configuration in `dir` (no server): the example directory, the groups
+/// read under `groups_base`, `safety` open.
+fn offline_config(dir: &Path, groups_base: &str, extra_ldap: &str) -> PathBuf {
+    write_file(
+        dir,
+        "config.toml",
+        format!(
+            "[ldap]\nldif_file = \"{ldif}\"\n{extra_ldap}\n[groups]\nbase_dn = \"{groups_base}\"\n\n\
+             [users]\nbase_dn = \"ou=People,dc=example,dc=com\"\n\n[state]\npath = \"{state}\"\n\n{safety}\n\
+             [[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{out}\"\n",
+            ldif = repo_root().join("examples/directory.ldif").display(),
+            state = dir.join("state.db").display(),
+            safety = permissive_safety_toml(100000),
+            out = dir.join("ops.jsonl").display(),
+        ),
+    )
+}
+
+fn ledger_groups(state: &Path) -> i64 {
+    rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_groups WHERE sink = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A read with zero groups fails the run while a ledger holds groups, whatever scope earlier
+/// runs used (the scope memory cannot be overwritten by a run with another base DN); only
+/// `--allow-empty-scope`, shown in the plan, accepts it for one run.
+#[test]
+fn an_empty_scope_never_deletes_while_a_ledger_holds_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let config = offline_config(dir.path(), "ou=Groups,dc=example,dc=com", "");
+    assert_code(&sync(&config, &[]), 0);
+    let held = ledger_groups(&state);
+    assert!(held > 0);
+
+    // Another base DN (a new scope identity) that reads nothing: refused, nothing written.
+    let config = offline_config(dir.path(), "ou=Elsewhere,dc=example,dc=com", "");
+    for args in [&[][..], &["--dry-run"], &["--output", "json"]] {
+        let out = sync(&config, args);
+        assert_code(&out, 1);
+        assert!(
+            out.describe().contains("--allow-empty-scope"),
+            "the error says what to do: {}",
+            out.describe()
+        );
+    }
+    assert_eq!(ledger_groups(&state), held, "nothing was deleted");
+
+    // The operator accepts the empty scope for one run: shown in the plan, then applied.
+    let dry = sync(
+        &config,
+        &["--dry-run", "--allow-empty-scope", "--output", "json"],
+    );
+    assert_code(&dry, 0);
+    let plan: serde_json::Value = serde_json::from_str(&dry.stdout_str()).unwrap();
+    assert_eq!(plan["allow_empty_scope"], true, "{plan}");
+    assert_eq!(plan["sinks"][0]["summary"]["delete"], held, "{plan}");
+    let text = sync(&config, &["--allow-empty-scope"]);
+    assert_code(&text, 0);
+    assert!(
+        text.stdout_str().contains("--allow-empty-scope"),
+        "{}",
+        text.describe()
+    );
+    assert_eq!(ledger_groups(&state), 0);
+}
