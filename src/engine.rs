@@ -238,8 +238,15 @@ pub async fn run<S>(
             Some(store) => store.load_ledger(sink.name())?,
             None => Ledger::default(),
         };
+        let run_timeout = config
+            .sinks
+            .iter()
+            .find(|s| s.name == sink.name())
+            .and_then(|s| s.run_timeout_secs)
+            .unwrap_or(DEFAULT_RUN_TIMEOUT_SECS);
         let outcome = run_sink(
             sink.as_ref(),
+            run_timeout,
             &directory,
             &ledger,
             store.as_deref_mut(),
@@ -379,8 +386,12 @@ fn source_identity(ldap: &LdapConfig, users: &UsersConfig, groups: &GroupsConfig
     )
 }
 
+/// The default of a sink's `run_timeout_secs`.
+pub const DEFAULT_RUN_TIMEOUT_SECS: u64 = 3600;
+
 async fn run_sink(
     sink: &dyn Sink,
+    run_timeout_secs: u64,
     directory: &Directory,
     ledger: &Ledger,
     store: Option<&mut Store>,
@@ -444,7 +455,19 @@ async fn run_sink(
     let result = if outcome.plan.is_empty() && !options.full {
         Ok(())
     } else {
-        sink.apply(&outcome.plan, ledger, &mut recorder).await
+        // Past the sink's run timeout the apply is dropped between two awaits: every op
+        // recorded so far stays recorded, an unconfirmed create stays an intent (resolved by
+        // lookup on the next run), and the cursor does not move.
+        let limit = std::time::Duration::from_secs(run_timeout_secs);
+        match tokio::time::timeout(limit, sink.apply(&outcome.plan, ledger, &mut recorder)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::sinks::SinkError::Target {
+                sink: sink.name().to_string(),
+                message: format!(
+                    "the sink's run took longer than run_timeout_secs ({run_timeout_secs} s) and was stopped; what was applied is recorded and the next run continues. Check the target's latency and rate limits, or raise run_timeout_secs"
+                ),
+            }),
+        }
     };
     let report = std::mem::take(&mut recorder.report);
     drop(recorder);

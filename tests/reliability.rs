@@ -24,7 +24,7 @@ fn connect_world() -> EmulatorWorld {
 
 fn connect_sink(world: &EmulatorWorld, extra: &str) -> String {
     format!(
-        "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\nmax_retries = 1\n{extra}\n",
+        "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\n{extra}\n",
         world.emu.base_url()
     )
 }
@@ -57,7 +57,7 @@ fn secrets_echoed_by_a_target_are_scrubbed_everywhere() {
         "/faults",
         &json!({"fail_next": 100000, "fail_status": 401, "fail_body": "echo"}),
     );
-    let config = world.write_config(1000, &connect_sink(&world, ""));
+    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 1"));
 
     let text = sync(&config, &[]);
     assert_eq!(text.code(), 1, "{}", text.describe());
@@ -240,4 +240,101 @@ fn an_empty_scope_never_deletes_while_a_ledger_holds_groups() {
         text.describe()
     );
     assert_eq!(ledger_groups(&state), 0);
+}
+
+/// The Connect groups the emulator holds, by name.
+fn connect_group_names(world: &EmulatorWorld) -> Vec<String> {
+    let mut names: Vec<String> = world
+        .groups()
+        .iter()
+        .filter_map(|g| g["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Confirmed ledger rows of the `connect` sink.
+fn confirmed_ledger_groups(state: &Path) -> i64 {
+    rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_groups WHERE sink = 'connect' AND target_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A target answering `429 Retry-After: 86400` fails the request at once (longer than
+/// `max_retry_after_secs`), and a target that keeps the run busy is stopped at
+/// `run_timeout_secs`; the ledger holds exactly what the target accepted and a rerun converges.
+#[test]
+fn runs_end_long_retry_after_and_run_timeout() {
+    let world = connect_world();
+    let creates = json!({"path_prefix": "/__api__/v1/groups", "method": "POST"});
+    let with = |extra: serde_json::Value| {
+        let mut spec = creates.clone();
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    };
+
+    world.emu.admin_post(
+        "/faults",
+        &with(json!({"rate_limit_next": 1000, "retry_after": 86400})),
+    );
+    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 1000"));
+    let started = std::time::Instant::now();
+    let out = sync(&config, &[]);
+    assert_code(&out, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "no 24-hour wait: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.describe().contains("max_retry_after_secs"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        confirmed_ledger_groups(&world.state_path()),
+        connect_group_names(&world).len() as i64
+    );
+
+    // Retry-After 1 on every create, a thousand retries: the sink stops at run_timeout_secs.
+    world.emu.admin_post(
+        "/faults",
+        &with(json!({"rate_limit_next": 100000, "retry_after": 1})),
+    );
+    let config = world.write_config(
+        1000,
+        &connect_sink(&world, "max_retries = 1000\nrun_timeout_secs = 3"),
+    );
+    let started = std::time::Instant::now();
+    let out = sync(&config, &[]);
+    assert_code(&out, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.describe().contains("run_timeout_secs"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        confirmed_ledger_groups(&world.state_path()),
+        connect_group_names(&world).len() as i64
+    );
+
+    // The target recovers: the next run converges, without duplicates.
+    world.emu.admin_post("/faults", &json!({}));
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(connect_group_names(&world), ["devs", "ops"]);
+    assert_eq!(confirmed_ledger_groups(&world.state_path()), 2);
+    let again = sync(&config, &["--dry-run", "--output", "json"]);
+    assert_code(&again, 0);
 }
