@@ -338,3 +338,50 @@ fn runs_end_long_retry_after_and_run_timeout() {
     let again = sync(&config, &["--dry-run", "--output", "json"]);
     assert_code(&again, 0);
 }
+
+/// `sync --dry-run` and `status` refuse what `sync` refuses: a state file from a newer
+/// ldapsync (`user_version` 99) and a garbled page, with a clear error and exit 1.
+#[test]
+fn read_only_commands_check_the_state_file_like_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let config = offline_config(dir.path(), "ou=Groups,dc=example,dc=com", "");
+    assert_code(&sync(&config, &[]), 0);
+    let pristine = std::fs::read(&state).unwrap();
+
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    for args in [
+        &["sync"][..],
+        &["sync", "--dry-run"],
+        &["status"],
+        &["status", "--output", "json"],
+    ] {
+        let out = run_ldapsync(&config, args);
+        assert_code(&out, 1);
+        assert!(
+            out.stderr_str().contains("newer"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+
+    // Garble the second page (a table's b-tree page) of the pristine file.
+    let mut garbled = pristine.clone();
+    assert!(garbled.len() >= 3 * 4096, "{} bytes", garbled.len());
+    for byte in &mut garbled[4096 + 8..4096 + 3000] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&state, &garbled).unwrap();
+    for args in [&["sync", "--dry-run"][..], &["status"], &["sync"]] {
+        let out = run_ldapsync(&config, args);
+        assert_code(&out, 1);
+        assert!(
+            out.stderr_str().contains("damaged") || out.stderr_str().contains("malformed"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+}
