@@ -4,7 +4,11 @@
 //! or failed sink does not stop the others; a sink's cursor moves only when every one of its
 //! operations succeeded (§4.5).
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -28,6 +32,38 @@ pub struct RunOptions {
     /// Accept a read that returned zero groups or users although a ledger holds groups
     /// (`sync --allow-empty-scope`, one run only).
     pub allow_empty_scope: bool,
+    /// Set by a signal handler: the run stops after the request in flight.
+    pub interrupt: Interrupt,
+}
+
+/// A request to stop the run (SIGINT/SIGTERM in a one-shot `sync`): the sinks stop after the
+/// request in flight, the sinks not yet started are skipped, and the run is recorded as
+/// `interrupted`.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    token: CancellationToken,
+    signal: Arc<AtomicI32>,
+}
+
+/// How long a sink may take to reach its next record after an interrupt (a request in flight,
+/// a retry wait) before it is dropped.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+impl Interrupt {
+    /// Asks the run to stop because of `signal` (its number).
+    pub fn trigger(&self, signal: i32) {
+        let _ = self
+            .signal
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// The signal that interrupted the run, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.token
+            .is_cancelled()
+            .then(|| self.signal.load(Ordering::SeqCst))
+    }
 }
 
 /// How one sink's part of a run ended; one spelling everywhere (report, history, `/readyz`).
@@ -39,6 +75,8 @@ pub enum SinkResult {
     Success,
     Held,
     Failed,
+    /// Stopped by a signal after the request in flight.
+    Interrupted,
 }
 
 impl SinkResult {
@@ -48,6 +86,7 @@ impl SinkResult {
             SinkResult::Success => "success",
             SinkResult::Held => "held",
             SinkResult::Failed => "failed",
+            SinkResult::Interrupted => "interrupted",
         }
     }
 
@@ -58,6 +97,7 @@ impl SinkResult {
             "success" => Some(SinkResult::Success),
             "held" => Some(SinkResult::Held),
             "failed" | "failure" => Some(SinkResult::Failed),
+            "interrupted" => Some(SinkResult::Interrupted),
             _ => None,
         }
     }
@@ -96,6 +136,7 @@ pub enum RunResult {
     Success,
     Held,
     Failure,
+    Interrupted,
 }
 
 impl RunResult {
@@ -104,6 +145,7 @@ impl RunResult {
             RunResult::Success => "success",
             RunResult::Held => "held",
             RunResult::Failure => "failure",
+            RunResult::Interrupted => "interrupted",
         }
     }
 }
@@ -129,6 +171,8 @@ pub struct RunReport {
     pub read_error: Option<String>,
     /// The run accepted an empty scope (`--allow-empty-scope`).
     pub allow_empty_scope: bool,
+    /// The signal that stopped the run, if one did.
+    pub interrupted: Option<i32>,
     pub warnings: Vec<String>,
     pub users: u64,
     pub groups: u64,
@@ -142,6 +186,7 @@ impl RunReport {
             dry_run: options.dry_run,
             read_error: Some(error),
             allow_empty_scope: options.allow_empty_scope,
+            interrupted: options.interrupt.signal(),
             warnings: Vec::new(),
             users: 0,
             groups: 0,
@@ -152,6 +197,9 @@ impl RunReport {
 
     /// The exit status of the run (README "Commands and exit codes").
     pub fn exit_status(&self) -> ExitStatus {
+        if let Some(signal) = self.interrupted {
+            return ExitStatus::Interrupted(signal);
+        }
         if self.read_error.is_some() {
             return ExitStatus::Failed;
         }
@@ -174,6 +222,7 @@ impl RunReport {
         match self.exit_status() {
             ExitStatus::Success => RunResult::Success,
             ExitStatus::Held => RunResult::Held,
+            ExitStatus::Interrupted(_) => RunResult::Interrupted,
             _ => RunResult::Failure,
         }
     }
@@ -209,7 +258,7 @@ pub async fn run<S>(
             if let (Some(store), Some(id)) = (store.as_deref_mut(), run_id) {
                 store.finish_run(
                     id,
-                    RunResult::Failure.as_str(),
+                    report.result().as_str(),
                     report.read_error.as_deref(),
                     &[],
                 )?;
@@ -234,6 +283,10 @@ pub async fn run<S>(
 
     let mut outcomes = Vec::with_capacity(sinks.len());
     for sink in sinks {
+        if options.interrupt.signal().is_some() {
+            tracing::warn!(sink = sink.name(), "interrupted: this sink was not started");
+            continue;
+        }
         let ledger = match store.as_deref() {
             Some(store) => store.load_ledger(sink.name())?,
             None => Ledger::default(),
@@ -261,6 +314,7 @@ pub async fn run<S>(
         dry_run: options.dry_run,
         read_error: None,
         allow_empty_scope: options.allow_empty_scope,
+        interrupted: options.interrupt.signal(),
         warnings: directory.warnings.clone(),
         users: stats.users,
         groups: stats.groups,
@@ -450,7 +504,9 @@ async fn run_sink(
             .inc_by(count);
     };
     let mut ledger_writer = store.ledger_writer(sink.name());
-    let mut recorder = Recorder::new(&mut ledger_writer, sink.name()).with_observer(&observer);
+    let mut recorder = Recorder::new(&mut ledger_writer, sink.name())
+        .with_observer(&observer)
+        .with_stop(options.interrupt.token.clone());
     let started = Instant::now();
     let result = if outcome.plan.is_empty() && !options.full {
         Ok(())
@@ -459,7 +515,18 @@ async fn run_sink(
         // recorded so far stays recorded, an unconfirmed create stays an intent (resolved by
         // lookup on the next run), and the cursor does not move.
         let limit = std::time::Duration::from_secs(run_timeout_secs);
-        match tokio::time::timeout(limit, sink.apply(&outcome.plan, ledger, &mut recorder)).await {
+        let stop = options.interrupt.token.clone();
+        let apply = async {
+            tokio::select! {
+                result = sink.apply(&outcome.plan, ledger, &mut recorder) => result,
+                // The sink stops at its next record; one stuck in a request or a retry wait is
+                // dropped after a grace period (its unconfirmed create stays an intent).
+                _ = async { stop.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
+                    Err(crate::sinks::SinkError::Interrupted { sink: sink.name().to_string() })
+                }
+            }
+        };
+        match tokio::time::timeout(limit, apply).await {
             Ok(result) => result,
             Err(_) => Err(crate::sinks::SinkError::Target {
                 sink: sink.name().to_string(),
@@ -476,6 +543,10 @@ async fn run_sink(
         .with_label_values(&[sink.name()])
         .set(report.unmapped as i64);
     match result {
+        Err(e @ crate::sinks::SinkError::Interrupted { .. }) => {
+            outcome.result = SinkResult::Interrupted;
+            outcome.error = Some(e.to_string());
+        }
         Err(e) => {
             outcome.result = SinkResult::Failed;
             outcome.error = Some(e.to_string());

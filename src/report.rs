@@ -135,6 +135,12 @@ pub fn text(report: &RunReport) -> String {
         "{title}: read {} users and {} groups in {:.2}s",
         report.users, report.groups, report.duration_seconds
     );
+    if let Some(signal) = report.interrupted {
+        let _ = writeln!(
+            out,
+            "INTERRUPTED by signal {signal}: stopped after the request in flight; what was applied is recorded and the next run continues"
+        );
+    }
     if report.allow_empty_scope {
         let _ = writeln!(
             out,
@@ -192,6 +198,21 @@ pub fn text(report: &RunReport) -> String {
             );
         }
         match sink.result {
+            SinkResult::Interrupted => {
+                let _ = writeln!(
+                    out,
+                    "  INTERRUPTED: {}",
+                    sink.error.as_deref().unwrap_or("")
+                );
+                if let Some(applied) = &sink.applied {
+                    let a = applied.applied;
+                    let _ = writeln!(
+                        out,
+                        "  applied before the interruption: {} create, {} update, {} delete, {} member_add, {} member_remove",
+                        a.create, a.update, a.delete, a.member_add, a.member_remove
+                    );
+                }
+            }
             SinkResult::Held => {
                 let _ = writeln!(out, "  HELD: {}", sink.error.as_deref().unwrap_or(""));
             }

@@ -229,11 +229,32 @@ impl Store {
                 message: format!("schema migration failed: {e}"),
             })?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store {
+        let mut store = Store {
             conn,
             _lock: lock,
             path: path.to_path_buf(),
-        })
+        };
+        // This process holds the lock: a run still "running" belongs to a process that died.
+        let closed = store.close_unfinished_runs(
+            "interrupted: the process ended during the run (killed, crashed or power lost); found when the state file was next opened",
+        )?;
+        if closed > 0 {
+            tracing::warn!(
+                runs = closed,
+                "the run history showed runs still running from a process that died; marked them interrupted"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Closes every run the history still shows as running as `interrupted`, with `reason`.
+    pub fn close_unfinished_runs(&mut self, reason: &str) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?1, result = 'interrupted', error = ?2 WHERE result IS NULL",
+                params![now(), reason],
+            )
+            .map_err(self.err())
     }
 
     /// Opens an existing state file without writing to it (dry run), holding it exclusively.

@@ -385,3 +385,93 @@ fn read_only_commands_check_the_state_file_like_sync() {
         );
     }
 }
+
+/// Starts `ldapsync --config CONFIG sync` in the background, stdout and stderr to files.
+fn spawn_sync(config: &Path, out: &Path) -> std::process::Child {
+    Command::new(ldapsync_bin())
+        .env_remove("LDAPSYNC_CONFIG")
+        .arg("--config")
+        .arg(config)
+        .arg("sync")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .expect("spawn ldapsync sync")
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    wait_for(timeout, "ldapsync to exit", || child.try_wait().unwrap())
+}
+
+fn run_results(config: &Path) -> Vec<String> {
+    let out = run_ldapsync(config, &["status", "--output", "json"]);
+    assert_code(&out, 0);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or("running").to_string())
+        .collect()
+}
+
+/// A one-shot sync stopped by SIGINT stops after the request in flight, prints what it applied,
+/// records the run as interrupted and exits 130; a run left "running" by a SIGKILLed process
+/// is marked interrupted when the state file is next opened by a writer; the next run converges.
+#[test]
+fn interrupted_runs_are_recorded_and_converge() {
+    let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
+    let alice = world.slapd.add_user("alice", "alice@example.com");
+    let names: Vec<String> = (0..16).map(|i| format!("team-{i:02}")).collect();
+    for name in &names {
+        world.slapd.add_group(name, &[&alice]);
+    }
+    let config = world.write_config(1000, &connect_sink(&world, "rate_limit_per_second = 2"));
+    let logs = world.dir.path().join("run");
+
+    // SIGKILL: nothing can be recorded by the dying process.
+    let mut killed = spawn_sync(&config, &logs);
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    killed.wait().unwrap();
+    assert_eq!(
+        run_results(&config),
+        ["running"],
+        "status reads, never repairs"
+    );
+
+    // SIGINT: the writer first closes the dead run, then stops after the request in flight.
+    let mut child = spawn_sync(&config, &logs);
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let stdout = std::fs::read_to_string(logs.with_extension("out")).unwrap();
+    let stderr = std::fs::read_to_string(logs.with_extension("err")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(stdout.contains("INTERRUPTED"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("applied before the interruption"),
+        "{stdout}"
+    );
+    assert_eq!(run_results(&config), ["interrupted", "interrupted"]);
+    let held = world.groups().len() as i64;
+    assert!(held < names.len() as i64, "stopped early: {held} groups");
+    assert_eq!(confirmed_ledger_groups(&world.state_path()), held);
+
+    // The next run converges, without duplicates.
+    let config = world.write_config(1000, &connect_sink(&world, ""));
+    assert_code(&sync(&config, &[]), 0);
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(connect_group_names(&world), expected);
+    assert_eq!(run_results(&config)[0], "success");
+}

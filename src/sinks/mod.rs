@@ -133,6 +133,10 @@ pub enum SinkError {
         #[source]
         source: SecretError,
     },
+    #[error(
+        "sink \"{sink}\": interrupted by a signal after the request in flight; what was applied is recorded"
+    )]
+    Interrupted { sink: String },
     #[error("sink \"{sink}\": cannot record in the ledger: {source}")]
     Ledger {
         sink: String,
@@ -194,6 +198,9 @@ pub struct Recorder<'a> {
     target_ids: HashMap<String, String>,
     pub report: ApplyReport,
     observer: Option<&'a (dyn Fn(OpKind, bool, u64) + Send + Sync)>,
+    /// Once cancelled (SIGINT/SIGTERM), the next record returns [`SinkError::Interrupted`]:
+    /// the op in flight is recorded, no further request is sent.
+    stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl<'a> Recorder<'a> {
@@ -204,6 +211,24 @@ impl<'a> Recorder<'a> {
             target_ids: HashMap::new(),
             report: ApplyReport::default(),
             observer: None,
+            stop: None,
+        }
+    }
+
+    /// Stops the sink at its next record once `stop` is cancelled.
+    pub fn with_stop(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// `Err` once the run was interrupted: called after each record, so the op that completed
+    /// is in the ledger and nothing more is sent.
+    fn checkpoint(&self) -> Result<(), SinkError> {
+        match &self.stop {
+            Some(stop) if stop.is_cancelled() => Err(SinkError::Interrupted {
+                sink: self.sink.clone(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -240,6 +265,7 @@ impl<'a> Recorder<'a> {
 
     /// Records the intent to create `group` before the create request is sent.
     pub fn intent(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
+        self.checkpoint()?;
         self.ledger
             .record_intent(group)
             .map_err(|e| self.store_error(e))
@@ -253,7 +279,7 @@ impl<'a> Recorder<'a> {
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
         self.count(OpKind::Create, 1);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records an updated group (new name/description/DN).
@@ -262,7 +288,7 @@ impl<'a> Recorder<'a> {
             .record_group(group, target_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Update, 1);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records a deleted group (or one found already gone).
@@ -271,7 +297,7 @@ impl<'a> Recorder<'a> {
             .record_deleted(&group.source_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Delete, 1);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Forgets a group the target no longer has, without counting a delete (it will be recreated).
@@ -294,7 +320,7 @@ impl<'a> Recorder<'a> {
             .record_members_added(&group.source_id, members)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::MemberAdd, members.len() as u64);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records members the target manages itself (no request sent): the ledger takes them as in
@@ -338,7 +364,7 @@ impl<'a> Recorder<'a> {
             .record_members_removed(&group.source_id, &ids)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::MemberRemove, members.len() as u64);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records a failed operation; the run goes on with the next one.
