@@ -475,3 +475,50 @@ fn interrupted_runs_are_recorded_and_converge() {
     assert_eq!(connect_group_names(&world), expected);
     assert_eq!(run_results(&config)[0], "success");
 }
+
+/// Control characters in names never reach the output raw: such groups and users are skipped
+/// with a warning (deterministically), and nothing in the text plan carries ESC, CR or NUL.
+#[test]
+fn control_characters_in_names_are_skipped_and_never_printed_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ldif = std::fs::read_to_string(repo_root().join("examples/directory.ldif")).unwrap();
+    ldif.push_str(
+        "\ndn: cn=evil,ou=Groups,dc=example,dc=com\nobjectClass: groupOfNames\n\
+         cn:: ZXZpbAogICsgY3JlYXRlICAgICBmb3JnZWQbWzMxbQ==\n\
+         member: uid=alice,ou=People,dc=example,dc=com\n\
+         entryUUID: 0e0e0e0e-0000-4000-8000-00000000e1e1\n\
+         \ndn: cn=nul,ou=Groups,dc=example,dc=com\nobjectClass: groupOfNames\n\
+         cn:: bnVsAG5hbWU=\nmember: uid=alice,ou=People,dc=example,dc=com\n\
+         entryUUID: 0e0e0e0e-0000-4000-8000-00000000e1e2\n",
+    );
+    let ldif_path = write_file(dir.path(), "dir.ldif", ldif);
+    let config = offline_config(dir.path(), "ou=Groups,dc=example,dc=com", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &repo_root()
+            .join("examples/directory.ldif")
+            .display()
+            .to_string(),
+        &ldif_path.display().to_string(),
+    );
+    let config = write_file(dir.path(), "config.toml", text);
+    for _ in 0..2 {
+        let out = sync(&config, &["--dry-run"]);
+        assert_code(&out, 0);
+        let stdout = out.stdout_str();
+        assert!(
+            !stdout.contains(['\u{1b}', '\0', '\r']) && !stdout.contains("forged"),
+            "{stdout}"
+        );
+        assert!(
+            out.stderr_str().matches("control characters").count() >= 2,
+            "{}",
+            out.describe()
+        );
+    }
+    assert_code(&sync(&config, &[]), 0);
+    let written = std::fs::read_to_string(dir.path().join("ops.jsonl")).unwrap();
+    assert!(
+        !written.contains("evil") && !written.contains("\\u0000"),
+        "{written}"
+    );
+}
