@@ -156,6 +156,13 @@ mod tests {
             pings >= 10,
             "only {pings} pings during a 400 ms SQLite call"
         );
+        state.with(|store| store.begin_run("sync")).await.unwrap();
         state.mark_interrupted().await.unwrap();
+        let runs = state.recent_runs(1).await.unwrap();
+        assert_eq!(
+            runs[0].result.as_deref(),
+            Some("interrupted"),
+            "an abandoned run is recorded as interrupted"
+        );
     }
 }
