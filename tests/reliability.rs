@@ -522,3 +522,94 @@ fn control_characters_in_names_are_skipped_and_never_printed_raw() {
         "{written}"
     );
 }
+
+/// Confirmed ledger rows of sink `sink`.
+fn confirmed(state: &Path, sink: &str) -> i64 {
+    rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_groups WHERE sink = ?1 AND target_id IS NOT NULL",
+            [sink],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The fault matrix on one emulated target: for each fault a new LDAP group is added and a run
+/// meets the fault (it may fail), then the target recovers and the next run converges: every
+/// group exactly once in the target, and the ledger holds what the target accepted.
+fn fault_matrix(world: &EmulatorWorld, sink: &str, config: &Path, create_path: &str) {
+    let alice = world.slapd.add_user("alice", "alice@example.com");
+    let faults = [
+        json!({"rate_limit_next": 3, "retry_after": 1}),
+        json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
+        json!({"rate_limit_next": 2, "retry_after": null}),
+        json!({"fail_next": 2, "fail_status": 503, "fail_body": "text"}),
+        json!({"fail_next": 2, "fail_status": 502, "fail_body": "empty"}),
+        json!({"fail_next": 3, "fail_status": 500, "fail_body": "text", "method": "GET"}),
+        json!({"rate_limit_next": 1000, "retry_after": 100000}),
+    ];
+    let mut names: Vec<String> = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let name = format!("fault-{i}");
+        world.slapd.add_group(&name, &[&alice]);
+        names.push(name);
+        let mut fault = fault.clone();
+        if fault.get("method").is_none() {
+            fault["path_prefix"] = json!(create_path);
+        }
+        world.emu.admin_post("/faults", &fault);
+        let out = sync(config, &[]);
+        assert!(
+            [0, 1, 4].contains(&out.code()),
+            "{fault}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            confirmed(&world.state_path(), sink),
+            world
+                .groups()
+                .iter()
+                .filter(|g| g["name"].as_str().is_some_and(|n| n.starts_with("fault-")))
+                .count() as i64,
+            "{fault}: the ledger holds what the target accepted"
+        );
+        world.emu.admin_post("/faults", &json!({}));
+        let out = sync(config, &[]);
+        assert_code(&out, 0);
+        for name in &names {
+            assert_eq!(
+                world.groups_named(name).len(),
+                1,
+                "{fault}: {name} exactly once: {:#?}",
+                world.groups()
+            );
+        }
+    }
+    let again = sync(config, &["--dry-run", "--output", "json"]);
+    assert_code(&again, 0);
+    let plan: serde_json::Value = serde_json::from_str(&again.stdout_str()).unwrap();
+    assert_eq!(plan["sinks"][0]["summary"]["create"], 0, "{plan}");
+}
+
+#[test]
+fn connect_converges_through_the_fault_matrix() {
+    let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
+    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 4"));
+    fault_matrix(&world, "connect", &config, "/__api__/v1/groups");
+}
+
+#[test]
+fn forgerock_converges_through_the_fault_matrix() {
+    let world = EmulatorWorld::start("forgerock", &[]);
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"idm\"\ntype = \"forgerock\"\nbase_url = \"{base}\"\nmax_retries = 4\n\
+             token_url = \"{base}/am/oauth2/realms/root/realms/alpha/access_token\"\n\
+             client_id = \"idm-provisioning\"\nclient_secret = \"idm-provisioning-secret\"\ntoken_auth_method = \"post\"\n",
+            base = world.emu.base_url()
+        ),
+    );
+    fault_matrix(&world, "idm", &config, "/openidm/managed");
+}

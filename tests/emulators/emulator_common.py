@@ -302,6 +302,7 @@ class RequestFaults(Faults):
 
     POST /__admin/faults body (all keys optional; a POST replaces the previous settings):
       {"rate_limit_next": 3, "retry_after": 1,   # 429 + Retry-After (null: no header)
+       "retry_after_format": "seconds"|"http-date",
        "fail_next": 2, "fail_status": 500,       # N failures with that status
        "fail_body": "json"|"text"|"empty"|"echo", # json = the target's error body; text/empty = proxy-like;
                                                  # echo = a JSON body echoing the request's headers (a leaky target)
@@ -314,6 +315,7 @@ class RequestFaults(Faults):
         super().set({
             "rate_limit_next": int(spec.get("rate_limit_next", 0) or 0),
             "retry_after": spec.get("retry_after", 1),
+            "retry_after_format": spec.get("retry_after_format", "seconds"),
             "fail_next": int(spec.get("fail_next", 0) or 0),
             "fail_status": int(spec.get("fail_status", 500) or 500),
             "fail_body": spec.get("fail_body", "json"),
@@ -334,7 +336,13 @@ class RequestFaults(Faults):
         if self.take("rate_limit_next"):
             resp = rate_limited()
             if self.spec["retry_after"] is not None:
-                resp.headers["Retry-After"] = str(self.spec["retry_after"])
+                seconds = self.spec["retry_after"]
+                if self.spec["retry_after_format"] == "http-date":
+                    from email.utils import formatdate
+                    import time
+                    resp.headers["Retry-After"] = formatdate(time.time() + float(seconds), usegmt=True)
+                else:
+                    resp.headers["Retry-After"] = str(seconds)
             return resp
         if self.take("fail_next"):
             status, kind = self.spec["fail_status"], self.spec["fail_body"]
