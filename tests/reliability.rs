@@ -539,7 +539,6 @@ fn confirmed(state: &Path, sink: &str) -> i64 {
 /// meets the fault (it may fail), then the target recovers and the next run converges: every
 /// group exactly once in the target, and the ledger holds what the target accepted.
 fn fault_matrix(world: &EmulatorWorld, sink: &str, config: &Path, create_path: &str) {
-    let alice = world.slapd.add_user("alice", "alice@example.com");
     let faults = [
         json!({"rate_limit_next": 3, "retry_after": 1}),
         json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
@@ -548,17 +547,30 @@ fn fault_matrix(world: &EmulatorWorld, sink: &str, config: &Path, create_path: &
         json!({"fail_next": 2, "fail_status": 502, "fail_body": "empty"}),
         json!({"fail_next": 3, "fail_status": 500, "fail_body": "text", "method": "GET"}),
         json!({"rate_limit_next": 1000, "retry_after": 100000}),
-    ];
+    ]
+    .map(|mut fault| {
+        if fault.get("method").is_none() {
+            fault["path_prefix"] = json!(create_path);
+        }
+        fault
+    });
+    run_fault_matrix(world, sink, config, &faults);
+}
+
+/// [`fault_matrix`] with the faults given in the emulator's own terms.
+fn run_fault_matrix(
+    world: &EmulatorWorld,
+    sink: &str,
+    config: &Path,
+    faults: &[serde_json::Value],
+) {
+    let alice = world.slapd.add_user("alice", "alice@example.com");
     let mut names: Vec<String> = Vec::new();
     for (i, fault) in faults.iter().enumerate() {
         let name = format!("fault-{i}");
         world.slapd.add_group(&name, &[&alice]);
         names.push(name);
-        let mut fault = fault.clone();
-        if fault.get("method").is_none() {
-            fault["path_prefix"] = json!(create_path);
-        }
-        world.emu.admin_post("/faults", &fault);
+        world.emu.admin_post("/faults", fault);
         let out = sync(config, &[]);
         assert!(
             [0, 1, 4].contains(&out.code()),
@@ -612,4 +624,28 @@ fn forgerock_converges_through_the_fault_matrix() {
         ),
     );
     fault_matrix(&world, "idm", &config, "/openidm/managed");
+}
+
+#[test]
+fn pingone_groups_converges_through_the_fault_matrix() {
+    let world = EmulatorWorld::start("pingone", &[]);
+    let secret = write_file(world.dir.path(), "client-secret", "s3cret-client\n");
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"p1\"\ntype = \"pingone_groups\"\napi_url = \"{base}/v1\"\nauth_url = \"{base}\"\n\
+             environment_id = \"11111111-2222-3333-4444-555555555555\"\nclient_id = \"ldapsync-client\"\n\
+             client_secret_file = \"{secret}\"\nmax_retries = 4\n",
+            base = world.emu.base_url(),
+            secret = secret.display(),
+        ),
+    );
+    let faults = [
+        json!({"rate_limit_next": 3, "retry_after": 1}),
+        json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
+        json!({"fail_next": 2, "fail_status": 503}),
+        json!({"fail_next": 2, "fail_status": 502}),
+        json!({"rate_limit_next": 1000, "retry_after": 100000}),
+    ];
+    run_fault_matrix(&world, "p1", &config, &faults);
 }
