@@ -1,6 +1,6 @@
 //! The ForgeRock Identity Cloud / PingIDM sink: managed groups and their member relationships over CREST.
 //!
-//! Follows specs/scim-and-forgerock.md part B and seeds/forgerock-manage-groups.txt:
+//! Follows ForgeRock Identity Cloud's "Manage groups" REST documentation (see docs/forgerock.md):
 //! `/openidm/managed/<realm>_group` (an empty realm gives self-managed IDM's `managed/group`),
 //! `Accept-API-Version: resource=1.0` on every request, OAuth2 client credentials (cached token,
 //! refreshed on a 401 by the shared HTTP layer) or a bearer token from a file.
@@ -81,7 +81,29 @@ pub struct ForgeRockConfig {
 }
 
 impl ForgeRockConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn credential(&self) -> Result<Secret, SecretError> {
+        match &self.access_token_file {
+            Some(file) => resolve_secret("access_token_file", None, Some(file)),
+            None => resolve_secret(
+                "client_secret",
+                self.client_secret.as_ref().map(Secret::expose),
+                self.client_secret_file.as_deref(),
+            ),
+        }
+    }
+
+    /// `<realm>_<kind>`, or `<kind>` for an empty realm.
+    fn object(&self, kind: &str) -> String {
+        if self.realm.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{}_{kind}", self.realm)
+        }
+    }
+}
+
+impl crate::sinks::SinkType for ForgeRockConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if let Some(url) = &self.token_url {
             check_url("token_url", url)?;
@@ -127,42 +149,11 @@ impl ForgeRockConfig {
             _ => Ok(()),
         }
     }
-
-    fn credential(&self) -> Result<Secret, SecretError> {
-        match &self.access_token_file {
-            Some(file) => resolve_secret("access_token_file", None, Some(file)),
-            None => resolve_secret(
-                "client_secret",
-                self.client_secret.as_ref().map(Secret::expose),
-                self.client_secret_file.as_deref(),
-            ),
-        }
-    }
-
-    /// `<realm>_<kind>`, or `<kind>` for an empty realm.
-    fn object(&self, kind: &str) -> String {
-        if self.realm.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{}_{kind}", self.realm)
-        }
-    }
-}
-
-impl crate::sinks::SinkType for ForgeRockConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        ForgeRockConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.credential().map(|secret| vec![secret])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.client_secret
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "client_secret")
-            .into_iter()
-            .collect()
+        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,
@@ -541,6 +532,7 @@ impl Sink for ForgeRockSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkType as _;
 
     fn config(extra: &str) -> ForgeRockConfig {
         toml::from_str(&format!("base_url = \"https://t.example\"\n{extra}")).unwrap()

@@ -1,6 +1,6 @@
 //! The SCIM 2.0 sink (StrongDM's generic SCIM endpoint first): groups via /Groups, members via PATCH or PUT.
 //!
-//! Follows RFC 7644 and StrongDM's documented behaviour (specs/scim-and-forgerock.md §A.11):
+//! Follows RFC 7644 and StrongDM's documented behaviour (StrongDM's SCIM documentation, "Create group"):
 //! membership changes are PATCH add/remove in chunks, or GET+PUT of the whole member list when
 //! `/ServiceProviderConfig` does not announce PATCH; a 409 `uniqueness` on create means "find it
 //! by `displayName eq` and adopt it"; 404 on delete means done; users are found by a filter on
@@ -61,7 +61,17 @@ fn default_chunk() -> usize {
 }
 
 impl ScimConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn token(&self) -> Result<Secret, SecretError> {
+        resolve_secret(
+            "token",
+            self.token.as_ref().map(Secret::expose),
+            self.token_file.as_deref(),
+        )
+    }
+}
+
+impl crate::sinks::SinkType for ScimConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if self.token.is_none() && self.token_file.is_none() {
             return Err((
@@ -74,30 +84,11 @@ impl ScimConfig {
         }
         Ok(())
     }
-
-    pub fn token(&self) -> Result<Secret, SecretError> {
-        resolve_secret(
-            "token",
-            self.token.as_ref().map(Secret::expose),
-            self.token_file.as_deref(),
-        )
-    }
-}
-
-impl crate::sinks::SinkType for ScimConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        ScimConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.token().map(|token| vec![token])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.token
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "token")
-            .into_iter()
-            .collect()
+        crate::secret::inline("token", self.token.as_ref())
     }
     fn build(
         &self,

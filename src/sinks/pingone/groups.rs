@@ -57,8 +57,8 @@ fn default_page_size() -> u32 {
     100
 }
 
-impl PingOneGroupsConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+impl crate::sinks::SinkType for PingOneGroupsConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         self.connection().validate()?;
         if let Some(population) = &self.population_id
             && population.trim().is_empty()
@@ -70,22 +70,11 @@ impl PingOneGroupsConfig {
         }
         Ok(())
     }
-}
-
-impl crate::sinks::SinkType for PingOneGroupsConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        PingOneGroupsConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.client_secret().map(|secret| vec![secret])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.client_secret
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "client_secret")
-            .into_iter()
-            .collect()
+        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,
@@ -345,6 +334,7 @@ impl Sink for PingOneGroupsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkType as _;
 
     #[test]
     fn uniqueness_violations_are_recognised_in_both_shapes() {
