@@ -24,6 +24,7 @@ RUNGS = [
     ["app"],
     ["daemon"],
     ["cli"],
+    ["proptests"],  # test-only: property tests over every parser
 ]
 RUNG = {name: level for level, names in enumerate(RUNGS) for name in names}
 

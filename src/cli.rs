@@ -54,6 +54,10 @@ pub enum Command {
         /// Lift the group-delete and member-removal thresholds for this run
         #[arg(long)]
         allow_deletes: bool,
+        /// Accept, for this run only, a directory read that returns zero groups or users while
+        /// a sink's ledger still holds groups (otherwise such a read fails the run)
+        #[arg(long)]
+        allow_empty_scope: bool,
     },
     /// Run on the configured schedule with the metrics and health endpoints, until SIGTERM
     Daemon,
@@ -89,11 +93,14 @@ pub async fn run(cli: Cli) -> ExitStatus {
             full,
             output,
             allow_deletes,
+            allow_empty_scope,
         } => {
             let options = RunOptions {
                 dry_run,
                 full,
                 allow_deletes,
+                allow_empty_scope,
+                interrupt: engine::Interrupt::default(),
             };
             sync(&path, &sinks, &options, output).await
         }
@@ -125,6 +132,7 @@ async fn sync(
             return ExitStatus::Failed;
         }
     };
+    let _signals = watch_signals(&options.interrupt);
     let report = match engine::run(&config, store.as_mut(), &sinks, options).await {
         Ok(report) => report,
         Err(e) => {
@@ -140,6 +148,53 @@ async fn sync(
         eprintln!("error: {error}");
     }
     report.exit_status()
+}
+
+/// SIGINT/SIGTERM during a one-shot run: the first stops the run after the request in flight
+/// (exit 130/143 once what was applied is printed); a second one exits at once. Dropping the
+/// returned handle stops watching.
+fn watch_signals(interrupt: &engine::Interrupt) -> Option<AbortOnDrop> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(int), Ok(term)) => (int, term),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot watch SIGINT/SIGTERM; a signal will end the run at once");
+            return None;
+        }
+    };
+    let interrupt = interrupt.clone();
+    let task = tokio::spawn(async move {
+        let mut seen = false;
+        loop {
+            let (number, name) = tokio::select! {
+                _ = int.recv() => (2, "SIGINT"),
+                _ = term.recv() => (15, "SIGTERM"),
+            };
+            if seen {
+                eprintln!("{name} again: exiting at once; the next run resumes from the ledger");
+                std::process::exit(128 + number);
+            }
+            seen = true;
+            tracing::warn!(
+                signal = name,
+                "stopping after the request in flight (send it again to exit at once)"
+            );
+            interrupt.trigger(number);
+        }
+    });
+    Some(AbortOnDrop(task))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Loads the configuration and builds the sinks (all, or those in `only`); prints the error.

@@ -87,6 +87,9 @@ pub struct LdapConfig {
     pub page_size: i32,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Accept `ldap://` without StartTLS to a non-loopback host (a clear-text bind).
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 fn default_page_size() -> i32 {
@@ -291,6 +294,13 @@ pub struct SinkConfig<S> {
     pub timeout_secs: Option<u64>,
     /// Retries of a request that met a 429, a 5xx or a connection error.
     pub max_retries: Option<u32>,
+    /// A `Retry-After` longer than this fails the request at once (default 300).
+    pub max_retry_after_secs: Option<u64>,
+    /// The sink's part of a run fails cleanly past this many seconds (default 3600).
+    pub run_timeout_secs: Option<u64>,
+    /// Accept `http://` URLs to a non-loopback host (default false).
+    #[serde(default)]
+    pub allow_insecure: bool,
     #[serde(flatten)]
     pub settings: S,
 }
@@ -439,8 +449,33 @@ fn validate<S: SinkOptions>(
                         .into(),
                 ));
             }
+            if let Some(rest) = url.strip_prefix("ldap://")
+                && !ldap.starttls
+                && !ldap.allow_insecure
+                && !is_loopback(host_of(rest))
+            {
+                return Err(at(
+                    "ldap",
+                    "url",
+                    "invalid value for \"url\" in [ldap]: ldap:// without StartTLS to a non-loopback host sends the bind password in clear text; use ldaps://, set starttls = true, or set allow_insecure = true in [ldap]".into(),
+                ));
+            }
+            if host_has_userinfo(url.split_once("://").map_or("", |(_, rest)| rest)) {
+                return Err(at(
+                    "ldap",
+                    "url",
+                    "invalid value for \"url\" in [ldap]: the URL carries credentials (user@); give them as bind_dn and bind_password".into(),
+                ));
+            }
         }
         (None, Some(_)) => {}
+    }
+    if ldap.danger_skip_tls_verify && ldap.ca_file.is_some() {
+        return Err(at(
+            "ldap",
+            "danger_skip_tls_verify",
+            "[ldap] sets both \"danger_skip_tls_verify\" and \"ca_file\": with ca_file the certificate is verified against that CA, so danger_skip_tls_verify would do nothing; remove one of them".into(),
+        ));
     }
     if ldap.bind_password.is_some() && ldap.bind_password_file.is_some() {
         return Err(at(
@@ -516,9 +551,22 @@ fn validate<S: SinkOptions>(
             message: "at least one [[sinks]] entry is required".into(),
         });
     }
+    let tables = sink_tables(spans.text);
     let mut seen = std::collections::BTreeSet::new();
     for (index, sink) in config.sinks.iter().enumerate() {
         let line = spans.sink_key(index, "name").unwrap_or(1);
+        if let Some(table) = tables.get(index) {
+            check_sink_urls(table, sink.allow_insecure).map_err(|(key, message)| {
+                ConfigError::Invalid {
+                    path: path.to_string(),
+                    line: spans.sink_key(index, &key).unwrap_or(line),
+                    message: format!(
+                        "invalid value for \"{key}\" in sink \"{}\": {message}",
+                        sink.name
+                    ),
+                }
+            })?;
+        }
         if sink.name.trim().is_empty() || !seen.insert(sink.name.clone()) {
             return Err(ConfigError::Invalid {
                 path: path.to_string(),
@@ -541,6 +589,74 @@ fn validate<S: SinkOptions>(
             })?;
     }
     Ok(())
+}
+
+/// The `[[sinks]]` tables as raw TOML (for checks over every URL a sink type has).
+fn sink_tables(text: &str) -> Vec<toml::Table> {
+    text.parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("sinks").and_then(|v| v.as_array()).cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.as_table().cloned())
+        .collect()
+}
+
+/// Every http(s) URL of a sink table: no credentials in it, ever; `http://` only to a loopback
+/// host unless the sink sets `allow_insecure = true`. The URL itself is not repeated (it may
+/// hold a password).
+fn check_sink_urls(table: &toml::Table, allow_insecure: bool) -> Result<(), (String, String)> {
+    for (key, value) in table {
+        let Some(url) = value.as_str() else { continue };
+        let (plain, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (false, rest)
+        } else {
+            continue;
+        };
+        if host_has_userinfo(rest) {
+            return Err((
+                key.clone(),
+                "the URL carries credentials (user:password@host); credentials in a URL are never allowed: give them in the sink's secret keys (token, api_key, client_secret, as *_file or env:NAME)".into(),
+            ));
+        }
+        if plain && !allow_insecure && !is_loopback(host_of(rest)) {
+            return Err((
+                key.clone(),
+                "http:// to a non-loopback host sends the credential in clear text; use https://, or set allow_insecure = true on the sink".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The authority of a URL after its `scheme://`.
+fn authority(rest: &str) -> &str {
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
+}
+
+/// Whether the authority carries `user[:password]@`.
+fn host_has_userinfo(rest: &str) -> bool {
+    authority(rest).contains('@')
+}
+
+/// The host of a URL after its `scheme://` (without user info, port or IPv6 brackets).
+fn host_of(rest: &str) -> &str {
+    let authority = authority(rest);
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(inner) = host_port.strip_prefix('[') {
+        return inner.split(']').next().unwrap_or(inner);
+    }
+    host_port.split(':').next().unwrap_or(host_port)
+}
+
+/// `localhost`, 127.0.0.0/8 and ::1: traffic that never leaves the machine.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Turns serde/toml wording into the project's (`unknown key "x" in [ldap]`); also returns the
@@ -854,5 +970,74 @@ mod tests {
             err.contains("config.toml:7:") && err.contains("deep"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn plaintext_ldap_to_a_remote_host_needs_allow_insecure() {
+        let remote = MINIMAL.replace(
+            "ldif_file = \"dir.ldif\"",
+            "url = \"ldap://dc1.example.com:389\"",
+        );
+        let err = parse(&remote).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:3: invalid value for \"url\" in [ldap]")
+                && err.contains("allow_insecure"),
+            "{err}"
+        );
+        parse(&remote.replace("[ldap]\n", "[ldap]\nallow_insecure = true\n")).unwrap();
+        parse(&remote.replace("[ldap]\n", "[ldap]\nstarttls = true\n")).unwrap();
+        parse(&remote.replace("ldap://dc1", "ldaps://dc1")).unwrap();
+        for local in [
+            "ldap://127.0.0.1:389",
+            "ldap://127.9.8.7",
+            "ldap://localhost",
+            "ldap://[::1]:389",
+        ] {
+            parse(&remote.replace("ldap://dc1.example.com:389", local)).unwrap();
+        }
+    }
+
+    #[test]
+    fn skip_tls_verify_with_a_ca_file_is_rejected() {
+        let text = MINIMAL.replace(
+            "ldif_file = \"dir.ldif\"",
+            "url = \"ldaps://dc1.example.com\"\nca_file = \"ca.pem\"\ndanger_skip_tls_verify = true",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:5: ") && err.contains("danger_skip_tls_verify"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sink_urls_refuse_credentials_and_remote_plaintext() {
+        let with_url = |url: &str, extra: &str| {
+            parse(&format!(
+                "{}{extra}",
+                MINIMAL.replace("path = \"-\"", &format!("path = \"{url}\""))
+            ))
+        };
+        let err = with_url("https://user:pw-secret@api.example.com/v2", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config.toml:17: invalid value for \"path\" in sink \"audit\"")
+                && err.contains("credentials")
+                && !err.contains("pw-secret"),
+            "{err}"
+        );
+        let err = with_url("http://api.example.com/v2", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_insecure"), "{err}");
+        let err = with_url("http://user:pw@127.0.0.1/v2", "allow_insecure = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credentials"), "never allowed: {err}");
+        with_url("http://127.0.0.1:8080/x", "").unwrap();
+        with_url("http://localhost/x", "").unwrap();
+        with_url("http://api.example.com", "allow_insecure = true\n").unwrap();
+        with_url("https://api.example.com/v2", "").unwrap();
     }
 }

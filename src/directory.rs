@@ -131,6 +131,12 @@ impl DirectoryBuilder {
     }
 }
 
+/// Whether a name holds a C0 control character or DEL (NUL, ESC, CR, LF, TAB…): such a name
+/// could forge output lines or terminal escapes, and targets reject or mangle it.
+fn has_control(name: &str) -> bool {
+    name.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+}
+
 impl EntrySink for DirectoryBuilder {
     /// Adds a user entry. Users must all be added before the first group.
     fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
@@ -160,6 +166,13 @@ impl EntrySink for DirectoryBuilder {
                 dn::first_rdn_value(&entry.dn).unwrap_or_else(|| entry.dn.clone())
             }
         };
+        if has_control(&username) {
+            self.warn(format!(
+                "{}: user name {username:?} contains control characters (NUL, ESC, CR/LF…); user skipped. Fix the \"{username_attribute}\" value in LDAP",
+                entry.dn.escape_debug()
+            ));
+            return Ok(());
+        }
         let email_attribute = self.users_config.email_attribute.clone();
         let email = self.text(entry, &email_attribute);
         let index = self.users.len() as u32;
@@ -197,6 +210,13 @@ impl EntrySink for DirectoryBuilder {
                 dn::first_rdn_value(&entry.dn).unwrap_or_else(|| entry.dn.clone())
             }
         };
+        if has_control(&name) {
+            self.warn(format!(
+                "{}: group name {name:?} contains control characters (NUL, ESC, CR/LF…); group skipped. Fix the \"{name_attribute}\" value in LDAP",
+                entry.dn.escape_debug()
+            ));
+            return Ok(());
+        }
         let description_attribute = self.groups_config.description_attribute.clone();
         let description = self.text(entry, &description_attribute);
         let member_attribute = self.groups_config.member_attribute.clone();
@@ -471,6 +491,49 @@ mod tests {
         let d = build(NestedMode::Ignore);
         let outer = d.groups.iter().find(|g| g.name == "outer").unwrap();
         assert_eq!(outer.members.len(), 1);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_skipped_with_a_warning() {
+        let (g, u) = configs(NestedMode::Flatten, "member");
+        let mut b = DirectoryBuilder::new(&g, &u);
+        b.add_user(&entry(
+            "uid=ok,ou=p",
+            &[("entryUUID", &["u1"]), ("uid", &["ok"])],
+        ))
+        .unwrap();
+        b.add_user(&entry(
+            "uid=evil,ou=p",
+            &[("entryUUID", &["u2"]), ("uid", &["ev\0il"])],
+        ))
+        .unwrap();
+        for (id, name) in [
+            ("g1", "fine"),
+            ("g2", "x\n  + create fake"),
+            ("g3", "\u{1b}[31mred"),
+        ] {
+            b.add_group(&entry(
+                &format!("cn={id},ou=g"),
+                &[
+                    ("entryUUID", &[id]),
+                    ("cn", &[name]),
+                    ("member", &["uid=ok,ou=p"]),
+                ],
+            ))
+            .unwrap();
+        }
+        let d = b.finish();
+        let names: Vec<&str> = d.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["fine"]);
+        let users: Vec<&str> = d.users.iter().map(|u| u.username.as_str()).collect();
+        assert_eq!(users, ["ok"]);
+        let skipped: Vec<&String> = d
+            .warnings
+            .iter()
+            .filter(|w| w.contains("control characters"))
+            .collect();
+        assert_eq!(skipped.len(), 3, "{:?}", d.warnings);
+        assert!(skipped.iter().all(|w| !has_control(w)), "{skipped:?}");
     }
 
     #[test]

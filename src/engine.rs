@@ -4,7 +4,11 @@
 //! or failed sink does not stop the others; a sink's cursor moves only when every one of its
 //! operations succeeded (rule 5).
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -25,6 +29,41 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub full: bool,
     pub allow_deletes: bool,
+    /// Accept a read that returned zero groups or users although a ledger holds groups
+    /// (`sync --allow-empty-scope`, one run only).
+    pub allow_empty_scope: bool,
+    /// Set by a signal handler: the run stops after the request in flight.
+    pub interrupt: Interrupt,
+}
+
+/// A request to stop the run (SIGINT/SIGTERM in a one-shot `sync`): the sinks stop after the
+/// request in flight, the sinks not yet started are skipped, and the run is recorded as
+/// `interrupted`.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    token: CancellationToken,
+    signal: Arc<AtomicI32>,
+}
+
+/// How long a sink may take to reach its next record after an interrupt (a request in flight,
+/// a retry wait) before it is dropped.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+impl Interrupt {
+    /// Asks the run to stop because of `signal` (its number).
+    pub fn trigger(&self, signal: i32) {
+        let _ = self
+            .signal
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// The signal that interrupted the run, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.token
+            .is_cancelled()
+            .then(|| self.signal.load(Ordering::SeqCst))
+    }
 }
 
 /// How one sink's part of a run ended; one spelling everywhere (report, history, `/readyz`).
@@ -36,6 +75,8 @@ pub enum SinkResult {
     Success,
     Held,
     Failed,
+    /// Stopped by a signal after the request in flight.
+    Interrupted,
 }
 
 impl SinkResult {
@@ -45,6 +86,7 @@ impl SinkResult {
             SinkResult::Success => "success",
             SinkResult::Held => "held",
             SinkResult::Failed => "failed",
+            SinkResult::Interrupted => "interrupted",
         }
     }
 
@@ -55,6 +97,7 @@ impl SinkResult {
             "success" => Some(SinkResult::Success),
             "held" => Some(SinkResult::Held),
             "failed" | "failure" => Some(SinkResult::Failed),
+            "interrupted" => Some(SinkResult::Interrupted),
             _ => None,
         }
     }
@@ -75,6 +118,14 @@ pub enum ReadError {
         base: String,
         previous: u64,
     },
+    #[error(
+        "the {scope} scope ({base}) returned no entries while the ledgers hold {held} group(s); refusing to treat that as deletions, nothing was written. Check the base DN, filter and bind permissions; if the scope really is empty now, run `ldapsync sync --allow-empty-scope` once"
+    )]
+    EmptyScope {
+        scope: &'static str,
+        base: String,
+        held: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -85,6 +136,7 @@ pub enum RunResult {
     Success,
     Held,
     Failure,
+    Interrupted,
 }
 
 impl RunResult {
@@ -93,6 +145,7 @@ impl RunResult {
             RunResult::Success => "success",
             RunResult::Held => "held",
             RunResult::Failure => "failure",
+            RunResult::Interrupted => "interrupted",
         }
     }
 }
@@ -116,6 +169,10 @@ pub struct SinkOutcome {
 pub struct RunReport {
     pub dry_run: bool,
     pub read_error: Option<String>,
+    /// The run accepted an empty scope (`--allow-empty-scope`).
+    pub allow_empty_scope: bool,
+    /// The signal that stopped the run, if one did.
+    pub interrupted: Option<i32>,
     pub warnings: Vec<String>,
     pub users: u64,
     pub groups: u64,
@@ -124,10 +181,12 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn failed_read(dry_run: bool, error: String, started: Instant) -> RunReport {
+    fn failed_read(options: &RunOptions, error: String, started: Instant) -> RunReport {
         RunReport {
-            dry_run,
+            dry_run: options.dry_run,
             read_error: Some(error),
+            allow_empty_scope: options.allow_empty_scope,
+            interrupted: options.interrupt.signal(),
             warnings: Vec::new(),
             users: 0,
             groups: 0,
@@ -138,6 +197,9 @@ impl RunReport {
 
     /// The exit status of the run (README "Commands and exit codes").
     pub fn exit_status(&self) -> ExitStatus {
+        if let Some(signal) = self.interrupted {
+            return ExitStatus::Interrupted(signal);
+        }
         if self.read_error.is_some() {
             return ExitStatus::Failed;
         }
@@ -160,6 +222,7 @@ impl RunReport {
         match self.exit_status() {
             ExitStatus::Success => RunResult::Success,
             ExitStatus::Held => RunResult::Held,
+            ExitStatus::Interrupted(_) => RunResult::Interrupted,
             _ => RunResult::Failure,
         }
     }
@@ -186,16 +249,16 @@ pub async fn run<S>(
         _ => None,
     };
 
-    let read = read(config, store.as_deref()).await;
+    let read = read(config, store.as_deref(), options.allow_empty_scope).await;
     let (directory, stats) = match read {
         Ok(read) => read,
         Err(error) => {
             tracing::error!(%error, "directory read failed; nothing was written to any sink");
-            let report = RunReport::failed_read(options.dry_run, error.to_string(), started);
+            let report = RunReport::failed_read(options, error.to_string(), started);
             if let (Some(store), Some(id)) = (store.as_deref_mut(), run_id) {
                 store.finish_run(
                     id,
-                    RunResult::Failure.as_str(),
+                    report.result().as_str(),
                     report.read_error.as_deref(),
                     &[],
                 )?;
@@ -220,12 +283,23 @@ pub async fn run<S>(
 
     let mut outcomes = Vec::with_capacity(sinks.len());
     for sink in sinks {
+        if options.interrupt.signal().is_some() {
+            tracing::warn!(sink = sink.name(), "interrupted: this sink was not started");
+            continue;
+        }
         let ledger = match store.as_deref() {
             Some(store) => store.load_ledger(sink.name())?,
             None => Ledger::default(),
         };
+        let run_timeout = config
+            .sinks
+            .iter()
+            .find(|s| s.name == sink.name())
+            .and_then(|s| s.run_timeout_secs)
+            .unwrap_or(DEFAULT_RUN_TIMEOUT_SECS);
         let outcome = run_sink(
             sink.as_ref(),
+            run_timeout,
             &directory,
             &ledger,
             store.as_deref_mut(),
@@ -239,6 +313,8 @@ pub async fn run<S>(
     let report = RunReport {
         dry_run: options.dry_run,
         read_error: None,
+        allow_empty_scope: options.allow_empty_scope,
+        interrupted: options.interrupt.signal(),
         warnings: directory.warnings.clone(),
         users: stats.users,
         groups: stats.groups,
@@ -279,11 +355,14 @@ fn thresholds(safety: &SafetyConfig) -> Thresholds {
     }
 }
 
-/// Reads the directory and applies the "scope emptied" rule (an empty scope that held entries
-/// at the last complete read is an incomplete read, not a deletion).
+/// Reads the directory and applies the empty-scope rules: a scope that returns nothing while
+/// it held entries at the last complete read, or while any sink's ledger holds groups (whatever
+/// scope earlier runs read), is an incomplete read, not a deletion — unless the operator
+/// accepts it for this one run (`allow_empty_scope`).
 async fn read<S>(
     config: &Config<S>,
     store: Option<&Store>,
+    allow_empty_scope: bool,
 ) -> Result<(Directory, ReadStats), ReadError> {
     // ldap3's decoders can panic on malformed BER (ldap3 #135): contain that as a failed read.
     let (ldap, users, groups) = (
@@ -303,7 +382,26 @@ async fn read<S>(
     m.ldap_entries_read_total
         .with_label_values(&["group"])
         .inc_by(stats.groups);
-    if let Some(store) = store {
+    if let Some(store) = store
+        && !allow_empty_scope
+    {
+        let held: u64 = store
+            .ledger_counts()?
+            .iter()
+            .map(|c| c.groups + c.pending_creates)
+            .sum();
+        for (scope, now, base) in [
+            ("groups", directory.groups.len(), &config.groups.base_dn),
+            ("users", directory.users.len(), &config.users.base_dn),
+        ] {
+            if now == 0 && held > 0 {
+                return Err(ReadError::EmptyScope {
+                    scope,
+                    base: base.clone(),
+                    held,
+                });
+            }
+        }
         let identity = source_identity(&config.ldap, &config.users, &config.groups);
         for (scope, now, base) in [
             ("users", directory.users.len(), &config.users.base_dn),
@@ -342,8 +440,12 @@ fn source_identity(ldap: &LdapConfig, users: &UsersConfig, groups: &GroupsConfig
     )
 }
 
+/// The default of a sink's `run_timeout_secs`.
+pub const DEFAULT_RUN_TIMEOUT_SECS: u64 = 3600;
+
 async fn run_sink(
     sink: &dyn Sink,
+    run_timeout_secs: u64,
     directory: &Directory,
     ledger: &Ledger,
     store: Option<&mut Store>,
@@ -402,12 +504,37 @@ async fn run_sink(
             .inc_by(count);
     };
     let mut ledger_writer = store.ledger_writer(sink.name());
-    let mut recorder = Recorder::new(&mut ledger_writer, sink.name()).with_observer(&observer);
+    let mut recorder = Recorder::new(&mut ledger_writer, sink.name())
+        .with_observer(&observer)
+        .with_stop(options.interrupt.token.clone());
     let started = Instant::now();
     let result = if outcome.plan.is_empty() && !options.full {
         Ok(())
     } else {
-        sink.apply(&outcome.plan, ledger, &mut recorder).await
+        // Past the sink's run timeout the apply is dropped between two awaits: every op
+        // recorded so far stays recorded, an unconfirmed create stays an intent (resolved by
+        // lookup on the next run), and the cursor does not move.
+        let limit = std::time::Duration::from_secs(run_timeout_secs);
+        let stop = options.interrupt.token.clone();
+        let apply = async {
+            tokio::select! {
+                result = sink.apply(&outcome.plan, ledger, &mut recorder) => result,
+                // The sink stops at its next record; one stuck in a request or a retry wait is
+                // dropped after a grace period (its unconfirmed create stays an intent).
+                _ = async { stop.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
+                    Err(crate::sinks::SinkError::Interrupted { sink: sink.name().to_string() })
+                }
+            }
+        };
+        match tokio::time::timeout(limit, apply).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::sinks::SinkError::Target {
+                sink: sink.name().to_string(),
+                message: format!(
+                    "the sink's run took longer than run_timeout_secs ({run_timeout_secs} s) and was stopped; what was applied is recorded and the next run continues. Check the target's latency and rate limits, or raise run_timeout_secs"
+                ),
+            }),
+        }
     };
     let report = std::mem::take(&mut recorder.report);
     drop(recorder);
@@ -416,6 +543,10 @@ async fn run_sink(
         .with_label_values(&[sink.name()])
         .set(report.unmapped as i64);
     match result {
+        Err(e @ crate::sinks::SinkError::Interrupted { .. }) => {
+            outcome.result = SinkResult::Interrupted;
+            outcome.error = Some(e.to_string());
+        }
         Err(e) => {
             outcome.result = SinkResult::Failed;
             outcome.error = Some(e.to_string());

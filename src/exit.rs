@@ -13,6 +13,8 @@ pub enum ExitStatus {
     Held,
     /// Some sinks succeeded and some failed.
     Partial,
+    /// A one-shot run stopped by this signal (SIGINT → 130, SIGTERM → 143).
+    Interrupted(i32),
 }
 
 impl ExitStatus {
@@ -24,6 +26,7 @@ impl ExitStatus {
             ExitStatus::Usage => 2,
             ExitStatus::Held => 3,
             ExitStatus::Partial => 4,
+            ExitStatus::Interrupted(signal) => 128 + signal,
         }
     }
 }
@@ -42,5 +45,7 @@ mod tests {
             ExitStatus::Partial,
         ];
         assert_eq!(all.map(ExitStatus::code), [0, 1, 2, 3, 4]);
+        assert_eq!(ExitStatus::Interrupted(2).code(), 130);
+        assert_eq!(ExitStatus::Interrupted(15).code(), 143);
     }
 }

@@ -25,6 +25,8 @@ pub mod exit;
 pub(crate) mod ledger;
 pub(crate) mod model;
 pub(crate) mod plan;
+#[cfg(test)]
+mod proptests;
 pub(crate) mod report;
 pub(crate) mod secret;
 pub(crate) mod sinks;

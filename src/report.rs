@@ -16,6 +16,9 @@ const NAMES_SHOWN: usize = 10;
 /// order, the order the document has always had.
 #[derive(Debug, Serialize)]
 pub struct RunView<'a> {
+    /// Present (true) when the operator accepted an empty scope for this run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty_scope: bool,
     pub dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
@@ -82,6 +85,7 @@ impl<'a> From<&'a SinkOutcome> for SinkView<'a> {
 impl<'a> From<&'a RunReport> for RunView<'a> {
     fn from(report: &'a RunReport) -> Self {
         RunView {
+            allow_empty_scope: report.allow_empty_scope,
             dry_run: report.dry_run,
             error: report.read_error.as_deref(),
             exit_code: report.exit_status().code(),
@@ -100,9 +104,26 @@ pub fn json(report: &RunReport) -> String {
     serde_json::to_string(&RunView::from(report)).expect("a run view always serializes")
 }
 
+/// Text from outside (names, errors) as a human output shows it: control characters (ESC, CR,
+/// LF, NUL, DEL, C1…) escaped, so a value can neither forge a line nor drive the terminal.
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A user name as the text plan lists it: quoted when it contains the list separator.
 fn shown_name(name: &str) -> String {
-    if name.contains([',', '"']) || name.trim() != name {
+    if name.contains([',', '"']) || name.trim() != name || name.chars().any(char::is_control) {
         format!("{name:?}")
     } else {
         name.to_string()
@@ -121,7 +142,7 @@ fn sign(kind: OpKind) -> char {
 pub fn text(report: &RunReport) -> String {
     let mut out = String::new();
     if let Some(error) = &report.read_error {
-        let _ = writeln!(out, "READ FAILED: {error}");
+        let _ = writeln!(out, "READ FAILED: {}", escape_controls(error));
         let _ = writeln!(out, "Nothing was written to any sink.");
         return out;
     }
@@ -131,6 +152,18 @@ pub fn text(report: &RunReport) -> String {
         "{title}: read {} users and {} groups in {:.2}s",
         report.users, report.groups, report.duration_seconds
     );
+    if let Some(signal) = report.interrupted {
+        let _ = writeln!(
+            out,
+            "INTERRUPTED by signal {signal}: stopped after the request in flight; what was applied is recorded and the next run continues"
+        );
+    }
+    if report.allow_empty_scope {
+        let _ = writeln!(
+            out,
+            "Empty scope accepted for this run (--allow-empty-scope): an empty read may delete every group"
+        );
+    }
     if !report.warnings.is_empty() {
         let _ = writeln!(
             out,
@@ -176,17 +209,41 @@ pub fn text(report: &RunReport) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {} {:<13} {detail}",
+                "  {} {:<13} {}",
                 sign(op.kind()),
-                op.kind().as_str()
+                op.kind().as_str(),
+                escape_controls(&detail)
             );
         }
         match sink.result {
+            SinkResult::Interrupted => {
+                let _ = writeln!(
+                    out,
+                    "  INTERRUPTED: {}",
+                    escape_controls(sink.error.as_deref().unwrap_or(""))
+                );
+                if let Some(applied) = &sink.applied {
+                    let a = applied.applied;
+                    let _ = writeln!(
+                        out,
+                        "  applied before the interruption: {} create, {} update, {} delete, {} member_add, {} member_remove",
+                        a.create, a.update, a.delete, a.member_add, a.member_remove
+                    );
+                }
+            }
             SinkResult::Held => {
-                let _ = writeln!(out, "  HELD: {}", sink.error.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "  HELD: {}",
+                    escape_controls(sink.error.as_deref().unwrap_or(""))
+                );
             }
             SinkResult::Failed => {
-                let _ = writeln!(out, "  FAILED: {}", sink.error.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "  FAILED: {}",
+                    escape_controls(sink.error.as_deref().unwrap_or(""))
+                );
             }
             SinkResult::Success => {
                 if let Some(applied) = &sink.applied {
@@ -340,7 +397,9 @@ impl<'a> StatusView<'a> {
                 r.started_at,
                 r.mode,
                 r.result.unwrap_or("running"),
-                r.error.map(|e| format!(": {e}")).unwrap_or_default()
+                r.error
+                    .map(|e| format!(": {}", escape_controls(e)))
+                    .unwrap_or_default()
             );
             for s in &r.sinks {
                 let a = s.applied;
@@ -354,10 +413,27 @@ impl<'a> StatusView<'a> {
                     a.delete,
                     a.member_add,
                     a.member_remove,
-                    s.error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    s.error
+                        .map(|e| format!(" ({})", escape_controls(e)))
+                        .unwrap_or_default()
                 );
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_escaped_in_human_output() {
+        assert_eq!(escape_controls("plain → text"), "plain → text");
+        assert_eq!(
+            escape_controls("a\nb\r\u{1b}[31m\0\u{7f}\u{9b}"),
+            "a\\nb\\r\\u{1b}[31m\\u{0}\\u{7f}\\u{9b}"
+        );
+        assert_eq!(super::shown_name("x\ny"), "\"x\\ny\"");
     }
 }

@@ -145,6 +145,43 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The checks every open makes, writer or reader: the schema is not newer than this ldapsync
+/// knows (`user_version`), and the file is intact (`PRAGMA quick_check`).
+fn check_readable(conn: &Connection, shown: &str) -> Result<(), StoreError> {
+    let fail = |message: String| StoreError::Open {
+        path: shown.to_string(),
+        message,
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| fail(format!("cannot read the schema version: {e}")))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(fail(format!(
+            "the schema version is {version}, newer than this ldapsync knows ({}): a newer ldapsync wrote this file. Run that version, or restore a state file written by this one",
+            MIGRATIONS.len()
+        )));
+    }
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(|e| {
+            fail(format!(
+                "the file is damaged ({e}); restore it from a backup, or move it away to rebuild the ledgers with `sync --full`"
+            ))
+        })?;
+    if problems.iter().any(|p| p != "ok") {
+        let first = problems.first().cloned().unwrap_or_default();
+        return Err(fail(format!(
+            "the file is damaged (integrity check: {first}); restore it from a backup, or move it away to rebuild the ledgers with `sync --full`"
+        )));
+    }
+    Ok(())
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -184,6 +221,7 @@ impl Store {
             .map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
+        check_readable(&conn, &shown)?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Open {
@@ -191,11 +229,32 @@ impl Store {
                 message: format!("schema migration failed: {e}"),
             })?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store {
+        let mut store = Store {
             conn,
             _lock: lock,
             path: path.to_path_buf(),
-        })
+        };
+        // This process holds the lock: a run still "running" belongs to a process that died.
+        let closed = store.close_unfinished_runs(
+            "interrupted: the process ended during the run (killed, crashed or power lost); found when the state file was next opened",
+        )?;
+        if closed > 0 {
+            tracing::warn!(
+                runs = closed,
+                "the run history showed runs still running from a process that died; marked them interrupted"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Closes every run the history still shows as running as `interrupted`, with `reason`.
+    pub fn close_unfinished_runs(&mut self, reason: &str) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?1, result = 'interrupted', error = ?2 WHERE result IS NULL",
+                params![now(), reason],
+            )
+            .map_err(self.err())
     }
 
     /// Opens an existing state file without writing to it (dry run), holding it exclusively.
@@ -234,6 +293,7 @@ impl Store {
                 source,
             },
         )?;
+        check_readable(&conn, &shown)?;
         let store = Store {
             conn,
             _lock: lock,

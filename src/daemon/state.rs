@@ -57,17 +57,11 @@ impl StateFile {
     /// store until it reaches its next await point; this waits for that (on the blocking pool).
     pub(super) async fn mark_interrupted(&self) -> Result<(), StoreError> {
         self.with(|store| {
-            if let Some(run) = store.recent_runs(1)?.into_iter().next()
-                && run.result.is_none()
-            {
-                store.finish_run(
-                    run.id,
-                    "failure",
-                    Some("interrupted: the daemon was stopped during the run"),
-                    &[],
-                )?;
-            }
-            Ok(())
+            store
+                .close_unfinished_runs(
+                    "interrupted: the daemon was stopped during the run and abandoned it after its shutdown grace period",
+                )
+                .map(|_| ())
         })
         .await
     }
@@ -162,6 +156,13 @@ mod tests {
             pings >= 10,
             "only {pings} pings during a 400 ms SQLite call"
         );
+        state.with(|store| store.begin_run("sync")).await.unwrap();
         state.mark_interrupted().await.unwrap();
+        let runs = state.recent_runs(1).await.unwrap();
+        assert_eq!(
+            runs[0].result.as_deref(),
+            Some("interrupted"),
+            "an abandoned run is recorded as interrupted"
+        );
     }
 }

@@ -5,11 +5,15 @@
 //! A POST is retried only when the target cannot have processed it (429, 503, connect errors).
 //! OAuth2 tokens are cached until shortly before `expires_in` and refreshed once on a 401.
 //! Secrets never appear in errors or logs: errors carry the method, the URL path and the
-//! target's own error text. Each sink reads its target's error bodies itself (an [`ErrorBody`]
+//! target's own error text, scrubbed (once, here, where a response becomes an error text) of
+//! every configured secret ([`HttpSettings::secrets`]), of the OAuth2 tokens obtained, and of
+//! credential-shaped values (`Bearer …`, `Basic …`, `Authorization: …`) a target may echo.
+//! A `Retry-After` longer than [`HttpSettings::max_retry_after`] fails the request at once. Each sink reads its target's error bodies itself (an [`ErrorBody`]
 //! given to [`HttpClient::new`]); this layer only falls back to a short excerpt ([`excerpt`]).
 //! Every attempt is timed in `ldapsync_sink_request_duration_seconds{sink}`.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -18,7 +22,10 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::secret::Secret;
+use crate::secret::{Redactor, Secret};
+
+/// The default of a sink's `max_retry_after_secs`.
+pub const DEFAULT_MAX_RETRY_AFTER_SECS: u64 = 300;
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -28,7 +35,10 @@ pub struct HttpSettings {
     pub max_retries: u32,
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// A `Retry-After` longer than this fails the request instead of waiting.
     pub max_retry_after: Duration,
+    /// The sink's configured secrets, scrubbed from every text that comes from the target.
+    pub secrets: Vec<Secret>,
 }
 
 impl Default for HttpSettings {
@@ -40,7 +50,8 @@ impl Default for HttpSettings {
             max_retries: 5,
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
-            max_retry_after: Duration::from_secs(120),
+            max_retry_after: Duration::from_secs(DEFAULT_MAX_RETRY_AFTER_SECS),
+            secrets: Vec::new(),
         }
     }
 }
@@ -112,6 +123,16 @@ pub enum HttpError {
     },
     #[error("token request to {path} failed: {detail}. Check the client id and secret")]
     Token { path: String, detail: String },
+    #[error(
+        "{method} {path}: HTTP {status} asking to retry after {asked} s, longer than max_retry_after_secs ({max} s); the request failed. Raise max_retry_after_secs on the sink to wait that long"
+    )]
+    RetryAfterTooLong {
+        method: String,
+        path: String,
+        status: u16,
+        asked: u64,
+        max: u64,
+    },
     #[error("{method} {path}: unexpected response: {detail}")]
     Decode {
         method: String,
@@ -124,7 +145,9 @@ impl HttpError {
     /// The HTTP status of an error answer (`None` when the target did not answer one).
     pub fn status(&self) -> Option<u16> {
         match self {
-            HttpError::Status { status, .. } => Some(*status),
+            HttpError::Status { status, .. } | HttpError::RetryAfterTooLong { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -157,6 +180,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The sink's reader of error bodies, for [`Response::into_error`].
     error_body: ErrorBody,
+    /// Scrubs the texts made from this response.
+    redactor: Arc<Redactor>,
 }
 
 impl Response {
@@ -169,7 +194,9 @@ impl Response {
         serde_json::from_slice(&self.body).map_err(|e| HttpError::Decode {
             method: self.method.to_string(),
             path: self.path.clone(),
-            detail: format!("{e}; body starts with {:?}", self.body_excerpt()),
+            detail: self
+                .redactor
+                .scrub(&format!("{e}; body starts with {:?}", self.body_excerpt())),
         })
     }
 
@@ -187,7 +214,7 @@ impl Response {
             method: self.method.to_string(),
             path: self.path.clone(),
             status: self.status.as_u16(),
-            detail: describe(self.error_body, &self.body),
+            detail: self.redactor.scrub(&describe(self.error_body, &self.body)),
         }
     }
 
@@ -263,6 +290,8 @@ pub struct HttpClient {
     limiter: DefaultDirectRateLimiter,
     extra_headers: HeaderMap,
     error_body: ErrorBody,
+    /// Scrubs every text made from the target's answers (configured secrets, tokens obtained).
+    redactor: Arc<Redactor>,
     /// `ldapsync_sink_request_duration_seconds{sink}` of this client's sink.
     duration: Histogram,
 }
@@ -307,6 +336,11 @@ impl HttpClient {
             })?;
         let rate =
             NonZeroU32::new(settings.rate_limit_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let redactor = Redactor::new(&settings.secrets);
+        match &auth {
+            Auth::Bearer(secret) | Auth::Scheme { key: secret, .. } => redactor.learn(secret),
+            Auth::ClientCredentials(oauth) => redactor.learn(&oauth.client_secret),
+        }
         Ok(HttpClient {
             client,
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -315,6 +349,7 @@ impl HttpClient {
             settings,
             extra_headers: HeaderMap::new(),
             error_body,
+            redactor: Arc::new(redactor),
             duration: crate::telemetry::metrics()
                 .sink_request_duration_seconds
                 .with_label_values(&[sink]),
@@ -393,7 +428,7 @@ impl HttpClient {
                         return Err(HttpError::Transport {
                             method: method.to_string(),
                             path: shown_path,
-                            message: describe_reqwest_error(&e),
+                            message: self.redactor.scrub(&describe_reqwest_error(&e)),
                         });
                     }
                     tracing::debug!(path = %shown_path, error = %describe_reqwest_error(&e), "retrying after a connection error");
@@ -421,18 +456,31 @@ impl HttpClient {
                         500 | 502 | 504 => idempotent,
                         _ => false,
                     };
+                    let response = Response {
+                        method: method.clone(),
+                        path: shown_path.clone(),
+                        status,
+                        body: bytes,
+                        error_body: self.error_body,
+                        redactor: self.redactor.clone(),
+                    };
                     if !retryable || attempt >= self.settings.max_retries {
-                        return Ok(Response {
-                            method: method.clone(),
-                            path: shown_path,
-                            status,
-                            body: bytes,
-                            error_body: self.error_body,
-                        });
+                        return Ok(response);
                     }
-                    let delay = retry_after(&headers)
-                        .map(|d| d.min(self.settings.max_retry_after))
-                        .unwrap_or_else(|| self.backoff(attempt));
+                    let delay = match retry_after(&headers) {
+                        Some(asked) if asked > self.settings.max_retry_after => {
+                            tracing::warn!(path = %shown_path, status = status.as_u16(), retry_after_secs = asked.as_secs(), max_retry_after_secs = self.settings.max_retry_after.as_secs(), "the target asked to wait longer than max_retry_after_secs; failing the request");
+                            return Err(HttpError::RetryAfterTooLong {
+                                method: method.to_string(),
+                                path: shown_path,
+                                status: status.as_u16(),
+                                asked: asked.as_secs(),
+                                max: self.settings.max_retry_after.as_secs(),
+                            });
+                        }
+                        Some(asked) => asked,
+                        None => self.backoff(attempt),
+                    };
                     tracing::info!(path = %shown_path, status = status.as_u16(), delay_ms = delay.as_millis() as u64, "target asked to slow down or failed; retrying");
                     delay
                 }
@@ -551,7 +599,7 @@ impl HttpClient {
                     }
                     return Err(HttpError::Token {
                         path: shown,
-                        detail: describe_reqwest_error(&e),
+                        detail: self.redactor.scrub(&describe_reqwest_error(&e)),
                     });
                 }
             };
@@ -568,17 +616,28 @@ impl HttpClient {
             {
                 attempt += 1;
                 let delay = retry_after(&headers).unwrap_or_else(|| self.backoff(attempt));
-                tokio::time::sleep(delay.min(self.settings.max_retry_after)).await;
+                if delay > self.settings.max_retry_after {
+                    return Err(HttpError::Token {
+                        path: shown,
+                        detail: format!(
+                            "HTTP {} asking to retry after {} s, longer than max_retry_after_secs ({} s)",
+                            status.as_u16(),
+                            delay.as_secs(),
+                            self.settings.max_retry_after.as_secs()
+                        ),
+                    });
+                }
+                tokio::time::sleep(delay).await;
                 continue;
             }
             if !status.is_success() {
                 return Err(HttpError::Token {
                     path: shown,
-                    detail: format!(
+                    detail: self.redactor.scrub(&format!(
                         "HTTP {}: {}",
                         status.as_u16(),
                         oauth_error(&body).unwrap_or_else(|| describe(self.error_body, &body))
-                    ),
+                    )),
                 });
             }
             #[derive(serde::Deserialize)]
@@ -591,8 +650,10 @@ impl HttpClient {
                     path: shown.clone(),
                     detail: format!("unreadable token response: {e}"),
                 })?;
+            let token_secret = Secret::new(token.access_token);
+            self.redactor.learn(&token_secret);
             return Ok((
-                Secret::new(token.access_token),
+                token_secret,
                 Duration::from_secs(token.expires_in.unwrap_or(300)),
             ));
         }

@@ -95,10 +95,16 @@ sink_types! {
 
 /// Builds the sink described by a `[[sinks]]` entry.
 pub(crate) fn build(config: &SinkConfig<SinkSettings>) -> Result<Box<dyn Sink>, SinkError> {
-    config
-        .settings
-        .registered()
-        .build(config.name.clone(), http_settings(config))
+    let registered = config.settings.registered();
+    let mut http = http_settings(config);
+    // Every configured secret is scrubbed from what the target answers; a secret that cannot be
+    // resolved fails in `build` itself, naming its key.
+    http.secrets = registered
+        .secret_fields()
+        .iter()
+        .filter_map(|field| field.resolve().ok())
+        .collect();
+    registered.build(config.name.clone(), http)
 }
 
 /// The shared HTTP layer's settings from the keys every `[[sinks]]` table has.
@@ -113,6 +119,10 @@ pub(crate) fn http_settings<S>(config: &SinkConfig<S>) -> http::HttpSettings {
             .map(std::time::Duration::from_secs)
             .unwrap_or(defaults.timeout),
         max_retries: config.max_retries.unwrap_or(defaults.max_retries),
+        max_retry_after: config
+            .max_retry_after_secs
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(defaults.max_retry_after),
         ..defaults
     }
 }
@@ -134,6 +144,10 @@ pub enum SinkError {
         #[source]
         source: SecretError,
     },
+    #[error(
+        "sink \"{sink}\": interrupted by a signal after the request in flight; what was applied is recorded"
+    )]
+    Interrupted { sink: String },
     #[error("sink \"{sink}\": cannot record in the ledger: {source}")]
     Ledger {
         sink: String,
@@ -195,6 +209,9 @@ pub struct Recorder<'a> {
     target_ids: HashMap<String, String>,
     pub report: ApplyReport,
     observer: Option<&'a (dyn Fn(OpKind, bool, u64) + Send + Sync)>,
+    /// Once cancelled (SIGINT/SIGTERM), the next record returns [`SinkError::Interrupted`]:
+    /// the op in flight is recorded, no further request is sent.
+    stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl<'a> Recorder<'a> {
@@ -205,6 +222,24 @@ impl<'a> Recorder<'a> {
             target_ids: HashMap::new(),
             report: ApplyReport::default(),
             observer: None,
+            stop: None,
+        }
+    }
+
+    /// Stops the sink at its next record once `stop` is cancelled.
+    pub fn with_stop(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// `Err` once the run was interrupted: called after each record, so the op that completed
+    /// is in the ledger and nothing more is sent.
+    fn checkpoint(&self) -> Result<(), SinkError> {
+        match &self.stop {
+            Some(stop) if stop.is_cancelled() => Err(SinkError::Interrupted {
+                sink: self.sink.clone(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -244,6 +279,7 @@ impl<'a> Recorder<'a> {
 
     /// Records the intent to create `group` before the create request is sent.
     pub fn intent(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
+        self.checkpoint()?;
         self.ledger
             .record_intent(group)
             .map_err(|e| self.store_error(e))
@@ -257,7 +293,7 @@ impl<'a> Recorder<'a> {
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
         self.count(OpKind::Create, 1);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records an updated group (new name/description/DN).
@@ -266,7 +302,7 @@ impl<'a> Recorder<'a> {
             .record_group(group, target_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Update, 1);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records a deleted group (or one found already gone).
@@ -275,7 +311,7 @@ impl<'a> Recorder<'a> {
             .record_deleted(&group.source_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Delete, 1);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Forgets a group the target no longer has, without counting a delete (it will be recreated).
@@ -293,7 +329,7 @@ impl<'a> Recorder<'a> {
     ) -> Result<(), SinkError> {
         self.record_members(OpKind::MemberAdd, group, members)?;
         self.count(OpKind::MemberAdd, members.len() as u64);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records members removed from a group.
@@ -304,7 +340,7 @@ impl<'a> Recorder<'a> {
     ) -> Result<(), SinkError> {
         self.record_members(OpKind::MemberRemove, group, members)?;
         self.count(OpKind::MemberRemove, members.len() as u64);
-        Ok(())
+        self.checkpoint()
     }
 
     /// Records members the target manages itself (no request sent): the ledger takes them as in

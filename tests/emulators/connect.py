@@ -967,7 +967,8 @@ class Handler(EmulatorHandler):
         resp = state.faults.check(
             method, path,
             lambda: Response(429, {"code": 277, "error": ERRORS[277][1], "payload": None}),
-            lambda status: Response(status, {"code": 1, "error": ERRORS[1][1], "payload": None}))
+            lambda status: Response(status, {"code": 1, "error": ERRORS[1][1], "payload": None}),
+            headers=self.headers)
         if resp is None:
             resp = answer(lambda: ConnectApp(state).dispatch(method, path, query, self.headers, body),
                           ApiError, lambda e: ApiError(1, message=f"emulator error: {e}").response())

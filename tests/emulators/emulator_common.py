@@ -302,8 +302,10 @@ class RequestFaults(Faults):
 
     POST /__admin/faults body (all keys optional; a POST replaces the previous settings):
       {"rate_limit_next": 3, "retry_after": 1,   # 429 + Retry-After (null: no header)
+       "retry_after_format": "seconds"|"http-date",
        "fail_next": 2, "fail_status": 500,       # N failures with that status
-       "fail_body": "json"|"text"|"empty",       # json = the target's error body; text/empty = proxy-like
+       "fail_body": "json"|"text"|"empty"|"echo", # json = the target's error body; text/empty = proxy-like;
+                                                 # echo = a JSON body echoing the request's headers (a leaky target)
        "path_prefix": "/__api__/v1/groups",      # only requests whose path starts with this
        "method": "PUT"}                          # only this method
     Non-matching requests do not consume the counters.  Rate limiting is checked first.
@@ -313,6 +315,7 @@ class RequestFaults(Faults):
         super().set({
             "rate_limit_next": int(spec.get("rate_limit_next", 0) or 0),
             "retry_after": spec.get("retry_after", 1),
+            "retry_after_format": spec.get("retry_after_format", "seconds"),
             "fail_next": int(spec.get("fail_next", 0) or 0),
             "fail_status": int(spec.get("fail_status", 500) or 500),
             "fail_body": spec.get("fail_body", "json"),
@@ -324,21 +327,37 @@ class RequestFaults(Faults):
         prefix, only = self.spec["path_prefix"], self.spec["method"]
         return not (prefix and not path.startswith(prefix)) and not (only and only.upper() != method)
 
-    def check(self, method, path, rate_limited, failed):
+    def check(self, method, path, rate_limited, failed, headers=None):
         """The injected answer for this request, or None.  ``rate_limited()`` builds the 429
-        (Retry-After is added here), ``failed(status)`` a JSON failure."""
+        (Retry-After is added here), ``failed(status)`` a JSON failure; ``headers`` (the
+        request's) are what an ``echo`` failure repeats."""
         if not self.applies(method, path):
             return None
         if self.take("rate_limit_next"):
             resp = rate_limited()
             if self.spec["retry_after"] is not None:
-                resp.headers["Retry-After"] = str(self.spec["retry_after"])
+                seconds = self.spec["retry_after"]
+                if self.spec["retry_after_format"] == "http-date":
+                    from email.utils import formatdate
+                    import time
+                    resp.headers["Retry-After"] = formatdate(time.time() + float(seconds), usegmt=True)
+                else:
+                    resp.headers["Retry-After"] = str(seconds)
             return resp
         if self.take("fail_next"):
             status, kind = self.spec["fail_status"], self.spec["fail_body"]
             if kind == "text":
                 return Response(status, raw="<html><body>upstream error</body></html>",
                                 content_type="text/html")
+            if kind == "echo":
+                echoed = {k: v for k, v in (headers or {}).items()}
+                auth = echoed.get("Authorization", "")
+                return Response(status, {
+                    "code": 1,
+                    "error": f"rejected credential Authorization: {auth} for {method} {path}",
+                    "message": f"you sent {auth}",
+                    "headers": echoed,
+                })
             if kind == "empty":
                 return Response(status, raw=b"", content_type="text/plain")
             return failed(status)

@@ -1219,7 +1219,8 @@ class Handler(EmulatorHandler):
         state, path = self.state, split.path
         resp = state.faults.check(method, path,
                                   lambda: CrestError(429, "Too Many Requests").response(),
-                                  lambda status: CrestError(status, "Injected failure").response())
+                                  lambda status: CrestError(status, "Injected failure").response(),
+                                  headers=self.headers)
         app = App(state, self.headers, query, body, self.headers.get("Host") or "127.0.0.1")
         if resp is None:
             resp = answer(lambda: app.dispatch(method, path), (CrestError, OAuthError),

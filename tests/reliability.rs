@@ -1,0 +1,651 @@
+//! Faults and hostile inputs (docs/reliability.md): a target that echoes credentials, empty
+//! reads, endless Retry-After, interruptions, state files from the future, plaintext, control
+//! characters. A real slapd, the real binary, the emulators of `tests/emulators/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const KEY: &str = "connect-key-123";
+
+/// slapd with two groups + the Connect emulator (password provider: ldapsync creates groups).
+fn connect_world() -> EmulatorWorld {
+    let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
+    let alice = world.slapd.add_user("alice", "alice@example.com");
+    world.slapd.add_group("devs", &[&alice]);
+    world.slapd.add_group("ops", &[&alice]);
+    world
+}
+
+fn connect_sink(world: &EmulatorWorld, extra: &str) -> String {
+    format!(
+        "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\n{extra}\n",
+        world.emu.base_url()
+    )
+}
+
+/// Every byte of the state file and its WAL.
+fn state_bytes(state: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-journal"] {
+        let path = PathBuf::from(format!("{}{suffix}", state.display()));
+        bytes.extend(std::fs::read(path).unwrap_or_default());
+    }
+    bytes
+}
+
+#[track_caller]
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(
+        !text.contains(KEY),
+        "{what} leaks the API key echoed by the target:\n{text}"
+    );
+}
+
+/// A target answering 401 with a body that echoes the `Authorization` header: the key appears
+/// in no output (text and JSON), no log line, not in `status`, `check --connect`, the state file
+/// or the daemon's `/readyz`; the error itself is still reported.
+#[test]
+fn secrets_echoed_by_a_target_are_scrubbed_everywhere() {
+    let world = connect_world();
+    world.emu.admin_post(
+        "/faults",
+        &json!({"fail_next": 100000, "fail_status": 401, "fail_body": "echo"}),
+    );
+    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 1"));
+
+    let text = sync(&config, &[]);
+    assert_eq!(text.code(), 1, "{}", text.describe());
+    assert!(
+        text.stdout_str().contains("401") || text.stderr_str().contains("401"),
+        "the failure is still reported: {}",
+        text.describe()
+    );
+    let json_run = sync(&config, &["--output", "json"]);
+    let dry = sync(&config, &["--dry-run", "--output", "json"]);
+    let check = run_ldapsync(&config, &["check", "--connect"]);
+    assert_ne!(check.code(), 0, "{}", check.describe());
+    let status_text = run_ldapsync(&config, &["status"]);
+    let status_json = run_ldapsync(&config, &["status", "--output", "json"]);
+    for (what, out) in [
+        ("sync", &text),
+        ("sync --output json", &json_run),
+        ("sync --dry-run", &dry),
+        ("check --connect", &check),
+        ("status", &status_text),
+        ("status --output json", &status_json),
+    ] {
+        assert_no_secret(&format!("{what} stdout"), &out.stdout_str());
+        assert_no_secret(&format!("{what} stderr"), &out.stderr_str());
+    }
+    assert!(
+        status_text.stdout_str().contains("401"),
+        "status shows the error: {}",
+        status_text.describe()
+    );
+    assert_no_secret(
+        "the state file",
+        &String::from_utf8_lossy(&state_bytes(&world.state_path())),
+    );
+
+    // The daemon: its log and the unauthenticated /readyz.
+    let port = free_port();
+    let daemon_config = write_file(
+        world.dir.path(),
+        "daemon.toml",
+        format!(
+            "{}\n[schedule]\ncron = \"0 0 0 1 1 *\"\nrun_on_start = true\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    );
+    let log = world.dir.path().join("daemon.log");
+    let mut child = Command::new(ldapsync_bin())
+        .env_remove("LDAPSYNC_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "debug")
+        .arg("--config")
+        .arg(&daemon_config)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(world.dir.path().join("daemon.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the daemon");
+    let ready = wait_for(
+        Duration::from_secs(60),
+        "/readyz naming the failure",
+        || {
+            if !port_open(port) {
+                return None;
+            }
+            let r = http_request("GET", &format!("http://127.0.0.1:{port}/readyz"), &[], None);
+            (r.status == 503 && r.body.contains("401")).then_some(r)
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_no_secret("/readyz", &ready.body);
+    assert_no_secret("the daemon log", &std::fs::read_to_string(&log).unwrap());
+    assert_no_secret(
+        "the state file after the daemon",
+        &String::from_utf8_lossy(&state_bytes(&world.state_path())),
+    );
+}
+
+/// Credentials written into a sink URL are a configuration error naming the key; the URL's
+/// password is not printed.
+#[test]
+fn credentials_in_a_sink_url_are_a_configuration_error() {
+    let world = connect_world();
+    let url = world
+        .emu
+        .base_url()
+        .replace("http://", "http://admin:url-password-77@");
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{url}\"\napi_key = \"{KEY}\"\n"
+        ),
+    );
+    for args in [&["check"][..], &["sync"], &["sync", "--dry-run"]] {
+        let out = run_ldapsync(&config, args);
+        assert_code(&out, 2);
+        assert!(
+            out.stderr_str().contains("base_url"),
+            "names the key: {}",
+            out.describe()
+        );
+        assert!(
+            !out.stderr_str().contains("url-password-77")
+                && !out.stdout_str().contains("url-password-77"),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+/// An LDIF-and-file-sink configuration in `dir` (no server): the example directory, the groups
+/// read under `groups_base`, `safety` open.
+fn offline_config(dir: &Path, groups_base: &str, extra_ldap: &str) -> PathBuf {
+    write_file(
+        dir,
+        "config.toml",
+        format!(
+            "[ldap]\nldif_file = \"{ldif}\"\n{extra_ldap}\n[groups]\nbase_dn = \"{groups_base}\"\n\n\
+             [users]\nbase_dn = \"ou=People,dc=example,dc=com\"\n\n[state]\npath = \"{state}\"\n\n{safety}\n\
+             [[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{out}\"\n",
+            ldif = repo_root().join("examples/directory.ldif").display(),
+            state = dir.join("state.db").display(),
+            safety = permissive_safety_toml(100000),
+            out = dir.join("ops.jsonl").display(),
+        ),
+    )
+}
+
+fn ledger_groups(state: &Path) -> i64 {
+    rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_groups WHERE sink = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A read with zero groups fails the run while a ledger holds groups, whatever scope earlier
+/// runs used (the scope memory cannot be overwritten by a run with another base DN); only
+/// `--allow-empty-scope`, shown in the plan, accepts it for one run.
+#[test]
+fn an_empty_scope_never_deletes_while_a_ledger_holds_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let config = offline_config(dir.path(), "ou=Groups,dc=example,dc=com", "");
+    assert_code(&sync(&config, &[]), 0);
+    let held = ledger_groups(&state);
+    assert!(held > 0);
+
+    // Another base DN (a new scope identity) that reads nothing: refused, nothing written.
+    let config = offline_config(dir.path(), "ou=Elsewhere,dc=example,dc=com", "");
+    for args in [&[][..], &["--dry-run"], &["--output", "json"]] {
+        let out = sync(&config, args);
+        assert_code(&out, 1);
+        assert!(
+            out.describe().contains("--allow-empty-scope"),
+            "the error says what to do: {}",
+            out.describe()
+        );
+    }
+    assert_eq!(ledger_groups(&state), held, "nothing was deleted");
+
+    // The operator accepts the empty scope for one run: shown in the plan, then applied.
+    let dry = sync(
+        &config,
+        &["--dry-run", "--allow-empty-scope", "--output", "json"],
+    );
+    assert_code(&dry, 0);
+    let plan: serde_json::Value = serde_json::from_str(&dry.stdout_str()).unwrap();
+    assert_eq!(plan["allow_empty_scope"], true, "{plan}");
+    assert_eq!(plan["sinks"][0]["summary"]["delete"], held, "{plan}");
+    let text = sync(&config, &["--allow-empty-scope"]);
+    assert_code(&text, 0);
+    assert!(
+        text.stdout_str().contains("--allow-empty-scope"),
+        "{}",
+        text.describe()
+    );
+    assert_eq!(ledger_groups(&state), 0);
+}
+
+/// The Connect groups the emulator holds, by name.
+fn connect_group_names(world: &EmulatorWorld) -> Vec<String> {
+    let mut names: Vec<String> = world
+        .groups()
+        .iter()
+        .filter_map(|g| g["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Confirmed ledger rows of the `connect` sink.
+fn confirmed_ledger_groups(state: &Path) -> i64 {
+    rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_groups WHERE sink = 'connect' AND target_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A target answering `429 Retry-After: 86400` fails the request at once (longer than
+/// `max_retry_after_secs`), and a target that keeps the run busy is stopped at
+/// `run_timeout_secs`; the ledger holds exactly what the target accepted and a rerun converges.
+#[test]
+fn runs_end_long_retry_after_and_run_timeout() {
+    let world = connect_world();
+    let creates = json!({"path_prefix": "/__api__/v1/groups", "method": "POST"});
+    let with = |extra: serde_json::Value| {
+        let mut spec = creates.clone();
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    };
+
+    world.emu.admin_post(
+        "/faults",
+        &with(json!({"rate_limit_next": 1000, "retry_after": 86400})),
+    );
+    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 1000"));
+    let started = std::time::Instant::now();
+    let out = sync(&config, &[]);
+    assert_code(&out, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "no 24-hour wait: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.describe().contains("max_retry_after_secs"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        confirmed_ledger_groups(&world.state_path()),
+        connect_group_names(&world).len() as i64
+    );
+
+    // Retry-After 1 on every create, a thousand retries: the sink stops at run_timeout_secs.
+    world.emu.admin_post(
+        "/faults",
+        &with(json!({"rate_limit_next": 100000, "retry_after": 1})),
+    );
+    let config = world.write_config(
+        1000,
+        &connect_sink(&world, "max_retries = 1000\nrun_timeout_secs = 3"),
+    );
+    let started = std::time::Instant::now();
+    let out = sync(&config, &[]);
+    assert_code(&out, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.describe().contains("run_timeout_secs"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        confirmed_ledger_groups(&world.state_path()),
+        connect_group_names(&world).len() as i64
+    );
+
+    // The target recovers: the next run converges, without duplicates.
+    world.emu.admin_post("/faults", &json!({}));
+    assert_code(&sync(&config, &[]), 0);
+    assert_eq!(connect_group_names(&world), ["devs", "ops"]);
+    assert_eq!(confirmed_ledger_groups(&world.state_path()), 2);
+    let again = sync(&config, &["--dry-run", "--output", "json"]);
+    assert_code(&again, 0);
+}
+
+/// `sync --dry-run` and `status` refuse what `sync` refuses: a state file from a newer
+/// ldapsync (`user_version` 99) and a garbled page, with a clear error and exit 1.
+#[test]
+fn read_only_commands_check_the_state_file_like_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let config = offline_config(dir.path(), "ou=Groups,dc=example,dc=com", "");
+    assert_code(&sync(&config, &[]), 0);
+    let pristine = std::fs::read(&state).unwrap();
+
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    for args in [
+        &["sync"][..],
+        &["sync", "--dry-run"],
+        &["status"],
+        &["status", "--output", "json"],
+    ] {
+        let out = run_ldapsync(&config, args);
+        assert_code(&out, 1);
+        assert!(
+            out.stderr_str().contains("newer"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+
+    // Garble the second page (a table's b-tree page) of the pristine file.
+    let mut garbled = pristine.clone();
+    assert!(garbled.len() >= 3 * 4096, "{} bytes", garbled.len());
+    for byte in &mut garbled[4096 + 8..4096 + 3000] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&state, &garbled).unwrap();
+    for args in [&["sync", "--dry-run"][..], &["status"], &["sync"]] {
+        let out = run_ldapsync(&config, args);
+        assert_code(&out, 1);
+        assert!(
+            out.stderr_str().contains("damaged") || out.stderr_str().contains("malformed"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+}
+
+/// Starts `ldapsync --config CONFIG sync` in the background, stdout and stderr to files.
+fn spawn_sync(config: &Path, out: &Path) -> std::process::Child {
+    Command::new(ldapsync_bin())
+        .env_remove("LDAPSYNC_CONFIG")
+        .arg("--config")
+        .arg(config)
+        .arg("sync")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .expect("spawn ldapsync sync")
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    wait_for(timeout, "ldapsync to exit", || child.try_wait().unwrap())
+}
+
+fn run_results(config: &Path) -> Vec<String> {
+    let out = run_ldapsync(config, &["status", "--output", "json"]);
+    assert_code(&out, 0);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or("running").to_string())
+        .collect()
+}
+
+/// A one-shot sync stopped by SIGINT stops after the request in flight, prints what it applied,
+/// records the run as interrupted and exits 130; a run left "running" by a SIGKILLed process
+/// is marked interrupted when the state file is next opened by a writer; the next run converges.
+#[test]
+fn interrupted_runs_are_recorded_and_converge() {
+    let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
+    let alice = world.slapd.add_user("alice", "alice@example.com");
+    let names: Vec<String> = (0..16).map(|i| format!("team-{i:02}")).collect();
+    for name in &names {
+        world.slapd.add_group(name, &[&alice]);
+    }
+    let config = world.write_config(1000, &connect_sink(&world, "rate_limit_per_second = 2"));
+    let logs = world.dir.path().join("run");
+
+    // SIGKILL: nothing can be recorded by the dying process.
+    let mut killed = spawn_sync(&config, &logs);
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    killed.wait().unwrap();
+    assert_eq!(
+        run_results(&config),
+        ["running"],
+        "status reads, never repairs"
+    );
+
+    // SIGINT: the writer first closes the dead run, then stops after the request in flight.
+    let mut child = spawn_sync(&config, &logs);
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let stdout = std::fs::read_to_string(logs.with_extension("out")).unwrap();
+    let stderr = std::fs::read_to_string(logs.with_extension("err")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(stdout.contains("INTERRUPTED"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("applied before the interruption"),
+        "{stdout}"
+    );
+    assert_eq!(run_results(&config), ["interrupted", "interrupted"]);
+    let held = world.groups().len() as i64;
+    assert!(held < names.len() as i64, "stopped early: {held} groups");
+    assert_eq!(confirmed_ledger_groups(&world.state_path()), held);
+
+    // The next run converges, without duplicates.
+    let config = world.write_config(1000, &connect_sink(&world, ""));
+    assert_code(&sync(&config, &[]), 0);
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(connect_group_names(&world), expected);
+    assert_eq!(run_results(&config)[0], "success");
+}
+
+/// Control characters in names never reach the output raw: such groups and users are skipped
+/// with a warning (deterministically), and nothing in the text plan carries ESC, CR or NUL.
+#[test]
+fn control_characters_in_names_are_skipped_and_never_printed_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ldif = std::fs::read_to_string(repo_root().join("examples/directory.ldif")).unwrap();
+    ldif.push_str(
+        "\ndn: cn=evil,ou=Groups,dc=example,dc=com\nobjectClass: groupOfNames\n\
+         cn:: ZXZpbAogICsgY3JlYXRlICAgICBmb3JnZWQbWzMxbQ==\n\
+         member: uid=alice,ou=People,dc=example,dc=com\n\
+         entryUUID: 0e0e0e0e-0000-4000-8000-00000000e1e1\n\
+         \ndn: cn=nul,ou=Groups,dc=example,dc=com\nobjectClass: groupOfNames\n\
+         cn:: bnVsAG5hbWU=\nmember: uid=alice,ou=People,dc=example,dc=com\n\
+         entryUUID: 0e0e0e0e-0000-4000-8000-00000000e1e2\n",
+    );
+    let ldif_path = write_file(dir.path(), "dir.ldif", ldif);
+    let config = offline_config(dir.path(), "ou=Groups,dc=example,dc=com", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &repo_root()
+            .join("examples/directory.ldif")
+            .display()
+            .to_string(),
+        &ldif_path.display().to_string(),
+    );
+    let config = write_file(dir.path(), "config.toml", text);
+    for _ in 0..2 {
+        let out = sync(&config, &["--dry-run"]);
+        assert_code(&out, 0);
+        let stdout = out.stdout_str();
+        assert!(
+            !stdout.contains(['\u{1b}', '\0', '\r']) && !stdout.contains("forged"),
+            "{stdout}"
+        );
+        assert!(
+            out.stderr_str().matches("control characters").count() >= 2,
+            "{}",
+            out.describe()
+        );
+    }
+    assert_code(&sync(&config, &[]), 0);
+    let written = std::fs::read_to_string(dir.path().join("ops.jsonl")).unwrap();
+    assert!(
+        !written.contains("evil") && !written.contains("\\u0000"),
+        "{written}"
+    );
+}
+
+/// Confirmed ledger rows of sink `sink`.
+fn confirmed(state: &Path, sink: &str) -> i64 {
+    rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_groups WHERE sink = ?1 AND target_id IS NOT NULL",
+            [sink],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The fault matrix on one emulated target: for each fault a new LDAP group is added and a run
+/// meets the fault (it may fail), then the target recovers and the next run converges: every
+/// group exactly once in the target, and the ledger holds what the target accepted.
+fn fault_matrix(world: &EmulatorWorld, sink: &str, config: &Path, create_path: &str) {
+    let faults = [
+        json!({"rate_limit_next": 3, "retry_after": 1}),
+        json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
+        json!({"rate_limit_next": 2, "retry_after": null}),
+        json!({"fail_next": 2, "fail_status": 503, "fail_body": "text"}),
+        json!({"fail_next": 2, "fail_status": 502, "fail_body": "empty"}),
+        json!({"fail_next": 3, "fail_status": 500, "fail_body": "text", "method": "GET"}),
+        json!({"rate_limit_next": 1000, "retry_after": 100000}),
+    ]
+    .map(|mut fault| {
+        if fault.get("method").is_none() {
+            fault["path_prefix"] = json!(create_path);
+        }
+        fault
+    });
+    run_fault_matrix(world, sink, config, &faults);
+}
+
+/// [`fault_matrix`] with the faults given in the emulator's own terms.
+fn run_fault_matrix(
+    world: &EmulatorWorld,
+    sink: &str,
+    config: &Path,
+    faults: &[serde_json::Value],
+) {
+    let alice = world.slapd.add_user("alice", "alice@example.com");
+    let mut names: Vec<String> = Vec::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let name = format!("fault-{i}");
+        world.slapd.add_group(&name, &[&alice]);
+        names.push(name);
+        world.emu.admin_post("/faults", fault);
+        let out = sync(config, &[]);
+        assert!(
+            [0, 1, 4].contains(&out.code()),
+            "{fault}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            confirmed(&world.state_path(), sink),
+            world
+                .groups()
+                .iter()
+                .filter(|g| g["name"].as_str().is_some_and(|n| n.starts_with("fault-")))
+                .count() as i64,
+            "{fault}: the ledger holds what the target accepted"
+        );
+        world.emu.admin_post("/faults", &json!({}));
+        let out = sync(config, &[]);
+        assert_code(&out, 0);
+        for name in &names {
+            assert_eq!(
+                world.groups_named(name).len(),
+                1,
+                "{fault}: {name} exactly once: {:#?}",
+                world.groups()
+            );
+        }
+    }
+    let again = sync(config, &["--dry-run", "--output", "json"]);
+    assert_code(&again, 0);
+    let plan: serde_json::Value = serde_json::from_str(&again.stdout_str()).unwrap();
+    assert_eq!(plan["sinks"][0]["summary"]["create"], 0, "{plan}");
+}
+
+#[test]
+fn connect_converges_through_the_fault_matrix() {
+    let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
+    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 4"));
+    fault_matrix(&world, "connect", &config, "/__api__/v1/groups");
+}
+
+#[test]
+fn forgerock_converges_through_the_fault_matrix() {
+    let world = EmulatorWorld::start("forgerock", &[]);
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"idm\"\ntype = \"forgerock\"\nbase_url = \"{base}\"\nmax_retries = 4\n\
+             token_url = \"{base}/am/oauth2/realms/root/realms/alpha/access_token\"\n\
+             client_id = \"idm-provisioning\"\nclient_secret = \"idm-provisioning-secret\"\ntoken_auth_method = \"post\"\n",
+            base = world.emu.base_url()
+        ),
+    );
+    fault_matrix(&world, "idm", &config, "/openidm/managed");
+}
+
+#[test]
+fn pingone_groups_converges_through_the_fault_matrix() {
+    let world = EmulatorWorld::start("pingone", &[]);
+    let secret = write_file(world.dir.path(), "client-secret", "s3cret-client\n");
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"p1\"\ntype = \"pingone_groups\"\napi_url = \"{base}/v1\"\nauth_url = \"{base}\"\n\
+             environment_id = \"11111111-2222-3333-4444-555555555555\"\nclient_id = \"ldapsync-client\"\n\
+             client_secret_file = \"{secret}\"\nmax_retries = 4\n",
+            base = world.emu.base_url(),
+            secret = secret.display(),
+        ),
+    );
+    let faults = [
+        json!({"rate_limit_next": 3, "retry_after": 1}),
+        json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
+        json!({"fail_next": 2, "fail_status": 503}),
+        json!({"fail_next": 2, "fail_status": 502}),
+        json!({"rate_limit_next": 1000, "retry_after": 100000}),
+    ];
+    run_fault_matrix(&world, "p1", &config, &faults);
+}
