@@ -39,4 +39,7 @@ mod slapd;
 
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
-pub use {emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*, scim::*, slapd::*};
+pub use {
+    emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*, scim::*,
+    slapd::*,
+};

@@ -35,7 +35,9 @@ impl FaultProxy {
     /// Replaces the rules (see the module doc of `fault_proxy.py`), e.g.
     /// `json!([{"method":"POST","path":"/Groups$","action":"status","status":500,"times":1}])`.
     pub fn rules(&self, rules: Value) {
-        let r = self.emu.request("POST", "/__proxy/rules", &[], Some(&rules));
+        let r = self
+            .emu
+            .request("POST", "/__proxy/rules", &[], Some(&rules));
         assert_eq!(r.status, 200, "set proxy rules: {}", r.body);
     }
 
@@ -55,7 +57,10 @@ impl FaultProxy {
     pub fn requests(&self, method: &str, path_suffix: &str) -> Vec<Value> {
         self.log()
             .into_iter()
-            .filter(|r| r["method"] == method && r["path"].as_str().is_some_and(|p| p.ends_with(path_suffix)))
+            .filter(|r| {
+                r["method"] == method
+                    && r["path"].as_str().is_some_and(|p| p.ends_with(path_suffix))
+            })
             .collect()
     }
 
