@@ -146,15 +146,15 @@ pub fn text(report: &RunReport) -> String {
         let s = sink.summary;
         let _ = writeln!(
             out,
-            "\nsink \"{}\" ({}): {} create, {} adopt, {} update, {} delete, {} member_add, {} member_remove, {} unmapped",
+            "\nsink \"{}\" ({}): {} create, {} update, {} delete, {} member_add, {} member_remove, {} adopt, {} unmapped",
             sink.name,
             sink.type_name,
             s.create,
-            s.adopt,
             s.update,
             s.delete,
             s.member_add,
             s.member_remove,
+            s.adopt,
             s.unmapped
         );
         if sink.plan.is_empty() {

@@ -508,6 +508,26 @@ pub async fn resolve<A: GroupApi + ?Sized>(
             },
         );
     }
+    // Members of adopted groups that no group member maps to: name them by the other
+    // directory users (a removal shows a user name, not a target id).
+    let mut users = users;
+    let known: HashSet<&String> = users.values().collect();
+    let strangers = existing
+        .values()
+        .flat_map(|g| &g.members)
+        .any(|(id, _)| !known.contains(id));
+    if strangers {
+        let others: Vec<MemberRef> = directory
+            .users
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| !**w)
+            .map(|(u, _)| MemberRef::new(Arc::clone(u)))
+            .collect();
+        if !others.is_empty() {
+            users.extend(api.map_users(&others).await?);
+        }
+    }
     Ok(TargetView {
         users: Some(users),
         existing,

@@ -309,9 +309,7 @@ impl GroupApi for ScimSink {
     /// One paged listing of `/Users`, matched locally on the configured attribute (a user
     /// several target users match is left unmapped, with a warning).
     async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
-        let listed = self
-            .list_all("/Users", &[("excludedAttributes", "groups")])
-            .await?;
+        let listed = self.list_all("/Users", &[]).await?;
         let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
         for user in &listed {
             let Some(id) = user.get("id").and_then(Value::as_str) else {

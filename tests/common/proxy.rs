@@ -13,10 +13,12 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// A proxy forwarding every request to `target` (`http://127.0.0.1:PORT[/prefix]`).
+    /// A proxy forwarding every request to `target` (`http://127.0.0.1:PORT[/prefix]`): paths
+    /// are forwarded as they are, so [`FaultProxy::url`] keeps the prefix.
     pub fn start(target: &str) -> FaultProxy {
+        let origin: String = target.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
         FaultProxy {
-            emu: Emulator::start("fault_proxy", &["--target", target]),
+            emu: Emulator::start("fault_proxy", &["--target", &origin]),
             target: target.trim_end_matches('/').to_string(),
         }
     }
