@@ -2,13 +2,21 @@
 //!
 //! The driver owns everything that is the same on every target:
 //!
+//! * **Resolve** (before planning, read-only): [`resolve`] maps the directory's members to
+//!   target users ([`GroupApi::map_users`], bulk where the target allows) and finds the groups to
+//!   be created that exist already (one listing, or a lookup per group), each checked by
+//!   [`identify`] on the client side; the planner turns them into `adopt` operations.
+//! * **Adopt**: records the group and the members it already has.
 //! * **Create**: an optional lookup first ([`GroupApi::prepare_create`]; by default only for a
-//!   resumed create, `Create { resume: true }`), the intent recorded before the request, and a
-//!   conflict answer ("it exists") resolved by [`GroupApi::find_existing`] and adopted.
+//!   resumed create, `Create { resume: true }`, by externalId only), the intent recorded before
+//!   the request, which is sent once; a conflict answer ("it exists") resolved by
+//!   [`find_existing`] under the sink's [`AdoptPolicy`]; an answer that was lost or failed after
+//!   sending ([`OpError::maybe_committed`]) resolved by a lookup by externalId, never by a
+//!   second create.
 //! * **Update**: [`Outcome::NotFound`] fails the op and forgets the group, so the next run
 //!   recreates it.
-//! * **Delete**: an unconfirmed create (no target id) is looked up first; not found, or a 404,
-//!   is done.
+//! * **Delete**: an unconfirmed create (no target id) is looked up by externalId only; not
+//!   found (the intent is dropped, nothing deleted), or a 404, is done.
 //! * **Members**: users mapped through [`GroupApi::user_id`] (unmapped members counted, never
 //!   fatal), sent in chunks of [`GroupApi::member_chunk_size`], recorded in batches; a group the
 //!   target owns the membership of ([`Membership::Provider`]) is recorded as in sync, unsent.
