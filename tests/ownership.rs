@@ -266,8 +266,7 @@ fn a_hand_made_group_is_adopted_by_name_and_its_members_converge() {
     assert_eq!(ops[2]["members"], json!(["carol"]));
     let text = sync(&w.config, &["--dry-run"]).stdout_str();
     assert!(
-        text.contains(&format!("= adopt"))
-            && text.contains(&format!("ops (id {hand_made}, by name)")),
+        text.contains("= adopt") && text.contains(&format!("ops (id {hand_made}, by name)")),
         "{text}"
     );
 
