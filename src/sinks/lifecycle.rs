@@ -42,6 +42,11 @@ use crate::model::{
     AdoptedBy, ExistingGroup, GroupSpec, MemberRef, OpKind, Operation, Plan, TargetView,
 };
 
+/// Sends of one create at most, each after a lookup showed the previous one left nothing.
+const CREATE_ATTEMPTS: u32 = 3;
+/// The wait before the second send of a create (doubled before the third).
+const CREATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Member changes written to the ledger together, to keep writes few on large groups.
 const RECORD_BATCH: usize = 100;
 
@@ -661,36 +666,51 @@ async fn create_op<A: GroupApi + ?Sized>(
         }
     };
     ops.recorder.intent(group)?;
-    let error = match api.create(group, ticket).await {
-        Ok(Created::Id(id)) => return ops.recorder.created(group, &id),
-        Ok(Created::Conflict(conflict)) if api.adopt_policy() == AdoptPolicy::Never => {
-            OpError::from(format!(
-                "{conflict}; a group named {:?} already exists in {} and this sink has adopt = \"never\" (rename or remove that group, or set adopt = \"name\")",
-                group.name,
-                api.target_label()
-            ))
-        }
-        Ok(Created::Conflict(conflict)) => match find_existing(api, group, Lookup::Adopt).await {
-            Ok(Some((id, by))) => {
-                tracing::info!(sink = %api.sink_name(), group = %group.name, id, by = by.as_str(), "the group already exists in {}; adopted it", api.target_label());
-                return ops.recorder.created(group, &id);
+    let mut attempt = 1;
+    let error = loop {
+        let e = match api.create(group, ticket.clone()).await {
+            Ok(Created::Id(id)) => return ops.recorder.created(group, &id),
+            Ok(Created::Conflict(conflict)) if api.adopt_policy() == AdoptPolicy::Never => {
+                break OpError::from(format!(
+                    "{conflict}; a group named {:?} already exists in {} and this sink has adopt = \"never\" (rename or remove that group, or set adopt = \"name\")",
+                    group.name,
+                    api.target_label()
+                ));
             }
-            Ok(None) => conflict,
+            Ok(Created::Conflict(conflict)) => {
+                break match find_existing(api, group, Lookup::Adopt).await {
+                    Ok(Some((id, by))) => {
+                        tracing::info!(sink = %api.sink_name(), group = %group.name, id, by = by.as_str(), "the group already exists in {}; adopted it", api.target_label());
+                        return ops.recorder.created(group, &id);
+                    }
+                    Ok(None) => conflict,
+                    Err(e) => e,
+                };
+            }
             Err(e) => e,
-        },
+        };
+        if !e.maybe_committed() {
+            break e;
+        }
         // The answer was lost or failed after sending: the target may have committed the
         // create. Look before anything is sent again (never a blind second create).
-        Err(e) if !e.maybe_committed() => e,
-        Err(e) => match find_existing(api, group, Lookup::Ours).await {
+        match find_existing(api, group, Lookup::Ours).await {
             Ok(Some((id, _))) => {
                 tracing::info!(sink = %api.sink_name(), group = %group.name, id, error = %e, "the create failed but the target has the group; recorded it");
                 return ops.recorder.created(group, &id);
             }
-            Ok(None) => e,
-            Err(lookup) => OpError::from(format!(
-                "{e}; then the lookup of what the create may have made failed: {lookup} (retried next run, after a lookup)"
-            )),
-        },
+            Ok(None) if attempt < CREATE_ATTEMPTS => {
+                tracing::info!(sink = %api.sink_name(), group = %group.name, error = %e, attempt, "the create failed and the target does not have the group; sending it again");
+                tokio::time::sleep(CREATE_RETRY_DELAY * attempt).await;
+                attempt += 1;
+            }
+            Ok(None) => break e,
+            Err(lookup) => {
+                break OpError::from(format!(
+                    "{e}; then the lookup of what the create may have made failed: {lookup} (looked up again before the next create)"
+                ));
+            }
+        }
     };
     ops.fail(OpKind::Create, group, error, 1);
     Ok(())
@@ -1328,7 +1348,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_create_that_failed_after_sending_is_looked_up_not_resent() {
+    async fn a_create_that_failed_after_sending_is_looked_up_before_it_is_sent_again() {
         let mut api = Fake {
             create_error: Some(status(503, "busy")),
             ..Fake::default()
@@ -1338,7 +1358,13 @@ mod tests {
         result.unwrap();
         assert_eq!(report.applied.create, 1);
         assert_eq!(report.failures.len(), 1);
-        assert_eq!(api.calls(), ["create a", "find a", "create b", "find b"]);
+        assert_eq!(
+            api.calls(),
+            [
+                "create a", "find a", "create b", "find b", "create b", "find b", "create b",
+                "find b"
+            ]
+        );
     }
 
     #[tokio::test]
