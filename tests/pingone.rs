@@ -686,11 +686,13 @@ fn groups_sink_resumes_an_unconfirmed_create_by_external_id() {
     let eng = w.slapd.add_group("eng", &[&alice]);
     let eng_id = w.entry_uuid(&eng);
 
-    // The create fails (500 on a POST is not retried): only the intent is recorded.
+    // The create fails (500 on a POST is not retried) and so does the lookup that follows it
+    // (a create is sent again only after a lookup showed it absent): only the intent remains.
     w.emu
-        .admin_post("/faults", &json!({"fail_next": 1, "fail_status": 500}));
+        .admin_post("/faults", &json!({"fail_next": 20, "fail_status": 500}));
     let out = w.sync(&[]);
     assert_eq!(out.code(), 1, "{}", out.describe());
+    w.emu.admin_post("/faults", &json!({}));
     assert!(groups_named(&w.emu.state(), "eng").is_empty());
 
     // As if the create had reached PingOne and only its answer was lost.
