@@ -556,6 +556,19 @@ impl Sink for ForgeRockSink {
     ) -> Result<(), SinkError> {
         lifecycle::apply(self, plan, recorder).await
     }
+
+    async fn resolve(
+        &self,
+        directory: &crate::directory::Directory,
+        ledger: &Ledger,
+    ) -> Result<crate::model::TargetView, SinkError> {
+        lifecycle::resolve(self, directory, ledger)
+            .await
+            .map_err(|e| SinkError::Target {
+                sink: self.name.clone(),
+                message: format!("reading the target before planning: {e}"),
+            })
+    }
 }
 
 #[cfg(test)]
