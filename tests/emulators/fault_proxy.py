@@ -19,10 +19,12 @@ in the path, default any), for its first ``times`` matches (default: every time)
   that status instead of the target's answer;
 * ``{"action": "reset"}``: forwards, then closes the connection without answering;
 * ``{"action": "strip_query"}``: forwards without the query string (a target ignoring filters);
+* ``{"action": "set_query", "param": "_queryFilter", "value": "true"}``: forwards with that query
+  parameter replaced (a target ignoring filters whose API requires one);
 * ``{"action": "delay", "seconds": 2}``: waits, then forwards.
 
 Several rules may match one request; the first non-``strip_query``/``delay`` rule decides the
-answer, ``strip_query`` and ``delay`` rules apply in addition.
+answer, ``strip_query``, ``set_query`` and ``delay`` rules apply in addition.
 """
 
 import argparse
@@ -35,7 +37,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -128,6 +130,10 @@ class Handler(BaseHTTPRequestHandler):
             action = rule.get("action")
             if action == "strip_query":
                 query = ""
+            elif action == "set_query":
+                pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != rule["param"]]
+                pairs.append((rule["param"], rule.get("value", "")))
+                query = urlencode(pairs)
             elif action == "delay":
                 time.sleep(float(rule.get("seconds", 1)))
             elif decisive is None:
