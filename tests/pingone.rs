@@ -711,3 +711,43 @@ fn groups_sink_resumes_an_unconfirmed_create_by_external_id() {
     assert_eq!(groups_named(&state, "eng").len(), 1);
     assert_eq!(members(&state, &gid), ids(&pingone_users, &["alice"]));
 }
+
+/// Behind the fault proxy: an interrupted create (a 500 PingOne never processed), then a PingOne
+/// whose group listings ignore the filter and answer every group, and whose next create is
+/// committed but answered 503. The unrelated group the listing answers first is never adopted
+/// (every answer is checked on the client side), and g03 ends up created exactly once.
+#[test]
+fn groups_sink_behind_a_target_that_ignores_filters_adopts_nothing_unrelated() {
+    let w = World::new(&[], "pingone_groups", "");
+    let pingone_users = add_users(&w.emu, &["alice", "bob"]);
+    let finance = create_group(&w.emu, json!({"name": "AAA-finance-admins"}));
+    let proxy = FaultProxy::start(w.emu.base_url());
+    let secret = w.dir.path().join("client-secret");
+    let config = w.write_config(
+        100,
+        &format!(
+            "name = \"p1\"\ntype = \"pingone_groups\"\napi_url = \"{proxy}/v1\"\nauth_url = \"{base}\"\nenvironment_id = \"{ENV_ID}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{secret}\"\nmax_retries = 1\n",
+            proxy = proxy.url(),
+            base = w.emu.base_url(),
+            secret = secret.display(),
+        ),
+    );
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("g03", &[&alice]);
+    proxy.rules(json!([
+        {"method": "POST", "path": "/groups$", "action": "status", "status": 500}
+    ]));
+    assert_eq!(sync(&config, &[]).code(), 1);
+    proxy.rules(json!([
+        {"method": "GET", "path": "/groups$", "action": "strip_query"},
+        {"method": "POST", "path": "/groups$", "action": "forward_status", "status": 503, "times": 1}
+    ]));
+    let out = sync(&config, &[]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let state = w.emu.state();
+    assert!(members(&state, &finance).is_empty(), "{state}");
+    let g03 = groups_named(&state, "g03");
+    assert_eq!(g03.len(), 1, "{state}");
+    let gid = g03[0]["id"].as_str().unwrap();
+    assert_eq!(members(&state, gid), ids(&pingone_users, &["alice"]));
+}
