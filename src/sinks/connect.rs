@@ -517,7 +517,23 @@ impl ConnectSink {
         if found.is_some() || !self.config.provision_users {
             return Ok(found);
         }
-        let created = self.provision(mode, member).await?;
+        let created = match self.provision(mode, member).await {
+            Ok(created) => created,
+            // The create may have reached Connect (timeout, reset, 5xx, 429): look the user up
+            // before anything is sent again, never a blind second create.
+            Err(e) if e.maybe_committed() => {
+                let listing = self.list_pages("/v1/users", &[], false).await?;
+                let made = listing
+                    .items
+                    .into_iter()
+                    .find(|u| u.get("username").and_then(Value::as_str) == Some(&member.username));
+                match made {
+                    Some(user) => Some(user),
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(user) = &created {
             index.insert(user);
         }
