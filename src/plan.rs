@@ -551,6 +551,61 @@ mod tests {
     }
 
     #[test]
+    fn a_view_of_the_target_plans_adoptions_and_lists_unmapped_members() {
+        use crate::model::{AdoptedBy, ExistingGroup};
+        // g1 exists in the target with user0 and a stranger; user2 has no target user.
+        let d = directory(&[("g1", "a", &[0, 1, 2]), ("g2", "b", &[2])], 3);
+        let view = TargetView {
+            users: Some(
+                [("u000", "t0"), ("u001", "t1")]
+                    .map(|(s, t)| (s.to_string(), t.to_string()))
+                    .into_iter()
+                    .collect(),
+            ),
+            existing: [(
+                "g1".to_string(),
+                ExistingGroup {
+                    target_id: "T1".into(),
+                    by: AdoptedBy::Name,
+                    members: vec![("t0".into(), "t0".into()), ("tx".into(), "stranger".into())],
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let p = plan(&d, &Ledger::default(), &view);
+        let shown: Vec<_> = p
+            .operations
+            .iter()
+            .map(|o| serde_json::to_value(OperationView::from(o)).unwrap())
+            .collect();
+        assert_eq!(shown[0]["op"], "adopt");
+        assert_eq!(
+            (&shown[0]["by"], &shown[0]["target_id"]),
+            (&json!("name"), &json!("T1"))
+        );
+        assert_eq!(shown[1]["op"], "create");
+        assert_eq!(
+            (&shown[2]["op"], &shown[2]["members"]),
+            (&json!("member_add"), &json!(["user1"]))
+        );
+        assert_eq!(
+            (&shown[3]["op"], &shown[3]["members"]),
+            (&json!("member_remove"), &json!(["stranger"]))
+        );
+        assert_eq!(shown.len(), 4);
+        let summary = p.summary();
+        assert_eq!((summary.adopt, summary.unmapped), (1, 2));
+        assert_eq!(p.unmapped[0].members, ["user2"]);
+        // Applied, the ledger holds what the target has: the plan is empty, unmapped aside.
+        let mut ledger = Ledger::default();
+        apply_to_ledger(&mut ledger, &p);
+        let again = plan(&d, &ledger, &view);
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(again.summary().unmapped, 2);
+    }
+
+    #[test]
     fn json_shape_follows_the_contract() {
         let d = directory(&[("g1", "a", &[0])], 1);
         let p = plan(&d, &Ledger::default(), &TargetView::default());
