@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §5): `sync`, `daemon`, `check`, `status`, and their exit codes.
+//! The command line (README "Commands and exit codes"): `sync`, `daemon`, `check`, `status`, and their exit codes.
 
 use std::path::PathBuf;
 

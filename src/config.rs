@@ -1,4 +1,4 @@
-//! Typed configuration: the TOML keys of DESIGN.md §5, defaults, validation with `file:line` errors, and secrets.
+//! Typed configuration: the TOML keys of config.example.toml, defaults, validation with `file:line` errors, and secrets.
 //!
 //! Every table rejects unknown keys. Errors name the file, the line and the key
 //! (`config.toml:12: unknown key "bind_pw" in [ldap]`) and never contain a secret's value.
@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use toml::de::{DeTable, DeValue};
 
 use crate::secret::{Secret, SecretError, resolve_optional_secret};
 
@@ -233,7 +234,7 @@ fn default_true() -> bool {
     true
 }
 
-/// Mass-change thresholds (DESIGN.md §4.2). A plan that exceeds any of them is held.
+/// Mass-change thresholds (docs/safety.md rule 2). A plan that exceeds any of them is held.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyConfig {
@@ -321,24 +322,16 @@ impl<S: SinkOptions> Config<S> {
     /// Parses configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config<S>, ConfigError> {
         let shown = path.display().to_string();
+        let spans = Spans::new(text);
         let mut config: Config<S> = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let section = section_at(text, span.start).unwrap_or_default();
-            let (message, key) = humanize_toml_error(e.message(), &section);
-            // A table-level error (e.g. inside [[sinks]]) spans the table: point at the key itself.
+            let section = spans.section_at(span.start);
+            let (message, key) = humanize_toml_error(e.message(), section.as_deref());
+            // A table-level error (e.g. inside [[sinks]], whose keys serde sees flattened) spans
+            // the table: point at the key itself when the table has it.
             let line = key
-                .and_then(|key| {
-                    let start = text[..span.start.min(text.len())]
-                        .rfind('\n')
-                        .map_or(0, |p| p + 1);
-                    text[start..]
-                        .lines()
-                        .enumerate()
-                        .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('['))
-                        .position(|(_, l)| key_of(l.trim()) == Some(key.as_str()))
-                        .map(|offset| line_of_offset(text, start) + offset)
-                })
-                .unwrap_or_else(|| line_of_offset(text, span.start));
+                .and_then(|key| spans.key_in_table_at(span.start, &key))
+                .unwrap_or_else(|| spans.line(span.start));
             ConfigError::Invalid {
                 path: shown.clone(),
                 line,
@@ -346,7 +339,7 @@ impl<S: SinkOptions> Config<S> {
             }
         })?;
         config.source_path = path.to_path_buf();
-        validate(&config, text, &shown)?;
+        validate(&config, &spans, &shown)?;
         Ok(config)
     }
 
@@ -402,10 +395,14 @@ impl LdapConfig {
     }
 }
 
-fn validate<S: SinkOptions>(config: &Config<S>, text: &str, path: &str) -> Result<(), ConfigError> {
+fn validate<S: SinkOptions>(
+    config: &Config<S>,
+    spans: &Spans<'_>,
+    path: &str,
+) -> Result<(), ConfigError> {
     let at = |section: &str, key: &str, message: String| ConfigError::Invalid {
         path: path.to_string(),
-        line: locate_key(text, section, key).unwrap_or(1),
+        line: spans.key(&[section], key).unwrap_or(1),
         message,
     };
     let ldap = &config.ldap;
@@ -521,7 +518,7 @@ fn validate<S: SinkOptions>(config: &Config<S>, text: &str, path: &str) -> Resul
     }
     let mut seen = std::collections::BTreeSet::new();
     for (index, sink) in config.sinks.iter().enumerate() {
-        let line = locate_sink_key(text, index, "name").unwrap_or(1);
+        let line = spans.sink_key(index, "name").unwrap_or(1);
         if sink.name.trim().is_empty() || !seen.insert(sink.name.clone()) {
             return Err(ConfigError::Invalid {
                 path: path.to_string(),
@@ -536,7 +533,7 @@ fn validate<S: SinkOptions>(config: &Config<S>, text: &str, path: &str) -> Resul
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: path.to_string(),
-                line: locate_sink_key(text, index, key).unwrap_or(line),
+                line: spans.sink_key(index, key).unwrap_or(line),
                 message: format!(
                     "invalid value for \"{key}\" in sink \"{}\": {message}",
                     sink.name
@@ -546,20 +543,22 @@ fn validate<S: SinkOptions>(config: &Config<S>, text: &str, path: &str) -> Resul
     Ok(())
 }
 
-/// Turns serde/toml wording into the project's (`unknown key "x" in [ldap]`); also returns the key.
-fn humanize_toml_error(message: &str, section: &str) -> (String, Option<String>) {
+/// Turns serde/toml wording into the project's (`unknown key "x" in [ldap]`); also returns the
+/// key. toml reports no error kind, only serde's message, so the three shapes serde writes are
+/// recognised here, in one place.
+fn humanize_toml_error(message: &str, section: Option<&str>) -> (String, Option<String>) {
     let first = message.lines().next().unwrap_or(message).trim();
-    let place = if section.is_empty() {
-        String::new()
-    } else {
-        format!(" in {section}")
-    };
+    let place = section.map(|s| format!(" in {s}")).unwrap_or_default();
     let quoted = |rest: &str| rest.split('`').next().map(str::to_string);
     if let Some(key) = first.strip_prefix("unknown field `").and_then(quoted) {
         return (format!("unknown key \"{key}\"{place}"), Some(key));
     }
     if let Some(key) = first.strip_prefix("missing field `").and_then(quoted) {
-        return (format!("missing key \"{key}\"{place}"), None);
+        return match section {
+            // Missing at the top level: a required section.
+            None => (format!("missing section [{key}]"), None),
+            Some(_) => (format!("missing key \"{key}\"{place}"), None),
+        };
     }
     if let Some(value) = first.strip_prefix("unknown variant `").and_then(quoted) {
         let expected = first.split("expected ").nth(1).unwrap_or("");
@@ -571,76 +570,134 @@ fn humanize_toml_error(message: &str, section: &str) -> (String, Option<String>)
     (format!("{first}{place}"), None)
 }
 
-fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+/// Where tables and keys are in the file, from toml's own spanned parse of the document.
+struct Spans<'a> {
+    text: &'a str,
+    document: Option<DeTable<'a>>,
 }
 
-/// The `[table]` or `[[array]]` header in force at `offset`.
-fn section_at(text: &str, offset: usize) -> Option<String> {
-    let end = text[offset.min(text.len())..]
-        .find('\n')
-        .map_or(text.len(), |p| offset.min(text.len()) + p);
-    text[..end]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|line| line.starts_with('['))
-        .map(|line| line.split('#').next().unwrap_or(line).trim().to_string())
-}
-
-/// Line of `key = …` inside `[section]`, or of the section header when the key is absent.
-fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
-    let header = format!("[{section}]");
-    let mut in_section = false;
-    let mut header_line = None;
-    for (index, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            in_section = trimmed.starts_with(&header);
-            if in_section {
-                header_line = Some(index + 1);
-            }
-            continue;
-        }
-        if in_section && key_of(trimmed) == Some(key) {
-            return Some(index + 1);
+impl<'a> Spans<'a> {
+    fn new(text: &'a str) -> Self {
+        Spans {
+            text,
+            document: DeTable::parse(text).ok().map(toml::Spanned::into_inner),
         }
     }
-    header_line
-}
 
-/// Line of `key = …` in the `index`-th `[[sinks]]` table.
-fn locate_sink_key(text: &str, index: usize, key: &str) -> Option<usize> {
-    let mut current: Option<usize> = None;
-    let mut count = 0usize;
-    let mut header_line = None;
-    for (number, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("[[sinks]]") {
-            current = Some(count);
-            count += 1;
-            if current == Some(index) {
-                header_line = Some(number + 1);
-            }
-            continue;
-        }
-        if trimmed.starts_with('[') {
-            current = None;
-            continue;
-        }
-        if current == Some(index) && key_of(trimmed) == Some(key) {
-            return Some(number + 1);
-        }
+    /// The 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
-    header_line
+
+    /// The top-level table (`[ldap]`) or array of tables (`[[sinks]]`) holding `offset`, if
+    /// any; `None` at the top level.
+    fn section_at(&self, offset: usize) -> Option<String> {
+        let document = self.document.as_ref()?;
+        document.iter().find_map(|(name, value)| {
+            let inside = |table: &DeTable<'_>| {
+                table.iter().any(|(k, v)| {
+                    k.span().contains(&offset)
+                        || v.span().contains(&offset)
+                        || v.span().start == offset
+                })
+            };
+            match value.get_ref() {
+                DeValue::Table(table) if inside(table) || value.span().contains(&offset) => {
+                    Some(format!("[{}]", name.get_ref()))
+                }
+                DeValue::Array(items)
+                    if items.iter().any(|item| {
+                        item.span().contains(&offset)
+                            || matches!(item.get_ref(), DeValue::Table(t) if inside(t))
+                    }) =>
+                {
+                    Some(format!("[[{}]]", name.get_ref()))
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// The line of `key` in the table at `path` (`["ldap"]`), or of the table when the key is
+    /// absent.
+    fn key(&self, path: &[&str], key: &str) -> Option<usize> {
+        let mut table = self.document.as_ref()?;
+        let mut at = None;
+        for name in path {
+            let (k, v) = table.iter().find(|(k, _)| k.get_ref() == name)?;
+            at = Some(k.span().start);
+            match v.get_ref() {
+                DeValue::Table(t) => table = t,
+                _ => return at.map(|o| self.line(o)),
+            }
+        }
+        Self::key_of(table, key)
+            .or(at)
+            .map(|offset| self.line(offset))
+    }
+
+    /// The line of `key` in the `index`-th `[[sinks]]` table.
+    fn sink_key(&self, index: usize, key: &str) -> Option<usize> {
+        let sinks = self
+            .document
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k.get_ref() == "sinks")?;
+        let DeValue::Array(items) = sinks.1.get_ref() else {
+            return None;
+        };
+        let item = items.get(index)?;
+        let DeValue::Table(table) = item.get_ref() else {
+            return None;
+        };
+        Self::key_of(table, key)
+            .or_else(|| table.iter().next().map(|(k, _)| k.span().start))
+            .map(|offset| self.line(offset))
+    }
+
+    /// The line of `key` in the innermost table that contains `offset` (an error spanning a
+    /// whole table, such as a flattened `[[sinks]]` entry).
+    fn key_in_table_at(&self, offset: usize, key: &str) -> Option<usize> {
+        fn find(table: &DeTable<'_>, offset: usize, key: &str) -> Option<usize> {
+            let holds = |value: &toml::Spanned<DeValue<'_>>| {
+                value.span().contains(&offset) || value.span().start == offset
+            };
+            for (_, value) in table.iter() {
+                let tables: Vec<&toml::Spanned<DeValue<'_>>> = match value.get_ref() {
+                    DeValue::Table(_) => vec![value],
+                    DeValue::Array(items) => items.iter().collect(),
+                    _ => continue,
+                };
+                for spanned in tables {
+                    let DeValue::Table(t) = spanned.get_ref() else {
+                        continue;
+                    };
+                    if let Some(found) = find(t, offset, key) {
+                        return Some(found);
+                    }
+                    if holds(spanned)
+                        && let Some(at) = Spans::key_of(t, key)
+                    {
+                        return Some(at);
+                    }
+                }
+            }
+            None
+        }
+        find(self.document.as_ref()?, offset, key).map(|o| self.line(o))
+    }
+
+    fn key_of(table: &DeTable<'_>, key: &str) -> Option<usize> {
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(k, _)| k.span().start)
+    }
 }
 
-fn key_of(line: &str) -> Option<&str> {
-    let (key, _) = line.split_once('=')?;
-    Some(key.trim().trim_matches('"'))
-}
-
-/// The required sections without any sink: the start of every test configuration.
 #[cfg(test)]
 macro_rules! test_config_scopes {
     () => {
@@ -742,6 +799,29 @@ mod tests {
         let err = parse(&text).unwrap_err().to_string();
         assert!(
             err.starts_with("config.toml:3: invalid value for \"page_size\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_section_is_named_as_a_section() {
+        let text = MINIMAL.replace("[users]\nbase_dn = \"ou=People,dc=example,dc=com\"\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.ends_with(": missing section [users]"), "{err}");
+        let text = MINIMAL.replace("base_dn = \"ou=People,dc=example,dc=com\"", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("missing key \"base_dn\" in [users]"), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_key_through_toml_spans() {
+        let text = MINIMAL.replace(
+            "path = \"state.db\"",
+            "path = \"state.db\"\n\n[safety]\n\nmax_member_remove_percent = 150",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:16: invalid value for \"max_member_remove_percent\""),
             "{err}"
         );
     }

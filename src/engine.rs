@@ -1,8 +1,8 @@
 //! One run: read → plan → guard → apply → report. The dry run is the same code with `apply` skipped and nothing written.
 //!
-//! Failure isolation: a failed read fails every sink and writes nothing (DESIGN.md §4.1); a held
+//! Failure isolation: a failed read fails every sink and writes nothing (docs/safety.md rule 1); a held
 //! or failed sink does not stop the others; a sink's cursor moves only when every one of its
-//! operations succeeded (§4.5).
+//! operations succeeded (rule 5).
 
 use std::time::Instant;
 

@@ -1,6 +1,6 @@
 //! The ledger: what ldapsync has recorded as present in one sink's target (plain data; `store` persists it).
 //!
-//! Only groups in a sink's ledger are ever updated or deleted there (DESIGN.md §4.3). A group
+//! Only groups in a sink's ledger are ever updated or deleted there (docs/safety.md rule 3). A group
 //! whose `target_id` is `None` is a recorded *intent*: a create was started but not confirmed, so
 //! the next run must look the object up before creating it again (§4.4).
 

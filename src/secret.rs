@@ -52,6 +52,16 @@ pub enum SecretError {
     Missing { key: String },
 }
 
+/// `[key]` when the secret is written inline in the file (not `env:NAME`), else nothing: what
+/// the permission warning lists.
+pub fn inline(key: &'static str, secret: Option<&Secret>) -> Vec<&'static str> {
+    secret
+        .filter(|secret| !secret.expose().starts_with("env:"))
+        .map(|_| key)
+        .into_iter()
+        .collect()
+}
+
 /// Resolves a secret given inline (`value`, possibly `env:NAME`) or as `*_file`.
 pub fn resolve_optional_secret(
     key: &str,

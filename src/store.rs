@@ -361,7 +361,7 @@ impl Store {
         Ok(Ledger { groups, cursor })
     }
 
-    /// Records that a create is about to be sent (DESIGN.md §4.4), unless the group is recorded already.
+    /// Records that a create is about to be sent (docs/safety.md rule 4), unless the group is recorded already.
     pub fn record_intent(&self, sink: &str, group: &GroupSpec) -> Result<(), StoreError> {
         self.conn
             .execute(

@@ -1,4 +1,4 @@
-//! Telemetry: tracing setup and the Prometheus registry with the metric families of DESIGN.md §5.
+//! Telemetry: tracing setup and the Prometheus registry with the metric families listed in docs/daemon.md.
 //!
 //! One registry per process ([`metrics`]); the daemon serves it on `/metrics`.
 

@@ -547,7 +547,7 @@ fn groups_sink_create_rename_members_and_delete() {
     let dave = w.slapd.add_user("dave", "dave@example.com"); // not in PingOne
     let eng = w.slapd.add_group("eng", &[&alice, &bob, &dave]);
     let eng_id = w.entry_uuid(&eng);
-    // A second group, so that deleting eng later does not empty the scope (DESIGN.md §4.1).
+    // A second group, so that deleting eng later does not empty the scope (docs/safety.md rule 1).
     w.slapd.add_group("staff", &[&bob]);
 
     // Create with externalId = source id; memberships; dave is unmapped, not fatal.

@@ -5,7 +5,7 @@
 //! [`Ticks`], or, when a run is in progress (or a run is already queued), skip it and count it in
 //! `ldapsync_skipped_ticks_total`.
 //!
-//! Guards against the scheduler's known pitfalls (specs/rust-crates.md §2.1), all in this module:
+//! Guards against the scheduler's known pitfalls (tokio-cron-scheduler 0.15), all in this module:
 //! - it stores a time zone as a *fixed offset* taken when the job is created: [`Ticker::check`]
 //!   re-creates the jobs whenever the configured zone's UTC offset changes (DST);
 //! - it polls every 500 ms, so a tick arrives up to about half a second late (harmless here);

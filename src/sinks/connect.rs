@@ -1,6 +1,6 @@
 //! The Posit Connect sink: LDAP ("remote") groups through remote search + temp ticket, or local groups with managed members.
 //!
-//! Follows specs/connect.md and seeds/connect-create-group-from-ldap.txt. The API lives under
+//! Follows the Posit Connect API reference (see docs/connect.md). The API lives under
 //! `<base_url>/__api__` and authenticates with `Authorization: Key <api key>`.
 //!
 //! * `group_mode = "auto"` reads `GET /__api__/server_settings`: `external_group_search` means the
@@ -81,17 +81,6 @@ pub struct ConnectConfig {
 }
 
 impl ConnectConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        check_url("base_url", &self.base_url)?;
-        if self.api_key.is_none() && self.api_key_file.is_none() {
-            return Err((
-                "api_key",
-                "an administrator API key is required (api_key or api_key_file)".into(),
-            ));
-        }
-        Ok(())
-    }
-
     pub fn api_key(&self) -> Result<Secret, SecretError> {
         resolve_secret(
             "api_key",
@@ -103,18 +92,20 @@ impl ConnectConfig {
 
 impl crate::sinks::SinkType for ConnectConfig {
     fn validate(&self) -> Result<(), crate::config::Invalid> {
-        ConnectConfig::validate(self)
+        check_url("base_url", &self.base_url)?;
+        if self.api_key.is_none() && self.api_key_file.is_none() {
+            return Err((
+                "api_key",
+                "an administrator API key is required (api_key or api_key_file)".into(),
+            ));
+        }
+        Ok(())
     }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.api_key().map(|key| vec![key])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.api_key
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "api_key")
-            .into_iter()
-            .collect()
+        crate::secret::inline("api_key", self.api_key.as_ref())
     }
     fn build(
         &self,
@@ -886,6 +877,7 @@ impl Sink for ConnectSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkType as _;
 
     fn settings(name: &str, group_search: bool, group_members: bool, version: &str) -> Value {
         json!({"version": version, "authentication": {

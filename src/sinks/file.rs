@@ -20,18 +20,12 @@ pub struct FileConfig {
     pub path: String,
 }
 
-impl FileConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+impl crate::sinks::SinkType for FileConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         if self.path.trim().is_empty() {
             return Err(("path", "must be a file path or \"-\" for stdout".into()));
         }
         Ok(())
-    }
-}
-
-impl crate::sinks::SinkType for FileConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        FileConfig::validate(self)
     }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         Ok(Vec::new())

@@ -1,6 +1,6 @@
 //! The ForgeRock Identity Cloud / PingIDM sink: managed groups and their member relationships over CREST.
 //!
-//! Follows specs/scim-and-forgerock.md part B and seeds/forgerock-manage-groups.txt:
+//! Follows ForgeRock Identity Cloud's "Manage groups" REST documentation (see docs/forgerock.md):
 //! `/openidm/managed/<realm>_group` (an empty realm gives self-managed IDM's `managed/group`),
 //! `Accept-API-Version: resource=1.0` on every request, OAuth2 client credentials (cached token,
 //! refreshed on a 401 by the shared HTTP layer) or a bearer token from a file.
@@ -23,17 +23,16 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::SinkError;
 use super::http::{
     self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    self, AdoptPolicy, Created, GroupApi, Membership, OpError, Outcome, TargetGroup, UserCache,
-    UserKey, ids, outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, Membership, OpError, Outcome, TargetGroup,
+    UserCache, UserKey, ids, outcome,
 };
 use super::target::{self, Page, quote};
-use super::{Recorder, Sink, SinkError};
-use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::model::{GroupSpec, MemberRef, OpKind};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const PAGE_SIZE: &str = "500";
@@ -85,7 +84,29 @@ pub struct ForgeRockConfig {
 }
 
 impl ForgeRockConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn credential(&self) -> Result<Secret, SecretError> {
+        match &self.access_token_file {
+            Some(file) => resolve_secret("access_token_file", None, Some(file)),
+            None => resolve_secret(
+                "client_secret",
+                self.client_secret.as_ref().map(Secret::expose),
+                self.client_secret_file.as_deref(),
+            ),
+        }
+    }
+
+    /// `<realm>_<kind>`, or `<kind>` for an empty realm.
+    fn object(&self, kind: &str) -> String {
+        if self.realm.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{}_{kind}", self.realm)
+        }
+    }
+}
+
+impl crate::sinks::SinkType for ForgeRockConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if let Some(url) = &self.token_url {
             check_url("token_url", url)?;
@@ -131,42 +152,11 @@ impl ForgeRockConfig {
             _ => Ok(()),
         }
     }
-
-    fn credential(&self) -> Result<Secret, SecretError> {
-        match &self.access_token_file {
-            Some(file) => resolve_secret("access_token_file", None, Some(file)),
-            None => resolve_secret(
-                "client_secret",
-                self.client_secret.as_ref().map(Secret::expose),
-                self.client_secret_file.as_deref(),
-            ),
-        }
-    }
-
-    /// `<realm>_<kind>`, or `<kind>` for an empty realm.
-    fn object(&self, kind: &str) -> String {
-        if self.realm.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{}_{kind}", self.realm)
-        }
-    }
-}
-
-impl crate::sinks::SinkType for ForgeRockConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        ForgeRockConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.credential().map(|secret| vec![secret])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.client_secret
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "client_secret")
-            .into_iter()
-            .collect()
+        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,
@@ -530,16 +520,10 @@ impl GroupApi for ForgeRockSink {
 }
 
 #[async_trait]
-impl Sink for ForgeRockSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl GroupSink for ForgeRockSink {
+    const TYPE_NAME: &'static str = "forgerock";
 
-    fn type_name(&self) -> &'static str {
-        "forgerock"
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
+    async fn probe(&self) -> Result<(), SinkError> {
         let query = [
             ("_queryFilter", "true"),
             ("_pageSize", "1"),
@@ -547,33 +531,12 @@ impl Sink for ForgeRockSink {
         ];
         target::probe(&self.name, &self.http, &self.group_path, &query).await
     }
-
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        lifecycle::apply(self, plan, recorder).await
-    }
-
-    async fn resolve(
-        &self,
-        directory: &crate::directory::Directory,
-        ledger: &Ledger,
-    ) -> Result<crate::model::TargetView, SinkError> {
-        lifecycle::resolve(self, directory, ledger)
-            .await
-            .map_err(|e| SinkError::Target {
-                sink: self.name.clone(),
-                message: format!("reading the target before planning: {e}"),
-            })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkType as _;
 
     fn config(extra: &str) -> ForgeRockConfig {
         toml::from_str(&format!("base_url = \"https://t.example\"\n{extra}")).unwrap()

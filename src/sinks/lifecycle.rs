@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 
 use super::http::{HttpError, Response};
 use super::target::quote;
-use super::{Recorder, SinkError};
+use super::{Recorder, Sink, SinkError};
 use crate::directory::Directory;
 use crate::ledger::Ledger;
 use crate::model::{
@@ -46,6 +46,54 @@ use crate::model::{
 const CREATE_ATTEMPTS: u32 = 3;
 /// The wait before the second send of a create (doubled before the third).
 const CREATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A sink whose target is "groups with members" driven by [`apply`]: its [`Sink`] impl comes
+/// from here, so such a sink writes only its primitives, its type name and its probe.
+#[async_trait]
+pub trait GroupSink: GroupApi {
+    /// The `type` of its `[[sinks]]` table.
+    const TYPE_NAME: &'static str;
+
+    /// Authenticates and makes one harmless read (`check --connect`).
+    async fn probe(&self) -> Result<(), SinkError>;
+}
+
+#[async_trait]
+impl<A: GroupSink> Sink for A {
+    fn name(&self) -> &str {
+        self.sink_name()
+    }
+
+    fn type_name(&self) -> &'static str {
+        A::TYPE_NAME
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        self.probe().await
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        _ledger: &Ledger,
+        recorder: &mut Recorder<'_>,
+    ) -> Result<(), SinkError> {
+        apply(self, plan, recorder).await
+    }
+
+    async fn resolve(
+        &self,
+        directory: &Directory,
+        ledger: &Ledger,
+    ) -> Result<TargetView, SinkError> {
+        resolve(self, directory, ledger)
+            .await
+            .map_err(|e| SinkError::Target {
+                sink: self.sink_name().to_string(),
+                message: format!("reading the target before planning: {e}"),
+            })
+    }
+}
 
 /// Member changes written to the ledger together, to keep writes few on large groups.
 const RECORD_BATCH: usize = 100;

@@ -1,6 +1,6 @@
 //! The SCIM 2.0 sink (StrongDM's generic SCIM endpoint first): groups via /Groups, members via PATCH or PUT.
 //!
-//! Follows RFC 7644 and StrongDM's documented behaviour (specs/scim-and-forgerock.md §A.11):
+//! Follows RFC 7644 and StrongDM's documented behaviour (StrongDM's SCIM documentation, "Create group"):
 //! membership changes are PATCH add/remove in chunks, or GET+PUT of the whole member list when
 //! `/ServiceProviderConfig` does not announce PATCH; a 409 `uniqueness` on create means "find it
 //! by `displayName eq` and adopt it"; 404 on delete means done; users are found by a filter on
@@ -15,16 +15,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    self, AdoptPolicy, Created, GroupApi, OpError, Outcome, TargetGroup, UserCache, UserKey, ids,
-    outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
+    ids, outcome,
 };
 use super::target::{self, quote};
-use super::{Recorder, Sink, SinkError};
-use crate::directory::Directory;
-use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, Plan, TargetView};
+use crate::model::{GroupSpec, MemberRef};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -69,7 +67,17 @@ fn default_chunk() -> usize {
 }
 
 impl ScimConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn token(&self) -> Result<Secret, SecretError> {
+        resolve_secret(
+            "token",
+            self.token.as_ref().map(Secret::expose),
+            self.token_file.as_deref(),
+        )
+    }
+}
+
+impl crate::sinks::SinkType for ScimConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         check_url("base_url", &self.base_url)?;
         if self.token.is_none() && self.token_file.is_none() {
             return Err((
@@ -82,30 +90,11 @@ impl ScimConfig {
         }
         Ok(())
     }
-
-    pub fn token(&self) -> Result<Secret, SecretError> {
-        resolve_secret(
-            "token",
-            self.token.as_ref().map(Secret::expose),
-            self.token_file.as_deref(),
-        )
-    }
-}
-
-impl crate::sinks::SinkType for ScimConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        ScimConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.token().map(|token| vec![token])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.token
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "token")
-            .into_iter()
-            .collect()
+        crate::secret::inline("token", self.token.as_ref())
     }
     fn build(
         &self,
@@ -496,39 +485,11 @@ fn error_body(body: &[u8]) -> Option<String> {
 }
 
 #[async_trait]
-impl Sink for ScimSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl GroupSink for ScimSink {
+    const TYPE_NAME: &'static str = "scim";
 
-    fn type_name(&self) -> &'static str {
-        "scim"
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
+    async fn probe(&self) -> Result<(), SinkError> {
         target::probe(&self.name, &self.http, "/Groups", &[("count", "1")]).await
-    }
-
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        lifecycle::apply(self, plan, recorder).await
-    }
-
-    async fn resolve(
-        &self,
-        directory: &Directory,
-        ledger: &Ledger,
-    ) -> Result<TargetView, SinkError> {
-        lifecycle::resolve(self, directory, ledger)
-            .await
-            .map_err(|e| SinkError::Target {
-                sink: self.name.clone(),
-                message: format!("reading the target before planning: {e}"),
-            })
     }
 }
 

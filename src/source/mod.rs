@@ -1,7 +1,7 @@
 //! Sources: read the configured user and group scopes from an LDAP server or an LDIF file into a Directory.
 //!
 //! A read is all or nothing: any failed page, non-success result, referral we cannot follow or
-//! range retrieval cut short is a [`SourceError`], never a shorter list (DESIGN.md §4.1).
+//! range retrieval cut short is a [`SourceError`], never a shorter list (docs/safety.md rule 1).
 
 pub(crate) mod filter;
 pub mod ldap;

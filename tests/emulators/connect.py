@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Posit Connect users/groups API emulator for ldapsync tests (stdlib only, python3.11).
 
-Written from /work/shared/specs/connect.md and seeds/connect-create-group-from-ldap.txt.
+Written from the Posit Connect API reference (see docs/connect.md).
 
 Process contract
 ----------------

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """ForgeRock Identity Cloud (AIC) / PingIDM managed groups emulator for ldapsync tests.
 
-Stdlib only (python3.11).  Written from /work/shared/specs/scim-and-forgerock.md PART B and
-seeds/forgerock-manage-groups.txt.
+Stdlib only (python3.11).  Written from ForgeRock's "Manage groups" REST documentation (see docs/forgerock.md).
 
 Process contract
 ----------------

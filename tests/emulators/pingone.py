@@ -17,7 +17,7 @@ Serves, on 127.0.0.1, both the PingOne auth host and the management API host:
 On start it prints exactly one line "LISTENING http://127.0.0.1:PORT" to stdout and nothing else
 (request logging goes to stderr only with --verbose).
 
-Behaviour taken from the spec (/work/shared/specs/pingone.md, sections in brackets):
+Behaviour taken from the spec (docs/pingone.md; section numbers in brackets refer to the original API notes):
   * Token endpoint path, client_secret_basic and client_secret_post, response
     {"access_token","token_type":"Bearer","expires_in"} (no scope, no refresh token) [2].
   * Error body {id, code, message, details[{code,target,message,innerError}]} [5.1] and the status->code

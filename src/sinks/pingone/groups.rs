@@ -15,15 +15,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::connection_fields;
-use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, Plan};
+use crate::model::{GroupSpec, MemberRef};
+use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
-    self, AdoptPolicy, Created, GroupApi, OpError, Outcome, TargetGroup, UserCache, UserKey, ids,
-    outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
+    ids, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
-use crate::sinks::{Recorder, Sink, SinkError};
 
 /// How an LDAP user is found among PingOne users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -61,8 +60,8 @@ fn default_page_size() -> u32 {
     100
 }
 
-impl PingOneGroupsConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+impl crate::sinks::SinkType for PingOneGroupsConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         self.connection().validate()?;
         if let Some(population) = &self.population_id
             && population.trim().is_empty()
@@ -74,22 +73,11 @@ impl PingOneGroupsConfig {
         }
         Ok(())
     }
-}
-
-impl crate::sinks::SinkType for PingOneGroupsConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        PingOneGroupsConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.client_secret().map(|secret| vec![secret])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.client_secret
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "client_secret")
-            .into_iter()
-            .collect()
+        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,
@@ -316,45 +304,18 @@ impl GroupApi for PingOneGroupsSink {
 }
 
 #[async_trait]
-impl Sink for PingOneGroupsSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl GroupSink for PingOneGroupsSink {
+    const TYPE_NAME: &'static str = "pingone_groups";
 
-    fn type_name(&self) -> &'static str {
-        "pingone_groups"
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
+    async fn probe(&self) -> Result<(), SinkError> {
         target::probe(&self.name, &self.http, "/groups", &[("limit", "1")]).await
-    }
-
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        lifecycle::apply(self, plan, recorder).await
-    }
-
-    async fn resolve(
-        &self,
-        directory: &crate::directory::Directory,
-        ledger: &Ledger,
-    ) -> Result<crate::model::TargetView, SinkError> {
-        lifecycle::resolve(self, directory, ledger)
-            .await
-            .map_err(|e| SinkError::Target {
-                sink: self.name.clone(),
-                message: format!("reading the target before planning: {e}"),
-            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkType as _;
 
     #[test]
     fn uniqueness_violations_are_recognised_in_both_shapes() {

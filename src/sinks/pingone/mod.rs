@@ -7,7 +7,7 @@
 //! Both authenticate with OAuth2 client credentials against `{auth_url}/{environment_id}/as/token`
 //! through the shared [`HttpClient`](super::http::HttpClient) (token cached, refreshed once on 401,
 //! retries on 429/5xx honouring `Retry-After`, per-sink rate limit). What is known and UNCONFIRMED
-//! about these APIs is in `specs/pingone.md` and `docs/pingone.md`.
+//! about these APIs is in `docs/pingone.md`.
 
 pub(crate) mod groups;
 pub(crate) mod provisioning_sync;
@@ -21,7 +21,7 @@ use super::http::{self, Auth, HttpClient, HttpSettings, OAuthClient, TokenAuthMe
 use super::target;
 use crate::secret::{Secret, SecretError, resolve_secret};
 
-/// A PingOne region, by the top-level domain of its hosts (specs/pingone.md §1).
+/// A PingOne region, by the top-level domain of its hosts (docs/pingone.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 pub enum Region {
     /// North America (excluding Canada).

@@ -32,7 +32,7 @@ use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::target;
 use crate::sinks::{Recorder, Sink, SinkError};
 
-/// The vendor content type of the group import (specs/pingone.md §3.1).
+/// The vendor content type of the group import (docs/pingone.md).
 pub const IMPORT_CONTENT_TYPE: &str =
     "application/vnd.pingidentity.propagation.provisioningsync.groupimport+json";
 
@@ -88,8 +88,8 @@ fn default_max_batch_bytes() -> usize {
     1_000_000
 }
 
-impl ProvisioningSyncConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+impl crate::sinks::SinkType for ProvisioningSyncConfig {
+    fn validate(&self) -> Result<(), crate::config::Invalid> {
         self.connection().validate()?;
         let id = self.provisioning_sync_id.trim();
         if id.is_empty() || id.contains(['/', '?', '#']) {
@@ -114,22 +114,11 @@ impl ProvisioningSyncConfig {
         }
         Ok(())
     }
-}
-
-impl crate::sinks::SinkType for ProvisioningSyncConfig {
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
-        ProvisioningSyncConfig::validate(self)
-    }
     fn secrets(&self) -> Result<Vec<crate::secret::Secret>, crate::secret::SecretError> {
         self.client_secret().map(|secret| vec![secret])
     }
     fn inline_secrets(&self) -> Vec<&'static str> {
-        self.client_secret
-            .as_ref()
-            .filter(|secret| !secret.expose().starts_with("env:"))
-            .map(|_| "client_secret")
-            .into_iter()
-            .collect()
+        crate::secret::inline("client_secret", self.client_secret.as_ref())
     }
     fn build(
         &self,
@@ -566,6 +555,7 @@ mod tests {
     use super::*;
     use crate::ledger::LedgerMember;
     use crate::model::MemberRef;
+    use crate::sinks::SinkType as _;
 
     fn config(batch_size: usize, max_batch_bytes: usize) -> ProvisioningSyncConfig {
         toml::from_str(&format!(
