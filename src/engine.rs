@@ -452,7 +452,28 @@ async fn run_sink(
     thresholds: &Thresholds,
     options: &RunOptions,
 ) -> Result<SinkOutcome, EngineError> {
-    let mut plan = plan::plan(directory, ledger);
+    // What the target holds (read-only, dry runs too): users the members map to, and groups
+    // that exist already (adopted instead of created).
+    let view = match sink.resolve(directory, ledger).await {
+        Ok(view) => view,
+        Err(e) => {
+            let error = e.to_string();
+            tracing::error!(sink = sink.name(), "{error}");
+            return Ok(SinkOutcome {
+                name: sink.name().to_string(),
+                type_name: sink.type_name().to_string(),
+                result: SinkResult::Failed,
+                summary: Summary::default(),
+                plan: Plan::default(),
+                hold: None,
+                preview: None,
+                applied: None,
+                error: Some(error),
+            });
+        }
+    };
+    let mut plan = plan::plan(directory, ledger, &view);
+    warn_unmapped(sink.name(), &plan);
     plan.full = options.full;
     let summary = plan.summary();
     let m = metrics();
@@ -541,7 +562,7 @@ async fn run_sink(
     drop(ledger_writer);
     m.unmapped_members
         .with_label_values(&[sink.name()])
-        .set(report.unmapped as i64);
+        .set((report.unmapped + outcome.summary.unmapped) as i64);
     match result {
         Err(e @ crate::sinks::SinkError::Interrupted { .. }) => {
             outcome.result = SinkResult::Interrupted;
@@ -590,6 +611,27 @@ async fn run_sink(
     }
     outcome.applied = Some(report);
     Ok(outcome)
+}
+
+/// One WARN line per sink and run naming the directory users that have no user in the target.
+fn warn_unmapped(sink: &str, plan: &Plan) {
+    if plan.unmapped.is_empty() {
+        return;
+    }
+    let mut users: Vec<&str> = plan
+        .unmapped
+        .iter()
+        .flat_map(|u| u.members.iter().map(String::as_str))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let memberships: usize = plan.unmapped.iter().map(|u| u.members.len()).sum();
+    tracing::warn!(
+        sink,
+        memberships,
+        users = %users.join(", "),
+        "directory users with no matching user in the target; their memberships are not planned"
+    );
 }
 
 fn record_run_metrics(report: &RunReport, options: &RunOptions, started: Instant) {

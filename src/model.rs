@@ -56,6 +56,7 @@ impl std::ops::Deref for MemberRef {
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     Create,
+    Adopt,
     Update,
     MemberAdd,
     MemberRemove,
@@ -63,8 +64,9 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 5] = [
+    pub const ALL: [OpKind; 6] = [
         OpKind::Create,
+        OpKind::Adopt,
         OpKind::Update,
         OpKind::Delete,
         OpKind::MemberAdd,
@@ -74,6 +76,7 @@ impl OpKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OpKind::Create => "create",
+            OpKind::Adopt => "adopt",
             OpKind::Update => "update",
             OpKind::MemberAdd => "member_add",
             OpKind::MemberRemove => "member_remove",
@@ -87,6 +90,14 @@ pub enum Operation {
     /// Create the group. `resume` means an earlier create was started but never confirmed:
     /// the sink must look the object up (externalId, then name) before creating it.
     Create { group: GroupSpec, resume: bool },
+    /// Take over a group that already exists in the target (`group.target_id` is set), found
+    /// before planning and checked on the client side; `present` are the members it already has
+    /// that the directory wants there (recorded in the ledger as in sync).
+    Adopt {
+        group: GroupSpec,
+        by: AdoptedBy,
+        present: Vec<MemberRef>,
+    },
     /// Rename and/or change the description or DN.
     Update {
         group: GroupSpec,
@@ -108,6 +119,7 @@ impl Operation {
     pub fn kind(&self) -> OpKind {
         match self {
             Operation::Create { .. } => OpKind::Create,
+            Operation::Adopt { .. } => OpKind::Adopt,
             Operation::Update { .. } => OpKind::Update,
             Operation::MemberAdd { .. } => OpKind::MemberAdd,
             Operation::MemberRemove { .. } => OpKind::MemberRemove,
@@ -118,6 +130,7 @@ impl Operation {
     pub fn group(&self) -> &GroupSpec {
         match self {
             Operation::Create { group, .. }
+            | Operation::Adopt { group, .. }
             | Operation::Update { group, .. }
             | Operation::MemberAdd { group, .. }
             | Operation::MemberRemove { group, .. }
@@ -140,16 +153,20 @@ impl Operation {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub create: u64,
+    pub adopt: u64,
     pub update: u64,
     pub delete: u64,
     pub member_add: u64,
     pub member_remove: u64,
+    /// Memberships whose user has no counterpart in the target (see [`Plan::unmapped`]).
+    pub unmapped: u64,
 }
 
 impl Summary {
     pub fn add(&mut self, kind: OpKind, count: u64) {
         match kind {
             OpKind::Create => self.create += count,
+            OpKind::Adopt => self.adopt += count,
             OpKind::Update => self.update += count,
             OpKind::Delete => self.delete += count,
             OpKind::MemberAdd => self.member_add += count,
@@ -159,6 +176,7 @@ impl Summary {
     pub fn get(&self, kind: OpKind) -> u64 {
         match kind {
             OpKind::Create => self.create,
+            OpKind::Adopt => self.adopt,
             OpKind::Update => self.update,
             OpKind::Delete => self.delete,
             OpKind::MemberAdd => self.member_add,
@@ -173,6 +191,57 @@ pub struct Plan {
     pub operations: Vec<Operation>,
     /// A full reconcile was asked for (`sync --full`): sinks with cursors resend everything.
     pub full: bool,
+    /// Per group, the members that map to no user in the target (not planned as `member_add`).
+    pub unmapped: Vec<Unmapped>,
+}
+
+/// The members of one group that have no user in the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unmapped {
+    pub group: String,
+    pub source_id: String,
+    /// User names.
+    pub members: Vec<String>,
+}
+
+/// How an existing target group was matched to a directory group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptedBy {
+    /// Its externalId (or the target's equivalent) is the group's source id.
+    ExternalId,
+    /// Its name equals the group's name exactly, and it carries no other externalId.
+    Name,
+}
+
+impl AdoptedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdoptedBy::ExternalId => "external_id",
+            AdoptedBy::Name => "name",
+        }
+    }
+}
+
+/// What a sink found in its target before planning (read-only): plain data the pure planner
+/// takes. `TargetView::default()` (nothing resolved) plans as if the target were unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetView {
+    /// User source id → target user id, for every directory member the target has; `None` when
+    /// the sink does not resolve users (every member is planned).
+    pub users: Option<std::collections::HashMap<String, String>>,
+    /// Group source id → the existing target group to adopt (only groups the ledger does not
+    /// hold with a target id).
+    pub existing: std::collections::BTreeMap<String, ExistingGroup>,
+}
+
+/// A target group to adopt, with its current members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingGroup {
+    pub target_id: String,
+    pub by: AdoptedBy,
+    /// Its members' target user ids, with a display name (user name where the target says).
+    pub members: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -181,6 +250,7 @@ impl Plan {
         for op in &self.operations {
             summary.add(op.kind(), op.weight());
         }
+        summary.unmapped = self.unmapped.iter().map(|u| u.members.len() as u64).sum();
         summary
     }
     pub fn is_empty(&self) -> bool {
@@ -192,6 +262,9 @@ impl Plan {
 /// Fields are declared in alphabetical order, the order the JSON has always had.
 #[derive(Debug, Serialize)]
 pub struct OperationView<'a> {
+    /// How an adopted group was matched (`adopt` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<&'static str>,
     /// Present (possibly `null`) on `create` and `update`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<Option<&'a str>>,
@@ -219,6 +292,7 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
     fn from(op: &'a Operation) -> Self {
         let group = op.group();
         let mut view = OperationView {
+            by: None,
             description: None,
             dn: &group.dn,
             group: &group.name,
@@ -247,6 +321,7 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
                 view.members = Some(members.iter().map(|m| m.username.as_str()).collect());
                 view.member_ids = Some(members.iter().map(|m| m.source_id.as_str()).collect());
             }
+            Operation::Adopt { by, .. } => view.by = Some(by.as_str()),
             Operation::Delete { .. } => {}
         }
         view

@@ -4,14 +4,16 @@
 //! member_remove, delete) and, within a kind, sorted by group name then source id, so two runs
 //! over the same data print the same plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::directory::{Directory, Group};
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
-use crate::model::{GroupSpec, MemberRef, Operation, Plan};
+use crate::model::{
+    ExistingGroup, GroupSpec, MemberRef, Operation, Plan, TargetView, Unmapped, User,
+};
 
 /// The mass-change limits a plan is checked against: absolute counts and percentages of what
 /// the ledger holds (the `[safety]` section maps onto this).
@@ -53,18 +55,66 @@ fn member_of_ledger(member: &LedgerMember) -> MemberRef {
     }
 }
 
-/// Diffs the directory against a sink's ledger. Pure and deterministic.
-pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
+/// Diffs the directory against a sink's ledger and what the sink found in its target before
+/// planning (`view`; [`TargetView::default`] when it resolves nothing). Pure and deterministic.
+///
+/// With a view, a group the ledger does not hold but the target has is planned as `adopt` (with
+/// member adds and removes that make the target group's members equal to the directory's), and
+/// members without a target user are listed in [`Plan::unmapped`] instead of `member_add`.
+pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
     let mut creates = Vec::new();
     let mut updates = Vec::new();
     let mut adds = Vec::new();
     let mut removes = Vec::new();
     let mut deletes = Vec::new();
+    let mut unmapped = Vec::new();
     let empty = BTreeMap::new();
+    // Target user id → directory user, to name the members an adopted group has.
+    let by_target_id: HashMap<&str, &Arc<User>> = match &view.users {
+        Some(users) => directory
+            .users
+            .iter()
+            .filter_map(|u| users.get(&u.source_id).map(|id| (id.as_str(), u)))
+            .collect(),
+        None => HashMap::new(),
+    };
 
     for group in &directory.groups {
         let recorded = ledger.groups.get(&group.id);
         let target_id = recorded.and_then(|r| r.target_id.clone());
+        let mut lost = Vec::new();
+        if target_id.is_none()
+            && let Some(existing) = view.existing.get(&group.id)
+        {
+            let spec = spec_of_group(group, Some(existing.target_id.clone()));
+            let (add, present, remove, missing) =
+                adopted_members(directory, group, existing, view, &by_target_id);
+            creates.push(Operation::Adopt {
+                group: spec.clone(),
+                by: existing.by,
+                present,
+            });
+            if !add.is_empty() {
+                adds.push(Operation::MemberAdd {
+                    group: spec.clone(),
+                    members: add,
+                });
+            }
+            if !remove.is_empty() {
+                removes.push(Operation::MemberRemove {
+                    group: spec.clone(),
+                    members: remove,
+                });
+            }
+            if !missing.is_empty() {
+                unmapped.push(Unmapped {
+                    group: group.name.clone(),
+                    source_id: group.id.clone(),
+                    members: missing,
+                });
+            }
+            continue;
+        }
         let spec = spec_of_group(group, target_id.clone());
         let recorded_members = match recorded {
             None => {
@@ -98,8 +148,18 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
         for &index in &group.members {
             let user = directory.user(index);
             if !recorded_members.contains_key(user.source_id.as_str()) {
-                added.push(MemberRef::new(Arc::clone(user)));
+                match mapped(view, user) {
+                    Some(member) => added.push(member),
+                    None => lost.push(user.username.clone()),
+                }
             }
+        }
+        if !lost.is_empty() {
+            unmapped.push(Unmapped {
+                group: group.name.clone(),
+                source_id: group.id.clone(),
+                members: lost,
+            });
         }
         if !added.is_empty() {
             adds.push(Operation::MemberAdd {
@@ -108,7 +168,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
             });
         }
         if !recorded_members.is_empty() {
-            let current: std::collections::HashSet<&str> = group
+            let current: HashSet<&str> = group
                 .members
                 .iter()
                 .map(|&i| directory.user(i).source_id.as_str())
@@ -127,8 +187,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
         }
     }
 
-    let present: std::collections::HashSet<&str> =
-        directory.groups.iter().map(|g| g.id.as_str()).collect();
+    let present: HashSet<&str> = directory.groups.iter().map(|g| g.id.as_str()).collect();
     for recorded in ledger.groups.values() {
         if !present.contains(recorded.source_id.as_str()) {
             deletes.push(Operation::Delete {
@@ -144,10 +203,75 @@ pub fn plan(directory: &Directory, ledger: &Ledger) -> Plan {
         });
         operations.extend(batch);
     }
+    unmapped.sort_by(|a, b| (&a.group, &a.source_id).cmp(&(&b.group, &b.source_id)));
     Plan {
         operations,
         full: false,
+        unmapped,
     }
+}
+
+/// The member to add for `user`: with its target id when the view resolves users, `None` when
+/// the target has no such user.
+fn mapped(view: &TargetView, user: &Arc<User>) -> Option<MemberRef> {
+    match &view.users {
+        None => Some(MemberRef::new(Arc::clone(user))),
+        Some(users) => users.get(&user.source_id).map(|id| MemberRef {
+            user: Arc::clone(user),
+            target_id: Some(id.clone()),
+        }),
+    }
+}
+
+/// What adopting `existing` for `group` means for members: (to add, already present, to remove,
+/// unmapped user names).
+fn adopted_members(
+    directory: &Directory,
+    group: &Group,
+    existing: &ExistingGroup,
+    view: &TargetView,
+    by_target_id: &HashMap<&str, &Arc<User>>,
+) -> (Vec<MemberRef>, Vec<MemberRef>, Vec<MemberRef>, Vec<String>) {
+    let in_target: HashSet<&str> = existing.members.iter().map(|(id, _)| id.as_str()).collect();
+    let (mut add, mut present, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    let mut wanted = HashSet::new();
+    for &index in &group.members {
+        let user = directory.user(index);
+        match mapped(view, user) {
+            Some(member) => {
+                if let Some(id) = &member.target_id {
+                    wanted.insert(id.clone());
+                }
+                match member.target_id.as_deref() {
+                    Some(id) if in_target.contains(id) => present.push(member),
+                    _ => add.push(member),
+                }
+            }
+            None => missing.push(user.username.clone()),
+        }
+    }
+    let mut remove = Vec::new();
+    let mut seen = HashSet::new();
+    for (id, display) in &existing.members {
+        if wanted.contains(id) || !seen.insert(id.as_str()) {
+            continue;
+        }
+        let user = match by_target_id.get(id.as_str()) {
+            Some(user) => Arc::clone(user),
+            None => Arc::new(User {
+                source_id: format!("target:{id}"),
+                dn: String::new(),
+                username: display.clone(),
+                email: None,
+            }),
+        };
+        remove.push(MemberRef {
+            user,
+            target_id: Some(id.clone()),
+        });
+    }
+    remove.sort_by(|a, b| a.username.cmp(&b.username));
+    (add, present, remove, missing)
 }
 
 /// Applies a plan to a ledger the way a fully successful sink would record it (used by tests
@@ -156,7 +280,7 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
     for op in &plan.operations {
         let spec = op.group();
         match op {
-            Operation::Create { .. } | Operation::Update { .. } => {
+            Operation::Create { .. } | Operation::Adopt { .. } | Operation::Update { .. } => {
                 let entry = ledger
                     .groups
                     .entry(spec.source_id.clone())
@@ -176,6 +300,17 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
                 entry.name = spec.name.clone();
                 entry.description = spec.description.clone();
                 entry.dn = spec.dn.clone();
+                if let Operation::Adopt { present, .. } = op {
+                    for m in present {
+                        entry.members.insert(
+                            Arc::from(m.source_id.as_str()),
+                            LedgerMember {
+                                user: Arc::clone(&m.user),
+                                target_id: m.target_id.as_deref().map(Arc::from),
+                            },
+                        );
+                    }
+                }
             }
             Operation::MemberAdd { members, .. } => {
                 if let Some(entry) = ledger.groups.get_mut(&spec.source_id) {
@@ -280,7 +415,7 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{OpKind, OperationView, User};
+    use crate::model::{OpKind, OperationView};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -352,7 +487,7 @@ mod tests {
     #[test]
     fn first_plan_creates_then_adds_members() {
         let d = directory(&[("g1", "b", &[0, 1]), ("g2", "a", &[])], 2);
-        let p = plan(&d, &Ledger::default());
+        let p = plan(&d, &Ledger::default(), &TargetView::default());
         let kinds: Vec<_> = p
             .operations
             .iter()
@@ -374,13 +509,13 @@ mod tests {
         let d = directory(&[("g1", "old", &[0])], 1);
         let mut ledger = mirroring(&d);
         let renamed = directory(&[("g1", "new", &[0])], 1);
-        let p = plan(&renamed, &ledger);
+        let p = plan(&renamed, &ledger, &TargetView::default());
         assert_eq!(p.operations.len(), 1);
         assert!(
             matches!(&p.operations[0], Operation::Update { previous, .. } if previous.name == "old")
         );
         ledger.groups.get_mut("g1").unwrap().target_id = None;
-        let p = plan(&d, &ledger);
+        let p = plan(&d, &ledger, &TargetView::default());
         assert!(matches!(
             &p.operations[0],
             Operation::Create { resume: true, .. }
@@ -395,7 +530,7 @@ mod tests {
         );
         let ledger = mirroring(&d);
         let gone = directory(&[("g1", "a", &[])], 2);
-        let p = plan(&gone, &ledger);
+        let p = plan(&gone, &ledger, &TargetView::default());
         let safety = Thresholds {
             max_group_deletes: 1,
             max_group_delete_percent: 100.0,
@@ -416,9 +551,64 @@ mod tests {
     }
 
     #[test]
+    fn a_view_of_the_target_plans_adoptions_and_lists_unmapped_members() {
+        use crate::model::{AdoptedBy, ExistingGroup};
+        // g1 exists in the target with user0 and a stranger; user2 has no target user.
+        let d = directory(&[("g1", "a", &[0, 1, 2]), ("g2", "b", &[2])], 3);
+        let view = TargetView {
+            users: Some(
+                [("u000", "t0"), ("u001", "t1")]
+                    .map(|(s, t)| (s.to_string(), t.to_string()))
+                    .into_iter()
+                    .collect(),
+            ),
+            existing: [(
+                "g1".to_string(),
+                ExistingGroup {
+                    target_id: "T1".into(),
+                    by: AdoptedBy::Name,
+                    members: vec![("t0".into(), "t0".into()), ("tx".into(), "stranger".into())],
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let p = plan(&d, &Ledger::default(), &view);
+        let shown: Vec<_> = p
+            .operations
+            .iter()
+            .map(|o| serde_json::to_value(OperationView::from(o)).unwrap())
+            .collect();
+        assert_eq!(shown[0]["op"], "adopt");
+        assert_eq!(
+            (&shown[0]["by"], &shown[0]["target_id"]),
+            (&json!("name"), &json!("T1"))
+        );
+        assert_eq!(shown[1]["op"], "create");
+        assert_eq!(
+            (&shown[2]["op"], &shown[2]["members"]),
+            (&json!("member_add"), &json!(["user1"]))
+        );
+        assert_eq!(
+            (&shown[3]["op"], &shown[3]["members"]),
+            (&json!("member_remove"), &json!(["stranger"]))
+        );
+        assert_eq!(shown.len(), 4);
+        let summary = p.summary();
+        assert_eq!((summary.adopt, summary.unmapped), (1, 2));
+        assert_eq!(p.unmapped[0].members, ["user2"]);
+        // Applied, the ledger holds what the target has: the plan is empty, unmapped aside.
+        let mut ledger = Ledger::default();
+        apply_to_ledger(&mut ledger, &p);
+        let again = plan(&d, &ledger, &view);
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(again.summary().unmapped, 2);
+    }
+
+    #[test]
     fn json_shape_follows_the_contract() {
         let d = directory(&[("g1", "a", &[0])], 1);
-        let p = plan(&d, &Ledger::default());
+        let p = plan(&d, &Ledger::default(), &TargetView::default());
         let add = serde_json::to_value(OperationView::from(&p.operations[1])).unwrap();
         assert_eq!(add["op"], "member_add");
         assert_eq!(add["group"], "a");
@@ -460,26 +650,26 @@ mod tests {
     proptest! {
         #[test]
         fn plan_against_mirror_is_empty(d in arb_directory()) {
-            prop_assert!(plan(&d, &mirroring(&d)).is_empty());
+            prop_assert!(plan(&d, &mirroring(&d), &TargetView::default()).is_empty());
         }
 
         #[test]
         fn applying_a_plan_yields_the_directory(before in arb_directory(), after in arb_directory()) {
             let mut ledger = mirroring(&before);
-            let p = plan(&after, &ledger);
+            let p = plan(&after, &ledger, &TargetView::default());
             apply_to_ledger(&mut ledger, &p);
             let mut expected = mirroring(&after);
             // target ids are assigned by the target; compare everything else
             for g in ledger.groups.values_mut() { g.target_id = None; }
             for g in expected.groups.values_mut() { g.target_id = None; }
             prop_assert_eq!(ledger, expected);
-            prop_assert_eq!(plan(&after, &mirroring(&after)), Plan::default());
+            prop_assert_eq!(plan(&after, &mirroring(&after), &TargetView::default()), Plan::default());
         }
 
         #[test]
         fn plans_are_deterministic(d in arb_directory(), before in arb_directory()) {
             let ledger = mirroring(&before);
-            prop_assert_eq!(plan(&d, &ledger), plan(&d, &ledger));
+            prop_assert_eq!(plan(&d, &ledger, &TargetView::default()), plan(&d, &ledger, &TargetView::default()));
         }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::engine::{RunReport, SinkOutcome, SinkResult};
-use crate::model::{OpKind, Operation, OperationView, Summary};
+use crate::model::{OpKind, Operation, OperationView, Summary, Unmapped};
 use crate::sinks::OpFailure;
 use crate::store::{LedgerCounts, RunRecord};
 
@@ -57,6 +57,8 @@ pub struct SinkView<'a> {
     pub summary: Summary,
     #[serde(rename = "type")]
     pub type_name: &'a str,
+    /// Per group, the members with no user in the target (not planned).
+    pub unmapped: &'a [Unmapped],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unmapped_members: Option<u64>,
 }
@@ -77,6 +79,7 @@ impl<'a> From<&'a SinkOutcome> for SinkView<'a> {
             skipped_members: applied.map(|a| a.skipped),
             summary: s.summary,
             type_name: &s.type_name,
+            unmapped: &s.plan.unmapped,
             unmapped_members: applied.map(|a| a.unmapped),
         }
     }
@@ -134,6 +137,7 @@ fn sign(kind: OpKind) -> char {
     match kind {
         OpKind::Create | OpKind::MemberAdd => '+',
         OpKind::Update => '~',
+        OpKind::Adopt => '=',
         OpKind::Delete | OpKind::MemberRemove => '-',
     }
 }
@@ -175,8 +179,16 @@ pub fn text(report: &RunReport) -> String {
         let s = sink.summary;
         let _ = writeln!(
             out,
-            "\nsink \"{}\" ({}): {} create, {} update, {} delete, {} member_add, {} member_remove",
-            sink.name, sink.type_name, s.create, s.update, s.delete, s.member_add, s.member_remove
+            "\nsink \"{}\" ({}): {} create, {} update, {} delete, {} member_add, {} member_remove, {} adopt, {} unmapped",
+            sink.name,
+            sink.type_name,
+            s.create,
+            s.update,
+            s.delete,
+            s.member_add,
+            s.member_remove,
+            s.adopt,
+            s.unmapped
         );
         if sink.plan.is_empty() {
             let _ = writeln!(out, "  nothing to do");
@@ -202,6 +214,12 @@ pub fn text(report: &RunReport) -> String {
                     };
                     format!("{}: {}{tail}", group.name, names.join(", "))
                 }
+                Operation::Adopt { by, .. } => format!(
+                    "{} (id {}, by {})",
+                    group.name,
+                    group.target_id.as_deref().unwrap_or("?"),
+                    by.as_str()
+                ),
                 Operation::Create { resume: true, .. } => {
                     format!("{} (resuming an unconfirmed create)", group.name)
                 }
@@ -213,6 +231,26 @@ pub fn text(report: &RunReport) -> String {
                 sign(op.kind()),
                 op.kind().as_str(),
                 escape_controls(&detail)
+            );
+        }
+        for unmapped in &sink.plan.unmapped {
+            let names: Vec<String> = unmapped
+                .members
+                .iter()
+                .take(NAMES_SHOWN)
+                .map(|m| shown_name(m))
+                .collect();
+            let more = unmapped.members.len().saturating_sub(NAMES_SHOWN);
+            let tail = if more > 0 {
+                format!(" … and {more} more")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  unmapped: {}: {}{tail} (no such user in the target; not added)",
+                unmapped.group,
+                names.join(", ")
             );
         }
         match sink.result {

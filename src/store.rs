@@ -765,6 +765,8 @@ fn parse_summary(text: &str) -> Summary {
         delete: u64,
         member_add: u64,
         member_remove: u64,
+        adopt: u64,
+        unmapped: u64,
     }
     let s: Stored = serde_json::from_str(text).unwrap_or_default();
     Summary {
@@ -773,6 +775,8 @@ fn parse_summary(text: &str) -> Summary {
         delete: s.delete,
         member_add: s.member_add,
         member_remove: s.member_remove,
+        adopt: s.adopt,
+        unmapped: s.unmapped,
     }
 }
 

@@ -408,3 +408,42 @@ fn check_connect_verifies_the_key() {
     assert!(text.contains("API key was rejected"), "{text}");
     assert!(!text.contains("wrong-key"), "never print the key: {text}");
 }
+
+/// Behind the fault proxy: Connect commits a user create (`POST /v1/users`) and a group create
+/// (`POST /v1/groups`) but answers 503. Neither is sent twice: ldapsync looks them up, finds
+/// them and goes on, so Connect ends with one user and one group.
+#[test]
+fn creates_committed_then_answered_503_are_found_not_sent_twice() {
+    let env = Env::start(&["--provider", "password"]);
+    let proxy = FaultProxy::start(env.emu.base_url());
+    let carol = env.slapd.add_user("carol", "carol@example.com");
+    env.slapd.add_group("devs", &[&carol]);
+    let config = env.write_config(
+        1000,
+        &format!(
+            "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\nmax_retries = 2\nprovision_users = true\n",
+            proxy.url()
+        ),
+    );
+    proxy.rules(json!([
+        {"method": "POST", "path": "/v1/users$", "action": "forward_status", "status": 503, "times": 1},
+        {"method": "POST", "path": "/v1/groups$", "action": "forward_status", "status": 503, "times": 1}
+    ]));
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    let state = env.emu.state();
+    let carols = state["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["username"] == "carol")
+        .count();
+    assert_eq!(carols, 1, "{state:#}");
+    assert_eq!(
+        env.groups().iter().filter(|g| g["name"] == "devs").count(),
+        1
+    );
+    assert_eq!(env.member_names("devs"), vec!["carol"]);
+    assert_eq!(proxy.requests("POST", "/v1/users").len(), 1);
+    assert_eq!(proxy.requests("POST", "/v1/groups").len(), 1);
+}

@@ -363,3 +363,44 @@ fn crash_and_rerun_converge_without_duplicates() {
     assert_eq!(env.groups_named("devs").len(), 1, "{:#?}", env.groups());
     assert_eq!(env.member_names("devs"), vec!["alice", "bob"]);
 }
+
+/// Behind the fault proxy: an interrupted create (a 500 IDM never processed), then an IDM whose
+/// group queries ignore `_queryFilter` and answer every group. ForgeRock groups have no
+/// externalId (their unique name stands in for it): the unrelated group the query answers
+/// first is never adopted, and a create answered 503 after IDM committed it leaves one group.
+#[test]
+fn a_target_that_ignores_query_filters_never_makes_ldapsync_adopt_an_unrelated_group() {
+    let env = Env::start(&[]);
+    env.add_idm_users(&["alice", "bob"]);
+    env.emu.admin_post(
+        "/groups",
+        &json!([{"name": "AAA-finance-admins", "members": ["bob"]}]),
+    );
+    let proxy = FaultProxy::start(env.emu.base_url());
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    env.slapd.add_group("g03", &[&alice]);
+    let config = env.write_config(
+        1000,
+        &format!(
+            "name = \"idm\"\ntype = \"forgerock\"\nbase_url = \"{}\"\nmax_retries = 1\n{}\n",
+            proxy.url(),
+            env.client_auth()
+        ),
+    );
+    proxy.rules(json!([
+        {"method": "POST", "path": "/managed/alpha_group$", "action": "status", "status": 500}
+    ]));
+    assert_code(&sync(&config, &[]), 1);
+    proxy.rules(json!([
+        {"method": "GET", "path": "/managed/alpha_group$", "action": "set_query", "param": "_queryFilter", "value": "true"},
+        {"method": "POST", "path": "/managed/alpha_group$", "action": "forward_status", "status": 503, "times": 1}
+    ]));
+    let out = sync(&config, &[]);
+    assert_code(&out, 0);
+    assert_eq!(env.member_names("AAA-finance-admins"), vec!["bob"]);
+    assert_eq!(env.groups_named("g03").len(), 1, "{:#?}", env.groups());
+    assert_eq!(env.member_names("g03"), vec!["alice"]);
+    let plan = sync(&config, &["--dry-run", "--output", "json"]);
+    let plan: Value = serde_json::from_str(&plan.stdout_str()).unwrap();
+    assert_eq!(plan["sinks"][0]["operations"], json!([]), "{plan}");
+}

@@ -554,7 +554,8 @@ fn groups_sink_create_rename_members_and_delete() {
     let out = w.sync(&["--output", "json"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
     let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-    assert_eq!(report["sinks"][0]["unmapped_members"], 1);
+    // Plans know the target: dave is listed as unmapped, not planned.
+    assert_eq!(report["sinks"][0]["summary"]["unmapped"], 1, "{report}");
     let state = w.emu.state();
     let found = groups_named(&state, "eng");
     assert_eq!(found.len(), 1);
@@ -627,6 +628,7 @@ fn groups_sink_adopts_on_uniqueness_conflict_following_pages() {
     let alice = w.slapd.add_user("alice", "alice@example.com");
     w.slapd.add_group("eng", &[&alice]);
 
+    let before = w.requests().len();
     w.sync_ok();
     let state = w.emu.state();
     assert_eq!(groups_named(&state, "eng").len(), 2, "no duplicate created");
@@ -637,12 +639,11 @@ fn groups_sink_adopts_on_uniqueness_conflict_following_pages() {
             && r["query"].as_str().unwrap_or("").contains("cursor=")
     });
     assert!(paged, "followed _links.next");
-    let conflict = w.requests().iter().any(|r| {
-        r["method"] == "POST"
-            && r["path"].as_str().unwrap_or("").ends_with("/groups")
-            && r["status"] == 400
-    });
-    assert!(conflict, "the create met the uniqueness violation");
+    // Plans know the target: the group is adopted before any create is sent.
+    let created = w.requests()[before..]
+        .iter()
+        .any(|r| r["method"] == "POST" && r["path"].as_str().unwrap_or("").ends_with("/groups"));
+    assert!(!created, "adopted without a create request");
 
     // Adopted: a second run has nothing to do and later changes go to the adopted group.
     w.sync_ok();
@@ -686,11 +687,13 @@ fn groups_sink_resumes_an_unconfirmed_create_by_external_id() {
     let eng = w.slapd.add_group("eng", &[&alice]);
     let eng_id = w.entry_uuid(&eng);
 
-    // The create fails (500 on a POST is not retried): only the intent is recorded.
+    // The create fails (500 on a POST is not retried) and so does the lookup that follows it
+    // (a create is sent again only after a lookup showed it absent): only the intent remains.
     w.emu
-        .admin_post("/faults", &json!({"fail_next": 1, "fail_status": 500}));
+        .admin_post("/faults", &json!({"fail_next": 20, "fail_status": 500}));
     let out = w.sync(&[]);
     assert_eq!(out.code(), 1, "{}", out.describe());
+    w.emu.admin_post("/faults", &json!({}));
     assert!(groups_named(&w.emu.state(), "eng").is_empty());
 
     // As if the create had reached PingOne and only its answer was lost.
@@ -707,4 +710,44 @@ fn groups_sink_resumes_an_unconfirmed_create_by_external_id() {
     let state = w.emu.state();
     assert_eq!(groups_named(&state, "eng").len(), 1);
     assert_eq!(members(&state, &gid), ids(&pingone_users, &["alice"]));
+}
+
+/// Behind the fault proxy: an interrupted create (a 500 PingOne never processed), then a PingOne
+/// whose group listings ignore the filter and answer every group, and whose next create is
+/// committed but answered 503. The unrelated group the listing answers first is never adopted
+/// (every answer is checked on the client side), and g03 ends up created exactly once.
+#[test]
+fn groups_sink_behind_a_target_that_ignores_filters_adopts_nothing_unrelated() {
+    let w = World::new(&[], "pingone_groups", "");
+    let pingone_users = add_users(&w.emu, &["alice", "bob"]);
+    let finance = create_group(&w.emu, json!({"name": "AAA-finance-admins"}));
+    let proxy = FaultProxy::start(w.emu.base_url());
+    let secret = w.dir.path().join("client-secret");
+    let config = w.write_config(
+        100,
+        &format!(
+            "name = \"p1\"\ntype = \"pingone_groups\"\napi_url = \"{proxy}/v1\"\nauth_url = \"{base}\"\nenvironment_id = \"{ENV_ID}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{secret}\"\nmax_retries = 1\n",
+            proxy = proxy.url(),
+            base = w.emu.base_url(),
+            secret = secret.display(),
+        ),
+    );
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    w.slapd.add_group("g03", &[&alice]);
+    proxy.rules(json!([
+        {"method": "POST", "path": "/groups$", "action": "status", "status": 500}
+    ]));
+    assert_eq!(sync(&config, &[]).code(), 1);
+    proxy.rules(json!([
+        {"method": "GET", "path": "/groups$", "action": "strip_query"},
+        {"method": "POST", "path": "/groups$", "action": "forward_status", "status": 503, "times": 1}
+    ]));
+    let out = sync(&config, &[]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let state = w.emu.state();
+    assert!(members(&state, &finance).is_empty(), "{state}");
+    let g03 = groups_named(&state, "g03");
+    assert_eq!(g03.len(), 1, "{state}");
+    let gid = g03[0]["id"].as_str().unwrap();
+    assert_eq!(members(&state, gid), ids(&pingone_users, &["alice"]));
 }

@@ -197,7 +197,7 @@ fn lifecycle_converges_after_every_change_and_reruns_are_empty() {
     assert_eq!(code, 0);
     assert_eq!(
         plan["sinks"][0]["summary"],
-        serde_json::json!({"create":0,"update":0,"delete":0,"member_add":0,"member_remove":0})
+        serde_json::json!({"create":0,"adopt":0,"update":0,"delete":0,"member_add":0,"member_remove":0,"unmapped":0})
     );
     assert_eq!(plan["sinks"][0]["operations"], serde_json::json!([]));
 
@@ -422,7 +422,13 @@ fn members_missing_in_the_target_are_skipped_counted_and_retried() {
     let out = sync(&w.config, &["--output", "json"]);
     assert_code(&out, 0);
     let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-    assert_eq!(report["sinks"][0]["unmapped_members"], 1, "{report}");
+    // Plans know the target: the member without a target user is listed, not planned.
+    assert_eq!(report["sinks"][0]["summary"]["unmapped"], 1, "{report}");
+    assert_eq!(
+        report["sinks"][0]["unmapped"][0]["members"],
+        serde_json::json!(["newcomer"]),
+        "{report}"
+    );
     assert_eq!(scim_state(&w.scim), expect(&[("ops", &["alice"])]));
     w.scim.create_user("newcomer", "newcomer@example.com");
     assert_eq!(sync(&w.config, &[]).code(), 0);

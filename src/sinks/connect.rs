@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
-use super::lifecycle::{self, Created, GroupApi, Membership, OpError, Outcome, Prepared};
+use super::lifecycle::{
+    self, AdoptPolicy, Created, GroupApi, Membership, OpError, Outcome, Prepared, TargetGroup,
+};
 use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
 use crate::ledger::Ledger;
@@ -73,6 +75,9 @@ pub struct ConnectConfig {
     /// Create missing Connect users (remote ticket on LDAP, `POST /v1/users` otherwise).
     #[serde(default)]
     pub provision_users: bool,
+    /// Which existing groups may be adopted: "name" (default), "external_id" or "never".
+    #[serde(default)]
+    pub adopt: AdoptPolicy,
 }
 
 impl ConnectConfig {
@@ -504,7 +509,23 @@ impl ConnectSink {
         if found.is_some() || !self.config.provision_users {
             return Ok(found);
         }
-        let created = self.provision(mode, member).await?;
+        let created = match self.provision(mode, member).await {
+            Ok(created) => created,
+            // The create may have reached Connect (timeout, reset, 5xx, 429): look the user up
+            // before anything is sent again, never a blind second create.
+            Err(e) if e.maybe_committed() => {
+                let listing = self.list_pages("/v1/users", &[], false).await?;
+                let made = listing
+                    .items
+                    .into_iter()
+                    .find(|u| u.get("username").and_then(Value::as_str) == Some(&member.username));
+                match made {
+                    Some(user) => Some(user),
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(user) = &created {
             index.insert(user);
         }
@@ -549,7 +570,7 @@ impl ConnectSink {
                 user["unique_id"] = json!(member.username);
             }
             self.http
-                .send(Method::POST, "/v1/users", &[], Some(&Body::json(&user)))
+                .send_create("/v1/users", &[], &Body::json(&user))
                 .await
         }?;
         if !response.is_success() {
@@ -591,21 +612,36 @@ impl GroupApi for ConnectApi<'_> {
     }
 
     /// Remote: the exact-name remote search, when it is unique. Local: by name.
-    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
+    fn adopt_policy(&self) -> AdoptPolicy {
+        self.sink.config.adopt
+    }
+
+    /// Connect groups carry no externalId; their names are unique, so the exact name is the
+    /// identity.
+    fn has_external_id(&self) -> bool {
+        false
+    }
+
+    /// The group named exactly like `group` (local listing by prefix, or the remote search).
+    async fn candidates(&self, group: &GroupSpec, _: bool) -> Result<Vec<TargetGroup>, OpError> {
+        let named = |id: String| TargetGroup {
+            id,
+            name: group.name.clone(),
+            external_id: None,
+            members: None,
+        };
         if !self.mode.remote {
-            return Ok(self.sink.find_local_group(&self.mode, &group.name).await?);
+            let found = self.sink.find_local_group(&self.mode, &group.name).await?;
+            return Ok(found.into_iter().map(named).collect());
         }
-        Ok(
-            match self
-                .sink
-                .remote_search("groups", &group.name)
-                .await?
-                .as_slice()
-            {
-                [one] => one.guid.clone(),
-                _ => None,
-            },
-        )
+        Ok(self
+            .sink
+            .remote_search("groups", &group.name)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.guid)
+            .map(named)
+            .collect())
     }
 
     /// Remote (the seed's recipe, resumed or not): remote search → exact name → adopt the
@@ -660,11 +696,7 @@ impl GroupApi for ConnectApi<'_> {
             }
             None => {
                 let body = Body::json(&json!({"name": group.name}));
-                let r = self
-                    .sink
-                    .http
-                    .send(Method::POST, "/v1/groups", &[], Some(&body))
-                    .await?;
+                let r = self.sink.http.send_create("/v1/groups", &[], &body).await?;
                 let conflict = r.status.as_u16() == 409;
                 (r, conflict)
             }

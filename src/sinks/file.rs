@@ -118,6 +118,10 @@ impl Sink for FileSink {
                     recorder.intent(group)?;
                     recorder.created(group, &group.source_id)?;
                 }
+                Operation::Adopt { present, .. } => {
+                    let id = group.target_id.as_deref().unwrap_or(&group.source_id);
+                    recorder.adopted(group, id, present)?;
+                }
                 Operation::Update { .. } => {
                     let id = recorder
                         .target_id(group)

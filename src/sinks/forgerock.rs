@@ -28,7 +28,8 @@ use super::http::{
     self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    Created, GroupApi, GroupSink, Membership, OpError, Outcome, UserCache, UserKey, ids, outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, Membership, OpError, Outcome, TargetGroup,
+    UserCache, UserKey, ids, outcome,
 };
 use super::target::{self, Page, quote};
 use crate::model::{GroupSpec, MemberRef, OpKind};
@@ -77,6 +78,9 @@ pub struct ForgeRockConfig {
     pub access_token_file: Option<PathBuf>,
     #[serde(default)]
     pub user_match: ForgeRockUserMatch,
+    /// Which existing groups may be adopted: "name" (default), "external_id" or "never".
+    #[serde(default)]
+    pub adopt: AdoptPolicy,
 }
 
 impl ForgeRockConfig {
@@ -279,7 +283,7 @@ impl ForgeRockSink {
 
     /// Groups with exactly this name (case-sensitive matches first; the repository compares
     /// names case-insensitively).
-    async fn find_by_name(&self, name: &str) -> Result<Option<String>, HttpError> {
+    async fn find_by_name(&self, name: &str) -> Result<Vec<TargetGroup>, HttpError> {
         let filter = format!("name eq {}", quote(name));
         let found = self
             .query_all(
@@ -287,12 +291,18 @@ impl ForgeRockSink {
                 &[("_queryFilter", &filter), ("_fields", "_id,name")],
             )
             .await?;
-        let id_of = |g: &Value| g.get("_id").and_then(Value::as_str).map(str::to_string);
+        let text = |g: &Value, key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
         Ok(found
             .iter()
-            .find(|g| g.get("name").and_then(Value::as_str) == Some(name))
-            .or_else(|| found.first())
-            .and_then(id_of))
+            .filter_map(|g| {
+                Some(TargetGroup {
+                    id: text(g, "_id")?,
+                    name: text(g, "name").unwrap_or_default(),
+                    external_id: None,
+                    members: None,
+                })
+            })
+            .collect())
     }
 
     async fn read_group(&self, id: &str) -> Result<GroupState, Blocked> {
@@ -358,7 +368,18 @@ impl GroupApi for ForgeRockSink {
     }
 
     /// By name only: managed groups have no externalId.
-    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
+    fn adopt_policy(&self) -> AdoptPolicy {
+        self.config.adopt
+    }
+
+    /// ForgeRock groups carry no externalId; their names are unique, so the exact name is the
+    /// identity.
+    fn has_external_id(&self) -> bool {
+        false
+    }
+
+    /// The groups `name eq` the group's name answers (checked by the driver).
+    async fn candidates(&self, group: &GroupSpec, _: bool) -> Result<Vec<TargetGroup>, OpError> {
         Ok(self.find_by_name(&group.name).await?)
     }
 
@@ -369,11 +390,10 @@ impl GroupApi for ForgeRockSink {
         }
         let response = self
             .http
-            .send(
-                Method::POST,
+            .send_create(
                 &self.group_path,
                 &[("_action", "create")],
-                Some(&Body::json(&body)),
+                &Body::json(&body),
             )
             .await?;
         if matches!(response.status.as_u16(), 409 | 412) {

@@ -2,7 +2,8 @@
 //!
 //! Retries: 429, 502, 503, 504 (and 500 for idempotent methods) and connection errors, with
 //! exponential backoff and jitter, honouring `Retry-After` (seconds or HTTP date, capped).
-//! A POST is retried only when the target cannot have processed it (429, 503, connect errors).
+//! A POST is retried only when the target cannot have processed it (429, 503, connect errors);
+//! a create ([`HttpClient::send_create`]) only after a connect error, never after an answer.
 //! OAuth2 tokens are cached until shortly before `expires_in` and refreshed once on a 401.
 //! Secrets never appear in errors or logs: errors carry the method, the URL path and the
 //! target's own error text, scrubbed (once, here, where a response becomes an error text) of
@@ -384,6 +385,34 @@ impl HttpClient {
         headers: &[(&'static str, String)],
         body: Option<&Body>,
     ) -> Result<Response, HttpError> {
+        self.exchange(method, path, query, headers, body, false)
+            .await
+    }
+
+    /// Sends a create (`POST`) at most once: it is re-sent only when the connection could not be
+    /// opened (the target never saw it). After a timeout, a reset, a 5xx or a 429 the target may
+    /// have committed it, so the answer goes back to the caller, which must look the object up
+    /// before creating it again (a retried create would duplicate it).
+    pub async fn send_create(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &Body,
+    ) -> Result<Response, HttpError> {
+        self.exchange(Method::POST, path, query, &[], Some(body), true)
+            .await
+    }
+
+    /// One exchange with retries; `create`: see [`HttpClient::send_create`].
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&'static str, String)],
+        body: Option<&Body>,
+        create: bool,
+    ) -> Result<Response, HttpError> {
         let mut request_headers = self.extra_headers.clone();
         for (name, value) in headers {
             let value = HeaderValue::from_str(value).map_err(|_| HttpError::Decode {
@@ -452,6 +481,7 @@ impl HttpClient {
                         continue;
                     }
                     let retryable = match status.as_u16() {
+                        _ if create => false,
                         429 | 503 => true,
                         500 | 502 | 504 => idempotent,
                         _ => false,

@@ -2,13 +2,21 @@
 //!
 //! The driver owns everything that is the same on every target:
 //!
+//! * **Resolve** (before planning, read-only): [`resolve`] maps the directory's members to
+//!   target users ([`GroupApi::map_users`], bulk where the target allows) and finds the groups to
+//!   be created that exist already (one listing, or a lookup per group), each checked by
+//!   [`identify`] on the client side; the planner turns them into `adopt` operations.
+//! * **Adopt**: records the group and the members it already has.
 //! * **Create**: an optional lookup first ([`GroupApi::prepare_create`]; by default only for a
-//!   resumed create, `Create { resume: true }`), the intent recorded before the request, and a
-//!   conflict answer ("it exists") resolved by [`GroupApi::find_existing`] and adopted.
+//!   resumed create, `Create { resume: true }`, by externalId only), the intent recorded before
+//!   the request, which is sent once; a conflict answer ("it exists") resolved by
+//!   [`find_existing`] under the sink's [`AdoptPolicy`]; an answer that was lost or failed after
+//!   sending ([`OpError::maybe_committed`]) resolved by a lookup by externalId, never by a
+//!   second create.
 //! * **Update**: [`Outcome::NotFound`] fails the op and forgets the group, so the next run
 //!   recreates it.
-//! * **Delete**: an unconfirmed create (no target id) is looked up first; not found, or a 404,
-//!   is done.
+//! * **Delete**: an unconfirmed create (no target id) is looked up by externalId only; not
+//!   found (the intent is dropped, nothing deleted), or a 404, is done.
 //! * **Members**: users mapped through [`GroupApi::user_id`] (unmapped members counted, never
 //!   fatal), sent in chunks of [`GroupApi::member_chunk_size`], recorded in batches; a group the
 //!   target owns the membership of ([`Membership::Provider`]) is recorded as in sync, unsent.
@@ -18,8 +26,9 @@
 //! A primitive returns `Err` for "this request failed" and an [`Outcome`] for the answers the
 //! driver acts on; it never touches the [`Recorder`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
@@ -27,8 +36,16 @@ use tokio::sync::Mutex;
 use super::http::{HttpError, Response};
 use super::target::quote;
 use super::{Recorder, Sink, SinkError};
+use crate::directory::Directory;
 use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, OpKind, Operation, Plan};
+use crate::model::{
+    AdoptedBy, ExistingGroup, GroupSpec, MemberRef, OpKind, Operation, Plan, TargetView,
+};
+
+/// Sends of one create at most, each after a lookup showed the previous one left nothing.
+const CREATE_ATTEMPTS: u32 = 3;
+/// The wait before the second send of a create (doubled before the third).
+const CREATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A sink whose target is "groups with members" driven by [`apply`]: its [`Sink`] impl comes
 /// from here, so such a sink writes only its primitives, its type name and its probe.
@@ -62,6 +79,19 @@ impl<A: GroupSink> Sink for A {
         recorder: &mut Recorder<'_>,
     ) -> Result<(), SinkError> {
         apply(self, plan, recorder).await
+    }
+
+    async fn resolve(
+        &self,
+        directory: &Directory,
+        ledger: &Ledger,
+    ) -> Result<TargetView, SinkError> {
+        resolve(self, directory, ledger)
+            .await
+            .map_err(|e| SinkError::Target {
+                sink: self.sink_name().to_string(),
+                message: format!("reading the target before planning: {e}"),
+            })
     }
 }
 
@@ -117,6 +147,23 @@ impl OpError {
             OpError::Request { source, .. } => source.status(),
             OpError::Target { status, .. } => *status,
             OpError::Object { source, .. } => source.status(),
+        }
+    }
+
+    /// The request may have been carried out although it failed: no answer (timeout, reset), a
+    /// 5xx or 429, or an answer that could not be read. A 4xx other than 429 is a refusal.
+    pub fn maybe_committed(&self) -> bool {
+        let status_says = |status: u16| status >= 500 || status == 429;
+        match self {
+            OpError::Request { source, .. } => match source {
+                HttpError::Transport { .. } | HttpError::Decode { .. } => true,
+                HttpError::Status { status, .. } | HttpError::RetryAfterTooLong { status, .. } => {
+                    status_says(*status)
+                }
+                HttpError::Token { .. } => false,
+            },
+            OpError::Target { status, .. } => status.is_none_or(status_says),
+            OpError::Object { source, .. } => source.maybe_committed(),
         }
     }
 
@@ -220,8 +267,52 @@ pub trait GroupApi: Send + Sync {
         "the target manages group membership itself; these membership changes were not sent (recorded as in sync)".into()
     }
 
-    /// A group this sink may adopt (an interrupted or conflicting create): externalId, then name.
-    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError>;
+    /// The target groups that may be `group`: those whose externalId (or the target's
+    /// equivalent) is the source id and, with `by_name`, those named like it. Raw lookup results:
+    /// a target may ignore the filter and answer anything, so the driver checks each one
+    /// ([`identify`]) before adopting it.
+    async fn candidates(
+        &self,
+        group: &GroupSpec,
+        by_name: bool,
+    ) -> Result<Vec<TargetGroup>, OpError>;
+
+    /// Every group of the target in one paged listing, when the target can list them (used
+    /// instead of [`GroupApi::candidates`] when many groups are to be created); `None` otherwise.
+    async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
+        Ok(None)
+    }
+
+    /// The members of the target group `id` (user id, display name), for a group about to be
+    /// adopted whose candidate did not carry them. By default none are read.
+    async fn group_members(&self, _id: &str) -> Result<Vec<(String, String)>, OpError> {
+        Ok(Vec::new())
+    }
+
+    /// The sink's `adopt` setting.
+    fn adopt_policy(&self) -> AdoptPolicy {
+        AdoptPolicy::Name
+    }
+
+    /// Whether the target stores the source id on the group (SCIM and PingOne `externalId`).
+    /// Targets that do not (Connect, ForgeRock) enforce unique group names, and there the exact
+    /// name is the identity: it matches as `by: "name"`, also for an unconfirmed create.
+    fn has_external_id(&self) -> bool {
+        true
+    }
+
+    /// Target user ids of `users` (source id → target id), for the users the target has. By
+    /// default one [`GroupApi::user_id`] per user; targets that can list or filter users in bulk
+    /// override it.
+    async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        let mut mapped = HashMap::new();
+        for user in users {
+            if let Some(id) = self.user_id(user).await? {
+                mapped.insert(user.source_id.clone(), id);
+            }
+        }
+        Ok(mapped)
+    }
 
     /// The lookup before a create; by default [`adopt_on_resume`].
     async fn prepare_create(&self, group: &GroupSpec, resume: bool) -> Result<Prepared, OpError> {
@@ -276,17 +367,234 @@ pub trait GroupApi: Send + Sync {
 }
 
 /// The default [`GroupApi::prepare_create`]: a resumed create adopts what
-/// [`GroupApi::find_existing`] finds; otherwise nothing is looked up.
+/// [`find_existing`] finds by externalId; otherwise nothing is looked up (the engine's
+/// [`resolve`] already looked for the group before planning).
 pub async fn adopt_on_resume<A: GroupApi + ?Sized>(
     api: &A,
     group: &GroupSpec,
     resume: bool,
 ) -> Result<Prepared, OpError> {
-    if resume && let Some(id) = api.find_existing(group).await? {
+    if resume && let Some((id, _)) = find_existing(api, group, Lookup::Ours).await? {
         tracing::info!(sink = %api.sink_name(), group = %group.name, id, "adopted the group an interrupted run created");
         return Ok(Prepared::Adopt(id));
     }
     Ok(Prepared::Create(None))
+}
+
+/// The sink's `adopt` setting: which existing target groups a sink may take over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptPolicy {
+    /// By externalId equal to the source id, or by an exactly equal name on a group that
+    /// carries no other externalId.
+    #[default]
+    Name,
+    /// By externalId only.
+    ExternalId,
+    /// Never by name; a create conflict fails that group's create. Groups carrying ldapsync's
+    /// own externalId (the source id) are still recognised: they are ldapsync's own creates.
+    Never,
+}
+
+/// A group as the target lists it: the fields identity is checked on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetGroup {
+    pub id: String,
+    pub name: String,
+    /// Its externalId; `None` when it has none (or the target has no such field).
+    pub external_id: Option<String>,
+    /// Its members (user id, display name), when the lookup returned them.
+    pub members: Option<Vec<(String, String)>>,
+}
+
+/// What a lookup may accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Only ldapsync's own group: externalId equal to the source id (the exact name on targets
+    /// without externalId). For unconfirmed creates.
+    Ours,
+    /// What the sink's [`AdoptPolicy`] allows.
+    Adopt,
+}
+
+/// Checks lookup results on the client side: the one candidate whose externalId is the group's
+/// source id, else (when `lookup` and the sink's policy allow it) the one whose name equals the
+/// group's name exactly and that carries no externalId. Several matches are an error (ldapsync
+/// cannot tell which one is the group); anything else in `candidates` is ignored.
+pub fn identify<'c>(
+    api: &(impl GroupApi + ?Sized),
+    group: &GroupSpec,
+    candidates: &'c [TargetGroup],
+    lookup: Lookup,
+) -> Result<Option<(&'c TargetGroup, AdoptedBy)>, OpError> {
+    let unique = |found: Vec<&'c TargetGroup>, what: &str| match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => Err(OpError::from(format!(
+            "{} groups in {} {what}; cannot tell which one is {} (remove the extra ones)",
+            many.len(),
+            api.target_label(),
+            group.dn
+        ))),
+    };
+    let mut distinct: Vec<&TargetGroup> = Vec::new();
+    for c in candidates {
+        if !distinct.iter().any(|d| d.id == c.id) {
+            distinct.push(c);
+        }
+    }
+    if api.has_external_id() {
+        let ours = distinct
+            .iter()
+            .copied()
+            .filter(|c| c.external_id.as_deref() == Some(group.source_id.as_str()))
+            .collect();
+        if let Some(found) = unique(ours, &format!("carry externalId {:?}", group.source_id))? {
+            return Ok(Some((found, AdoptedBy::ExternalId)));
+        }
+    }
+    let by_name = match (lookup, api.adopt_policy()) {
+        (_, AdoptPolicy::Never) => !api.has_external_id() && lookup == Lookup::Ours,
+        (Lookup::Ours, _) => !api.has_external_id(),
+        (Lookup::Adopt, AdoptPolicy::Name) => true,
+        (Lookup::Adopt, AdoptPolicy::ExternalId) => !api.has_external_id(),
+    };
+    if !by_name {
+        return Ok(None);
+    }
+    let named = distinct
+        .iter()
+        .copied()
+        .filter(|c| c.name == group.name && c.external_id.as_deref().is_none_or(str::is_empty))
+        .collect();
+    Ok(unique(named, &format!("are named {:?}", group.name))?.map(|c| (c, AdoptedBy::Name)))
+}
+
+/// Looks `group` up in the target and checks the answers ([`identify`]): its target id and how
+/// it matched.
+pub async fn find_existing<A: GroupApi + ?Sized>(
+    api: &A,
+    group: &GroupSpec,
+    lookup: Lookup,
+) -> Result<Option<(String, AdoptedBy)>, OpError> {
+    let by_name = lookup == Lookup::Adopt && api.adopt_policy() == AdoptPolicy::Name
+        || !api.has_external_id();
+    let candidates = api.candidates(group, by_name).await?;
+    Ok(identify(api, group, &candidates, lookup)?.map(|(c, by)| (c.id.clone(), by)))
+}
+
+/// Above this many groups to look for, [`resolve`] lists the target's groups once instead of
+/// looking each one up.
+const LIST_ABOVE: usize = 20;
+
+/// What the sink's target holds for a plan (read-only, dry run too): the target users of every
+/// directory member, and the existing target groups that the groups the ledger does not hold
+/// (or holds only as an unconfirmed create) are to adopt, each checked by [`identify`].
+pub async fn resolve<A: GroupApi + ?Sized>(
+    api: &A,
+    directory: &Directory,
+    ledger: &Ledger,
+) -> Result<TargetView, OpError> {
+    let mut wanted = vec![false; directory.users.len()];
+    for group in &directory.groups {
+        for &index in &group.members {
+            if let Some(slot) = wanted.get_mut(index as usize) {
+                *slot = true;
+            }
+        }
+    }
+    let members: Vec<MemberRef> = directory
+        .users
+        .iter()
+        .zip(&wanted)
+        .filter(|(_, w)| **w)
+        .map(|(u, _)| MemberRef::new(Arc::clone(u)))
+        .collect();
+    let users = if members.is_empty() {
+        HashMap::new()
+    } else {
+        api.map_users(&members).await?
+    };
+
+    let missing: Vec<(GroupSpec, Lookup)> = directory
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let lookup = match ledger.groups.get(&g.id) {
+                None => Lookup::Adopt,
+                Some(recorded) if recorded.target_id.is_none() => Lookup::Ours,
+                Some(_) => return None,
+            };
+            Some((
+                GroupSpec {
+                    source_id: g.id.clone(),
+                    name: g.name.clone(),
+                    description: g.description.clone(),
+                    dn: g.dn.clone(),
+                    target_id: None,
+                },
+                lookup,
+            ))
+        })
+        .collect();
+    let listed = match missing.len() > LIST_ABOVE {
+        true => api.list_groups().await?,
+        false => None,
+    };
+    let mut existing = BTreeMap::new();
+    for (group, lookup) in &missing {
+        let looked_up;
+        let candidates = match &listed {
+            Some(all) => all.as_slice(),
+            None => {
+                let by_name = *lookup == Lookup::Adopt && api.adopt_policy() == AdoptPolicy::Name
+                    || !api.has_external_id();
+                looked_up = api.candidates(group, by_name).await?;
+                looked_up.as_slice()
+            }
+        };
+        let Some((found, by)) =
+            identify(api, group, candidates, *lookup).map_err(|e| e.of(&group.name))?
+        else {
+            continue;
+        };
+        let members = match &found.members {
+            Some(members) => members.clone(),
+            None => api.group_members(&found.id).await?,
+        };
+        existing.insert(
+            group.source_id.clone(),
+            ExistingGroup {
+                target_id: found.id.clone(),
+                by,
+                members,
+            },
+        );
+    }
+    // Members of adopted groups that no group member maps to: name them by the other
+    // directory users (a removal shows a user name, not a target id).
+    let mut users = users;
+    let known: HashSet<&String> = users.values().collect();
+    let strangers = existing
+        .values()
+        .flat_map(|g| &g.members)
+        .any(|(id, _)| !known.contains(id));
+    if strangers {
+        let others: Vec<MemberRef> = directory
+            .users
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| !**w)
+            .map(|(u, _)| MemberRef::new(Arc::clone(u)))
+            .collect();
+        if !others.is_empty() {
+            users.extend(api.map_users(&others).await?);
+        }
+    }
+    Ok(TargetView {
+        users: Some(users),
+        existing,
+    })
 }
 
 /// Member changes recorded without a request, for the one log line per run.
@@ -344,6 +652,11 @@ pub async fn apply<A: GroupApi + ?Sized>(
     for op in &plan.operations {
         match op {
             Operation::Create { group, resume } => create_op(api, group, *resume, ops).await?,
+            Operation::Adopt { group, by, present } => {
+                let id = group.target_id.as_deref().unwrap_or_default();
+                tracing::info!(sink = %api.sink_name(), group = %group.name, id, by = by.as_str(), "adopted a group that already exists in {}", api.target_label());
+                ops.recorder.adopted(group, id, present)?
+            }
             Operation::Update { group, previous } => update(api, group, previous, ops).await?,
             Operation::MemberAdd { group, members }
             | Operation::MemberRemove { group, members } => {
@@ -403,17 +716,51 @@ async fn create_op<A: GroupApi + ?Sized>(
         }
     };
     ops.recorder.intent(group)?;
-    let error = match api.create(group, ticket).await {
-        Ok(Created::Id(id)) => return ops.recorder.created(group, &id),
-        Ok(Created::Conflict(conflict)) => match api.find_existing(group).await {
-            Ok(Some(id)) => {
-                tracing::info!(sink = %api.sink_name(), group = %group.name, id, "the group already exists in {}; adopted it", api.target_label());
+    let mut attempt = 1;
+    let error = loop {
+        let e = match api.create(group, ticket.clone()).await {
+            Ok(Created::Id(id)) => return ops.recorder.created(group, &id),
+            Ok(Created::Conflict(conflict)) if api.adopt_policy() == AdoptPolicy::Never => {
+                break OpError::from(format!(
+                    "{conflict}; a group named {:?} already exists in {} and this sink has adopt = \"never\" (rename or remove that group, or set adopt = \"name\")",
+                    group.name,
+                    api.target_label()
+                ));
+            }
+            Ok(Created::Conflict(conflict)) => {
+                break match find_existing(api, group, Lookup::Adopt).await {
+                    Ok(Some((id, by))) => {
+                        tracing::info!(sink = %api.sink_name(), group = %group.name, id, by = by.as_str(), "the group already exists in {}; adopted it", api.target_label());
+                        return ops.recorder.created(group, &id);
+                    }
+                    Ok(None) => conflict,
+                    Err(e) => e,
+                };
+            }
+            Err(e) => e,
+        };
+        if !e.maybe_committed() {
+            break e;
+        }
+        // The answer was lost or failed after sending: the target may have committed the
+        // create. Look before anything is sent again (never a blind second create).
+        match find_existing(api, group, Lookup::Ours).await {
+            Ok(Some((id, _))) => {
+                tracing::info!(sink = %api.sink_name(), group = %group.name, id, error = %e, "the create failed but the target has the group; recorded it");
                 return ops.recorder.created(group, &id);
             }
-            Ok(None) => conflict,
-            Err(e) => e,
-        },
-        Err(e) => e,
+            Ok(None) if attempt < CREATE_ATTEMPTS => {
+                tracing::info!(sink = %api.sink_name(), group = %group.name, error = %e, attempt, "the create failed and the target does not have the group; sending it again");
+                tokio::time::sleep(CREATE_RETRY_DELAY * attempt).await;
+                attempt += 1;
+            }
+            Ok(None) => break e,
+            Err(lookup) => {
+                break OpError::from(format!(
+                    "{e}; then the lookup of what the create may have made failed: {lookup} (looked up again before the next create)"
+                ));
+            }
+        }
     };
     ops.fail(OpKind::Create, group, error, 1);
     Ok(())
@@ -449,9 +796,10 @@ async fn delete<A: GroupApi + ?Sized>(
 ) -> Result<(), SinkError> {
     let id = match ops.recorder.target_id(group) {
         Some(id) => Some(id),
-        // An unconfirmed create: delete what it may have created.
-        None => match api.find_existing(group).await {
-            Ok(found) => found,
+        // An unconfirmed create: only what carries its externalId is ours; a same-name group is
+        // not (it may be someone else's). Nothing found: the intent is dropped, nothing deleted.
+        None => match find_existing(api, group, Lookup::Ours).await {
+            Ok(found) => found.map(|(id, _)| id),
             Err(e) => {
                 ops.fail(OpKind::Delete, group, e, 1);
                 return Ok(());
@@ -524,7 +872,8 @@ async fn change_members<A: GroupApi + ?Sized>(
     let mut done = Vec::new();
     let mut mapped = Vec::with_capacity(members.len());
     for member in members {
-        let known = member.target_id.clone().filter(|_| !adding);
+        // The plan mapped the members it adds when the sink resolved its users.
+        let known = member.target_id.clone();
         let found = match known {
             Some(target_id) => Ok(Some(target_id)),
             None => api.user_id(member).await,
@@ -685,6 +1034,7 @@ mod tests {
         /// What every user lookup answers instead of an id.
         user_error: Option<OpError>,
         calls: StdMutex<Vec<String>>,
+        policy: AdoptPolicy,
     }
 
     impl Fake {
@@ -708,9 +1058,26 @@ mod tests {
         fn member_chunk_size(&self) -> usize {
             2
         }
-        async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
+        fn adopt_policy(&self) -> AdoptPolicy {
+            self.policy
+        }
+        async fn candidates(
+            &self,
+            group: &GroupSpec,
+            _: bool,
+        ) -> Result<Vec<TargetGroup>, OpError> {
             self.log(format!("find {}", group.name));
-            Ok(self.existing.get(&group.name).cloned())
+            Ok(self
+                .existing
+                .get(&group.name)
+                .map(|id| TargetGroup {
+                    id: id.clone(),
+                    name: group.name.clone(),
+                    external_id: Some(group.source_id.clone()),
+                    members: None,
+                })
+                .into_iter()
+                .collect())
         }
         async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
             self.log(format!("create {}", group.name));
@@ -789,6 +1156,7 @@ mod tests {
         let plan = Plan {
             operations,
             full: false,
+            unmapped: Vec::new(),
         };
         let result = apply(api, &plan, &mut recorder).await;
         (result, recorder.report.clone())
@@ -983,6 +1351,88 @@ mod tests {
         result.unwrap();
         assert_eq!(report.failures.len(), 2);
         assert_eq!(api.calls(), ["create a", "create b"]);
+    }
+
+    fn listed(id: &str, name: &str, external_id: Option<&str>) -> TargetGroup {
+        TargetGroup {
+            id: id.into(),
+            name: name.into(),
+            external_id: external_id.map(str::to_string),
+            members: None,
+        }
+    }
+
+    #[test]
+    fn lookups_are_checked_on_the_client_side() {
+        let g = group("g03", None);
+        let ignored_filter = [
+            listed("1", "AAA-finance-admins", None),
+            listed("2", "g03", Some("someone-else")),
+        ];
+        let mut api = Fake::default();
+        // A target that ignored the filter: nothing it answered is g03.
+        assert_eq!(identify(&api, &g, &ignored_filter, Lookup::Adopt), Ok(None));
+        // Ours by externalId, whatever its name.
+        let ours = [
+            listed("3", "renamed", Some("s-g03")),
+            listed("4", "g03", None),
+        ];
+        let (found, by) = identify(&api, &g, &ours, Lookup::Adopt).unwrap().unwrap();
+        assert_eq!((found.id.as_str(), by), ("3", AdoptedBy::ExternalId));
+        // A hand-made group of the same name: adopted by name only when the policy allows,
+        // never for an unconfirmed create.
+        let hand_made = [listed("4", "g03", None), listed("5", "G03", None)];
+        let (found, by) = identify(&api, &g, &hand_made, Lookup::Adopt)
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.id.as_str(), by), ("4", AdoptedBy::Name));
+        assert_eq!(identify(&api, &g, &hand_made, Lookup::Ours), Ok(None));
+        api.policy = AdoptPolicy::ExternalId;
+        assert_eq!(identify(&api, &g, &hand_made, Lookup::Adopt), Ok(None));
+        api.policy = AdoptPolicy::Never;
+        assert_eq!(identify(&api, &g, &hand_made, Lookup::Adopt), Ok(None));
+        // Two of the same name: ambiguous, refused.
+        api.policy = AdoptPolicy::Name;
+        let two = [listed("4", "g03", None), listed("6", "g03", None)];
+        assert!(identify(&api, &g, &two, Lookup::Adopt).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_create_that_failed_after_sending_is_looked_up_before_it_is_sent_again() {
+        let mut api = Fake {
+            create_error: Some(status(503, "busy")),
+            ..Fake::default()
+        };
+        api.existing.insert("a".into(), "t-a".into());
+        let (result, report) = run(&api, creates(&["a", "b"])).await;
+        result.unwrap();
+        assert_eq!(report.applied.create, 1);
+        assert_eq!(report.failures.len(), 1);
+        assert_eq!(
+            api.calls(),
+            [
+                "create a", "find a", "create b", "find b", "create b", "find b", "create b",
+                "find b"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_adopt_never_a_conflict_fails_that_group_only() {
+        let mut api = Fake {
+            conflict: true,
+            policy: AdoptPolicy::Never,
+            ..Fake::default()
+        };
+        api.existing.insert("a".into(), "t-a".into());
+        let (result, report) = run(&api, creates(&["a"])).await;
+        result.unwrap();
+        assert_eq!(report.applied.create, 0);
+        assert!(
+            report.failures[0].error.contains("adopt = \"never\""),
+            "{:?}",
+            report.failures
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Invalid, SinkConfig, SinkOptions};
+use crate::directory::Directory;
 use crate::ledger::{Ledger, LedgerWriteError, LedgerWriter};
-use crate::model::{GroupSpec, MemberRef, OpKind, Plan, Summary};
+use crate::model::{GroupSpec, MemberRef, OpKind, Plan, Summary, TargetView};
 use crate::secret::{SecretError, SecretField};
 
 /// The registration of one sink type, implemented by the type's config struct: everything the
@@ -175,6 +176,17 @@ pub trait Sink: Send + Sync {
         recorder: &mut Recorder<'_>,
     ) -> Result<(), SinkError>;
 
+    /// What the target holds for planning, read-only (dry runs too): the target users of the
+    /// directory's members and the existing groups to adopt. By default nothing is resolved and
+    /// the plan is made against the ledger alone.
+    async fn resolve(
+        &self,
+        _directory: &Directory,
+        _ledger: &Ledger,
+    ) -> Result<TargetView, SinkError> {
+        Ok(TargetView::default())
+    }
+
     /// Extra dry-run detail (e.g. the request batches a sink would send).
     fn preview(&self, _plan: &Plan, _ledger: &Ledger, _full: bool) -> Option<serde_json::Value> {
         None
@@ -293,6 +305,24 @@ impl<'a> Recorder<'a> {
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
         self.count(OpKind::Create, 1);
+        self.checkpoint()
+    }
+
+    /// Records an adopted group (it already existed in the target) and the members it already
+    /// has that the directory wants there.
+    pub fn adopted(
+        &mut self,
+        group: &GroupSpec,
+        target_id: &str,
+        present: &[MemberRef],
+    ) -> Result<(), SinkError> {
+        self.ledger
+            .record_group(group, target_id)
+            .map_err(|e| self.store_error(e))?;
+        self.record_members(OpKind::MemberAdd, group, present)?;
+        self.target_ids
+            .insert(group.source_id.clone(), target_id.to_string());
+        self.count(OpKind::Adopt, 1);
         self.checkpoint()
     }
 

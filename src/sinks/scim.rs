@@ -6,6 +6,7 @@
 //! by `displayName eq` and adopt it"; 404 on delete means done; users are found by a filter on
 //! the configured attribute and cached. 200 and 204 are both success, bodies optional.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -17,7 +18,8 @@ use tokio::sync::Mutex;
 use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    Created, GroupApi, GroupSink, OpError, Outcome, UserCache, UserKey, ids, outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
+    ids, outcome,
 };
 use super::target::{self, quote};
 use crate::model::{GroupSpec, MemberRef};
@@ -26,6 +28,8 @@ use crate::secret::{Secret, SecretError, resolve_secret};
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const SCIM_JSON: &str = "application/scim+json";
+/// Resources per page of a listing (`count`); a target may answer fewer.
+const LIST_PAGE: usize = 500;
 
 /// How an LDAP user is found among the target's users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -53,6 +57,9 @@ pub struct ScimConfig {
     /// Members per PATCH request.
     #[serde(default = "default_chunk")]
     pub member_chunk_size: usize,
+    /// Which existing groups may be adopted: "name" (default), "external_id" or "never".
+    #[serde(default)]
+    pub adopt: AdoptPolicy,
 }
 
 fn default_chunk() -> usize {
@@ -156,25 +163,45 @@ impl ScimSink {
         value
     }
 
-    /// `GET /Groups?filter=…` → ids of the matching groups.
-    async fn find_groups(&self, filter: &str) -> Result<Vec<String>, HttpError> {
+    /// `GET /Groups?filter=…` → the groups it answers (whatever they are: the caller checks).
+    async fn find_groups(&self, filter: &str) -> Result<Vec<TargetGroup>, HttpError> {
         let response = self
             .http
-            .send(
-                Method::GET,
-                "/Groups",
-                &[("filter", filter), ("excludedAttributes", "members")],
-                None,
-            )
+            .send(Method::GET, "/Groups", &[("filter", filter)], None)
             .await?;
         if response.status.as_u16() == 404 {
             return Ok(Vec::new());
         }
         let list: Value = response.success()?.json()?;
-        Ok(resources(&list)
-            .iter()
-            .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
-            .collect())
+        Ok(resources(&list).iter().filter_map(target_group).collect())
+    }
+
+    /// Every resource of `path` (`/Users`, `/Groups`), paging with `startIndex`/`count`.
+    async fn list_all(&self, path: &str, extra: &[(&str, &str)]) -> Result<Vec<Value>, HttpError> {
+        let fetch = |next: Option<String>| async move {
+            let start = next.unwrap_or_else(|| "1".into());
+            let count = LIST_PAGE.to_string();
+            let mut query = vec![("startIndex", start.as_str()), ("count", count.as_str())];
+            query.extend_from_slice(extra);
+            let answer: Value = self.http.json(Method::GET, path, &query, None).await?;
+            Ok((start.parse::<u64>().unwrap_or(1), answer))
+        };
+        let mut items: Vec<Value> = Vec::new();
+        let mut next = None;
+        for _ in 0..target::MAX_PAGES {
+            let (start, answer) = fetch(next.take()).await?;
+            let page = resources(&answer);
+            let total = answer.get("totalResults").and_then(Value::as_u64);
+            let got = page.len() as u64;
+            items.extend(page);
+            let seen = start - 1 + got;
+            if got == 0 || total.is_none_or(|t| seen >= t) {
+                return Ok(items);
+            }
+            next = Some((seen + 1).to_string());
+        }
+        tracing::warn!(sink = %self.name, path, "listing stopped after {} pages", target::MAX_PAGES);
+        Ok(items)
     }
 
     /// PUT fallback for targets without PATCH: read the group, change it, write it whole.
@@ -240,20 +267,91 @@ impl GroupApi for ScimSink {
         self.config.member_chunk_size
     }
 
-    /// Finds a group this sink may adopt: by externalId (our source id), then by exact name.
-    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
-        let by_external_id = self
+    fn adopt_policy(&self) -> AdoptPolicy {
+        self.config.adopt
+    }
+
+    /// `externalId eq` the source id, and with `by_name` `displayName eq` the name (the driver
+    /// checks what comes back: a target may ignore the filter).
+    async fn candidates(
+        &self,
+        group: &GroupSpec,
+        by_name: bool,
+    ) -> Result<Vec<TargetGroup>, OpError> {
+        let mut found = self
             .find_groups(&format!("externalId eq {}", quote(&group.source_id)))
-            .await
-            .unwrap_or_default();
-        if let Some(id) = by_external_id.into_iter().next() {
-            return Ok(Some(id));
+            .await?;
+        if by_name {
+            found.extend(
+                self.find_groups(&format!("displayName eq {}", quote(&group.name)))
+                    .await?,
+            );
         }
-        Ok(self
-            .find_groups(&format!("displayName eq {}", quote(&group.name)))
-            .await?
-            .into_iter()
-            .next())
+        Ok(found)
+    }
+
+    /// One paged listing of `/Groups`, members included.
+    async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
+        let all = self.list_all("/Groups", &[]).await?;
+        Ok(Some(all.iter().filter_map(target_group).collect()))
+    }
+
+    /// One paged listing of `/Users`, matched locally on the configured attribute (a user
+    /// several target users match is left unmapped, with a warning).
+    async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        let listed = self.list_all("/Users", &[]).await?;
+        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+        for user in &listed {
+            let Some(id) = user.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let keys: Vec<String> = match self.config.user_match {
+                ScimUserMatch::UserName => user
+                    .get("userName")
+                    .and_then(Value::as_str)
+                    .map(str::to_lowercase)
+                    .into_iter()
+                    .collect(),
+                ScimUserMatch::ExternalId => user
+                    .get("externalId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect(),
+                ScimUserMatch::Email => user
+                    .get("emails")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.get("value").and_then(Value::as_str))
+                    .map(str::to_lowercase)
+                    .collect(),
+            };
+            for key in keys {
+                let ids = by_key.entry(key).or_default();
+                if !ids.iter().any(|i| i == id) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        let mut mapped = HashMap::new();
+        for user in users {
+            let key = match self.config.user_match {
+                ScimUserMatch::UserName => Some(user.username.to_lowercase()),
+                ScimUserMatch::ExternalId => Some(user.source_id.clone()),
+                ScimUserMatch::Email => user.email.as_deref().map(str::to_lowercase),
+            };
+            match key.and_then(|k| by_key.get(&k)).map(Vec::as_slice) {
+                Some([id]) => {
+                    mapped.insert(user.source_id.clone(), id.clone());
+                }
+                Some([_, _, ..]) => {
+                    tracing::warn!(sink = %self.name, member = %user.username, "several target users match; member skipped")
+                }
+                _ => {}
+            }
+        }
+        Ok(mapped)
     }
 
     /// The target user id of an LDAP user, by the configured match attribute (cached).
@@ -280,10 +378,7 @@ impl GroupApi for ScimSink {
             SCIM_JSON,
             &json!({"schemas": [GROUP_SCHEMA], "displayName": group.name, "externalId": group.source_id}),
         );
-        let response = self
-            .http
-            .send(Method::POST, "/Groups", &[], Some(&body))
-            .await?;
+        let response = self.http.send_create("/Groups", &[], &body).await?;
         if response.status.as_u16() == 409 {
             return Ok(Created::Conflict(response.into_error().into()));
         }
@@ -397,6 +492,35 @@ impl GroupSink for ScimSink {
     async fn probe(&self) -> Result<(), SinkError> {
         target::probe(&self.name, &self.http, "/Groups", &[("count", "1")]).await
     }
+}
+
+/// A SCIM group resource as the lifecycle checks it.
+fn target_group(resource: &Value) -> Option<TargetGroup> {
+    let text = |key: &str| {
+        resource
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let members = resource
+        .get("members")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| {
+                    let id = m.get("value").and_then(Value::as_str)?;
+                    let display = m.get("display").and_then(Value::as_str).unwrap_or(id);
+                    Some((id.to_string(), display.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(TargetGroup {
+        id: text("id")?,
+        name: text("displayName").unwrap_or_default(),
+        external_id: text("externalId").filter(|e| !e.is_empty()),
+        members: Some(members),
+    })
 }
 
 #[cfg(test)]

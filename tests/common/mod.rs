@@ -13,6 +13,7 @@
 //! - [`samba`]: a real Samba AD domain controller, [`SambaDc`];
 //! - [`scim`]: the real `scim2-server`, [`ScimServer`];
 //! - [`emulators`]: the Python target emulators ([`Emulator`], [`EmulatorWorld`]);
+//! - [`proxy`]: the fault-injecting proxy ([`FaultProxy`]) put in front of a target;
 //! - [`run`]: the `ldapsync` binary, config TOML builders, [`run_ldapsync`], [`sync`],
 //!   [`assert_code`].
 //!
@@ -30,6 +31,7 @@ mod http;
 mod ldap;
 mod pki;
 mod process;
+mod proxy;
 mod run;
 mod samba;
 mod scim;
@@ -37,4 +39,7 @@ mod slapd;
 
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
-pub use {emulators::*, http::*, ldap::*, pki::*, process::*, run::*, samba::*, scim::*, slapd::*};
+pub use {
+    emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*, scim::*,
+    slapd::*,
+};

@@ -19,7 +19,8 @@ use crate::model::{GroupSpec, MemberRef};
 use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
-    Created, GroupApi, GroupSink, OpError, Outcome, UserCache, UserKey, ids, outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
+    ids, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
 
@@ -49,6 +50,9 @@ connection_fields! {
         /// `limit` asked for on list requests.
         #[serde(default = "default_page_size")]
         pub page_size: u32,
+        /// Which existing groups may be adopted: "name" (default), "external_id" or "never".
+        #[serde(default)]
+        pub adopt: AdoptPolicy,
     }
 }
 
@@ -189,47 +193,40 @@ impl GroupApi for PingOneGroupsSink {
     }
 
     /// Finds a group to adopt: by `externalId` (our source id), then by exact name.
-    async fn find_existing(&self, group: &GroupSpec) -> Result<Option<String>, OpError> {
-        let id_of = |g: &Value| g.get("id").and_then(Value::as_str).map(str::to_string);
-        let by_external_id = self
-            .list_all(
-                "/groups",
-                &format!("externalId eq {}", quote(&group.source_id)),
-                "groups",
-            )
-            .await?;
-        if let Some(found) = by_external_id
-            .iter()
-            .filter(|g| self.adoptable(g))
-            .find_map(id_of)
-        {
-            return Ok(Some(found));
+    fn adopt_policy(&self) -> AdoptPolicy {
+        self.config.adopt
+    }
+
+    /// `externalId eq` the source id and, with `by_name`, `name eq` the name; groups this sink
+    /// may not adopt (another population, an external source) are left out.
+    async fn candidates(
+        &self,
+        group: &GroupSpec,
+        by_name: bool,
+    ) -> Result<Vec<TargetGroup>, OpError> {
+        let mut filters = vec![format!("externalId eq {}", quote(&group.source_id))];
+        if by_name {
+            filters.push(format!("name eq {}", quote(&group.name)));
         }
-        let by_name = self
-            .list_all(
-                "/groups",
-                &format!("name eq {}", quote(&group.name)),
-                "groups",
-            )
-            .await?;
-        let same_name = |g: &&Value| {
-            g.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| n.to_lowercase() == group.name.to_lowercase())
-        };
-        Ok(by_name
-            .iter()
-            .filter(|g| self.adoptable(g))
-            .filter(same_name)
-            .find_map(id_of))
+        let mut found = Vec::new();
+        for filter in filters {
+            let listed = self.list_all("/groups", &filter, "groups").await?;
+            found.extend(listed.iter().filter(|g| self.adoptable(g)).filter_map(|g| {
+                let text = |key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
+                Some(TargetGroup {
+                    id: text("id")?,
+                    name: text("name").unwrap_or_default(),
+                    external_id: text("externalId").filter(|e| !e.is_empty()),
+                    members: None,
+                })
+            }));
+        }
+        Ok(found)
     }
 
     async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
         let body = self.group_body(group);
-        let response = self
-            .http
-            .send(Method::POST, "/groups", &[], Some(&body))
-            .await?;
+        let response = self.http.send_create("/groups", &[], &body).await?;
         if is_uniqueness_violation(response.status.as_u16(), &response.body) {
             return Ok(Created::Conflict(response.into_error().into()));
         }

@@ -414,6 +414,10 @@ impl ProvisioningSyncSink {
         for op in &entry.ops {
             match op {
                 Operation::Create { group, .. } => recorder.created(group, &group.source_id)?,
+                Operation::Adopt { group, present, .. } => {
+                    let target = group.target_id.as_deref().unwrap_or(&group.source_id);
+                    recorder.adopted(group, target, present)?
+                }
                 Operation::Update { group, .. } => {
                     let target = group.target_id.as_deref().unwrap_or(&group.source_id);
                     recorder.updated(group, target)?
@@ -622,6 +626,7 @@ max_batch_bytes = {max_batch_bytes}
     #[test]
     fn first_cycle_is_full_and_later_cycles_are_incremental() {
         let plan = Plan {
+            unmapped: Vec::new(),
             operations: vec![
                 Operation::Create {
                     group: spec("g1", "eng"),
@@ -687,6 +692,7 @@ max_batch_bytes = {max_batch_bytes}
         let mut gone = spec("g2", "ops");
         gone.target_id = Some("g2".into());
         let plan = Plan {
+            unmapped: Vec::new(),
             operations: vec![
                 Operation::MemberRemove {
                     group: removed,

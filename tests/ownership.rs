@@ -1,0 +1,434 @@
+//! Ownership you can prove, against the real scim2-server behind the fault-injecting proxy:
+//! checked adoption, creates that never duplicate, plans that know the target.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{Value, json};
+
+const LENIENT_SAFETY: &str = "[safety]\nmax_group_deletes = 1000\nmax_group_delete_percent = 100\nmax_member_removes = 100000\nmax_member_remove_percent = 100\n";
+const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+
+/// slapd → fault proxy → scim2-server, with `users` in both and a config in `dir`.
+struct World {
+    dir: tempfile::TempDir,
+    slapd: Slapd,
+    scim: ScimServer,
+    proxy: FaultProxy,
+    config: PathBuf,
+}
+
+impl World {
+    /// `unique_names`: the SCIM server answers 409 to a duplicate displayName (else RFC SCIM:
+    /// duplicates allowed). `sink_lines` are added to the `[[sinks]]` table.
+    fn new(unique_names: bool, users: &[&str], sink_lines: &str) -> World {
+        let slapd = Slapd::start();
+        let scim = ScimServer::start(unique_names);
+        let proxy = FaultProxy::start(&scim.base_url());
+        let dir = tempfile::tempdir().unwrap();
+        for user in users {
+            let mail = format!("{user}@example.com");
+            slapd.add_user(user, &mail);
+            scim.create_user(user, &mail);
+        }
+        let text = format!(
+            r#"[ldap]
+url = "{url}"
+bind_dn = "{admin}"
+bind_password = "{password}"
+
+[groups]
+base_dn = "ou=Groups,{base}"
+filter = "(objectClass=groupOfNames)"
+id_attribute = "entryUUID"
+
+[users]
+base_dn = "ou=People,{base}"
+filter = "(objectClass=inetOrgPerson)"
+id_attribute = "entryUUID"
+username_attribute = "uid"
+
+[state]
+path = "{state}"
+
+{LENIENT_SAFETY}
+[[sinks]]
+name = "scim"
+type = "scim"
+base_url = "{scim_url}"
+token = "{token}"
+max_retries = 2
+{sink_lines}
+"#,
+            url = slapd.url(),
+            admin = slapd.admin_dn(),
+            password = slapd.admin_password(),
+            base = slapd.base_dn(),
+            state = dir.path().join("state.db").display(),
+            scim_url = proxy.url(),
+            token = scim.token(),
+        );
+        let config = write_file(dir.path(), "config.toml", text);
+        World {
+            dir,
+            slapd,
+            scim,
+            proxy,
+            config,
+        }
+    }
+
+    fn user_dn(&self, uid: &str) -> String {
+        format!("uid={uid},ou=People,{}", self.slapd.base_dn())
+    }
+
+    /// Group display name → (ids, member userNames), duplicates kept apart.
+    fn groups(&self) -> BTreeMap<String, Vec<BTreeSet<String>>> {
+        let users: BTreeMap<String, String> = self
+            .scim
+            .users()
+            .iter()
+            .map(|u| {
+                (
+                    u["id"].as_str().unwrap().to_string(),
+                    u["userName"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let mut out: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
+        for group in self.scim.groups() {
+            let members = group["members"]
+                .as_array()
+                .map(|ms| {
+                    ms.iter()
+                        .map(|m| users[m["value"].as_str().unwrap()].clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.entry(group["displayName"].as_str().unwrap().to_string())
+                .or_default()
+                .push(members);
+        }
+        out
+    }
+
+    /// A group made by hand in the target: `external_id` when given, members by userName.
+    fn hand_made(&self, name: &str, external_id: Option<&str>, members: &[&str]) -> String {
+        let ids: BTreeMap<String, String> = self
+            .scim
+            .users()
+            .iter()
+            .map(|u| {
+                (
+                    u["userName"].as_str().unwrap().to_string(),
+                    u["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let mut body = json!({
+            "schemas": [GROUP_SCHEMA],
+            "displayName": name,
+            "members": members.iter().map(|m| json!({"value": ids[*m]})).collect::<Vec<_>>(),
+        });
+        if let Some(e) = external_id {
+            body["externalId"] = json!(e);
+        }
+        let (status, answer) = self.scim.post_json("/Groups", &body);
+        assert_eq!(status, 201, "{answer}");
+        answer["id"].as_str().unwrap().to_string()
+    }
+
+    fn dry_run(&self) -> Value {
+        let out = sync(&self.config, &["--dry-run", "--output", "json"]);
+        serde_json::from_str(&out.stdout_str())
+            .unwrap_or_else(|e| panic!("dry-run output is not JSON ({e}):\n{}", out.describe()))
+    }
+
+    fn state(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Asserts a dry run with zero operations; returns it.
+#[track_caller]
+fn assert_nothing_to_do(w: &World) -> Value {
+    let plan = w.dry_run();
+    assert_eq!(
+        plan["sinks"][0]["operations"],
+        json!([]),
+        "a converged target plans nothing: {plan}"
+    );
+    plan
+}
+
+#[test]
+fn an_unprocessed_create_then_an_ldap_delete_never_deletes_a_same_name_group() {
+    let w = World::new(false, &["alice"], "");
+    let ops = w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    // The create fails with a 500 the target never processed: an unconfirmed intent remains.
+    w.proxy.rules(json!([
+        {"method": "POST", "path": "/Groups$", "action": "status", "status": 500}
+    ]));
+    assert_code(&sync(&w.config, &[]), 1);
+    assert!(w.scim.groups().is_empty());
+    w.proxy.clear();
+    // (another group keeps the groups scope from emptying, which would be an incomplete read)
+    w.slapd.add_group("keep", &[&w.user_dn("alice")]);
+    // Someone makes a group of the same name by hand; then the LDAP group goes away.
+    let hand_made = w.hand_made("ops", None, &["alice"]);
+    w.slapd.delete(&[&ops]);
+    let out = sync(&w.config, &[]);
+    assert_code(&out, 0);
+    assert!(
+        w.proxy.requests("DELETE", "").is_empty(),
+        "no DELETE may reach the target: {:?}",
+        w.proxy.log()
+    );
+    let groups = w.scim.groups();
+    assert_eq!(groups.len(), 2);
+    assert!(groups.iter().any(|g| g["id"] == hand_made.as_str()));
+    assert_nothing_to_do(&w);
+}
+
+#[test]
+fn a_target_that_ignores_filters_never_makes_ldapsync_adopt_an_unrelated_group() {
+    let w = World::new(false, &["alice", "bob"], "");
+    let finance = w.hand_made("AAA-finance-admins", None, &["bob"]);
+    w.slapd
+        .add_group("g03", &[&w.user_dn("alice"), &w.user_dn("bob")]);
+    // An interrupted create of g03 (never processed), then a target whose group lookups
+    // ignore the filter and answer every group.
+    w.proxy.rules(json!([
+        {"method": "POST", "path": "/Groups$", "action": "status", "status": 500}
+    ]));
+    assert_code(&sync(&w.config, &[]), 1);
+    w.proxy.rules(json!([
+        {"method": "GET", "path": "/Groups$", "action": "strip_query"}
+    ]));
+    let out = sync(&w.config, &[]);
+    assert_code(&out, 0);
+    let groups = w.groups();
+    assert_eq!(
+        groups["AAA-finance-admins"],
+        vec![set(&["bob"])],
+        "{groups:?}"
+    );
+    assert_eq!(groups["g03"], vec![set(&["alice", "bob"])], "{groups:?}");
+    let finance_now = w.scim.get_json(&format!("/Groups/{finance}"));
+    assert_eq!(finance_now["displayName"], "AAA-finance-admins");
+    assert_nothing_to_do(&w);
+}
+
+#[test]
+fn a_same_name_group_with_a_foreign_external_id_is_not_adopted() {
+    let w = World::new(true, &["alice"], "");
+    let foreign = w.hand_made("ops", Some("someone-elses-id"), &[]);
+    w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    let plan = w.dry_run();
+    assert_eq!(plan["sinks"][0]["summary"]["adopt"], 0, "{plan}");
+    assert_eq!(plan["sinks"][0]["summary"]["create"], 1, "{plan}");
+    // The unique target refuses the create; the foreign group is neither adopted nor changed.
+    let out = sync(&w.config, &["--output", "json"]);
+    assert_code(&out, 1);
+    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let failure = report["sinks"][0]["failures"][0]["error"].as_str().unwrap();
+    assert!(failure.contains("409"), "{report}");
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&[])], "{groups:?}");
+    assert_eq!(w.scim.groups()[0]["id"], foreign.as_str());
+    assert!(w.proxy.requests("PATCH", "").is_empty());
+}
+
+#[test]
+fn a_hand_made_group_is_adopted_by_name_and_its_members_converge() {
+    let w = World::new(false, &["alice", "bob", "carol"], "");
+    let hand_made = w.hand_made("ops", None, &["bob", "carol"]);
+    w.slapd
+        .add_group("ops", &[&w.user_dn("alice"), &w.user_dn("bob")]);
+    let plan = w.dry_run();
+    let sink = &plan["sinks"][0];
+    assert_eq!(sink["summary"]["adopt"], 1, "{plan}");
+    assert_eq!(sink["summary"]["create"], 0, "{plan}");
+    assert_eq!(sink["summary"]["member_add"], 1, "{plan}");
+    assert_eq!(sink["summary"]["member_remove"], 1, "{plan}");
+    let ops = sink["operations"].as_array().unwrap();
+    assert_eq!(ops[0]["op"], "adopt");
+    assert_eq!(ops[0]["by"], "name");
+    assert_eq!(ops[0]["target_id"], hand_made.as_str());
+    assert_eq!(ops[1]["members"], json!(["alice"]));
+    assert_eq!(ops[2]["members"], json!(["carol"]));
+    let text = sync(&w.config, &["--dry-run"]).stdout_str();
+    assert!(
+        text.contains("= adopt") && text.contains(&format!("ops (id {hand_made}, by name)")),
+        "{text}"
+    );
+
+    assert_code(&sync(&w.config, &[]), 0);
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&["alice", "bob"])], "{groups:?}");
+    assert_eq!(w.scim.groups()[0]["id"], hand_made.as_str());
+    assert!(w.proxy.requests("POST", "/Groups").is_empty());
+    assert_nothing_to_do(&w);
+}
+
+#[test]
+fn a_create_committed_then_answered_503_or_429_leaves_exactly_one_group() {
+    let w = World::new(false, &["alice"], "");
+    w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    w.slapd.add_group("dev", &[&w.user_dn("alice")]);
+    w.proxy.rules(json!([
+        {"method": "POST", "path": "/Groups$", "action": "forward_status", "status": 503, "times": 1},
+        {"method": "POST", "path": "/Groups$", "action": "forward_status", "status": 429, "times": 1}
+    ]));
+    let out = sync(&w.config, &[]);
+    assert_code(&out, 0);
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&["alice"])], "{groups:?}");
+    assert_eq!(groups["dev"], vec![set(&["alice"])], "{groups:?}");
+    assert_eq!(
+        w.proxy.requests("POST", "/Groups").len(),
+        2,
+        "one POST per group, never re-sent: {:?}",
+        w.proxy.log()
+    );
+    assert_nothing_to_do(&w);
+}
+
+#[test]
+fn a_create_whose_connection_was_reset_after_sending_is_found_not_resent() {
+    let w = World::new(false, &["alice"], "");
+    w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    w.proxy.rules(json!([
+        {"method": "POST", "path": "/Groups$", "action": "reset", "times": 1}
+    ]));
+    assert_code(&sync(&w.config, &[]), 0);
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&["alice"])], "{groups:?}");
+    assert_eq!(w.proxy.requests("POST", "/Groups").len(), 1);
+    assert_nothing_to_do(&w);
+}
+
+#[test]
+fn a_lost_state_file_against_a_populated_target_adopts_and_makes_no_duplicates() {
+    let w = World::new(false, &["alice", "bob"], "");
+    w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    w.slapd
+        .add_group("dev", &[&w.user_dn("alice"), &w.user_dn("bob")]);
+    w.slapd.add_group("empty", &[]);
+    assert_code(&sync(&w.config, &[]), 0);
+    let before = w.groups();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(w.state().join(f));
+    }
+    let plan = w.dry_run();
+    let sink = &plan["sinks"][0];
+    assert_eq!(
+        sink["summary"],
+        json!({"create":0,"adopt":3,"update":0,"delete":0,"member_add":0,"member_remove":0,"unmapped":0}),
+        "{plan}"
+    );
+    for op in sink["operations"].as_array().unwrap() {
+        assert_eq!(
+            (&op["op"], &op["by"]),
+            (&json!("adopt"), &json!("external_id"))
+        );
+    }
+    let posts = w.proxy.requests("POST", "/Groups").len();
+    assert_code(&sync(&w.config, &[]), 0);
+    assert_eq!(
+        w.proxy.requests("POST", "/Groups").len(),
+        posts,
+        "no create"
+    );
+    assert_eq!(w.groups(), before);
+    assert_nothing_to_do(&w);
+}
+
+#[test]
+fn unmapped_members_leave_a_dry_run_with_nothing_to_do_and_are_listed() {
+    let w = World::new(false, &["alice"], "");
+    w.slapd.add_user("newcomer", "newcomer@example.com"); // not in the target
+    w.slapd.add_user("visitor", "visitor@example.com"); // not in the target
+    w.slapd.add_group(
+        "ops",
+        &[
+            &w.user_dn("alice"),
+            &w.user_dn("newcomer"),
+            &w.user_dn("visitor"),
+        ],
+    );
+    w.slapd.add_group("dev", &[&w.user_dn("newcomer")]);
+    let plan = w.dry_run();
+    let sink = &plan["sinks"][0];
+    assert_eq!(sink["summary"]["member_add"], 1, "{plan}");
+    assert_eq!(sink["summary"]["unmapped"], 3, "{plan}");
+    assert_code(&sync(&w.config, &[]), 0);
+    assert_eq!(w.groups()["ops"], vec![set(&["alice"])]);
+
+    // Unchanged directory: nothing to do, the unmapped users listed, one WARN naming them.
+    let plan = assert_nothing_to_do(&w);
+    let sink = &plan["sinks"][0];
+    assert_eq!(sink["summary"]["unmapped"], 3, "{plan}");
+    assert_eq!(
+        sink["unmapped"],
+        json!([
+            {"group": "dev", "source_id": sink["unmapped"][0]["source_id"], "members": ["newcomer"]},
+            {"group": "ops", "source_id": sink["unmapped"][1]["source_id"], "members": ["newcomer", "visitor"]}
+        ]),
+        "{plan}"
+    );
+    let out = sync(&w.config, &["--dry-run"]);
+    assert_code(&out, 0);
+    let text = out.stdout_str();
+    assert!(text.contains("nothing to do"), "{text}");
+    assert!(text.contains("unmapped: ops: newcomer, visitor"), "{text}");
+    let stderr = out.stderr_str();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("newcomer"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+
+    // The user appears in the target: added on the next run.
+    w.scim.create_user("newcomer", "newcomer@example.com");
+    assert_code(&sync(&w.config, &[]), 0);
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&["alice", "newcomer"])]);
+    assert_eq!(groups["dev"], vec![set(&["newcomer"])]);
+}
+
+#[test]
+fn with_adopt_never_a_create_conflict_fails_that_group_only() {
+    let w = World::new(true, &["alice"], "adopt = \"never\"");
+    let hand_made = w.hand_made("ops", None, &[]);
+    w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    w.slapd.add_group("dev", &[&w.user_dn("alice")]);
+    let plan = w.dry_run();
+    assert_eq!(plan["sinks"][0]["summary"]["adopt"], 0, "{plan}");
+    let out = sync(&w.config, &["--output", "json"]);
+    assert_code(&out, 1);
+    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let failures = report["sinks"][0]["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f["op"] == "create"
+            && f["group"] == "ops"
+            && f["error"].as_str().unwrap().contains("adopt = \"never\"")),
+        "{report}"
+    );
+    let groups = w.groups();
+    assert_eq!(groups["dev"], vec![set(&["alice"])], "{groups:?}");
+    assert_eq!(groups["ops"], vec![set(&[])], "{groups:?}");
+    assert!(
+        w.scim
+            .groups()
+            .iter()
+            .any(|g| g["id"] == hand_made.as_str())
+    );
+}
