@@ -60,7 +60,11 @@ pub struct SecretField<'a> {
     pub file: Option<&'a Path>,
 }
 
-impl SecretField<'_> {
+impl<'a> SecretField<'a> {
+    pub fn new(key: &'static str, inline: Option<&'a Secret>, file: Option<&'a Path>) -> Self {
+        SecretField { key, inline, file }
+    }
+
     /// The value (the file read, `env:NAME` looked up); the secret must be given.
     pub fn resolve(&self) -> Result<Secret, SecretError> {
         resolve_secret(self.key, self.inline.map(Secret::expose), self.file)

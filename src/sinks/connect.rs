@@ -16,6 +16,8 @@
 //! * Rename with `PATCH /v1/groups/{guid}` (legacy `POST /v1/groups/{guid}` on servers without
 //!   PATCH); delete with `DELETE /v1/groups/{guid}` (404 = done).
 
+use crate::config::Invalid;
+use crate::secret::SecretField;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -81,24 +83,21 @@ pub struct ConnectConfig {
 }
 
 impl ConnectConfig {
-    pub fn api_key(&self) -> Result<Secret, SecretError> {
-        resolve_secret(
+    /// Where the api key is.
+    fn api_key_field(&self) -> SecretField<'_> {
+        SecretField::new(
             "api_key",
-            self.api_key.as_ref().map(Secret::expose),
+            self.api_key.as_ref(),
             self.api_key_file.as_deref(),
         )
     }
 }
 
 impl crate::sinks::SinkType for ConnectConfig {
-    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
-        vec![crate::secret::SecretField {
-            key: "api_key",
-            inline: self.api_key.as_ref(),
-            file: self.api_key_file.as_deref(),
-        }]
+    fn secret_fields(&self) -> Vec<SecretField<'_>> {
+        vec![self.api_key_field()]
     }
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         check_url("base_url", &self.base_url)?;
         if self.api_key.is_none() && self.api_key_file.is_none() {
             return Err((
@@ -108,11 +107,7 @@ impl crate::sinks::SinkType for ConnectConfig {
         }
         Ok(())
     }
-    fn build(
-        &self,
-        name: String,
-        http: crate::sinks::http::HttpSettings,
-    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+    fn build(&self, name: String, http: HttpSettings) -> crate::sinks::Built {
         Ok(Box::new(ConnectSink::new(name, self, http)?))
     }
 }
@@ -318,7 +313,10 @@ impl ConnectSink {
         config: &ConnectConfig,
         settings: HttpSettings,
     ) -> Result<ConnectSink, SinkError> {
-        let key = config.api_key().map_err(target::secret_error(&name))?;
+        let key = config
+            .api_key_field()
+            .resolve()
+            .map_err(target::secret_error(&name))?;
         let http = HttpClient::new(
             &name,
             &api_root(&config.base_url),

@@ -3,6 +3,9 @@
 //! It is the embedded default target for a first run, an audit trail, and a way to feed other
 //! tools. It keeps a ledger like any sink, so a rerun writes only what changed.
 
+use crate::config::Invalid;
+use crate::secret::SecretField;
+use crate::sinks::http::HttpSettings;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -21,20 +24,16 @@ pub struct FileConfig {
 }
 
 impl crate::sinks::SinkType for FileConfig {
-    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+    fn secret_fields(&self) -> Vec<SecretField<'_>> {
         Vec::new()
     }
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.path.trim().is_empty() {
             return Err(("path", "must be a file path or \"-\" for stdout".into()));
         }
         Ok(())
     }
-    fn build(
-        &self,
-        name: String,
-        _http: crate::sinks::http::HttpSettings,
-    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+    fn build(&self, name: String, _http: HttpSettings) -> crate::sinks::Built {
         Ok(Box::new(FileSink::new(name, self.clone())))
     }
 }

@@ -15,6 +15,8 @@
 //! * Groups with a `condition` (dynamic membership) never get static member changes: every such
 //!   operation is reported as failed with an explanation.
 
+use crate::config::Invalid;
+use crate::secret::SecretField;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -106,21 +108,17 @@ impl ForgeRockConfig {
 }
 
 impl crate::sinks::SinkType for ForgeRockConfig {
-    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+    fn secret_fields(&self) -> Vec<SecretField<'_>> {
         vec![match &self.access_token_file {
-            Some(file) => crate::secret::SecretField {
-                key: "access_token_file",
-                inline: None,
-                file: Some(file),
-            },
-            None => crate::secret::SecretField {
-                key: "client_secret",
-                inline: self.client_secret.as_ref(),
-                file: self.client_secret_file.as_deref(),
-            },
+            Some(file) => SecretField::new("access_token_file", None, Some(file)),
+            None => SecretField::new(
+                "client_secret",
+                self.client_secret.as_ref(),
+                self.client_secret_file.as_deref(),
+            ),
         }]
     }
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         check_url("base_url", &self.base_url)?;
         if let Some(url) = &self.token_url {
             check_url("token_url", url)?;
@@ -166,11 +164,7 @@ impl crate::sinks::SinkType for ForgeRockConfig {
             _ => Ok(()),
         }
     }
-    fn build(
-        &self,
-        name: String,
-        http: crate::sinks::http::HttpSettings,
-    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+    fn build(&self, name: String, http: HttpSettings) -> crate::sinks::Built {
         Ok(Box::new(ForgeRockSink::new(name, self, http)?))
     }
 }

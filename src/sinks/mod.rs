@@ -37,8 +37,11 @@ pub(crate) trait SinkType {
     /// warning when written inline).
     fn secret_fields(&self) -> Vec<SecretField<'_>>;
     /// Builds the sink.
-    fn build(&self, name: String, http: http::HttpSettings) -> Result<Box<dyn Sink>, SinkError>;
+    fn build(&self, name: String, http: http::HttpSettings) -> Built;
 }
+
+/// What [`SinkType::build`] returns.
+pub(crate) type Built = Result<Box<dyn Sink>, SinkError>;
 
 /// Generates [`SinkSettings`], the `type`-tagged union of every registered sink config.
 macro_rules! sink_types {

@@ -6,6 +6,8 @@
 //! by `displayName eq` and adopt it"; 404 on delete means done; users are found by a filter on
 //! the configured attribute and cached. 200 and 204 are both success, bodies optional.
 
+use crate::config::Invalid;
+use crate::secret::SecretField;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -67,24 +69,17 @@ fn default_chunk() -> usize {
 }
 
 impl ScimConfig {
-    pub fn token(&self) -> Result<Secret, SecretError> {
-        resolve_secret(
-            "token",
-            self.token.as_ref().map(Secret::expose),
-            self.token_file.as_deref(),
-        )
+    /// Where the token is.
+    fn token_field(&self) -> SecretField<'_> {
+        SecretField::new("token", self.token.as_ref(), self.token_file.as_deref())
     }
 }
 
 impl crate::sinks::SinkType for ScimConfig {
-    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
-        vec![crate::secret::SecretField {
-            key: "token",
-            inline: self.token.as_ref(),
-            file: self.token_file.as_deref(),
-        }]
+    fn secret_fields(&self) -> Vec<SecretField<'_>> {
+        vec![self.token_field()]
     }
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         check_url("base_url", &self.base_url)?;
         if self.token.is_none() && self.token_file.is_none() {
             return Err((
@@ -97,11 +92,7 @@ impl crate::sinks::SinkType for ScimConfig {
         }
         Ok(())
     }
-    fn build(
-        &self,
-        name: String,
-        http: crate::sinks::http::HttpSettings,
-    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+    fn build(&self, name: String, http: HttpSettings) -> crate::sinks::Built {
         Ok(Box::new(ScimSink::new(name, self, http)?))
     }
 }
@@ -121,7 +112,10 @@ impl ScimSink {
         config: &ScimConfig,
         settings: HttpSettings,
     ) -> Result<ScimSink, SinkError> {
-        let token = config.token().map_err(target::secret_error(&name))?;
+        let token = config
+            .token_field()
+            .resolve()
+            .map_err(target::secret_error(&name))?;
         let http = HttpClient::new(
             &name,
             &config.base_url,

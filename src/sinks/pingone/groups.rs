@@ -9,6 +9,8 @@
 //! by name, and adopt it"; a duplicate membership (UNCONFIRMED: success or the same errors) is
 //! treated as success. Nested groups are not written (`nested = "keep"` is not implemented).
 
+use crate::config::Invalid;
+use crate::secret::SecretField;
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
@@ -61,10 +63,10 @@ fn default_page_size() -> u32 {
 }
 
 impl crate::sinks::SinkType for PingOneGroupsConfig {
-    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+    fn secret_fields(&self) -> Vec<SecretField<'_>> {
         vec![self.connection().secret_field()]
     }
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         self.connection().validate()?;
         if let Some(population) = &self.population_id
             && population.trim().is_empty()
@@ -76,11 +78,7 @@ impl crate::sinks::SinkType for PingOneGroupsConfig {
         }
         Ok(())
     }
-    fn build(
-        &self,
-        name: String,
-        http: crate::sinks::http::HttpSettings,
-    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+    fn build(&self, name: String, http: HttpSettings) -> crate::sinks::Built {
         Ok(Box::new(PingOneGroupsSink::new(name, self, http)?))
     }
 }

@@ -17,6 +17,8 @@
 //! on its own is reported as failed, never truncated, and the cycle is then left open (no
 //! `nextToken`) so the token does not advance.
 
+use crate::config::Invalid;
+use crate::secret::SecretField;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -89,10 +91,10 @@ fn default_max_batch_bytes() -> usize {
 }
 
 impl crate::sinks::SinkType for ProvisioningSyncConfig {
-    fn secret_fields(&self) -> Vec<crate::secret::SecretField<'_>> {
+    fn secret_fields(&self) -> Vec<SecretField<'_>> {
         vec![self.connection().secret_field()]
     }
-    fn validate(&self) -> Result<(), crate::config::Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         self.connection().validate()?;
         let id = self.provisioning_sync_id.trim();
         if id.is_empty() || id.contains(['/', '?', '#']) {
@@ -117,11 +119,7 @@ impl crate::sinks::SinkType for ProvisioningSyncConfig {
         }
         Ok(())
     }
-    fn build(
-        &self,
-        name: String,
-        http: crate::sinks::http::HttpSettings,
-    ) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkError> {
+    fn build(&self, name: String, http: HttpSettings) -> crate::sinks::Built {
         Ok(Box::new(ProvisioningSyncSink::new(name, self, http)?))
     }
 }
