@@ -72,6 +72,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print a shell completion script on stdout
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: crate::manual::CompletionShell,
+    },
+    /// Print the ldapsync(1) man page (roff) on stdout
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// The configuration file to use: `--config`, `$LDAPSYNC_CONFIG`, then the system default.
@@ -129,6 +138,10 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Daemon => crate::daemon::run(&path).await,
         Command::Check { connect } => check(&path, connect).await,
         Command::Status { output } => status(&path, output),
+        Command::Completions { shell } => {
+            crate::manual::print(&crate::manual::completion_script(shell))
+        }
+        Command::Manpage => crate::manual::print(&crate::manual::manpage()),
     }
 }
 

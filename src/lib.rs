@@ -14,6 +14,7 @@
 //! - [`report`]: text and JSON output of a run.
 //! - [`daemon`], [`telemetry`]: the scheduled service, metrics and logging.
 //! - [`cli`]: the commands behind the binary.
+//! - [`manual`]: shell completions and the man page, from the `cli` definitions.
 
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod directory;
 pub mod dn;
 pub mod engine;
 pub mod ledger;
+pub mod manual;
 pub mod plan;
 pub mod report;
 pub mod sinks;
