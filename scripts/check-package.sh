@@ -4,7 +4,8 @@
 #   - its contents: the binary, the unit, the sysusers file, the man page, the completions, the
 #     docs and the example configuration at their paths; nothing under /etc, no conffile;
 #   - `dpkg -i`: `ldapsync --version`, `man -w ldapsync`, the service account, /etc/ldapsync
-#     (0750 root:ldapsync) and its credentials/ (0700), the unit neither enabled nor started,
+#     (0750 root:ldapsync, readable by that account and no other user) and its credentials/
+#     (0700), the unit neither enabled nor started,
 #     `systemd-analyze verify` and `security` on the installed unit (scripts/check-systemd.sh),
 #     the installed completion scripts equal `ldapsync completions SHELL` and parse (bash -n,
 #     zsh -n, fish -n), and bash and fish complete a subcommand with them;
@@ -50,6 +51,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------- no leftover install
+rm -f /etc/ldapsync/check-package.* # this script's own, from a run that stopped half-way
 if [ -d /etc/ldapsync ] && [ -n "$(find /etc/ldapsync -mindepth 1 -not -type d -print -quit)" ]; then
     fail "/etc/ldapsync holds files: ldapsync looks configured on this machine; not touching it"
 fi
@@ -162,6 +164,23 @@ fi
     fail "the unit's Documentation= does not resolve"
 
 bash "$REPO/scripts/check-systemd.sh" /lib/systemd/system/ldapsync.service
+
+# The service account reads a configuration (0640 root:ldapsync) inside /etc/ldapsync, and the
+# LDIF it names; any other user cannot (exit 2, configuration error).
+log "the ldapsync account reads /etc/ldapsync; nobody else does"
+conf=/etc/ldapsync/check-package.toml
+install -m 0640 -g ldapsync "$REPO/examples/directory.ldif" /etc/ldapsync/check-package.ldif
+sed -e 's#^ldif_file = .*#ldif_file = "/etc/ldapsync/check-package.ldif"#' \
+    -e 's#^path = "target/.*#path = "/nonexistent/state.db"#' "$REPO/examples/quickstart.toml" |
+    install -m 0640 -g ldapsync /dev/stdin "$conf"
+as_user() { setpriv --reuid="$1" --regid="$(id -g "$1")" --init-groups --reset-env -- "${@:2}"; }
+out="$(as_user ldapsync ldapsync --config "$conf" sync --dry-run 2>&1)" ||
+    fail "ldapsync sync --dry-run as the ldapsync user: $out"
+printf '%s\n' "$out" | grep -q 'Dry run: read' || fail "ldapsync sync --dry-run as ldapsync: $out"
+code=0
+as_user nobody ldapsync --config "$conf" check >/dev/null 2>&1 || code=$?
+[ "$code" -eq 2 ] || fail "user nobody: ldapsync check exited $code, want 2 (cannot read $conf)"
+rm -f /etc/ldapsync/check-package.*
 
 log "completions"
 bash_file=/usr/share/bash-completion/completions/ldapsync

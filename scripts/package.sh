@@ -27,20 +27,21 @@ assets="$target/release/assets"
 log "man page and completions from $bin into $assets"
 rm -rf "$assets"
 mkdir -p "$assets"
+# Dates (man page, changelog): the last commit's, unless SOURCE_DATE_EPOCH says otherwise.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}"
 "$bin" manpage | gzip -9n >"$assets/ldapsync.1.gz"
 "$bin" completions bash >"$assets/ldapsync.bash"
 "$bin" completions zsh >"$assets/_ldapsync"
 "$bin" completions fish >"$assets/ldapsync.fish"
-# The Debian changelog lintian asks for: one entry for this version, dated by the last commit.
+# The Debian changelog lintian asks for: one entry for this version.
 revision=1
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 maintainer="$(sed -n 's/^maintainer = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
-when="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)"
 commit="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 {
     printf 'ldapsync (%s-%s) unstable; urgency=medium\n\n' "$version" "$revision"
     printf '  * ldapsync %s, built with cargo-deb from commit %s.\n\n' "$version" "$commit"
-    printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$when")"
+    printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } | gzip -9n >"$assets/changelog.Debian.gz"
 
 for f in ldapsync.1.gz ldapsync.bash _ldapsync ldapsync.fish changelog.Debian.gz; do

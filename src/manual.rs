@@ -91,10 +91,21 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ),
 ];
 
-/// The `ldapsync(1)` man page in roff.
+/// The `ldapsync(1)` man page in roff, dated by `SOURCE_DATE_EPOCH` (reproducible builds; set by
+/// `scripts/package.sh` to the last commit's time) or else today.
 pub fn manpage() -> Vec<u8> {
+    let date = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .unwrap_or_else(chrono::Utc::now)
+        .format("%Y-%m-%d")
+        .to_string();
     let cmd = Cli::command();
-    let man = clap_mangen::Man::new(cmd.clone()).manual("ldapsync manual");
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title("LDAPSYNC")
+        .date(date)
+        .manual("ldapsync manual");
     let mut out = Vec::new();
     // Writing into a Vec cannot fail.
     let _ = man.render_title(&mut out);
@@ -144,7 +155,19 @@ pub fn manpage() -> Vec<u8> {
     )]);
     let _ = roff.to_writer(&mut out);
     let _ = man.render_version_section(&mut out);
-    out
+    // Each rendered piece starts with the same two-line apostrophe preamble: keep the first.
+    let text = String::from_utf8_lossy(&out);
+    let mut seen = std::collections::HashSet::new();
+    let mut page = String::with_capacity(text.len());
+    for line in text.lines() {
+        let preamble = line.starts_with(".ie \\n(.g .ds Aq") || line.starts_with(".el .ds Aq");
+        if preamble && !seen.insert(line.to_owned()) {
+            continue;
+        }
+        page.push_str(line);
+        page.push('\n');
+    }
+    page.into_bytes()
 }
 
 /// One `.TP` entry per row, under a `.SH` heading.
@@ -226,7 +249,8 @@ mod tests {
     #[test]
     fn manpage_has_the_commands_and_the_reference_sections() {
         let page = String::from_utf8(manpage()).unwrap();
-        assert!(page.starts_with(".TH ldapsync 1"), "{page}");
+        assert_eq!(page.matches(".ds Aq").count(), 2, "{page}");
+        assert!(page.contains("\n.TH LDAPSYNC 1 "), "{page}");
         for needle in [
             ".SH COMMANDS",
             ".SH \"EXIT STATUS\"",
@@ -259,7 +283,7 @@ mod tests {
             CompletionShell::Fish,
         ] {
             let script = String::from_utf8(completion_script(shell)).unwrap();
-            for word in ["ldapsync", "sync", "--dry-run", "--allow-deletes", "status"] {
+            for word in ["ldapsync", "sync", "dry-run", "allow-deletes", "status"] {
                 assert!(script.contains(word), "{shell:?}: missing {word:?}");
             }
         }
