@@ -21,7 +21,7 @@ RUNGS = [
     ["sinks"],
     ["engine"],
     ["report"],
-    ["app"],
+    ["app", "manual"],
     ["daemon"],
     ["cli"],
     ["proptests"],  # test-only: property tests over every parser

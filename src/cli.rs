@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::app::{self, Config};
 use crate::engine::{self, RunOptions};
 use crate::exit::ExitStatus;
+use crate::manual;
 use crate::report::{self, StatusView};
 use crate::store::Store;
 use crate::telemetry::LogFormat;
@@ -73,6 +74,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Print a shell completion script on stdout
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: manual::CompletionShell,
+    },
+    /// Print the ldapsync(1) man page (roff) on stdout
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// The configuration file to use: `--config`, `$LDAPSYNC_CONFIG`, then the system default.
@@ -107,6 +117,10 @@ pub async fn run(cli: Cli) -> ExitStatus {
         Command::Daemon => crate::daemon::run(&path).await,
         Command::Check { connect } => check(&path, connect).await,
         Command::Status { output } => status(&path, output),
+        Command::Completions { shell } => {
+            manual::print(&manual::completion_script(Cli::command(), shell))
+        }
+        Command::Manpage => manual::print(&manual::manpage(Cli::command())),
     }
 }
 

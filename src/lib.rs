@@ -13,6 +13,7 @@
 //! - `engine`: one run, dry or real; `report`: text and JSON output of a run and of `status`;
 //! - `app`: configuration with its sinks and the source check, shared by both front ends;
 //! - [`cli`] and `daemon`: the commands and the scheduled service.
+//! - `manual`: shell completions and the man page, from the `cli` definitions.
 
 pub(crate) mod app;
 pub mod cli;
@@ -23,6 +24,7 @@ pub(crate) mod dn;
 pub(crate) mod engine;
 pub mod exit;
 pub(crate) mod ledger;
+pub(crate) mod manual;
 pub(crate) mod model;
 pub(crate) mod plan;
 #[cfg(test)]

@@ -35,7 +35,7 @@ use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
 use crate::ledger::Ledger;
 use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
-use crate::secret::{Secret, SecretError, resolve_secret};
+use crate::secret::Secret;
 
 /// Connect's maximum `page_size` / `limit`.
 const PAGE_SIZE: &str = "500";

@@ -480,6 +480,7 @@ impl HttpClient {
                         self.authorization(true).await?;
                         continue;
                     }
+                    let asks_to_wait = matches!(status.as_u16(), 429 | 503);
                     let retryable = match status.as_u16() {
                         _ if create => false,
                         429 | 503 => true,
@@ -494,7 +495,12 @@ impl HttpClient {
                         error_body: self.error_body,
                         redactor: self.redactor.clone(),
                     };
-                    if !retryable || attempt >= self.settings.max_retries {
+                    let too_long = retry_after(&headers)
+                        .filter(|asked| *asked > self.settings.max_retry_after);
+                    // A create is never re-sent here, but a target asking it to wait longer
+                    // than allowed fails it the same way as any other request.
+                    let give_up = !retryable || attempt >= self.settings.max_retries;
+                    if give_up && !(create && asks_to_wait && too_long.is_some()) {
                         return Ok(response);
                     }
                     let delay = match retry_after(&headers) {

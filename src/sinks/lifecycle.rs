@@ -167,6 +167,17 @@ impl OpError {
         }
     }
 
+    /// The target asked to wait longer than `max_retry_after_secs`: not sent again in this run.
+    pub fn asks_to_wait_too_long(&self) -> bool {
+        match self {
+            OpError::Request { source, .. } => {
+                matches!(source, HttpError::RetryAfterTooLong { .. })
+            }
+            OpError::Target { .. } => false,
+            OpError::Object { source, .. } => source.asks_to_wait_too_long(),
+        }
+    }
+
     /// The target rejected the credential (HTTP 401, a failed OAuth2 token request): the sink
     /// cannot go on.
     pub fn is_auth(&self) -> bool {
@@ -749,7 +760,7 @@ async fn create_op<A: GroupApi + ?Sized>(
                 tracing::info!(sink = %api.sink_name(), group = %group.name, id, error = %e, "the create failed but the target has the group; recorded it");
                 return ops.recorder.created(group, &id);
             }
-            Ok(None) if attempt < CREATE_ATTEMPTS => {
+            Ok(None) if attempt < CREATE_ATTEMPTS && !e.asks_to_wait_too_long() => {
                 tracing::info!(sink = %api.sink_name(), group = %group.name, error = %e, attempt, "the create failed and the target does not have the group; sending it again");
                 tokio::time::sleep(CREATE_RETRY_DELAY * attempt).await;
                 attempt += 1;

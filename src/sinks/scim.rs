@@ -25,7 +25,7 @@ use super::lifecycle::{
 };
 use super::target::{self, quote};
 use crate::model::{GroupSpec, MemberRef};
-use crate::secret::{Secret, SecretError, resolve_secret};
+use crate::secret::Secret;
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
