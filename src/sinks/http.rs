@@ -464,14 +464,7 @@ impl HttpClient {
                     self.backoff(attempt)
                 }
                 Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    let bytes = response
-                        .bytes()
-                        .await
-                        .map(|b| b.to_vec())
-                        .unwrap_or_default();
-                    self.observe(started.elapsed());
+                    let (status, headers, bytes) = self.read_answer(response, started).await;
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
                         && matches!(self.auth, Auth::ClientCredentials(_))
@@ -544,6 +537,24 @@ impl HttpClient {
     /// for targets without a harmless read).
     pub async fn authenticate(&self) -> Result<(), HttpError> {
         self.authorization(false).await.map(|_| ())
+    }
+
+    /// Reads an answer whole (an unreadable body counts as empty) and observes the attempt's
+    /// duration.
+    async fn read_answer(
+        &self,
+        response: reqwest::Response,
+        started: Instant,
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        self.observe(started.elapsed());
+        (status, headers, body)
     }
 
     /// Called after every attempt, retries and token requests included: each one is a sample
@@ -639,14 +650,7 @@ impl HttpClient {
                     });
                 }
             };
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response
-                .bytes()
-                .await
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
-            self.observe(started.elapsed());
+            let (status, headers, body) = self.read_answer(response, started).await;
             if (status.as_u16() == 429 || status.is_server_error())
                 && attempt < self.settings.max_retries
             {

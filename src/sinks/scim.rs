@@ -299,19 +299,15 @@ impl GroupApi for ScimSink {
             let Some(id) = user.get("id").and_then(Value::as_str) else {
                 continue;
             };
+            let text = |name: &str| user.get(name).and_then(Value::as_str);
             let keys: Vec<String> = match self.config.user_match {
-                ScimUserMatch::UserName => user
-                    .get("userName")
-                    .and_then(Value::as_str)
+                ScimUserMatch::UserName => text("userName")
                     .map(str::to_lowercase)
                     .into_iter()
                     .collect(),
-                ScimUserMatch::ExternalId => user
-                    .get("externalId")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .into_iter()
-                    .collect(),
+                ScimUserMatch::ExternalId => {
+                    text("externalId").map(str::to_string).into_iter().collect()
+                }
                 ScimUserMatch::Email => user
                     .get("emails")
                     .and_then(Value::as_array)
