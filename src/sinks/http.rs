@@ -473,40 +473,43 @@ impl HttpClient {
                         self.authorization(true).await?;
                         continue;
                     }
-                    let asks_to_wait = matches!(status.as_u16(), 429 | 503);
                     let retryable = match status.as_u16() {
                         _ if create => false,
                         429 | 503 => true,
                         500 | 502 | 504 => idempotent,
                         _ => false,
                     };
-                    let response = Response {
-                        method: method.clone(),
-                        path: shown_path.clone(),
-                        status,
-                        body: bytes,
-                        error_body: self.error_body,
-                        redactor: self.redactor.clone(),
-                    };
-                    let too_long = retry_after(&headers)
-                        .filter(|asked| *asked > self.settings.max_retry_after);
-                    // A create is never re-sent here, but a target asking it to wait longer
-                    // than allowed fails it the same way as any other request.
-                    let give_up = !retryable || attempt >= self.settings.max_retries;
-                    if give_up && !(create && asks_to_wait && too_long.is_some()) {
-                        return Ok(response);
-                    }
-                    let delay = match retry_after(&headers) {
-                        Some(asked) if asked > self.settings.max_retry_after => {
-                            tracing::warn!(path = %shown_path, status = status.as_u16(), retry_after_secs = asked.as_secs(), max_retry_after_secs = self.settings.max_retry_after.as_secs(), "the target asked to wait longer than max_retry_after_secs; failing the request");
-                            return Err(HttpError::RetryAfterTooLong {
-                                method: method.to_string(),
-                                path: shown_path,
-                                status: status.as_u16(),
-                                asked: asked.as_secs(),
-                                max: self.settings.max_retry_after.as_secs(),
-                            });
+                    let asked = retry_after(&headers);
+                    let max_wait = self.settings.max_retry_after;
+                    let too_long = |asked: Duration| {
+                        tracing::warn!(path = %shown_path, status = status.as_u16(), retry_after_secs = asked.as_secs(), max_retry_after_secs = max_wait.as_secs(), "the target asked to wait longer than max_retry_after_secs; failing the request");
+                        HttpError::RetryAfterTooLong {
+                            method: method.to_string(),
+                            path: shown_path.clone(),
+                            status: status.as_u16(),
+                            asked: asked.as_secs(),
+                            max: max_wait.as_secs(),
                         }
+                    };
+                    // A create is never re-sent here, but one the target asks to wait longer
+                    // than allowed fails the same way as any other request.
+                    if let Some(asked) = asked
+                        .filter(|a| create && matches!(status.as_u16(), 429 | 503) && *a > max_wait)
+                    {
+                        return Err(too_long(asked));
+                    }
+                    if !retryable || attempt >= self.settings.max_retries {
+                        return Ok(Response {
+                            method: method.clone(),
+                            path: shown_path,
+                            status,
+                            body: bytes,
+                            error_body: self.error_body,
+                            redactor: self.redactor.clone(),
+                        });
+                    }
+                    let delay = match asked {
+                        Some(asked) if asked > max_wait => return Err(too_long(asked)),
                         Some(asked) => asked,
                         None => self.backoff(attempt),
                     };

@@ -190,7 +190,6 @@ impl GroupApi for PingOneGroupsSink {
         "check the client credentials"
     }
 
-    /// Finds a group to adopt: by `externalId` (our source id), then by exact name.
     fn adopt_policy(&self) -> AdoptPolicy {
         self.config.adopt
     }
