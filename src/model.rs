@@ -36,6 +36,34 @@ pub struct MemberRef {
     pub target_id: Option<String>,
 }
 
+#[cfg(test)]
+impl User {
+    /// A user `username` with id `source_id` under `ou=People,dc=example,dc=com`, no email.
+    pub(crate) fn for_test(source_id: impl Into<String>, username: &str) -> User {
+        User {
+            source_id: source_id.into(),
+            dn: format!("uid={username},ou=People,dc=example,dc=com"),
+            username: username.into(),
+            email: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl GroupSpec {
+    /// A group `name` with id `source_id` under `ou=Groups,dc=example,dc=com`, no description,
+    /// not yet in the target.
+    pub(crate) fn for_test(source_id: impl Into<String>, name: &str) -> GroupSpec {
+        GroupSpec {
+            source_id: source_id.into(),
+            name: name.into(),
+            description: None,
+            dn: format!("cn={name},ou=Groups,dc=example,dc=com"),
+            target_id: None,
+        }
+    }
+}
+
 impl MemberRef {
     pub fn new(user: Arc<User>) -> Self {
         MemberRef {

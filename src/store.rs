@@ -796,13 +796,7 @@ mod tests {
     use super::*;
 
     fn spec(id: &str, name: &str) -> GroupSpec {
-        GroupSpec {
-            source_id: id.into(),
-            name: name.into(),
-            description: None,
-            dn: format!("cn={name}"),
-            target_id: None,
-        }
+        GroupSpec::for_test(id, name)
     }
 
     #[test]

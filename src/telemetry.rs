@@ -29,117 +29,151 @@ pub struct Metrics {
     pub scheduler_restarts_total: prometheus::IntCounter,
 }
 
+/// `collector`, registered in `registry`.
+fn registered<C>(registry: &Registry, collector: C) -> Result<C, prometheus::Error>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
-    let runs_total = IntCounterVec::new(
-        Opts::new(
-            "ldapsync_runs_total",
-            "Sync runs by result (success, failure, held).",
-        ),
-        &["result"],
+    let runs_total = registered(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "ldapsync_runs_total",
+                "Sync runs by result (success, failure, held).",
+            ),
+            &["result"],
+        )?,
     )?;
-    let run_duration_seconds = Histogram::with_opts(
-        HistogramOpts::new(
-            "ldapsync_run_duration_seconds",
-            "Wall time of a whole sync run.",
-        )
-        .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+    let run_duration_seconds = registered(
+        &registry,
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "ldapsync_run_duration_seconds",
+                "Wall time of a whole sync run.",
+            )
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+        )?,
     )?;
-    let ldap_entries_read_total = IntCounterVec::new(
-        Opts::new(
-            "ldapsync_ldap_entries_read_total",
-            "Directory entries read, by kind (user, group).",
-        ),
-        &["kind"],
+    let ldap_entries_read_total = registered(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "ldapsync_ldap_entries_read_total",
+                "Directory entries read, by kind (user, group).",
+            ),
+            &["kind"],
+        )?,
     )?;
-    let planned_operations = IntGaugeVec::new(
-        Opts::new(
-            "ldapsync_planned_operations",
-            "Operations in the latest plan per sink (memberships for member ops).",
-        ),
-        &["sink", "op"],
+    let planned_operations = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "ldapsync_planned_operations",
+                "Operations in the latest plan per sink (memberships for member ops).",
+            ),
+            &["sink", "op"],
+        )?,
     )?;
-    let applied_operations_total = IntCounterVec::new(
-        Opts::new(
-            "ldapsync_applied_operations_total",
-            "Operations applied to sinks, by result.",
-        ),
-        &["sink", "op", "result"],
+    let applied_operations_total = registered(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "ldapsync_applied_operations_total",
+                "Operations applied to sinks, by result.",
+            ),
+            &["sink", "op", "result"],
+        )?,
     )?;
-    let sink_request_duration_seconds = HistogramVec::new(
-        HistogramOpts::new(
-            "ldapsync_sink_request_duration_seconds",
-            "HTTP request latency per sink, per attempt (retries and token requests included).",
-        )
-        .buckets(vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ]),
-        &["sink"],
+    let sink_request_duration_seconds = registered(
+        &registry,
+        HistogramVec::new(
+            HistogramOpts::new(
+                "ldapsync_sink_request_duration_seconds",
+                "HTTP request latency per sink, per attempt (retries and token requests included).",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["sink"],
+        )?,
     )?;
-    let last_success_timestamp_seconds = GaugeVec::new(
-        Opts::new(
-            "ldapsync_last_success_timestamp_seconds",
-            "Unix time of the last successful run per sink.",
-        ),
-        &["sink"],
+    let last_success_timestamp_seconds = registered(
+        &registry,
+        GaugeVec::new(
+            Opts::new(
+                "ldapsync_last_success_timestamp_seconds",
+                "Unix time of the last successful run per sink.",
+            ),
+            &["sink"],
+        )?,
     )?;
-    let safety_holds_total = IntCounterVec::new(
-        Opts::new(
-            "ldapsync_safety_holds_total",
-            "Runs held by the safety thresholds per sink.",
-        ),
-        &["sink"],
+    let safety_holds_total = registered(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "ldapsync_safety_holds_total",
+                "Runs held by the safety thresholds per sink.",
+            ),
+            &["sink"],
+        )?,
     )?;
-    let safety_hold_active = IntGaugeVec::new(
-        Opts::new(
-            "ldapsync_safety_hold_active",
-            "1 while the latest run of a sink was held.",
-        ),
-        &["sink"],
+    let safety_hold_active = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "ldapsync_safety_hold_active",
+                "1 while the latest run of a sink was held.",
+            ),
+            &["sink"],
+        )?,
     )?;
-    let unmapped_members = IntGaugeVec::new(
-        Opts::new(
-            "ldapsync_unmapped_members",
-            "Members skipped in the latest run because no target user matched.",
-        ),
-        &["sink"],
+    let unmapped_members = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "ldapsync_unmapped_members",
+                "Members skipped in the latest run because no target user matched.",
+            ),
+            &["sink"],
+        )?,
     )?;
-    let config_reloads_total = IntCounterVec::new(
-        Opts::new(
-            "ldapsync_config_reloads_total",
-            "Configuration reloads (SIGHUP) by result.",
-        ),
-        &["result"],
+    let config_reloads_total = registered(
+        &registry,
+        IntCounterVec::new(
+            Opts::new(
+                "ldapsync_config_reloads_total",
+                "Configuration reloads (SIGHUP) by result.",
+            ),
+            &["result"],
+        )?,
     )?;
-    let skipped_ticks_total = prometheus::IntCounter::new(
+    let counter = |name: &str, help: &str| prometheus::IntCounter::new(name, help);
+    let skipped_ticks_total = counter(
         "ldapsync_skipped_ticks_total",
         "Scheduled ticks skipped because a run was still in progress.",
     )?;
-    let scheduler_restarts_total = prometheus::IntCounter::new(
+    let scheduler_restarts_total = counter(
         "ldapsync_scheduler_restarts_total",
         "Times the cron scheduler was re-created because a due tick did not fire.",
     )?;
-    let build_info = IntGaugeVec::new(
-        Opts::new("ldapsync_build_info", "Build information; always 1."),
-        &["version"],
+    registry.register(Box::new(skipped_ticks_total.clone()))?;
+    registry.register(Box::new(scheduler_restarts_total.clone()))?;
+    let build_info = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new("ldapsync_build_info", "Build information; always 1."),
+            &["version"],
+        )?,
     )?;
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-    registry.register(Box::new(runs_total.clone()))?;
-    registry.register(Box::new(run_duration_seconds.clone()))?;
-    registry.register(Box::new(ldap_entries_read_total.clone()))?;
-    registry.register(Box::new(planned_operations.clone()))?;
-    registry.register(Box::new(applied_operations_total.clone()))?;
-    registry.register(Box::new(sink_request_duration_seconds.clone()))?;
-    registry.register(Box::new(last_success_timestamp_seconds.clone()))?;
-    registry.register(Box::new(safety_holds_total.clone()))?;
-    registry.register(Box::new(safety_hold_active.clone()))?;
-    registry.register(Box::new(unmapped_members.clone()))?;
-    registry.register(Box::new(config_reloads_total.clone()))?;
-    registry.register(Box::new(skipped_ticks_total.clone()))?;
-    registry.register(Box::new(scheduler_restarts_total.clone()))?;
-    registry.register(Box::new(build_info))?;
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;

@@ -150,35 +150,23 @@ fn slapd_tls_ldaps_and_starttls() {
     assert!(slapd.ldaps_url().starts_with("ldaps://127.0.0.1:"));
     let base = ["-b", slapd.base_dn(), "-s", "base", "1.1"];
 
-    // ldaps:// with the test CA.
+    // Each way in works with the test CA, and not without it: the certificate really is verified.
+    let works_only_with_the_ca = |what: &str, args: &[&str]| {
+        let out = ldapsearch_tls(args, Some(&ca));
+        assert!(out.status.success(), "{what}: {}", out.describe());
+        assert_eq!(parse_ldif_dns(&out.stdout_str()), vec![slapd.base_dn()]);
+        let out = ldapsearch_tls(args, None);
+        assert!(
+            !out.status.success(),
+            "{what} without CA: {}",
+            out.describe()
+        );
+    };
     let ldaps = slapd.ldaps_url();
-    let mut args = vec!["-H", ldaps.as_str()];
-    args.extend(base);
-    let out = ldapsearch_tls(&args, Some(&ca));
-    assert!(out.status.success(), "ldaps: {}", out.describe());
-    assert_eq!(parse_ldif_dns(&out.stdout_str()), vec![slapd.base_dn()]);
-
-    // ...and not without it: the certificate really is verified.
-    let out = ldapsearch_tls(&args, None);
-    assert!(
-        !out.status.success(),
-        "ldaps without CA succeeded: {}",
-        out.describe()
-    );
-
+    works_only_with_the_ca("ldaps", &[&["-H", ldaps.as_str()][..], &base].concat());
     // StartTLS (-ZZ: must succeed) on the ldap:// port.
     let url = slapd.url();
-    let mut args = vec!["-ZZ", "-H", &url];
-    args.extend(base);
-    let out = ldapsearch_tls(&args, Some(&ca));
-    assert!(out.status.success(), "StartTLS: {}", out.describe());
-    assert_eq!(parse_ldif_dns(&out.stdout_str()), vec![slapd.base_dn()]);
-    let out = ldapsearch_tls(&args, None);
-    assert!(
-        !out.status.success(),
-        "StartTLS without CA: {}",
-        out.describe()
-    );
+    works_only_with_the_ca("StartTLS", &[&["-ZZ", "-H", &url][..], &base].concat());
 
     // The server certificate names 127.0.0.1 and localhost (rustls needs the SAN).
     let out = run_with_timeout(

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::{Value, json};
 
-const LENIENT_SAFETY: &str = "[safety]\nmax_group_deletes = 1000\nmax_group_delete_percent = 100\nmax_member_removes = 100000\nmax_member_remove_percent = 100\n";
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
 /// slapd → fault proxy → scim2-server, with `users` in both and a config in `dir`.
@@ -35,25 +34,7 @@ impl World {
             scim.create_user(user, &mail);
         }
         let text = format!(
-            r#"[ldap]
-url = "{url}"
-bind_dn = "{admin}"
-bind_password = "{password}"
-
-[groups]
-base_dn = "ou=Groups,{base}"
-filter = "(objectClass=groupOfNames)"
-id_attribute = "entryUUID"
-
-[users]
-base_dn = "ou=People,{base}"
-filter = "(objectClass=inetOrgPerson)"
-id_attribute = "entryUUID"
-username_attribute = "uid"
-
-[state]
-path = "{state}"
-
+            r#"{ldap}
 {LENIENT_SAFETY}
 [[sinks]]
 name = "scim"
@@ -63,11 +44,7 @@ token = "{token}"
 max_retries = 2
 {sink_lines}
 "#,
-            url = slapd.url(),
-            admin = slapd.admin_dn(),
-            password = slapd.admin_password(),
-            base = slapd.base_dn(),
-            state = dir.path().join("state.db").display(),
+            ldap = ldap_config_toml(&slapd, &dir.path().join("state.db")),
             scim_url = proxy.url(),
             token = scim.token(),
         );
@@ -87,47 +64,12 @@ max_retries = 2
 
     /// Group display name → (ids, member userNames), duplicates kept apart.
     fn groups(&self) -> BTreeMap<String, Vec<BTreeSet<String>>> {
-        let users: BTreeMap<String, String> = self
-            .scim
-            .users()
-            .iter()
-            .map(|u| {
-                (
-                    u["id"].as_str().unwrap().to_string(),
-                    u["userName"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        let mut out: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
-        for group in self.scim.groups() {
-            let members = group["members"]
-                .as_array()
-                .map(|ms| {
-                    ms.iter()
-                        .map(|m| users[m["value"].as_str().unwrap()].clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.entry(group["displayName"].as_str().unwrap().to_string())
-                .or_default()
-                .push(members);
-        }
-        out
+        self.scim.groups_by_name()
     }
 
     /// A group made by hand in the target: `external_id` when given, members by userName.
     fn hand_made(&self, name: &str, external_id: Option<&str>, members: &[&str]) -> String {
-        let ids: BTreeMap<String, String> = self
-            .scim
-            .users()
-            .iter()
-            .map(|u| {
-                (
-                    u["userName"].as_str().unwrap().to_string(),
-                    u["id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let ids = self.scim.user_ids();
         let mut body = json!({
             "schemas": [GROUP_SCHEMA],
             "displayName": name,

@@ -10,31 +10,14 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const LENIENT_SAFETY: &str = "[safety]\nmax_group_deletes = 1000\nmax_group_delete_percent = 100\nmax_member_removes = 100000\nmax_member_remove_percent = 100\n";
-
 /// A config for `slapd` → `scim`, written into `dir`.
 fn write_config(dir: &Path, slapd: &Slapd, scim: &ScimServer, safety: &str) -> PathBuf {
+    let password = format!(
+        "bind_password = \"{}\"\npage_size = 50",
+        slapd.admin_password()
+    );
     let text = format!(
-        r#"[ldap]
-url = "{url}"
-bind_dn = "{admin}"
-bind_password = "{password}"
-page_size = 50
-
-[groups]
-base_dn = "ou=Groups,{base}"
-filter = "(objectClass=groupOfNames)"
-id_attribute = "entryUUID"
-
-[users]
-base_dn = "ou=People,{base}"
-filter = "(objectClass=inetOrgPerson)"
-id_attribute = "entryUUID"
-username_attribute = "uid"
-
-[state]
-path = "{state}"
-
+        r#"{ldap}
 {safety}
 [[sinks]]
 name = "scim"
@@ -44,11 +27,7 @@ token = "{token}"
 user_match = "userName"
 member_chunk_size = 7
 "#,
-        url = slapd.url(),
-        admin = slapd.admin_dn(),
-        password = slapd.admin_password(),
-        base = slapd.base_dn(),
-        state = dir.join("state.db").display(),
+        ldap = ldap_config_toml_with(slapd, &dir.join("state.db"), &password),
         scim_url = scim.base_url(),
         token = scim.token(),
     );
@@ -56,39 +35,16 @@ member_chunk_size = 7
 }
 
 /// Group display name → member userNames, as the SCIM server holds them.
+/// Panics when two groups share a name.
 fn scim_state(scim: &ScimServer) -> BTreeMap<String, BTreeSet<String>> {
-    let users: BTreeMap<String, String> = scim
-        .users()
-        .iter()
-        .map(|u| {
-            (
-                u["id"].as_str().unwrap().to_string(),
-                u["userName"].as_str().unwrap().to_string(),
-            )
+    let groups = scim.groups_by_name();
+    groups
+        .into_iter()
+        .map(|(name, mut same_name)| {
+            assert_eq!(same_name.len(), 1, "duplicate group {name} in SCIM");
+            (name, same_name.remove(0))
         })
-        .collect();
-    let mut state = BTreeMap::new();
-    for group in scim.groups() {
-        let name = group["displayName"].as_str().unwrap().to_string();
-        let members = group["members"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| {
-                        users
-                            .get(m["value"].as_str().unwrap())
-                            .cloned()
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(
-            state.insert(name.clone(), members).is_none(),
-            "duplicate group {name} in SCIM"
-        );
-    }
-    state
+        .collect()
 }
 
 fn expect(groups: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {

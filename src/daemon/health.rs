@@ -163,13 +163,18 @@ fn max_age(config: &Config, schedule: &Schedule) -> Duration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn readiness_names_the_failing_sink() {
-        let mut h = Health {
+    /// Sinks "a" and "b", no run yet, results older than 60 s are stale.
+    fn two_sinks() -> Health {
+        Health {
             sinks: vec!["a".into(), "b".into()],
             max_age: Duration::from_secs(60),
             latest: BTreeMap::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_failing_sink() {
+        let mut h = two_sinks();
         let now = Utc::now();
         assert!(
             h.readiness(now)
@@ -191,11 +196,7 @@ mod tests {
 
     #[test]
     fn a_failed_read_fails_every_sink() {
-        let mut h = Health {
-            sinks: vec!["a".into(), "b".into()],
-            max_age: Duration::from_secs(60),
-            latest: BTreeMap::new(),
-        };
+        let mut h = two_sinks();
         h.fail_all(Utc::now(), "LDAP down");
         let why = h.readiness(Utc::now()).unwrap_err();
         assert_eq!(why.matches("failed: LDAP down").count(), 2, "{why}");

@@ -1062,13 +1062,7 @@ mod tests {
         let sink = ConnectSink::new("c".into(), &config, HttpSettings::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut store = crate::store::Store::open(&dir.path().join("s.db")).unwrap();
-        let group = GroupSpec {
-            source_id: "s1".into(),
-            name: "devs".into(),
-            description: None,
-            dn: "cn=devs,ou=Groups,dc=example,dc=com".into(),
-            target_id: None,
-        };
+        let group = GroupSpec::for_test("s1", "devs");
         {
             let mut writer = store.ledger_writer("c");
             let mut recorder = Recorder::new(&mut writer, "c");

@@ -1142,21 +1142,13 @@ mod tests {
 
     fn group(name: &str, target_id: Option<&str>) -> GroupSpec {
         GroupSpec {
-            source_id: format!("s-{name}"),
-            name: name.into(),
-            description: None,
-            dn: format!("cn={name},dc=x"),
             target_id: target_id.map(str::to_string),
+            ..GroupSpec::for_test(format!("s-{name}"), name)
         }
     }
 
     fn member(name: &str) -> MemberRef {
-        MemberRef::new(Arc::new(User {
-            source_id: format!("u-{name}"),
-            dn: format!("uid={name},dc=x"),
-            username: name.into(),
-            email: None,
-        }))
+        MemberRef::new(Arc::new(User::for_test(format!("u-{name}"), name)))
     }
 
     async fn run(api: &Fake, operations: Vec<Operation>) -> (Result<(), SinkError>, ApplyReport) {

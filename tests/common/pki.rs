@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::{OutputExt, run_with_timeout, write_file};
+use super::process::{run_ok, write_file};
 
 /// A test CA and a server certificate signed by it, as PEM files.
 #[derive(Debug, Clone)]
@@ -44,56 +44,53 @@ pub fn generate_test_pki(dir: &Path, dns_names: &[&str], ips: &[&str]) -> TestPk
         ),
     );
     let cn = dns_names.first().copied().unwrap_or("localhost");
+    let p = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
     let openssl = |args: &[&str]| {
-        let out = run_with_timeout(
+        run_ok(
+            &format!("openssl {args:?}"),
             Command::new("openssl").args(args).current_dir(dir),
             None,
             Duration::from_secs(60),
         );
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed:\n{}",
-            out.describe()
-        );
     };
-    let p = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-    openssl(&[
-        "req",
+    // `openssl req` making a new unencrypted P-256 key at `key`, then `rest`.
+    let req_new_key = |kind: &str, key: &Path, rest: &[&str]| {
+        let key = p(key);
+        let args = ["req", kind, "-newkey", "ec", "-pkeyopt"];
+        let args = [
+            &args[..],
+            &["ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &key],
+            rest,
+        ];
+        openssl(&args.concat());
+    };
+    req_new_key(
         "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &p(&pki.ca_key),
-        "-out",
-        &p(&pki.ca_cert),
-        "-days",
-        "3650",
-        "-sha256",
-        "-subj",
-        "/O=ldapsync tests/CN=ldapsync test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&[
-        "req",
+        &pki.ca_key,
+        &[
+            "-out",
+            &p(&pki.ca_cert),
+            "-days",
+            "3650",
+            "-sha256",
+            "-subj",
+            "/O=ldapsync tests/CN=ldapsync test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    req_new_key(
         "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &p(&pki.key),
-        "-out",
-        &p(&csr),
-        "-subj",
-        &format!("/O=ldapsync tests/CN={cn}"),
-    ]);
+        &pki.key,
+        &[
+            "-out",
+            &p(&csr),
+            "-subj",
+            &format!("/O=ldapsync tests/CN={cn}"),
+        ],
+    );
     openssl(&[
         "x509",
         "-req",

@@ -122,6 +122,13 @@ pub(super) fn venv_program(var: &str, name: &str) -> PathBuf {
     path
 }
 
+/// [`run_with_timeout`] that panics, naming `what` and showing the output, unless `cmd` succeeds.
+pub fn run_ok(what: &str, cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let out = run_with_timeout(cmd, stdin, timeout);
+    assert!(out.status.success(), "{what} failed:\n{}", out.describe());
+    out
+}
+
 /// Runs `cmd` to completion with `stdin` fed to it, killing it after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
     cmd.stdin(if stdin.is_some() {

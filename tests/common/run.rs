@@ -34,6 +34,9 @@ pub fn ldap_config_toml_with(slapd: &Slapd, state: &Path, password_line: &str) -
     )
 }
 
+/// A `[safety]` section that holds back nothing a test does.
+pub const LENIENT_SAFETY: &str = "[safety]\nmax_group_deletes = 1000\nmax_group_delete_percent = 100\nmax_member_removes = 100000\nmax_member_remove_percent = 100\n";
+
 /// A `[safety]` section that holds nothing back in a test (`max_member_removes` as given).
 pub fn permissive_safety_toml(max_member_removes: u32) -> String {
     format!(

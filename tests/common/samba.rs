@@ -12,8 +12,8 @@ use tempfile::TempDir;
 use super::ldap::{LdapServer, ldap_command};
 use super::pki::{TestPki, generate_test_pki};
 use super::process::{
-    OutputExt, addr_open, await_server, log_file, on_a_free_address, run_with_timeout, stop_child,
-    temp_dir, tool, wait_for_exit, write_file,
+    OutputExt, addr_open, await_server, log_file, on_a_free_address, run_ok, stop_child, temp_dir,
+    tool, wait_for_exit, write_file,
 };
 
 const SAMBA: &str = "/usr/sbin/samba";
@@ -59,7 +59,8 @@ impl SambaDc {
         // definitions and log paths would end up in ours); --targetdir keeps everything else in
         // the temporary directory.
         let empty = write_file(root, "empty.conf", "");
-        let out = run_with_timeout(
+        run_ok(
+            "samba-tool domain provision",
             Command::new(SAMBA_TOOL)
                 .args(["domain", "provision", "-s"])
                 .arg(&empty)
@@ -75,11 +76,6 @@ impl SambaDc {
                 ]),
             None,
             Duration::from_secs(300),
-        );
-        assert!(
-            out.status.success(),
-            "samba-tool domain provision failed:\n{}",
-            out.describe()
         );
         let mut dc = SambaDc {
             child: None,
@@ -301,7 +297,8 @@ impl SambaDc {
     /// Microsoft byte order, read by Samba's own code, independently of ldapsync.
     pub fn object_guid(&self, dn: &str) -> String {
         tool(LDBSEARCH, "Debian package ldb-tools");
-        let out = run_with_timeout(
+        let out = run_ok(
+            &format!("ldbsearch {dn}"),
             Command::new(LDBSEARCH).arg("-H").arg(self.sam_ldb()).args([
                 "-b",
                 dn,
@@ -313,7 +310,6 @@ impl SambaDc {
             None,
             Duration::from_secs(60),
         );
-        assert!(out.status.success(), "ldbsearch {dn}:\n{}", out.describe());
         out.stdout_str()
             .lines()
             .find_map(|l| l.strip_prefix("objectGUID: "))

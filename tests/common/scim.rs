@@ -1,5 +1,6 @@
 //! The real `scim2-server` ([`ScimServer`]) and where to find it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,8 +11,8 @@ use tempfile::TempDir;
 
 use super::http::{HttpResponse, http_request};
 use super::process::{
-    OutputExt, await_server, file_tail, free_port, log_file, on_a_free_address, port_open,
-    run_with_timeout, stop_child, temp_dir, venv_program, write_file,
+    OutputExt, await_server, file_tail, free_port, log_file, on_a_free_address, port_open, run_ok,
+    stop_child, temp_dir, venv_program, write_file,
 };
 
 const SCIM_GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -203,6 +204,36 @@ impl ScimServer {
         self.list_all("/Users")
     }
 
+    /// userName → user id, for every user.
+    pub fn user_ids(&self) -> BTreeMap<String, String> {
+        self.users()
+            .iter()
+            .map(|u| (string(&u["userName"]), string(&u["id"])))
+            .collect()
+    }
+
+    /// Group displayName → the member userNames of each group of that name (several when the
+    /// server allows duplicate names). A member with no user shows as "".
+    pub fn groups_by_name(&self) -> BTreeMap<String, Vec<BTreeSet<String>>> {
+        let names: BTreeMap<String, String> = self
+            .user_ids()
+            .into_iter()
+            .map(|(name, id)| (id, name))
+            .collect();
+        let mut out: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
+        for group in self.groups() {
+            let members = group["members"].as_array().cloned().unwrap_or_default();
+            let members = members
+                .iter()
+                .map(|m| names.get(&string(&m["value"])).cloned().unwrap_or_default())
+                .collect();
+            out.entry(string(&group["displayName"]))
+                .or_default()
+                .push(members);
+        }
+        out
+    }
+
     /// Creates an active user with this userName and primary work email; returns its id.
     pub fn create_user(&self, user_name: &str, email: &str) -> String {
         let (status, body) = self.post_json(
@@ -232,6 +263,12 @@ impl ScimServer {
         assert_eq!(status, 201, "create group {display_name}: {body}");
         body["id"].as_str().expect("group id").to_owned()
     }
+}
+
+fn string(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+        .to_owned()
 }
 
 impl Drop for ScimServer {
@@ -271,7 +308,8 @@ fn default_scim_schemas(bin: &Path) -> Vec<Value> {
 /// One of the JSON files scim2-server ships in `scim2_server/resources/`.
 fn default_scim_resource(bin: &Path, name: &str) -> Value {
     let python = script_python(bin);
-    let out = run_with_timeout(
+    let out = run_ok(
+        &format!("{} locating scim2_server", python.display()),
         Command::new(&python).args([
             "-c",
             &format!(
@@ -282,12 +320,6 @@ fn default_scim_resource(bin: &Path, name: &str) -> Value {
         ]),
         None,
         Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{} cannot locate scim2_server:\n{}",
-        python.display(),
-        out.describe()
     );
     let path = PathBuf::from(out.stdout_str().trim());
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

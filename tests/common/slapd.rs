@@ -12,8 +12,8 @@ use tempfile::TempDir;
 use super::ldap::{LdapServer, decode_ldif_value, ldap_command, parse_ldif_dns};
 use super::pki::{TestPki, generate_test_pki};
 use super::process::{
-    OutputExt, await_server, free_port, log_file, on_a_free_address, port_open, run_with_timeout,
-    stop_child, temp_dir, tool, write_file,
+    await_server, free_port, log_file, on_a_free_address, port_open, run_ok, stop_child, temp_dir,
+    tool, write_file,
 };
 
 const SLAPD: &str = "/usr/sbin/slapd";
@@ -139,13 +139,8 @@ impl Slapd {
         if write_context {
             cmd.arg("-w");
         }
-        let out = run_with_timeout(&mut cmd, None, Duration::from_secs(600));
-        assert!(
-            out.status.success(),
-            "slapadd -l {} failed:\n{}",
-            ldif.display(),
-            out.describe()
-        );
+        let what = format!("slapadd -l {}", ldif.display());
+        run_ok(&what, &mut cmd, None, Duration::from_secs(600));
     }
 
     fn launch_on_free_ports(&mut self) {

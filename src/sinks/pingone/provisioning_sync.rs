@@ -567,22 +567,12 @@ max_batch_bytes = {max_batch_bytes}
     }
 
     fn spec(id: &str, name: &str) -> GroupSpec {
-        GroupSpec {
-            source_id: id.into(),
-            name: name.into(),
-            description: None,
-            dn: format!("cn={name},ou=Groups,dc=example,dc=com"),
-            target_id: None,
-        }
+        GroupSpec::for_test(id, name)
     }
 
     fn member(i: usize) -> MemberRef {
-        MemberRef::new(std::sync::Arc::new(crate::model::User {
-            source_id: format!("u{i:04}"),
-            username: format!("user{i}"),
-            email: None,
-            dn: format!("uid=user{i},ou=People,dc=example,dc=com"),
-        }))
+        let user = crate::model::User::for_test(format!("u{i:04}"), &format!("user{i}"));
+        MemberRef::new(std::sync::Arc::new(user))
     }
 
     fn ledger_group(id: &str, name: &str, members: usize) -> LedgerGroup {
