@@ -14,7 +14,10 @@ use serde_json::Value;
 fn write_config(dir: &Path, slapd: &Slapd, groups_extra: &str) -> PathBuf {
     let text = ldap_config_toml(slapd, &dir.join("state.db")).replace(
         &format!("[groups]\nbase_dn = \"{}\"\n", slapd.groups_dn()),
-        &format!("[groups]\nbase_dn = \"{}\"\n{groups_extra}", slapd.groups_dn()),
+        &format!(
+            "[groups]\nbase_dn = \"{}\"\n{groups_extra}",
+            slapd.groups_dn()
+        ),
     );
     write_file(
         dir,
@@ -110,9 +113,11 @@ fn groups_of_every_class_keep_their_members() {
     let warned = warnings(&plan);
     for (group, attribute) in [("names", "\"member\""), ("posix", "\"memberUid\"")] {
         assert!(
-            warned.iter().any(|w| w.contains(&format!("group \"{group}\""))
-                && w.contains(attribute)
-                && w.contains("no members")),
+            warned
+                .iter()
+                .any(|w| w.contains(&format!("group \"{group}\""))
+                    && w.contains(attribute)
+                    && w.contains("no members")),
             "no warning for {group}: {warned:?}"
         );
     }

@@ -27,9 +27,8 @@ const RC_REFERRAL: u32 = 10;
 pub async fn connect(ldap_config: &LdapConfig) -> Result<Ldap, SourceError> {
     let url = ldap_config.url.clone().unwrap_or_default();
     let settings = settings(ldap_config)?;
-    let (connection, mut ldap) = LdapConnAsync::with_settings(settings, &url)
-        .await
-        .map_err(|e| match certificate_name_error(&e) {
+    let (connection, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.map_err(
+        |e| match certificate_name_error(&e) {
             Some(problem) => SourceError::CertificateName {
                 host: host_of(&url).to_string(),
                 url: url.clone(),
@@ -39,7 +38,8 @@ pub async fn connect(ldap_config: &LdapConfig) -> Result<Ldap, SourceError> {
                 url: url.clone(),
                 message: e.to_string(),
             },
-        })?;
+        },
+    )?;
     tokio::spawn(async move {
         if let Err(e) = connection.drive().await {
             tracing::debug!(error = %e, "LDAP connection ended");
@@ -351,7 +351,11 @@ pub async fn complete_ranges(
             .map_err(|e| cut_short(e.to_string()))?;
         let (entries, result) = (result.0, result.1);
         if result.rc != RC_SUCCESS {
-            return Err(cut_short(format!("{} {}", ResultCode(result.rc), result.text)));
+            return Err(cut_short(format!(
+                "{} {}",
+                ResultCode(result.rc),
+                result.text
+            )));
         }
         let next = entries
             .into_iter()

@@ -65,7 +65,9 @@ pub fn holds_user_names(attribute: &str) -> bool {
 pub(crate) fn member_attributes(groups: &GroupsConfig) -> Vec<String> {
     let mut attributes: Vec<String> = MEMBERSHIP_ATTRIBUTES.map(String::from).to_vec();
     if let Some(configured) = &groups.member_attribute
-        && !attributes.iter().any(|a| a.eq_ignore_ascii_case(configured))
+        && !attributes
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(configured))
     {
         attributes.push(configured.clone());
     }

@@ -55,7 +55,8 @@ pub(super) fn client_config(
 /// The system's trusted roots, as ldap3 loads them when no `ca_file` is given.
 pub(super) fn native_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let (added, ignored) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     tracing::debug!(added, ignored, "system trust roots loaded");
     roots
 }
@@ -136,11 +137,11 @@ impl ServerCertVerifier for Verifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        if cn
-            .as_deref()
-            .is_some_and(|cn| cn_matches(cn, server_name))
-        {
-            tracing::debug!(?cn, "certificate without subjectAltName accepted by its CN (tls_cn_fallback)");
+        if cn.as_deref().is_some_and(|cn| cn_matches(cn, server_name)) {
+            tracing::debug!(
+                ?cn,
+                "certificate without subjectAltName accepted by its CN (tls_cn_fallback)"
+            );
             Ok(ServerCertVerified::assertion())
         } else {
             refuse(CertificateName::CnMismatch { cn })
