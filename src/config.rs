@@ -1023,6 +1023,15 @@ mod tests {
             err.starts_with("config.toml:5: ") && err.contains("danger_skip_tls_verify"),
             "{err}"
         );
+        let text = MINIMAL.replace(
+            "ldif_file = \"dir.ldif\"",
+            "url = \"ldaps://dc1.example.com\"\ndanger_skip_tls_verify = true\ntls_cn_fallback = true",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:5: ") && err.contains("tls_cn_fallback"),
+            "{err}"
+        );
     }
 
     #[test]

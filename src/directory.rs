@@ -736,6 +736,143 @@ mod tests {
         );
     }
 
+    /// Users alice (u1) and bob (u2); with `extra` appended to `[groups]`/`[users]` keys.
+    fn builder_with(groups_extra: &str, users_extra: &str) -> DirectoryBuilder {
+        let text = format!(
+            "[ldap]\nldif_file=\"x\"\n[groups]\nbase_dn=\"ou=g\"\n{groups_extra}\n[users]\nbase_dn=\"ou=p\"\n{users_extra}\n[state]\npath=\"s\"\n[[sinks]]\nname=\"f\"\ntype=\"file\"\npath=\"-\"\n"
+        );
+        let c = crate::config::TestConfig::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let mut b = DirectoryBuilder::new(&c.groups, &c.users);
+        for (id, uid) in [("u1", "alice"), ("u2", "bob")] {
+            b.add_user(&entry(
+                &format!("uid={uid},ou=p"),
+                &[("entryUUID", &[id]), ("uid", &[uid])],
+            ))
+            .unwrap();
+        }
+        b
+    }
+
+    fn add_mixed_groups(b: &mut DirectoryBuilder) {
+        for (id, class, attribute, values) in [
+            ("g1", "groupOfNames", "member", &["uid=alice,ou=p"][..]),
+            (
+                "g2",
+                "groupOfUniqueNames",
+                "uniqueMember",
+                &["uid=bob,ou=p#'0101'B", "uid=alice,ou=p"][..],
+            ),
+            ("g3", "posixGroup", "memberUid", &["BOB"][..]),
+        ] {
+            b.add_group(&entry(
+                &format!("cn={id},ou=g"),
+                &[
+                    ("entryUUID", &[id]),
+                    ("cn", &[id]),
+                    ("objectClass", &[class]),
+                    (attribute, values),
+                ],
+            ))
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn without_member_attribute_each_group_keeps_the_members_of_its_class() {
+        let mut b = builder_with("", "");
+        add_mixed_groups(&mut b);
+        let d = b.finish();
+        let members: Vec<Vec<u32>> = d.groups.iter().map(|g| g.members.clone()).collect();
+        assert_eq!(members, [vec![0], vec![0, 1], vec![1]]);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn a_set_member_attribute_warns_about_groups_whose_members_are_elsewhere() {
+        let mut b = builder_with("member_attribute=\"member\"", "");
+        add_mixed_groups(&mut b);
+        let d = b.finish();
+        let members: Vec<usize> = d.groups.iter().map(|g| g.members.len()).collect();
+        assert_eq!(members, [1, 0, 0]);
+        assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].starts_with("group \"g2\"") && d.warnings[0].contains("\"uniqueMember\"")
+        );
+        assert!(
+            d.warnings[1].starts_with("group \"g3\"") && d.warnings[1].contains("\"memberUid\"")
+        );
+    }
+
+    /// S-1-5-21-1-2-3-RID as objectSid bytes.
+    fn sid(rid: u32) -> Vec<u8> {
+        let mut sid = vec![1, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21, 1, 2, 3, rid] {
+            sid.extend_from_slice(&u32::to_le_bytes(sub));
+        }
+        sid
+    }
+
+    #[test]
+    fn ad_primary_group_and_disabled_accounts() {
+        let mut b = builder_with("ad_primary_group = true", "exclude_disabled = true");
+        let mut user = |dn: &str, id: &str, name: &str, uac: &str, primary: &str| {
+            let mut e = entry(
+                dn,
+                &[
+                    ("entryUUID", &[id]),
+                    ("uid", &[name]),
+                    ("userAccountControl", &[uac]),
+                    ("primaryGroupID", &[primary]),
+                ],
+            );
+            e.attrs.insert("objectsid".into(), vec![sid(1100)]);
+            b.add_user(&e).unwrap();
+        };
+        user("uid=carol,ou=p", "u3", "carol", "512", "1200");
+        user("uid=dave,ou=p", "u4", "dave", "514", "1200");
+        user("uid=erin,ou=p", "u5", "erin", "512", "513");
+        let mut group = entry(
+            "cn=g,ou=g",
+            &[
+                ("entryUUID", &["g"]),
+                ("cn", &["g"]),
+                ("member", &["uid=alice,ou=p", "uid=dave,ou=p"]),
+                ("memberUid", &["dave"]),
+            ],
+        );
+        group.attrs.insert("objectsid".into(), vec![sid(1200)]);
+        b.add_group(&group).unwrap();
+        let d = b.finish();
+        let names: Vec<&str> = d.groups[0]
+            .members
+            .iter()
+            .map(|&i| d.user(i).username.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["alice", "carol"],
+            "primary group by RID, disabled dave left out"
+        );
+        assert!(d.users.iter().all(|u| u.username != "dave"));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn continuation_references_make_one_warning_per_base() {
+        let skipped = |base: &str, urls: &[&str]| source::SkippedReferences {
+            base: base.into(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+        };
+        let warnings = continuation_warnings(&[
+            skipped("dc=x", &["ldap://a/dc=x", "ldap://b/dc=x"]),
+            skipped("dc=x", &["ldap://a/dc=x"]),
+            skipped("ou=g,dc=x", &["ldap://c/ou=g,dc=x"]),
+        ]);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("search of dc=x: 2 continuation reference(s)"));
+        assert!(warnings[1].starts_with("search of ou=g,dc=x: 1 continuation"));
+    }
+
     #[test]
     fn unique_member_uid_suffix_is_stripped() {
         assert_eq!(strip_unique_member_uid("cn=a,dc=x#'0101'B"), "cn=a,dc=x");
