@@ -109,7 +109,7 @@ fn nsuniqueid_ids_unique_members_and_a_rename() {
 
     ds.rename(&group, "cn=squad");
     let renamed = format!("cn=squad,{ou}");
-    assert_eq!(ds.attr_values(&renamed, "nsUniqueId"), [id.clone()]);
+    assert_eq!(ds.attr_values(&renamed, "nsUniqueId"), vec![id.clone()]);
     let plan = dry_run(&config);
     let ops = operations(&plan);
     assert_eq!(ops.len(), 1, "{plan:#}");

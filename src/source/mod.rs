@@ -97,7 +97,7 @@ pub enum SourceError {
         host: String,
         problem: CertificateName,
     },
-    #[error("LDAP bind as {dn} failed: {code} {text}. {}", code.hint())]
+    #[error("LDAP bind as {dn} failed: {code}{}. {}", said(text), code.hint())]
     Bind {
         dn: String,
         code: ResultCode,
@@ -112,7 +112,7 @@ pub enum SourceError {
         message: String,
     },
     #[error(
-        "LDAP search of {base} with filter {filter} failed: {code} {text}. {} The read is incomplete; nothing was written", code.hint()
+        "LDAP search of {base} with filter {filter} failed: {code}{}. {} The read is incomplete; nothing was written", said(text), code.hint()
     )]
     SearchResult {
         base: String,
@@ -152,6 +152,14 @@ pub enum SourceError {
     },
     #[error("the LDAP bind password could not be resolved: {0}")]
     Secret(#[from] crate::secret::SecretError),
+}
+
+/// The server's diagnostic message, if it sent one, as `: message`.
+fn said(text: &str) -> String {
+    match text.trim() {
+        "" => String::new(),
+        text => format!(": {text}"),
+    }
 }
 
 /// Counts of what a read returned, for metrics, warnings and the scope-emptied check.
