@@ -303,6 +303,21 @@ fn domain_root_search_skips_continuation_references() {
         line.contains("count=1") && line.contains("CN=Configuration"),
         "{line}"
     );
+    // In the report: one line for the root, though users and groups were both searched there.
+    let warned: Vec<&str> = json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| w.contains("continuation reference"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{json:#}");
+    assert!(
+        warned[0].starts_with(&format!("search of {root}: 1 continuation reference(s)"))
+            && warned[0].contains("CN=Configuration"),
+        "{}",
+        warned[0]
+    );
     assert!(!log.contains("panicked"), "{log}");
 
     // The DC's own computer account is a `user` too; the filter keeps it out.
