@@ -627,6 +627,22 @@ fn samba_generated_certificate_and_the_cn_fallback() {
     let planned = planned_groups(operations(&json, "audit"));
     assert_eq!(planned["cert-team"].1, set(&["cert-alice"]));
 
+    // The fallback compares the CN with the host: by its address, the DC is not the CN.
+    let by_address = write_file(
+        dir.path(),
+        "by-address.toml",
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&format!("ldaps://{host}"), &dc.ldaps_url()),
+    );
+    let out = dry_run(&by_address);
+    assert_code(&out, 1);
+    assert!(
+        out.stderr_str().contains("is not the host either"),
+        "{}",
+        out.describe()
+    );
+
     // Another CA: the chain is still checked, the fallback changes nothing.
     let other = generate_test_pki(&dir.path().join("other-ca"), &[&host], &[]);
     let text = std::fs::read_to_string(&config).unwrap().replace(

@@ -71,7 +71,14 @@ fn settings(config: &LdapConfig) -> Result<LdapConnSettings, SourceError> {
         .set_conn_timeout(Duration::from_secs(config.timeout_secs))
         .set_starttls(config.starttls)
         .set_no_tls_verify(config.danger_skip_tls_verify);
-    if !config.danger_skip_tls_verify {
+    let uses_tls = config.starttls
+        || config
+            .url
+            .as_deref()
+            .is_some_and(|url| url.to_ascii_lowercase().starts_with("ldaps://"));
+    // Every TLS connection gets our verifier (the clear no-subjectAltName error, the opt-in
+    // CN fallback); a CA file is loaded, and so checked, even for a URL without TLS.
+    if !config.danger_skip_tls_verify && (uses_tls || config.ca_file.is_some()) {
         let roots = match &config.ca_file {
             Some(ca_file) => ca_roots(ca_file)?,
             None => native_roots(),

@@ -89,9 +89,7 @@ pub enum SourceError {
     Connect { url: String, message: String },
     #[error("cannot load the CA file {path}: {message}. Check [ldap] ca_file")]
     CaFile { path: String, message: String },
-    #[error(
-        "the LDAP server {url} presented a TLS certificate {problem}. Regenerate the server certificate with a subjectAltName naming {host} (docs/directories.md shows how, for Samba too), or set [ldap] tls_cn_fallback = true to accept its subject CN when it has no subjectAltName at all (the chain is still verified)"
-    )]
+    #[error("the LDAP server {url} presented a TLS certificate {}", problem.explain(host))]
     CertificateName {
         url: String,
         host: String,

@@ -21,11 +21,25 @@ use rustls::{CertificateError, DigitallySignedStruct, Error, OtherError, RootCer
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateName {
     /// No subjectAltName, and the CN fallback is off.
-    #[error("without a subjectAltName (its subject CN is {cn:?}), so it names no host")]
+    #[error("without a subjectAltName (its subject CN is {cn:?})")]
     NoSubjectAltName { cn: Option<String> },
     /// No subjectAltName, and its subject CN is another name.
-    #[error("without a subjectAltName whose subject CN {cn:?} is not the host name either")]
+    #[error("without a subjectAltName, whose subject CN {cn:?} is not the host either")]
     CnMismatch { cn: Option<String> },
+}
+
+impl CertificateName {
+    /// What is wrong and what to do, for a connection to `host`.
+    pub fn explain(&self, host: &str) -> String {
+        match self {
+            CertificateName::NoSubjectAltName { .. } => format!(
+                "{self}, so it names no host (TLS clients match {host:?} against subjectAltName only). Regenerate the server certificate with a subjectAltName naming {host} (docs/directories.md shows how, for Samba too), or set [ldap] tls_cn_fallback = true to accept its subject CN when it has no subjectAltName at all (the chain is still verified)"
+            ),
+            CertificateName::CnMismatch { .. } => format!(
+                "{self} ({host:?}; tls_cn_fallback compared them). Put the name the certificate holds in [ldap] url, or regenerate the certificate with a subjectAltName naming {host} (docs/directories.md)"
+            ),
+        }
+    }
 }
 
 /// A rustls client configuration trusting `roots`, with [`Verifier`].
