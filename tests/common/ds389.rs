@@ -226,16 +226,6 @@ impl Ds389 {
         self.dir()
             .join(format!("var/log/dirsrv/slapd-{INSTANCE}/errors"))
     }
-
-    /// The values of `attr` on the entry `dn` (as the Directory Manager).
-    pub fn attr_values(&self, dn: &str, attr: &str) -> Vec<String> {
-        self.search_scoped(dn, "base", "(objectClass=*)", &[attr])
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter(|(name, _)| name.eq_ignore_ascii_case(attr))
-            .map(|(_, value)| value.to_string())
-            .collect()
-    }
 }
 
 impl LdapServer for Ds389 {
