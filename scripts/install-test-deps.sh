@@ -5,7 +5,8 @@
 #           samba samba-dsdb-modules samba-vfs-modules samba-ad-provision (a throwaway Samba AD
 #           DC for tests/samba_ad.rs: samba, samba-tool; the DC's sam.ldb modules; acl_xattr, which
 #           `domain provision` loads to set the sysvol ACLs; the provisioning templates) and
-#           ldb-tools (ldbsearch, an independent reader of objectGUID)
+#           ldb-tools (ldbsearch, an independent reader of objectGUID); 389-ds-base (a throwaway
+#           389 Directory Server for tests/ds389.rs: dscreate, ns-slapd)
 #   Python: a venv at $REPO/.venv with scim2-server (pinned), plus
 #           tests/emulators/requirements.txt when that file exists.
 #
@@ -41,7 +42,7 @@ pkg_installed() {
 }
 
 want=(slapd ldap-utils openssl prometheus samba samba-dsdb-modules samba-vfs-modules samba-ad-provision
-    ldb-tools)
+    ldb-tools 389-ds-base)
 command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
 
 missing=()
@@ -134,7 +135,7 @@ stop_system_samba() {
 stop_system_samba
 
 for tool in /usr/sbin/slapd /usr/sbin/slapadd ldapsearch ldapadd ldapmodify openssl promtool systemd-analyze \
-    /usr/sbin/samba samba-tool ldbsearch; do
+    /usr/sbin/samba samba-tool ldbsearch /usr/sbin/dscreate /usr/sbin/ns-slapd unshare; do
     command -v "$tool" >/dev/null 2>&1 || { log "missing after install: $tool"; exit 1; }
 done
 

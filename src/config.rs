@@ -90,6 +90,10 @@ pub struct LdapConfig {
     /// Accept `ldap://` without StartTLS to a non-loopback host (a clear-text bind).
     #[serde(default)]
     pub allow_insecure: bool,
+    /// Legacy escape hatch: a certificate with no subjectAltName at all (Samba's generated one)
+    /// is matched by its subject CN; the chain is still verified.
+    #[serde(default)]
+    pub tls_cn_fallback: bool,
 }
 
 fn default_page_size() -> i32 {
@@ -120,12 +124,16 @@ pub struct GroupsConfig {
     pub id_attribute: String,
     #[serde(default = "default_cn")]
     pub name_attribute: String,
-    #[serde(default = "default_member")]
-    pub member_attribute: String,
+    /// Unset: every membership attribute an entry carries (`member`, `uniqueMember`,
+    /// `memberUid`), so groups of several classes each keep their members.
+    pub member_attribute: Option<String>,
     #[serde(default = "default_description")]
     pub description_attribute: String,
     #[serde(default)]
     pub nested: NestedMode,
+    /// AD: also members, the users whose `primaryGroupID` is the group's RID.
+    #[serde(default)]
+    pub ad_primary_group: bool,
 }
 
 fn default_group_filter() -> String {
@@ -136,9 +144,6 @@ fn default_id_attribute() -> String {
 }
 fn default_cn() -> String {
     "cn".into()
-}
-fn default_member() -> String {
-    "member".into()
 }
 fn default_description() -> String {
     "description".into()
@@ -156,6 +161,9 @@ pub struct UsersConfig {
     pub username_attribute: String,
     #[serde(default = "default_mail")]
     pub email_attribute: String,
+    /// AD: leave out accounts whose `userAccountControl` has the ACCOUNTDISABLE bit (2).
+    #[serde(default)]
+    pub exclude_disabled: bool,
 }
 
 fn default_user_filter() -> String {
@@ -475,6 +483,13 @@ fn validate<S: SinkOptions>(
             "ldap",
             "danger_skip_tls_verify",
             "[ldap] sets both \"danger_skip_tls_verify\" and \"ca_file\": with ca_file the certificate is verified against that CA, so danger_skip_tls_verify would do nothing; remove one of them".into(),
+        ));
+    }
+    if ldap.danger_skip_tls_verify && ldap.tls_cn_fallback {
+        return Err(at(
+            "ldap",
+            "tls_cn_fallback",
+            "[ldap] sets both \"danger_skip_tls_verify\" and \"tls_cn_fallback\": nothing is verified with the first, so the second would do nothing; remove one of them".into(),
         ));
     }
     if ldap.bind_password.is_some() && ldap.bind_password_file.is_some() {
@@ -1006,6 +1021,15 @@ mod tests {
         let err = parse(&text).unwrap_err().to_string();
         assert!(
             err.starts_with("config.toml:5: ") && err.contains("danger_skip_tls_verify"),
+            "{err}"
+        );
+        let text = MINIMAL.replace(
+            "ldif_file = \"dir.ldif\"",
+            "url = \"ldaps://dc1.example.com\"\ndanger_skip_tls_verify = true\ntls_cn_fallback = true",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config.toml:5: ") && err.contains("tls_cn_fallback"),
             "{err}"
         );
     }

@@ -40,7 +40,10 @@ pub async fn read(
     let mut builder = DirectoryBuilder::new(groups, users);
     let stats = source::read(ldap, users, groups, &mut builder).await?;
     let read_seconds = started.elapsed().as_secs_f64();
-    let directory = builder.finish();
+    let mut directory = builder.finish();
+    directory
+        .warnings
+        .extend(continuation_warnings(&stats.continuation_references));
     tracing::debug!(
         users = stats.users,
         groups = stats.groups,
@@ -49,6 +52,30 @@ pub async fn read(
         "directory read"
     );
     Ok((directory, stats))
+}
+
+/// One warning per search base that answered with continuation references (a users and a
+/// groups search of the same base make one line): the entries behind them are not read.
+fn continuation_warnings(skipped: &[source::SkippedReferences]) -> Vec<String> {
+    let mut by_base: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for search in skipped {
+        let urls = by_base.entry(search.base.as_str()).or_default();
+        for url in &search.urls {
+            if !urls.contains(&url.as_str()) {
+                urls.push(url);
+            }
+        }
+    }
+    by_base
+        .into_iter()
+        .map(|(base, urls)| {
+            format!(
+                "search of {base}: {} continuation reference(s) skipped ({}); entries in those naming contexts are not read (point base_dn at them to sync them)",
+                urls.len(),
+                urls.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// A complete, consistent read of the configured scopes.
@@ -72,8 +99,13 @@ const MAX_LISTED_WARNINGS: usize = 50;
 pub struct DirectoryBuilder {
     groups_config: GroupsConfig,
     users_config: UsersConfig,
-    members_are_usernames: bool,
     users: Vec<User>,
+    /// Normalized DNs and lower-cased names of accounts left out by `exclude_disabled`: a
+    /// membership naming one is dropped without a warning.
+    excluded: FxHashSet<String>,
+    /// `ad_primary_group`: the objectSid of each user's primary group (their domain SID and
+    /// primaryGroupID) → those users.
+    by_primary_group: HashMap<Vec<u8>, Vec<u32>>,
     user_by_dn: HashMap<String, u32>,
     user_by_name: HashMap<String, u32>,
     user_ids: FxHashSet<String>,
@@ -93,12 +125,11 @@ struct PendingGroup {
 impl DirectoryBuilder {
     pub fn new(groups_config: &GroupsConfig, users_config: &UsersConfig) -> Self {
         DirectoryBuilder {
-            members_are_usernames: groups_config
-                .member_attribute
-                .eq_ignore_ascii_case("memberUid"),
             groups_config: groups_config.clone(),
             users_config: users_config.clone(),
             users: Vec::new(),
+            excluded: FxHashSet::default(),
+            by_primary_group: HashMap::default(),
             user_by_dn: HashMap::default(),
             user_by_name: HashMap::default(),
             user_ids: FxHashSet::default(),
@@ -173,9 +204,20 @@ impl EntrySink for DirectoryBuilder {
             ));
             return Ok(());
         }
+        if self.users_config.exclude_disabled && is_disabled(entry) {
+            tracing::debug!(dn = %entry.dn, "disabled account excluded (exclude_disabled)");
+            self.excluded.insert(dn::normalize(&entry.dn));
+            self.excluded.insert(username.to_lowercase());
+            return Ok(());
+        }
         let email_attribute = self.users_config.email_attribute.clone();
         let email = self.text(entry, &email_attribute);
         let index = self.users.len() as u32;
+        if self.groups_config.ad_primary_group
+            && let Some(sid) = primary_group_sid(entry)
+        {
+            self.by_primary_group.entry(sid).or_default().push(index);
+        }
         self.user_by_dn.insert(dn::normalize(&entry.dn), index);
         self.user_by_name
             .entry(username.to_lowercase())
@@ -219,34 +261,24 @@ impl EntrySink for DirectoryBuilder {
         }
         let description_attribute = self.groups_config.description_attribute.clone();
         let description = self.text(entry, &description_attribute);
-        let member_attribute = self.groups_config.member_attribute.clone();
         let mut members = Vec::new();
         let mut unresolved = Vec::new();
-        for raw in entry.values(&member_attribute) {
-            let Ok(value) = std::str::from_utf8(raw) else {
-                self.warn(format!(
-                    "{}: a \"{member_attribute}\" value is not valid UTF-8; skipped",
-                    entry.dn
-                ));
-                continue;
-            };
-            if self.members_are_usernames {
-                match self.user_by_name.get(&value.trim().to_lowercase()) {
-                    Some(&index) => members.push(index),
-                    None => {
-                        self.warn(format!(
-                            "{}: member user name {value:?} is not a user in [users] scope; skipped",
-                            entry.dn
-                        ));
-                    }
-                }
-            } else {
-                let normalized = dn::normalize(strip_unique_member_uid(value));
-                match self.user_by_dn.get(&normalized) {
-                    Some(&index) => members.push(index),
-                    None => unresolved.push((normalized, value.to_string())),
+        match self.groups_config.member_attribute.clone() {
+            Some(configured) => {
+                self.warn_members_elsewhere(entry, &name, &configured);
+                self.read_members(entry, &configured, &mut members, &mut unresolved);
+            }
+            None => {
+                for attribute in source::MEMBERSHIP_ATTRIBUTES {
+                    self.read_members(entry, attribute, &mut members, &mut unresolved);
                 }
             }
+        }
+        if self.groups_config.ad_primary_group
+            && let Some(sid) = entry.values("objectSid").first()
+            && let Some(primary) = self.by_primary_group.get(sid)
+        {
+            members.extend_from_slice(primary);
         }
         self.groups.push(PendingGroup {
             normalized_dn: dn::normalize(&entry.dn),
@@ -264,6 +296,69 @@ impl EntrySink for DirectoryBuilder {
 }
 
 impl DirectoryBuilder {
+    /// Resolves the values of one membership attribute: user names for `memberUid`, DNs
+    /// otherwise (a `uniqueMember`'s optional `#'…'B` suffix stripped). DNs that are not users
+    /// may be groups, resolved in `finish`.
+    fn read_members(
+        &mut self,
+        entry: &RawEntry,
+        attribute: &str,
+        members: &mut Vec<u32>,
+        unresolved: &mut Vec<(String, String)>,
+    ) {
+        let names = source::holds_user_names(attribute);
+        for raw in entry.values(attribute) {
+            let Ok(value) = std::str::from_utf8(raw) else {
+                self.warn(format!(
+                    "{}: a \"{attribute}\" value is not valid UTF-8; skipped",
+                    entry.dn
+                ));
+                continue;
+            };
+            if names {
+                let key = value.trim().to_lowercase();
+                match self.user_by_name.get(&key) {
+                    Some(&index) => members.push(index),
+                    None if self.excluded.contains(&key) => {}
+                    None => self.warn(format!(
+                        "{}: member user name {value:?} is not a user in [users] scope; skipped",
+                        entry.dn
+                    )),
+                }
+            } else {
+                let normalized = dn::normalize(strip_unique_member_uid(value));
+                match self.user_by_dn.get(&normalized) {
+                    Some(&index) => members.push(index),
+                    None if self.excluded.contains(&normalized) => {}
+                    None => unresolved.push((normalized, value.to_string())),
+                }
+            }
+        }
+    }
+
+    /// With `member_attribute` set, a group whose members all sit in another membership
+    /// attribute would sync empty: say so, by name.
+    fn warn_members_elsewhere(&mut self, entry: &RawEntry, name: &str, configured: &str) {
+        if !entry.values(configured).is_empty() {
+            return;
+        }
+        let elsewhere: Vec<&str> = source::MEMBERSHIP_ATTRIBUTES
+            .into_iter()
+            .filter(|a| !a.eq_ignore_ascii_case(configured) && !entry.values(a).is_empty())
+            .collect();
+        if !elsewhere.is_empty() {
+            self.warn(format!(
+                "group {name:?} ({}) has no \"{configured}\" values but has {}: it is synced with no members. Remove [groups] member_attribute to read each group's members from the attribute its class uses",
+                entry.dn,
+                elsewhere
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+    }
+
     pub fn finish(mut self) -> Directory {
         // Sort users by id and remap member indexes.
         let mut order: Vec<u32> = (0..self.users.len() as u32).collect();
@@ -392,6 +487,34 @@ fn transitive_members(start: usize, users: &[Vec<u32>], groups: &[Vec<u32>]) -> 
     members.sort_unstable();
     members.dedup();
     members
+}
+
+/// AD `userAccountControl` with the ACCOUNTDISABLE bit (0x2) set.
+fn is_disabled(entry: &RawEntry) -> bool {
+    entry
+        .values("userAccountControl")
+        .first()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .is_some_and(|flags| flags & 0x2 != 0)
+}
+
+/// The objectSid of a user's primary group: the user's own SID (binary, MS-DTYP 2.4.2.2) with
+/// its last sub-authority, the RID, replaced by `primaryGroupID`.
+fn primary_group_sid(entry: &RawEntry) -> Option<Vec<u8>> {
+    let sid = entry.values("objectSid").first()?;
+    let rid: u32 = std::str::from_utf8(entry.values("primaryGroupID").first()?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let count = usize::from(*sid.get(1)?);
+    if count == 0 || sid.len() != 8 + 4 * count {
+        return None;
+    }
+    let mut group = sid.clone();
+    group[sid.len() - 4..].copy_from_slice(&rid.to_le_bytes());
+    Some(group)
 }
 
 /// `uniqueMember` values may carry an optional `#'0101'B` UID suffix (RFC 4519).
@@ -611,6 +734,143 @@ mod tests {
             e.source_id("objectGUID").unwrap(),
             "00112233-4455-6677-8899-aabbccddeeff"
         );
+    }
+
+    /// Users alice (u1) and bob (u2); with `extra` appended to `[groups]`/`[users]` keys.
+    fn builder_with(groups_extra: &str, users_extra: &str) -> DirectoryBuilder {
+        let text = format!(
+            "[ldap]\nldif_file=\"x\"\n[groups]\nbase_dn=\"ou=g\"\n{groups_extra}\n[users]\nbase_dn=\"ou=p\"\n{users_extra}\n[state]\npath=\"s\"\n[[sinks]]\nname=\"f\"\ntype=\"file\"\npath=\"-\"\n"
+        );
+        let c = crate::config::TestConfig::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let mut b = DirectoryBuilder::new(&c.groups, &c.users);
+        for (id, uid) in [("u1", "alice"), ("u2", "bob")] {
+            b.add_user(&entry(
+                &format!("uid={uid},ou=p"),
+                &[("entryUUID", &[id]), ("uid", &[uid])],
+            ))
+            .unwrap();
+        }
+        b
+    }
+
+    fn add_mixed_groups(b: &mut DirectoryBuilder) {
+        for (id, class, attribute, values) in [
+            ("g1", "groupOfNames", "member", &["uid=alice,ou=p"][..]),
+            (
+                "g2",
+                "groupOfUniqueNames",
+                "uniqueMember",
+                &["uid=bob,ou=p#'0101'B", "uid=alice,ou=p"][..],
+            ),
+            ("g3", "posixGroup", "memberUid", &["BOB"][..]),
+        ] {
+            b.add_group(&entry(
+                &format!("cn={id},ou=g"),
+                &[
+                    ("entryUUID", &[id]),
+                    ("cn", &[id]),
+                    ("objectClass", &[class]),
+                    (attribute, values),
+                ],
+            ))
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn without_member_attribute_each_group_keeps_the_members_of_its_class() {
+        let mut b = builder_with("", "");
+        add_mixed_groups(&mut b);
+        let d = b.finish();
+        let members: Vec<Vec<u32>> = d.groups.iter().map(|g| g.members.clone()).collect();
+        assert_eq!(members, [vec![0], vec![0, 1], vec![1]]);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn a_set_member_attribute_warns_about_groups_whose_members_are_elsewhere() {
+        let mut b = builder_with("member_attribute=\"member\"", "");
+        add_mixed_groups(&mut b);
+        let d = b.finish();
+        let members: Vec<usize> = d.groups.iter().map(|g| g.members.len()).collect();
+        assert_eq!(members, [1, 0, 0]);
+        assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].starts_with("group \"g2\"") && d.warnings[0].contains("\"uniqueMember\"")
+        );
+        assert!(
+            d.warnings[1].starts_with("group \"g3\"") && d.warnings[1].contains("\"memberUid\"")
+        );
+    }
+
+    /// S-1-5-21-1-2-3-RID as objectSid bytes.
+    fn sid(rid: u32) -> Vec<u8> {
+        let mut sid = vec![1, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21, 1, 2, 3, rid] {
+            sid.extend_from_slice(&u32::to_le_bytes(sub));
+        }
+        sid
+    }
+
+    #[test]
+    fn ad_primary_group_and_disabled_accounts() {
+        let mut b = builder_with("ad_primary_group = true", "exclude_disabled = true");
+        let mut user = |dn: &str, id: &str, name: &str, uac: &str, primary: &str| {
+            let mut e = entry(
+                dn,
+                &[
+                    ("entryUUID", &[id]),
+                    ("uid", &[name]),
+                    ("userAccountControl", &[uac]),
+                    ("primaryGroupID", &[primary]),
+                ],
+            );
+            e.attrs.insert("objectsid".into(), vec![sid(1100)]);
+            b.add_user(&e).unwrap();
+        };
+        user("uid=carol,ou=p", "u3", "carol", "512", "1200");
+        user("uid=dave,ou=p", "u4", "dave", "514", "1200");
+        user("uid=erin,ou=p", "u5", "erin", "512", "513");
+        let mut group = entry(
+            "cn=g,ou=g",
+            &[
+                ("entryUUID", &["g"]),
+                ("cn", &["g"]),
+                ("member", &["uid=alice,ou=p", "uid=dave,ou=p"]),
+                ("memberUid", &["dave"]),
+            ],
+        );
+        group.attrs.insert("objectsid".into(), vec![sid(1200)]);
+        b.add_group(&group).unwrap();
+        let d = b.finish();
+        let names: Vec<&str> = d.groups[0]
+            .members
+            .iter()
+            .map(|&i| d.user(i).username.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["alice", "carol"],
+            "primary group by RID, disabled dave left out"
+        );
+        assert!(d.users.iter().all(|u| u.username != "dave"));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn continuation_references_make_one_warning_per_base() {
+        let skipped = |base: &str, urls: &[&str]| source::SkippedReferences {
+            base: base.into(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+        };
+        let warnings = continuation_warnings(&[
+            skipped("dc=x", &["ldap://a/dc=x", "ldap://b/dc=x"]),
+            skipped("dc=x", &["ldap://a/dc=x"]),
+            skipped("ou=g,dc=x", &["ldap://c/ou=g,dc=x"]),
+        ]);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("search of dc=x: 2 continuation reference(s)"));
+        assert!(warnings[1].starts_with("search of ou=g,dc=x: 1 continuation"));
     }
 
     #[test]

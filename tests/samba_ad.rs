@@ -25,8 +25,8 @@ fn dc() -> &'static SambaDc {
     DC.get_or_init(SambaDc::start)
 }
 
-/// A config reading `group_base`/`user_base` from the DC over LDAPS into a file sink (JSON
-/// lines), plus a SCIM sink when given.
+/// A config reading `group_base`/`user_base` from the shared DC over LDAPS into a file sink
+/// (JSON lines), plus a SCIM sink when given.
 fn write_config(
     dir: &Path,
     group_base: &str,
@@ -34,7 +34,27 @@ fn write_config(
     user_base: &str,
     scim: Option<&ScimServer>,
 ) -> PathBuf {
-    let dc = dc();
+    write_config_for(
+        dc(),
+        &dc().ldaps_url(),
+        dir,
+        group_base,
+        group_filter,
+        user_base,
+        scim,
+    )
+}
+
+/// [`write_config`] for any DC, reached at `url`.
+fn write_config_for(
+    dc: &SambaDc,
+    url: &str,
+    dir: &Path,
+    group_base: &str,
+    group_filter: &str,
+    user_base: &str,
+    scim: Option<&ScimServer>,
+) -> PathBuf {
     let mut text = format!(
         r#"[ldap]
 url = "{url}"
@@ -70,7 +90,6 @@ name = "audit"
 type = "file"
 path = "{ops}"
 "#,
-        url = dc.ldaps_url(),
         ca = dc.ca_file().display(),
         admin = dc.admin_dn(),
         password = dc.admin_password(),
@@ -284,6 +303,21 @@ fn domain_root_search_skips_continuation_references() {
         line.contains("count=1") && line.contains("CN=Configuration"),
         "{line}"
     );
+    // In the report: one line for the root, though users and groups were both searched there.
+    let warned: Vec<&str> = json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| w.contains("continuation reference"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{json:#}");
+    assert!(
+        warned[0].starts_with(&format!("search of {root}: 1 continuation reference(s)"))
+            && warned[0].contains("CN=Configuration"),
+        "{}",
+        warned[0]
+    );
     assert!(!log.contains("panicked"), "{log}");
 
     // The DC's own computer account is a `user` too; the filter keeps it out.
@@ -394,4 +428,233 @@ async fn first_range(ldap: &mut ldap3::Ldap, dn: &str, attr: &str) -> RawEntry {
             })
             .collect(),
     }
+}
+
+/// The user filter the documentation gives for AD: people only (no computer accounts).
+const AD_DOCUMENTED_USERS: &str = "(&(objectCategory=person)(objectClass=user))";
+
+/// Adds `line` at the start of `[section]` in the config file at `path`.
+fn add_key(path: &Path, section: &str, line: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let header = format!("[{section}]\n");
+    assert!(text.contains(&header), "no [{section}] in {text}");
+    std::fs::write(
+        path,
+        text.replacen(&header, &format!("{header}{line}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// The members planned for `group` by the audit sink of a dry run.
+fn members_of(config: &Path, group: &str) -> (BTreeSet<String>, Vec<String>) {
+    let (_, json) = dry_run(config);
+    let planned = planned_groups(operations(&json, "audit"));
+    let warnings = json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    (planned[group].1.clone(), warnings)
+}
+
+/// The binary objectSid of `dn` (base64 in ldapsearch's LDIF), e.g. to take its RID.
+fn object_sid(dc: &SambaDc, dn: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let ldif = dc.search(dn, "base", "(objectClass=*)", &["objectSid"]);
+    let encoded = ldif
+        .lines()
+        .find_map(|l| l.strip_prefix("objectSid:: "))
+        .unwrap_or_else(|| panic!("no objectSid for {dn}:\n{ldif}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .expect("base64 objectSid")
+}
+
+/// The documented AD user filter leaves the DC's computer account out; `exclude_disabled`
+/// also leaves out the accounts with the ACCOUNTDISABLE bit: krbtgt, Guest and users created
+/// without a password.
+#[test]
+fn ad_user_filter_and_disabled_accounts() {
+    let dc = dc();
+    let root = dc.base_dn();
+    let ou = dc.add_ou("uac");
+    let users = dc.add_users(&ou, &["uac-on", "uac-off"]);
+    // NORMAL_ACCOUNT | PASSWD_NOTREQD: enabled without a password.
+    dc.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 544\n",
+        users[0]
+    ));
+    let uac = dc.search(
+        &users[1],
+        "base",
+        "(objectClass=*)",
+        &["userAccountControl"],
+    );
+    let flags: u32 = uac
+        .lines()
+        .find_map(|l| l.strip_prefix("userAccountControl: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{uac}"));
+    assert_ne!(flags & 2, 0, "a user added without a password is disabled");
+    let builtin = |cn: &str| format!("CN={cn},CN=Users,{root}");
+    let computer = format!("CN=DC1,OU=Domain Controllers,{root}");
+    let (admin, krbtgt, guest) = (
+        builtin("Administrator"),
+        builtin("krbtgt"),
+        builtin("Guest"),
+    );
+    dc.add_group(
+        &ou,
+        "uac-all",
+        &[&users[0], &users[1], &admin, &krbtgt, &guest, &computer],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &ou, "(objectClass=group)", root, None);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(AD_USERS, AD_DOCUMENTED_USERS);
+    std::fs::write(&config, text).unwrap();
+
+    let (members, warnings) = members_of(&config, "uac-all");
+    assert_eq!(
+        members,
+        set(&["uac-on", "uac-off", "Administrator", "krbtgt", "Guest"])
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains(&computer)),
+        "the computer account is not a user: {warnings:?}"
+    );
+
+    add_key(&config, "users", "exclude_disabled = true");
+    let (members, warnings) = members_of(&config, "uac-all");
+    assert_eq!(members, set(&["uac-on", "Administrator"]));
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.contains("krbtgt") || w.contains("uac-off")),
+        "excluded accounts are no warning: {warnings:?}"
+    );
+}
+
+/// A user whose primary group is G is not in G's `member` (AD moves the link into
+/// `primaryGroupID`); `ad_primary_group = true` adds such users by G's RID.
+#[test]
+fn ad_primary_group_adds_members_by_rid() {
+    let dc = dc();
+    let ou = dc.add_ou("prim");
+    let users = dc.add_users(&ou, &["prim-a", "prim-b"]);
+    let group = dc.add_group(&ou, "prim-g", &[&users[0], &users[1]]);
+    let sid = object_sid(dc, &group);
+    let rid = u32::from_le_bytes(sid[sid.len() - 4..].try_into().unwrap());
+    dc.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: primaryGroupID\nprimaryGroupID: {rid}\n",
+        users[1]
+    ));
+    let member = dc.search(&group, "base", "(objectClass=*)", &["member"]);
+    assert!(
+        member.contains(&users[0]) && !member.contains(&users[1]),
+        "AD keeps a primary group out of member:\n{member}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &ou, "(objectClass=group)", &ou, None);
+    assert_eq!(members_of(&config, "prim-g").0, set(&["prim-a"]));
+    add_key(&config, "groups", "ad_primary_group = true");
+    assert_eq!(members_of(&config, "prim-g").0, set(&["prim-a", "prim-b"]));
+}
+
+/// Samba's own generated certificate (a CN, no subjectAltName): refused by default with an
+/// error that says so and what to do; accepted with `tls_cn_fallback = true`, whose chain
+/// check still refuses another CA.
+#[test]
+fn samba_generated_certificate_and_the_cn_fallback() {
+    let dc = SambaDc::start_with_generated_certificate();
+    let ou = dc.add_ou("cert");
+    let users = dc.add_users(&ou, &["cert-alice"]);
+    dc.add_group(&ou, "cert-team", &[&users[0]]);
+    let cert = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+            "-in",
+        ])
+        .arg(&dc.pki().cert)
+        .output()
+        .expect("openssl x509");
+    let shown = String::from_utf8_lossy(&cert.stdout);
+    let cn = dc.dns_host_name();
+    assert!(
+        shown.contains(&format!("CN = {cn}")) && !shown.contains("DNS:"),
+        "Samba's generated certificate: {shown}"
+    );
+
+    // The certificate's name, in another case, resolving to the DC for ldapsync alone.
+    let host = cn.to_lowercase();
+    let hosts = [(dc.ip(), host.as_str())];
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_for(
+        &dc,
+        &format!("ldaps://{host}"),
+        dir.path(),
+        &ou,
+        "(objectClass=group)",
+        &ou,
+        None,
+    );
+    let dry_run = |config: &Path| {
+        run_ldapsync_with_hosts(config, &["sync", "--dry-run", "--output", "json"], &hosts)
+    };
+    let out = dry_run(&config);
+    assert_code(&out, 1);
+    let err = out.stderr_str();
+    assert!(
+        err.contains("without a subjectAltName")
+            && err.contains(&format!("{cn:?}"))
+            && err.contains("tls_cn_fallback = true")
+            && err.contains("Regenerate the server certificate"),
+        "{}",
+        out.describe()
+    );
+
+    add_key(&config, "ldap", "tls_cn_fallback = true");
+    let out = dry_run(&config);
+    assert_code(&out, 0);
+    let json: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let planned = planned_groups(operations(&json, "audit"));
+    assert_eq!(planned["cert-team"].1, set(&["cert-alice"]));
+
+    // The fallback compares the CN with the host: by its address, the DC is not the CN.
+    let by_address = write_file(
+        dir.path(),
+        "by-address.toml",
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&format!("ldaps://{host}"), &dc.ldaps_url()),
+    );
+    let out = dry_run(&by_address);
+    assert_code(&out, 1);
+    assert!(
+        out.stderr_str().contains("is not the host either"),
+        "{}",
+        out.describe()
+    );
+
+    // Another CA: the chain is still checked, the fallback changes nothing.
+    let other = generate_test_pki(&dir.path().join("other-ca"), &[&host], &[]);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &dc.ca_file().display().to_string(),
+        &other.ca_cert.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dry_run(&config);
+    assert_code(&out, 1);
+    assert!(
+        out.stderr_str().contains("UnknownIssuer"),
+        "{}",
+        out.describe()
+    );
 }

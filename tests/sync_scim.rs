@@ -631,8 +631,10 @@ fn a_server_size_limit_is_an_incomplete_read_not_a_shorter_list() {
     let out = sync(&config, &[]);
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(
-        out.stderr_str().contains("result code 4"),
-        "sizeLimitExceeded: {}",
+        out.stderr_str()
+            .contains("sizeLimitExceeded (result code 4)")
+            && out.stderr_str().contains("page_size"),
+        "sizeLimitExceeded, with a hint: {}",
         out.describe()
     );
     assert!(

@@ -13,7 +13,10 @@ use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::asn1::{PL, StructureTag};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, ResultEntry, Scope};
 
-use super::{EntrySink, RawEntry, ReadStats, SourceError};
+use super::tls::{certificate_name_error, client_config, native_roots};
+use super::{
+    EntrySink, RawEntry, ReadStats, ResultCode, SkippedReferences, SourceError, member_attributes,
+};
 use crate::config::{GroupsConfig, LdapConfig, UsersConfig};
 
 /// LDAP result codes that mean "success" for a search.
@@ -24,13 +27,19 @@ const RC_REFERRAL: u32 = 10;
 pub async fn connect(ldap_config: &LdapConfig) -> Result<Ldap, SourceError> {
     let url = ldap_config.url.clone().unwrap_or_default();
     let settings = settings(ldap_config)?;
-    let (connection, mut ldap) =
-        LdapConnAsync::with_settings(settings, &url)
-            .await
-            .map_err(|e| SourceError::Connect {
+    let (connection, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.map_err(
+        |e| match certificate_name_error(&e) {
+            Some(problem) => SourceError::CertificateName {
+                host: host_of(&url).to_string(),
+                url: url.clone(),
+                problem,
+            },
+            None => SourceError::Connect {
                 url: url.clone(),
                 message: e.to_string(),
-            })?;
+            },
+        },
+    )?;
     tokio::spawn(async move {
         if let Err(e) = connection.drive().await {
             tracing::debug!(error = %e, "LDAP connection ended");
@@ -49,7 +58,7 @@ pub async fn connect(ldap_config: &LdapConfig) -> Result<Ldap, SourceError> {
         if result.rc != RC_SUCCESS {
             return Err(SourceError::Bind {
                 dn: bind_dn.clone(),
-                rc: result.rc,
+                code: ResultCode(result.rc),
                 text: result.text,
             });
         }
@@ -62,13 +71,30 @@ fn settings(config: &LdapConfig) -> Result<LdapConnSettings, SourceError> {
         .set_conn_timeout(Duration::from_secs(config.timeout_secs))
         .set_starttls(config.starttls)
         .set_no_tls_verify(config.danger_skip_tls_verify);
-    if let Some(ca_file) = &config.ca_file {
-        settings = settings.set_config(Arc::new(tls_config(ca_file)?));
+    let uses_tls = config.starttls
+        || config
+            .url
+            .as_deref()
+            .is_some_and(|url| url.to_ascii_lowercase().starts_with("ldaps://"));
+    // Every TLS connection gets our verifier (the clear no-subjectAltName error, the opt-in
+    // CN fallback); a CA file is loaded, and so checked, even for a URL without TLS.
+    if !config.danger_skip_tls_verify && (uses_tls || config.ca_file.is_some()) {
+        let roots = match &config.ca_file {
+            Some(ca_file) => ca_roots(ca_file)?,
+            None => native_roots(),
+        };
+        let tls = client_config(roots, config.tls_cn_fallback).map_err(|message| {
+            SourceError::Connect {
+                url: config.url.clone().unwrap_or_default(),
+                message,
+            }
+        })?;
+        settings = settings.set_config(Arc::new(tls));
     }
     Ok(settings)
 }
 
-fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, SourceError> {
+fn ca_roots(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, SourceError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let fail = |message: String| SourceError::CaFile {
@@ -84,11 +110,17 @@ fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, SourceE
     if roots.is_empty() {
         return Err(fail("no PEM certificate found".into()));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(e.to_string()))
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+    Ok(roots)
+}
+
+/// The host of an `ldap[s]://host[:port]/…` URL (an IPv6 literal without its brackets).
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    }
 }
 
 /// Reads users, then groups, into `builder`.
@@ -100,13 +132,19 @@ pub(super) async fn read(
 ) -> Result<ReadStats, SourceError> {
     let mut ldap = connect(config).await?;
     let mut stats = ReadStats::default();
-    let user_attrs = vec![
+    let mut user_attrs = vec![
         users.id_attribute.clone(),
         users.username_attribute.clone(),
         users.email_attribute.clone(),
     ];
+    if users.exclude_disabled {
+        user_attrs.push("userAccountControl".into());
+    }
+    if groups.ad_primary_group {
+        user_attrs.extend(["objectSid".into(), "primaryGroupID".into()]);
+    }
     let mut failure = None;
-    stats.continuation_references_skipped += search(
+    let skipped = search(
         &mut ldap,
         config,
         "users",
@@ -120,16 +158,23 @@ pub(super) async fn read(
         &mut failure,
     )
     .await?;
+    stats.continuation_references.extend(skipped);
     tracing::debug!(users = stats.users, "users read");
-    let group_attrs = vec![
+    let member_attributes: Vec<String> = member_attributes(groups)
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
+    let mut group_attrs = vec![
         groups.id_attribute.clone(),
         groups.name_attribute.clone(),
-        groups.member_attribute.clone(),
         groups.description_attribute.clone(),
     ];
+    group_attrs.extend(member_attributes.iter().cloned());
+    if groups.ad_primary_group {
+        group_attrs.push("objectSid".into());
+    }
     let mut ranged: Vec<RawEntry> = Vec::new();
-    let member_attribute = groups.member_attribute.to_ascii_lowercase();
-    stats.continuation_references_skipped += search(
+    let skipped = search(
         &mut ldap,
         config,
         "groups",
@@ -138,11 +183,7 @@ pub(super) async fn read(
         group_attrs,
         |entry| {
             stats.groups += 1;
-            if entry
-                .attrs
-                .keys()
-                .any(|k| is_range_of(k, &member_attribute))
-            {
+            if entry.attrs.keys().any(|k| k.contains(";range=")) {
                 ranged.push(entry);
                 Ok(())
             } else {
@@ -152,9 +193,14 @@ pub(super) async fn read(
         &mut failure,
     )
     .await?;
+    stats.continuation_references.extend(skipped);
     let timeout = Duration::from_secs(config.timeout_secs);
     for mut entry in ranged {
-        complete_ranges(&mut ldap, timeout, &mut entry, &member_attribute).await?;
+        for attribute in &member_attributes {
+            if entry.attrs.keys().any(|k| is_range_of(k, attribute)) {
+                complete_ranges(&mut ldap, timeout, &mut entry, attribute).await?;
+            }
+        }
         builder.add_group(&entry)?;
     }
     let _ = ldap.unbind().await;
@@ -162,7 +208,7 @@ pub(super) async fn read(
 }
 
 /// Runs one paged subtree search, feeding decoded entries to `each`.
-/// Returns the number of continuation references skipped.
+/// Returns the continuation references skipped, if any.
 #[allow(clippy::too_many_arguments)]
 async fn search(
     ldap: &mut Ldap,
@@ -173,7 +219,7 @@ async fn search(
     attrs: Vec<String>,
     mut each: impl FnMut(RawEntry) -> Result<(), SourceError>,
     failure: &mut Option<SourceError>,
-) -> Result<u64, SourceError> {
+) -> Result<Option<SkippedReferences>, SourceError> {
     let search_error = |message: String| SourceError::Search {
         base: base.to_string(),
         filter: filter.to_string(),
@@ -232,21 +278,26 @@ async fn search(
         });
     }
     if result.rc != RC_SUCCESS {
-        return Err(search_error(format!(
-            "result code {} {}",
-            result.rc, result.text
-        )));
+        return Err(SourceError::SearchResult {
+            base: base.to_string(),
+            filter: filter.to_string(),
+            code: ResultCode(result.rc),
+            text: result.text,
+        });
     }
-    let skipped = result.refs.len() as u64;
-    if skipped > 0 {
-        tracing::info!(
-            base,
-            count = skipped,
-            refs = %result.refs.join(", "),
-            "skipped continuation references (entries in other naming contexts are not read)"
-        );
+    if result.refs.is_empty() {
+        return Ok(None);
     }
-    Ok(skipped)
+    tracing::info!(
+        base,
+        count = result.refs.len(),
+        refs = %result.refs.join(", "),
+        "skipped continuation references (entries in other naming contexts are not read)"
+    );
+    Ok(Some(SkippedReferences {
+        base: base.to_string(),
+        urls: result.refs,
+    }))
 }
 
 /// `member;range=0-1499` is a range of `member`.
@@ -308,8 +359,9 @@ pub async fn complete_ranges(
         let (entries, result) = (result.0, result.1);
         if result.rc != RC_SUCCESS {
             return Err(cut_short(format!(
-                "result code {} {}",
-                result.rc, result.text
+                "{} {}",
+                ResultCode(result.rc),
+                result.text
             )));
         }
         let next = entries

@@ -6,6 +6,11 @@
 pub(crate) mod filter;
 pub mod ldap;
 pub(crate) mod ldif;
+mod result_code;
+mod tls;
+
+pub use result_code::ResultCode;
+pub use tls::CertificateName;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -43,6 +48,32 @@ impl RawEntry {
     }
 }
 
+/// The attributes that hold a group's members: `member` (groupOfNames, AD `group`) and
+/// `uniqueMember` (groupOfUniqueNames) hold DNs, `memberUid` (posixGroup) holds user names.
+/// Every read asks for all of them: with `[groups] member_attribute` unset each group's members
+/// are read from whichever it carries; with it set, the others only serve to warn about a group
+/// whose members sit in another attribute.
+pub const MEMBERSHIP_ATTRIBUTES: [&str; 3] = ["member", "uniqueMember", "memberUid"];
+
+/// Whether values of the membership attribute `attribute` are user names (`memberUid`) rather
+/// than DNs.
+pub fn holds_user_names(attribute: &str) -> bool {
+    attribute.eq_ignore_ascii_case("memberUid")
+}
+
+/// The group attributes that may hold members: [`MEMBERSHIP_ATTRIBUTES`] and the configured one.
+pub(crate) fn member_attributes(groups: &GroupsConfig) -> Vec<String> {
+    let mut attributes: Vec<String> = MEMBERSHIP_ATTRIBUTES.map(String::from).to_vec();
+    if let Some(configured) = &groups.member_attribute
+        && !attributes
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(configured))
+    {
+        attributes.push(configured.clone());
+    }
+    attributes
+}
+
 /// Where a read delivers its entries: users first, then groups (the directory builder).
 pub trait EntrySink {
     fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError>;
@@ -58,10 +89,18 @@ pub enum SourceError {
     Connect { url: String, message: String },
     #[error("cannot load the CA file {path}: {message}. Check [ldap] ca_file")]
     CaFile { path: String, message: String },
-    #[error(
-        "LDAP bind as {dn} failed: result {rc} {text}. Check [ldap] bind_dn and the bind password"
-    )]
-    Bind { dn: String, rc: u32, text: String },
+    #[error("the LDAP server {url} presented a TLS certificate {}", problem.explain(host))]
+    CertificateName {
+        url: String,
+        host: String,
+        problem: CertificateName,
+    },
+    #[error("LDAP bind as {dn} failed: {code}{}. {}", said(text), code.hint())]
+    Bind {
+        dn: String,
+        code: ResultCode,
+        text: String,
+    },
     #[error(
         "LDAP search of {base} with filter {filter} failed: {message}. The read is incomplete; nothing was written"
     )]
@@ -69,6 +108,15 @@ pub enum SourceError {
         base: String,
         filter: String,
         message: String,
+    },
+    #[error(
+        "LDAP search of {base} with filter {filter} failed: {code}{}. {} The read is incomplete; nothing was written", said(text), code.hint()
+    )]
+    SearchResult {
+        base: String,
+        filter: String,
+        code: ResultCode,
+        text: String,
     },
     #[error(
         "LDAP search of {base} returned a referral to {referrals}, which ldapsync does not follow; point [{section}] base_dn at the server that holds the entries"
@@ -104,12 +152,29 @@ pub enum SourceError {
     Secret(#[from] crate::secret::SecretError),
 }
 
-/// Counts of what a read returned, for metrics and the scope-emptied check.
-#[derive(Debug, Clone, Copy, Default)]
+/// The server's diagnostic message, if it sent one, as `: message`.
+fn said(text: &str) -> String {
+    match text.trim() {
+        "" => String::new(),
+        text => format!(": {text}"),
+    }
+}
+
+/// Counts of what a read returned, for metrics, warnings and the scope-emptied check.
+#[derive(Debug, Clone, Default)]
 pub struct ReadStats {
     pub users: u64,
     pub groups: u64,
-    pub continuation_references_skipped: u64,
+    /// Per search base: the continuation references (searchResRef) skipped, and where they
+    /// pointed. Entries behind them are not read.
+    pub continuation_references: Vec<SkippedReferences>,
+}
+
+/// The continuation references one search skipped.
+#[derive(Debug, Clone)]
+pub struct SkippedReferences {
+    pub base: String,
+    pub urls: Vec<String>,
 }
 
 /// Reads the configured user and group scopes from `[ldap]` (a server or an LDIF file) into `sink`.

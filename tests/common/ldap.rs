@@ -113,6 +113,21 @@ pub trait LdapServer {
         }
     }
 
+    /// The values of `attr` on the entry `dn` (empty if the entry or attribute is absent).
+    fn attr_values(&self, dn: &str, attr: &str) -> Vec<String> {
+        let ldif = self.search_scoped(dn, "base", "(objectClass=*)", &[attr]);
+        let mut values = Vec::new();
+        for line in ldif.lines() {
+            if let Some((name, rest)) = line.split_once(':') {
+                if !name.eq_ignore_ascii_case(attr) {
+                    continue;
+                }
+                values.push(decode_ldif_value(rest));
+            }
+        }
+        values
+    }
+
     /// A bound base search of the naming context: Ok once the server answers it.
     fn probe(&self) -> Result<(), String> {
         let out = run_with_timeout(

@@ -11,6 +11,7 @@
 //! - [`ldap`]: the [`LdapServer`] trait (ldap-utils administration) and LDIF reading;
 //! - [`slapd`]: a real OpenLDAP [`Slapd`], optionally bulk-loaded with [`Ldif`];
 //! - [`samba`]: a real Samba AD domain controller, [`SambaDc`];
+//! - [`ds389`]: a real 389 Directory Server, [`Ds389`];
 //! - [`scim`]: the real `scim2-server`, [`ScimServer`];
 //! - [`emulators`]: the Python target emulators ([`Emulator`], [`EmulatorWorld`]);
 //! - [`proxy`]: the fault-injecting proxy ([`FaultProxy`]) put in front of a target;
@@ -22,10 +23,11 @@
 //! server's log) instead of returning errors: a helper failing is a broken test environment.
 //!
 //! External programs come from `scripts/install-test-deps.sh` (Debian slapd, ldap-utils, openssl,
-//! samba; the venv at `$REPO/.venv` with scim2-server). Nothing here sleeps for a fixed time to
+//! samba, 389-ds-base; the venv at `$REPO/.venv` with scim2-server). Nothing here sleeps for a fixed time to
 //! synchronise: readiness is always polled.
 #![allow(dead_code)]
 
+mod ds389;
 mod emulators;
 mod http;
 mod ldap;
@@ -40,6 +42,6 @@ mod slapd;
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
 pub use {
-    emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*, scim::*,
-    slapd::*,
+    ds389::*, emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*,
+    scim::*, slapd::*,
 };

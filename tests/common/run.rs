@@ -64,6 +64,33 @@ pub fn run_ldapsync_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> O
     run_with_timeout(&mut cmd, None, Duration::from_secs(300))
 }
 
+/// [`run_ldapsync`] with `hosts` (address, name) added to the `/etc/hosts` that this one process
+/// sees: it runs in a private mount namespace (`unshare -m`, as root) over which a copy of
+/// `/etc/hosts` with those lines is bind-mounted. For servers whose certificate names a host
+/// that does not resolve (Samba's generated one); the machine's own file is never changed.
+pub fn run_ldapsync_with_hosts(config: &Path, args: &[&str], hosts: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    for (address, name) in hosts {
+        text.push_str(&format!("\n{address} {name}\n"));
+    }
+    let file = super::process::write_file(dir.path(), "hosts", text);
+    let mut cmd = Command::new("unshare");
+    cmd.env_remove("LDAPSYNC_CONFIG")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ])
+        .arg(&file)
+        .arg(ldapsync_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    run_with_timeout(&mut cmd, None, Duration::from_secs(300))
+}
+
 /// `ldapsync --config CONFIG sync ARGS…` (see [`run_ldapsync`]).
 pub fn sync(config: &Path, args: &[&str]) -> Output {
     run_ldapsync(config, &[&["sync"], args].concat())

@@ -45,12 +45,29 @@ pub struct SambaDc {
     child: Option<Child>,
     ip: String,
     pki: TestPki,
+    /// Samba's own auto-generated certificate instead of the test CA's (see
+    /// [`SambaDc::start_with_generated_certificate`]).
+    generated_certificate: bool,
     dir: TempDir,
 }
 
 impl SambaDc {
     /// Provisions a domain (`ad.ldapsync.test`, NetBIOS `LDAPSYNC`) and starts its DC.
     pub fn start() -> SambaDc {
+        Self::start_with(false)
+    }
+
+    /// A DC that serves the certificate Samba generates itself when its TLS files do not exist,
+    /// as a default installation does: a self-signed CA (`pki().ca_cert`) and a server
+    /// certificate whose subject CN is the DC's DNS host name ([`SambaDc::dns_host_name`]) and
+    /// which has no subjectAltName. That name does not resolve: run the client with
+    /// [`run_ldapsync_with_hosts`](super::run_ldapsync_with_hosts). The admin tools trust that
+    /// CA without checking the name (`TLS_REQCERT allow`).
+    pub fn start_with_generated_certificate() -> SambaDc {
+        Self::start_with(true)
+    }
+
+    fn start_with(generated_certificate: bool) -> SambaDc {
         tool(SAMBA, "Debian package samba");
         tool(SAMBA_TOOL, "Debian package samba-common-bin");
         let dir = temp_dir("ldapsync-samba-");
@@ -87,14 +104,20 @@ impl SambaDc {
                 cert: PathBuf::new(),
                 key: PathBuf::new(),
             },
+            generated_certificate,
             dir,
+        };
+        let (ca, check) = if generated_certificate {
+            ("private/tls/ca.pem", "allow")
+        } else {
+            ("tls/ca.crt", "demand")
         };
         write_file(
             dc.dir(),
             "ldap.conf",
             format!(
-                "TLS_CACERT {}\nTLS_REQCERT demand\n",
-                dc.dir().join("tls/ca.crt").display()
+                "TLS_CACERT {}\nTLS_REQCERT {check}\n",
+                dc.dir().join(ca).display()
             ),
         );
         on_a_free_address("samba", |attempt| {
@@ -104,7 +127,17 @@ impl SambaDc {
                 return Err(format!("{} is taken", dc.ip));
             }
             let tls = dc.dir().join("tls");
-            dc.pki = generate_test_pki(&tls, &["localhost"], &["127.0.0.1", &dc.ip]);
+            dc.pki = if generated_certificate {
+                let generated = dc.dir().join("private/tls");
+                TestPki {
+                    ca_cert: generated.join("ca.pem"),
+                    ca_key: PathBuf::new(),
+                    cert: generated.join("cert.pem"),
+                    key: generated.join("key.pem"),
+                }
+            } else {
+                generate_test_pki(&tls, &["localhost"], &["127.0.0.1", &dc.ip])
+            };
             dc.write_smb_conf();
             dc.launch()
         });
@@ -120,20 +153,27 @@ impl SambaDc {
             fs::copy(&path, &pristine).expect("keep the provisioned smb.conf");
         }
         let text = fs::read_to_string(&pristine).expect("read the provisioned smb.conf");
+        // With the generated certificate, Samba's defaults (tls/*.pem in the private directory)
+        // are left alone: it writes them at its first start.
+        let tls = if self.generated_certificate {
+            String::new()
+        } else {
+            format!(
+                "\ttls keyfile = {}\n\ttls certfile = {}\n\ttls cafile = {}\n",
+                self.pki.key.display(),
+                self.pki.cert.display(),
+                self.pki.ca_cert.display(),
+            )
+        };
         let ours = format!(
             "\tserver services = ldap\n\
              \tinterfaces = {ip}/8\n\
              \tbind interfaces only = yes\n\
              \ttls enabled = yes\n\
-             \ttls keyfile = {key}\n\
-             \ttls certfile = {cert}\n\
-             \ttls cafile = {ca}\n\
+             {tls}\
              \tpid directory = {dir}/run\n\
              \tlog file = {dir}/samba.log\n",
             ip = self.ip,
-            key = self.pki.key.display(),
-            cert = self.pki.cert.display(),
-            ca = self.pki.ca_cert.display(),
             dir = self.dir().display(),
         );
         let mut out = String::new();
@@ -214,6 +254,10 @@ impl SambaDc {
     /// `ldaps://127.X.Y.Z` (port 636).
     pub fn ldaps_url(&self) -> String {
         format!("ldaps://{}", self.ip)
+    }
+    /// The DC's DNS host name, the subject CN of Samba's generated certificate.
+    pub fn dns_host_name(&self) -> String {
+        format!("DC1.{}", SAMBA_REALM.to_ascii_lowercase())
     }
     /// The loopback address the DC listens on.
     pub fn ip(&self) -> &str {

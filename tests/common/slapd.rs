@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::ldap::{LdapServer, decode_ldif_value, ldap_command, parse_ldif_dns};
+use super::ldap::{LdapServer, ldap_command, parse_ldif_dns};
 use super::pki::{TestPki, generate_test_pki};
 use super::process::{
     await_server, free_port, log_file, on_a_free_address, port_open, run_ok, stop_child, temp_dir,
@@ -256,21 +256,6 @@ impl Slapd {
     /// does not exist.
     pub fn search_dns(&self, base: &str, filter: &str) -> Vec<String> {
         parse_ldif_dns(&self.search(base, filter, &["1.1"]))
-    }
-
-    /// The values of `attr` on the entry `dn` (empty if the entry or attribute is absent).
-    pub fn attr_values(&self, dn: &str, attr: &str) -> Vec<String> {
-        let ldif = self.search_scoped(dn, "base", "(objectClass=*)", &[attr]);
-        let mut values = Vec::new();
-        for line in ldif.lines() {
-            if let Some((name, rest)) = line.split_once(':') {
-                if !name.eq_ignore_ascii_case(attr) {
-                    continue;
-                }
-                values.push(decode_ldif_value(rest));
-            }
-        }
-        values
     }
 
     /// Adds `uid=UID,ou=People,…` (inetOrgPerson with cn, sn, mail) and returns its DN.
