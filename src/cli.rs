@@ -288,14 +288,10 @@ async fn sync(path: &std::path::Path, args: SyncArgs, mut options: RunOptions) -
     match args.output {
         SyncOutput::Text => print!("{}", report::text(&report)),
         SyncOutput::Summary => print!("{}", report::summary(&report)),
-        SyncOutput::Json => {
-            println!("{}", report::json(&report));
-            // Text output carries the error on stdout already; JSON is for tools, so people
-            // get it on stderr.
-            if let Some(error) = &report.read_error {
-                eprintln!("error: {error}");
-            }
-        }
+        SyncOutput::Json => println!("{}", report::json(&report)),
+    }
+    if let Some(error) = &report.read_error {
+        eprintln!("error: {}", report::escape_controls(error));
     }
     report.exit_status()
 }
@@ -362,7 +358,9 @@ impl ProgressDisplay {
                         _ = stopped.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     }
-                    let Some(p) = progress.snapshot() else { continue };
+                    let Some(p) = progress.snapshot() else {
+                        continue;
+                    };
                     shown = true;
                     bar.set_length(p.operations_total);
                     bar.set_position(p.operations_done);

@@ -209,7 +209,7 @@ impl CronSchedule {
                 let fields = expression.split_whitespace().count();
                 if fields == 5 {
                     format!(
-                        "{expression:?} has 5 fields, but ldapsync's cron has six, starting with seconds (second minute hour day month weekday): write \"0 {expression}\", e.g. \"0 */5 * * * *\" for every five minutes"
+                        "{expression:?} has 5 fields, but ldapsync's cron has six, starting with seconds (second minute hour day month weekday): write \"0 {expression}\" to run at second 0 of the same minutes"
                     )
                 } else {
                     format!(
@@ -715,16 +715,17 @@ fn humanize_toml_error(message: &str, section: Option<&str>) -> (String, Option<
             .nth(1)
             .map(|list| list.split('`').skip(1).step_by(2).collect())
             .unwrap_or_default();
+        // Unknown at the top level: a section name (the error points into that section).
+        let is_section = section.is_none_or(|s| s.trim_matches(['[', ']']) == key);
         let hint = did_you_mean(&key, &known)
-            .map(|k| match section {
-                None => format!("; did you mean [{k}]?"),
-                Some(_) => format!("; did you mean \"{k}\"?"),
+            .map(|k| match is_section {
+                true => format!("; did you mean [{k}]?"),
+                false => format!("; did you mean \"{k}\"?"),
             })
             .unwrap_or_default();
-        let message = match section {
-            // Unknown at the top level: a section name.
-            None => format!("unknown section [{key}]{hint}"),
-            Some(_) => format!("unknown key \"{key}\"{place}{hint}"),
+        let message = match is_section {
+            true => format!("unknown section [{key}]{hint}"),
+            false => format!("unknown key \"{key}\"{place}{hint}"),
         };
         return (message, Some(key));
     }
@@ -968,6 +969,35 @@ mod tests {
             err.starts_with("config.toml:4: unknown key \"bind_pw\" in [ldap]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn misspelt_keys_and_sections_get_a_suggestion() {
+        let text = MINIMAL.replace("[ldap]\n", "[ldap]\npage_sise = 10\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.ends_with("unknown key \"page_sise\" in [ldap]; did you mean \"page_size\"?"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[safty]\nmax_group_deletes = 1\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown section [safty]; did you mean [safety]?"),
+            "{err}"
+        );
+        // Nothing close: no guess.
+        let text = MINIMAL.replace("[ldap]\n", "[ldap]\nxyzzy = 1\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn a_five_field_cron_is_shown_in_its_six_field_form() {
+        let text = format!("{MINIMAL}\n[schedule]\ncron = \"*/5 * * * *\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("has 5 fields"), "{err}");
+        assert!(err.contains("\"0 */5 * * * *\""), "{err}");
+        assert_eq!(err.matches("config.toml").count(), 1, "{err}");
     }
 
     #[test]

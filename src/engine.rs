@@ -408,7 +408,11 @@ pub async fn run<S>(
     options: &RunOptions,
 ) -> Result<RunReport, EngineError> {
     let started = Instant::now();
-    let mode = if options.dry_run { "dry-run" } else { "sync" };
+    let mode = match (options.dry_run, &options.saved) {
+        (true, _) => "dry-run",
+        (false, Some(_)) => "plan",
+        (false, None) => "sync",
+    };
     // Declared before `store` so that a file created by this run outlives the borrow of it.
     let mut created: Option<Store> = None;
     let mut store: Option<&mut Store> = store;

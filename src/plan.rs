@@ -576,11 +576,18 @@ mod tests {
     fn percent_limits_apply_only_above_the_floor() {
         // The quick start's edit: one user leaves, 2 of 7 memberships go (29%).
         let d = directory(
-            &[("g1", "a", &[0, 1, 2]), ("g2", "b", &[0, 1]), ("g3", "c", &[0, 2])],
+            &[
+                ("g1", "a", &[0, 1, 2]),
+                ("g2", "b", &[0, 1]),
+                ("g3", "c", &[0, 2]),
+            ],
             3,
         );
         let ledger = mirroring(&d);
-        let edited = directory(&[("g1", "a", &[1, 2]), ("g2", "b", &[1]), ("g3", "c", &[2])], 3);
+        let edited = directory(
+            &[("g1", "a", &[1, 2]), ("g2", "b", &[1]), ("g3", "c", &[2])],
+            3,
+        );
         let p = plan(&edited, &ledger, &TargetView::default());
         assert_eq!(p.summary().member_remove, 3);
         let safety = Thresholds {
@@ -597,14 +604,20 @@ mod tests {
             ..safety.clone()
         };
         let hold = guard(&p, &ledger, &absolute, false).unwrap();
-        assert_eq!(hold.reasons, ["3 membership removals exceed the limit of 2"]);
+        assert_eq!(
+            hold.reasons,
+            ["3 membership removals exceed the limit of 2"]
+        );
         // Above the floor the percentage applies again.
         let low_floor = Thresholds {
             percent_floor: 2,
             ..safety
         };
         let hold = guard(&p, &ledger, &low_floor, false).unwrap();
-        assert!(hold.reasons[0].contains("above the limit of 10%"), "{hold:?}");
+        assert!(
+            hold.reasons[0].contains("above the limit of 10%"),
+            "{hold:?}"
+        );
     }
 
     #[test]
@@ -614,7 +627,10 @@ mod tests {
         };
         let dry = hold.message(true);
         assert!(!dry.contains("--dry-run"), "{dry}");
-        assert!(dry.contains("sync --plan FILE") && dry.contains("2 group deletes"), "{dry}");
+        assert!(
+            dry.contains("sync --plan FILE") && dry.contains("2 group deletes"),
+            "{dry}"
+        );
         let real = hold.message(false);
         assert!(real.contains("sync --dry-run --save-plan FILE"), "{real}");
     }

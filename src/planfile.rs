@@ -423,7 +423,9 @@ mod tests {
             parsed.check_ledger(&parsed.sinks[0], &ledger),
             Err(PlanFileError::LedgerChanged { .. })
         ));
-        let edited = saved.to_json().replace("\"resume\": false", "\"resume\": true");
+        let edited = saved
+            .to_json()
+            .replace("\"resume\": false", "\"resume\": true");
         assert!(matches!(
             SavedPlan::parse(&edited, "p.json"),
             Err(PlanFileError::Tampered { .. })

@@ -4,10 +4,10 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::engine::ProgressSnapshot;
 use crate::engine::{RunReport, SinkOutcome, SinkResult};
 use crate::model::{OpKind, Operation, OperationView, Summary, Unmapped};
 use crate::sinks::OpFailure;
-use crate::engine::ProgressSnapshot;
 use crate::store::{LedgerCounts, LedgerListing, RunRecord};
 
 /// At most this many member names are printed per operation in text output.
@@ -150,9 +150,12 @@ fn sign(kind: OpKind) -> char {
 /// The plan and results as a person reads them.
 pub fn text(report: &RunReport) -> String {
     let mut out = String::new();
-    if let Some(error) = &report.read_error {
-        let _ = writeln!(out, "READ FAILED: {}", escape_controls(error));
-        let _ = writeln!(out, "Nothing was written to any sink.");
+    // The error itself is printed once, on stderr, by the command.
+    if report.read_error.is_some() {
+        let _ = writeln!(
+            out,
+            "READ FAILED: nothing was written to any sink (the error is on stderr)"
+        );
         return out;
     }
     let title = if report.dry_run { "Dry run" } else { "Sync" };
@@ -334,8 +337,8 @@ fn plan_fingerprint_line(out: &mut String, report: &RunReport) {
 /// `sync --output summary`: only the per-sink summary lines, each with how the sink ended.
 pub fn summary(report: &RunReport) -> String {
     let mut out = String::new();
-    if let Some(error) = &report.read_error {
-        let _ = writeln!(out, "READ FAILED: {}", escape_controls(error));
+    if report.read_error.is_some() {
+        let _ = writeln!(out, "READ FAILED: nothing was written to any sink");
         return out;
     }
     plan_fingerprint_line(&mut out, report);

@@ -14,8 +14,8 @@ use rustc_hash::FxHashMap as HashMap;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
 use crate::ledger::Origin;
+use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
 use crate::model::{GroupSpec, MemberRef, Summary, Unmapped, User};
 
 const MIGRATIONS: &[M<'static>] = &[
@@ -958,7 +958,11 @@ mod tests {
         assert_eq!(listing[0].sink, "s");
         let entry = &listing[0].groups[0];
         assert_eq!(
-            (entry.target_id.as_deref(), entry.origin.as_deref(), entry.members),
+            (
+                entry.target_id.as_deref(),
+                entry.origin.as_deref(),
+                entry.members
+            ),
             (Some("T1"), Some("adopted"), 0)
         );
     }

@@ -472,29 +472,10 @@ fn an_incomplete_read_fails_every_sink_and_deletes_nothing() {
 fn a_second_process_on_the_same_state_file_fails_fast() {
     let w = world(false, LENIENT_SAFETY, &[]);
     let state = w.dir.path().join("state.db");
-    std::fs::write(&state, b"").unwrap();
-    let mut holder = Command::new("flock")
-        .args(["-x"])
-        .arg(&state)
-        .args(["sleep", "60"])
-        .spawn()
-        .expect("flock(1) from util-linux");
-    wait_until(
-        Duration::from_secs(10),
-        "flock to hold the state file",
-        || {
-            Command::new("flock")
-                .args(["-n", "-x"])
-                .arg(&state)
-                .arg("true")
-                .status()
-                .is_ok_and(|s| !s.success())
-        },
-    );
+    let holder = StateLock::hold(&state);
     let started = std::time::Instant::now();
     let out = sync(&w.config, &[]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(
         out.stderr_str()
