@@ -665,3 +665,58 @@ fn a_server_size_limit_is_an_incomplete_read_not_a_shorter_list() {
         "nothing is written after an incomplete read"
     );
 }
+
+#[test]
+fn a_slow_target_shows_progress_unless_quiet_and_summary_prints_one_line_per_sink() {
+    let w = world(false, LENIENT_SAFETY, &["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.scim.base_url());
+    proxy.rules(serde_json::json!([{"action": "delay", "seconds": 0.1}]));
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace(&w.scim.base_url(), &proxy.url());
+    let config = write_file(w.dir.path(), "slow.toml", text);
+    let members = [user_dn(&w.slapd, "alice"), user_dn(&w.slapd, "bob")];
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    for g in 0..6 {
+        w.slapd.add_group(&format!("slow{g}"), &refs);
+    }
+    // stderr is not a terminal here: plain lines, every 100 ms instead of every 30 s.
+    let fast = [("LDAPSYNC_PROGRESS_INTERVAL_MS", "100")];
+    let out = run_ldapsync_env(&config, &["sync", "-o", "summary"], &fast);
+    assert_code(&out, 0);
+    assert_eq!(
+        out.stdout_str(),
+        "sink \"scim\" (scim): 6 create, 0 update, 0 delete, 12 member_add, 0 member_remove, 0 adopt, 0 unmapped: success\n"
+    );
+    let stderr = out.stderr_str();
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(!progress.is_empty(), "{stderr}");
+    assert!(
+        progress.iter().all(|l| l.contains("/18 operations")
+            && l.contains("/6 groups")
+            && l.contains("requests")
+            && l.contains("op/s")),
+        "{stderr}"
+    );
+
+    // --quiet: no progress at all (the same slow apply shows it without the flag).
+    for g in 0..6 {
+        let group = format!("cn=slow{g},{}", w.slapd.groups_dn());
+        w.slapd.remove_member(&group, &members[1]);
+    }
+    let out = run_ldapsync_env(&config, &["sync", "--quiet"], &fast);
+    assert_code(&out, 0);
+    assert!(
+        out.stdout_str().contains("6 member_remove"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr_str().contains("progress: "),
+        "{}",
+        out.describe()
+    );
+}
