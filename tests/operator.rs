@@ -231,7 +231,7 @@ fn percentage_thresholds_wait_for_the_floor() {
         out.stdout_str(),
         "sink \"audit\" (file): 0 create, 0 update, 0 delete, 0 member_add, 2 member_remove, 0 adopt, 0 unmapped: success\n"
     );
-    // With the floor at 1 the percentage applies again.
+    // With no floor the percentage applies again.
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
         .replace("[[sinks]]", "[safety]\npercent_floor = 0\n\n[[sinks]]");

@@ -237,7 +237,8 @@ fn lifecycle_converges_after_every_change_and_reruns_are_empty() {
 
 #[test]
 fn mass_delete_is_held_with_exit_3_and_nothing_written_until_allowed() {
-    let w = world(false, "", &["alice"]);
+    // Default limits, but no floor under the percentages: 3 of 4 groups is a mass delete.
+    let w = world(false, "[safety]\npercent_floor = 0\n", &["alice"]);
     let alice = user_dn(&w.slapd, "alice");
     let names = ["g1", "g2", "g3", "g4"];
     for name in names {

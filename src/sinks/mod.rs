@@ -220,13 +220,16 @@ pub struct ApplyReport {
     pub unmapped_users: std::collections::BTreeSet<String>,
 }
 
+/// What the engine watches a run through: `(kind, group, success, count)` per recorded outcome.
+pub type Observer = dyn Fn(OpKind, &GroupSpec, bool, u64) + Send + Sync;
+
 /// Records each applied operation in the sink's ledger as it happens, and counts it.
 pub struct Recorder<'a> {
     ledger: &'a mut dyn LedgerWriter,
     sink: String,
     target_ids: HashMap<String, String>,
     pub report: ApplyReport,
-    observer: Option<&'a (dyn Fn(OpKind, &GroupSpec, bool, u64) + Send + Sync)>,
+    observer: Option<&'a Observer>,
     /// Once cancelled (SIGINT/SIGTERM), the next record returns [`SinkError::Interrupted`]:
     /// the op in flight is recorded, no further request is sent.
     stop: Option<tokio_util::sync::CancellationToken>,
@@ -263,10 +266,7 @@ impl<'a> Recorder<'a> {
 
     /// Calls `observer(kind, group, success, count)` for every recorded outcome (metrics,
     /// progress).
-    pub fn with_observer(
-        mut self,
-        observer: &'a (dyn Fn(OpKind, &GroupSpec, bool, u64) + Send + Sync),
-    ) -> Self {
+    pub fn with_observer(mut self, observer: &'a Observer) -> Self {
         self.observer = Some(observer);
         self
     }
