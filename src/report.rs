@@ -341,7 +341,6 @@ pub fn summary(report: &RunReport) -> String {
         let _ = writeln!(out, "READ FAILED: nothing was written to any sink");
         return out;
     }
-    plan_fingerprint_line(&mut out, report);
     for sink in &report.sinks {
         let _ = writeln!(out, "{}: {}", summary_line(sink), sink.result.as_str());
     }

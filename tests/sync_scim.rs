@@ -703,15 +703,39 @@ fn a_slow_target_shows_progress_unless_quiet_and_summary_prints_one_line_per_sin
         "{stderr}"
     );
 
-    // --quiet: no progress at all (the same slow apply shows it without the flag).
+    // On a terminal (a pty from script(1)): a bar redrawn in place, no plain lines.
     for g in 0..6 {
         let group = format!("cn=slow{g},{}", w.slapd.groups_dn());
         w.slapd.remove_member(&group, &members[1]);
     }
+    let command = format!(
+        "stty cols 160 rows 40; exec {} --config {} sync",
+        ldapsync_bin().display(),
+        config.display()
+    );
+    let out = run_with_timeout(
+        Command::new("script").args(["-qefc", &command, "/dev/null"]),
+        None,
+        Duration::from_secs(120),
+    );
+    assert_code(&out, 0);
+    let terminal = out.stdout_str();
+    assert!(
+        terminal.contains(" operations  sink \"scim\": "),
+        "{terminal}"
+    );
+    assert!(terminal.contains("/6 groups"), "{terminal}");
+    assert!(!terminal.contains("progress: "), "{terminal}");
+
+    // --quiet: no progress at all (the same slow apply shows it without the flag).
+    for g in 0..6 {
+        let group = format!("cn=slow{g},{}", w.slapd.groups_dn());
+        w.slapd.add_member(&group, &members[1]);
+    }
     let out = run_ldapsync_env(&config, &["sync", "--quiet"], &fast);
     assert_code(&out, 0);
     assert!(
-        out.stdout_str().contains("6 member_remove"),
+        out.stdout_str().contains("6 member_add"),
         "{}",
         out.describe()
     );
