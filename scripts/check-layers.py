@@ -17,6 +17,7 @@ RUNGS = [
     ["source"],
     ["directory"],
     ["plan"],
+    ["planfile"],
     ["store"],
     ["sinks"],
     ["engine"],

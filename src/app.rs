@@ -26,6 +26,19 @@ pub fn load_config(path: &Path) -> Result<Config, AppError> {
     Ok(config)
 }
 
+/// Where `ldapsync approve --plan FILE` leaves a saved plan for the running daemon, which
+/// applies it at its next tick: beside the state file, so it is as private as the ledgers.
+pub fn approval_path(config: &Config) -> std::path::PathBuf {
+    let mut name = config
+        .state
+        .path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".approved-plan.json");
+    config.state.path.with_file_name(name)
+}
+
 /// Builds the configured sinks, or only those named in `only`.
 pub fn build_sinks(config: &Config, only: &[String]) -> Result<Vec<Box<dyn Sink>>, AppError> {
     for name in only {

@@ -214,9 +214,16 @@ impl CronSchedule {
                 cron,
             })
             .map_err(|e| {
-                format!(
-                    "{expression:?} is not a seconds-resolution cron expression ({e}); it has six fields, second minute hour day month weekday, e.g. \"0 */5 * * * *\""
-                )
+                let fields = expression.split_whitespace().count();
+                if fields == 5 {
+                    format!(
+                        "{expression:?} has 5 fields, but ldapsync's cron has six, starting with seconds (second minute hour day month weekday): write \"0 {expression}\" to run at second 0 of the same minutes"
+                    )
+                } else {
+                    format!(
+                        "{expression:?} is not a cron expression ldapsync reads ({e}); it has six fields, second minute hour day month weekday, e.g. \"0 */5 * * * *\" for every five minutes"
+                    )
+                }
             })
     }
 }
@@ -257,6 +264,13 @@ pub struct SafetyConfig {
     pub max_member_removes: u64,
     #[serde(default = "default_percent")]
     pub max_member_remove_percent: f64,
+    /// The percentage limits apply only to counts above this many operations (default 10).
+    #[serde(default = "default_percent_floor")]
+    pub percent_floor: u64,
+}
+
+fn default_percent_floor() -> u64 {
+    10
 }
 
 fn default_max_group_deletes() -> u64 {
@@ -276,6 +290,7 @@ impl Default for SafetyConfig {
             max_group_delete_percent: default_percent(),
             max_member_removes: default_max_member_removes(),
             max_member_remove_percent: default_percent(),
+            percent_floor: default_percent_floor(),
         }
     }
 }
@@ -378,6 +393,34 @@ impl<S: SinkOptions> Config<S> {
             sink.settings
                 .resolve_secrets()
                 .map_err(|e| fail(format!("sink \"{}\": {e}", sink.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Opens every non-secret file the configuration names (the LDIF export, the CA
+    /// certificate) the way a run opens them — relative paths from the current directory — and
+    /// names the path and the key when one cannot be read. Secret files are checked by
+    /// [`Config::resolve_secrets`].
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("[ldap] ldif_file", self.ldap.ldif_file.as_ref()),
+            ("[ldap] ca_file", self.ldap.ca_file.as_ref()),
+        ];
+        for (key, file) in files {
+            let Some(file) = file else { continue };
+            if let Err(e) = std::fs::File::open(file) {
+                let from = if file.is_relative() {
+                    std::env::current_dir()
+                        .map(|d| format!(" (relative to the current directory {})", d.display()))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                return Err(ConfigError::Unlocated {
+                    path: self.shown_path(),
+                    message: format!("{key}: cannot read {}{from}: {e}", file.display()),
+                });
+            }
         }
         Ok(())
     }
@@ -682,7 +725,24 @@ fn humanize_toml_error(message: &str, section: Option<&str>) -> (String, Option<
     let place = section.map(|s| format!(" in {s}")).unwrap_or_default();
     let quoted = |rest: &str| rest.split('`').next().map(str::to_string);
     if let Some(key) = first.strip_prefix("unknown field `").and_then(quoted) {
-        return (format!("unknown key \"{key}\"{place}"), Some(key));
+        let known: Vec<&str> = first
+            .split("expected ")
+            .nth(1)
+            .map(|list| list.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        // Unknown at the top level: a section name (the error points into that section).
+        let is_section = section.is_none_or(|s| s.trim_matches(['[', ']']) == key);
+        let hint = did_you_mean(&key, &known)
+            .map(|k| match is_section {
+                true => format!("; did you mean [{k}]?"),
+                false => format!("; did you mean \"{k}\"?"),
+            })
+            .unwrap_or_default();
+        let message = match is_section {
+            true => format!("unknown section [{key}]{hint}"),
+            false => format!("unknown key \"{key}\"{place}{hint}"),
+        };
+        return (message, Some(key));
     }
     if let Some(key) = first.strip_prefix("missing field `").and_then(quoted) {
         return match section {
@@ -699,6 +759,16 @@ fn humanize_toml_error(message: &str, section: Option<&str>) -> (String, Option<
         );
     }
     (format!("{first}{place}"), None)
+}
+
+/// The known name closest to a misspelt `name`, if one is close enough to be what was meant.
+fn did_you_mean<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
 }
 
 /// Where tables and keys are in the file, from toml's own spanned parse of the document.
@@ -914,6 +984,35 @@ mod tests {
             err.starts_with("config.toml:4: unknown key \"bind_pw\" in [ldap]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn misspelt_keys_and_sections_get_a_suggestion() {
+        let text = MINIMAL.replace("[ldap]\n", "[ldap]\npage_sise = 10\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.ends_with("unknown key \"page_sise\" in [ldap]; did you mean \"page_size\"?"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[safty]\nmax_group_deletes = 1\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown section [safty]; did you mean [safety]?"),
+            "{err}"
+        );
+        // Nothing close: no guess.
+        let text = MINIMAL.replace("[ldap]\n", "[ldap]\nxyzzy = 1\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn a_five_field_cron_is_shown_in_its_six_field_form() {
+        let text = format!("{MINIMAL}\n[schedule]\ncron = \"*/5 * * * *\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("has 5 fields"), "{err}");
+        assert!(err.contains("\"0 */5 * * * *\""), "{err}");
+        assert_eq!(err.matches("config.toml").count(), 1, "{err}");
     }
 
     #[test]

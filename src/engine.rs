@@ -4,8 +4,10 @@
 //! or failed sink does not stop the others; a sink's cursor moves only when every one of its
 //! operations succeeded (rule 5).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -17,8 +19,9 @@ use crate::config::{Config, GroupsConfig, LdapConfig, SafetyConfig, UsersConfig}
 use crate::directory::{self, Directory};
 use crate::exit::ExitStatus;
 use crate::ledger::Ledger;
-use crate::model::{OpKind, Plan, Summary};
+use crate::model::{GroupSpec, OpKind, Plan, Summary};
 use crate::plan::{self, Hold, Thresholds};
+use crate::planfile::{self, PlanFileError, SavedPlan, SavedSink};
 use crate::sinks::{ApplyReport, Recorder, Sink};
 use crate::source::{ReadStats, SourceError};
 use crate::store::{SinkRunRecord, Store, StoreError};
@@ -34,6 +37,156 @@ pub struct RunOptions {
     pub allow_empty_scope: bool,
     /// Set by a signal handler: the run stops after the request in flight.
     pub interrupt: Interrupt,
+    /// Apply exactly this saved plan (`sync --plan FILE`) after checking that the directory and
+    /// the ledgers are still those it was made from.
+    pub saved: Option<Arc<SavedPlan>>,
+    /// Fingerprint the directory read and each ledger (`--save-plan`).
+    pub fingerprints: bool,
+    /// Where the run reports how far its apply has come.
+    pub progress: Progress,
+    /// With no state file yet (`store` is `None`) in a real run: create it here, only once the
+    /// directory read succeeded (a failed first read leaves no file behind).
+    pub create_state: Option<PathBuf>,
+}
+
+/// How far the apply of a run has come, shared (cheaply cloned) with whatever shows it: the
+/// progress bar of `sync`, the daemon's `STATUS=` line. The engine updates it as operations are
+/// recorded, and `ldapsync_run_progress_ratio{sink}` with it.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<Mutex<ProgressState>>);
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    sink: Option<String>,
+    started: Option<Instant>,
+    groups_total: u64,
+    groups_done: u64,
+    operations_total: u64,
+    operations_done: u64,
+    /// The sink's HTTP request count when its apply started.
+    requests_before: u64,
+    /// Per group source id, the weight of its operations not yet recorded.
+    remaining: HashMap<String, u64>,
+}
+
+/// One moment of [`Progress`]: the sink being applied and its counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressSnapshot {
+    pub sink: String,
+    pub groups_done: u64,
+    pub groups_total: u64,
+    /// Operations, memberships counted one by one (as in the summary).
+    pub operations_done: u64,
+    pub operations_total: u64,
+    /// HTTP requests the sink sent since its apply started (retries included).
+    pub requests: u64,
+    pub elapsed: Duration,
+}
+
+impl ProgressSnapshot {
+    /// The share of operations done, 0 to 1.
+    pub fn ratio(&self) -> f64 {
+        if self.operations_total == 0 {
+            return 1.0;
+        }
+        self.operations_done as f64 / self.operations_total as f64
+    }
+
+    /// Operations per second so far.
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds <= 0.0 {
+            return 0.0;
+        }
+        self.operations_done as f64 / seconds
+    }
+
+    /// The time left at the current rate, once there is a rate.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| {
+            Duration::from_secs_f64(
+                self.operations_total.saturating_sub(self.operations_done) as f64 / rate,
+            )
+        })
+    }
+}
+
+fn lock_progress(progress: &Progress) -> std::sync::MutexGuard<'_, ProgressState> {
+    progress.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn requests_sent(sink: &str) -> u64 {
+    metrics()
+        .sink_request_duration_seconds
+        .with_label_values(&[sink])
+        .get_sample_count()
+}
+
+impl Progress {
+    /// A sink starts applying `plan`.
+    fn begin(&self, sink: &str, plan: &Plan) {
+        let mut remaining: HashMap<String, u64> = HashMap::new();
+        for op in &plan.operations {
+            *remaining.entry(op.group().source_id.clone()).or_default() += op.weight();
+        }
+        let total = plan.operations.iter().map(|op| op.weight()).sum();
+        *lock_progress(self) = ProgressState {
+            sink: Some(sink.to_string()),
+            started: Some(Instant::now()),
+            groups_total: remaining.len() as u64,
+            groups_done: 0,
+            operations_total: total,
+            operations_done: 0,
+            requests_before: requests_sent(sink),
+            remaining,
+        };
+        let ratio = if total == 0 { 1.0 } else { 0.0 };
+        metrics()
+            .run_progress_ratio
+            .with_label_values(&[sink])
+            .set(ratio);
+    }
+
+    /// `count` operations (memberships) of `group` were recorded, done or failed.
+    fn record(&self, group: &str, count: u64) {
+        let mut state = lock_progress(self);
+        state.operations_done = (state.operations_done + count).min(state.operations_total);
+        if let Some(left) = state.remaining.get_mut(group) {
+            *left = left.saturating_sub(count);
+            if *left == 0 {
+                state.remaining.remove(group);
+                state.groups_done += 1;
+            }
+        }
+        if let Some(sink) = &state.sink {
+            let ratio = state.operations_done as f64 / state.operations_total.max(1) as f64;
+            metrics()
+                .run_progress_ratio
+                .with_label_values(&[sink])
+                .set(ratio);
+        }
+    }
+
+    /// The sink's apply ended.
+    fn end(&self) {
+        lock_progress(self).sink = None;
+    }
+
+    /// Where the apply is now; `None` between applies (reading, planning, after the run).
+    pub fn snapshot(&self) -> Option<ProgressSnapshot> {
+        let state = lock_progress(self);
+        let sink = state.sink.clone()?;
+        Some(ProgressSnapshot {
+            requests: requests_sent(&sink).saturating_sub(state.requests_before),
+            sink,
+            groups_done: state.groups_done,
+            groups_total: state.groups_total,
+            operations_done: state.operations_done,
+            operations_total: state.operations_total,
+            elapsed: state.started.map(|t| t.elapsed()).unwrap_or_default(),
+        })
+    }
 }
 
 /// A request to stop the run (SIGINT/SIGTERM in a one-shot `sync`): the sinks stop after the
@@ -162,6 +315,8 @@ pub struct SinkOutcome {
     pub preview: Option<Value>,
     pub applied: Option<ApplyReport>,
     pub error: Option<String>,
+    /// The fingerprint of the sink's ledger when it was planned (`--save-plan`).
+    pub ledger_fingerprint: Option<String>,
 }
 
 /// The outcome of a run.
@@ -178,6 +333,10 @@ pub struct RunReport {
     pub groups: u64,
     pub duration_seconds: f64,
     pub sinks: Vec<SinkOutcome>,
+    /// The fingerprint of the directory read (`--save-plan`, `--plan`).
+    pub directory_fingerprint: Option<String>,
+    /// The fingerprint of the saved plan this run saved or applied.
+    pub plan_fingerprint: Option<String>,
 }
 
 impl RunReport {
@@ -192,6 +351,8 @@ impl RunReport {
             groups: 0,
             duration_seconds: started.elapsed().as_secs_f64(),
             sinks: Vec::new(),
+            directory_fingerprint: None,
+            plan_fingerprint: options.saved.as_ref().map(|p| p.fingerprint.clone()),
         }
     }
 
@@ -228,24 +389,36 @@ impl RunReport {
     }
 }
 
-/// A run-level problem that is not a read failure: the state file.
+/// A run-level problem that is not a read failure: the state file, or a saved plan that no
+/// longer applies.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Plan(#[from] PlanFileError),
 }
 
-/// Performs one run over `sinks`. `store` is `None` only for a dry run with no state file yet.
+/// Performs one run over `sinks`. `store` is `None` only for a dry run with no state file yet,
+/// or a first real run (then `options.create_state` says where to create it after the read).
 pub async fn run<S>(
     config: &Config<S>,
-    mut store: Option<&mut Store>,
+    store: Option<&mut Store>,
     sinks: &[Box<dyn Sink>],
     options: &RunOptions,
 ) -> Result<RunReport, EngineError> {
     let started = Instant::now();
-    let mode = if options.dry_run { "dry-run" } else { "sync" };
-    let run_id = match (&store, options.dry_run) {
-        (Some(store), false) => Some(store.begin_run(mode)?),
+    let mode = match (options.dry_run, &options.saved) {
+        (true, _) => "dry-run",
+        (false, Some(_)) => "plan",
+        (false, None) => "sync",
+    };
+    // Declared before `store` so that a file created by this run outlives the borrow of it.
+    let mut created: Option<Store> = None;
+    let mut store: Option<&mut Store> = store;
+    // A saved plan is checked before anything is written, the history included.
+    let mut run_id = match (&store, options.dry_run, &options.saved) {
+        (Some(store), false, None) => Some(store.begin_run(mode)?),
         _ => None,
     };
 
@@ -253,7 +426,6 @@ pub async fn run<S>(
     let (directory, stats) = match read {
         Ok(read) => read,
         Err(error) => {
-            tracing::error!(%error, "directory read failed; nothing was written to any sink");
             let report = RunReport::failed_read(options, error.to_string(), started);
             if let (Some(store), Some(id)) = (store.as_deref_mut(), run_id) {
                 store.finish_run(
@@ -267,6 +439,28 @@ pub async fn run<S>(
             return Ok(report);
         }
     };
+    if let Some(saved) = &options.saved {
+        saved.check_directory(&directory)?;
+        for sink in &saved.sinks {
+            let ledger = match store.as_deref() {
+                Some(store) => store.load_ledger(&sink.name)?,
+                None => Ledger::default(),
+            };
+            saved.check_ledger(sink, &ledger)?;
+        }
+    }
+    if store.is_none()
+        && !options.dry_run
+        && let Some(path) = &options.create_state
+    {
+        store = Some(created.insert(Store::open(path)?));
+    }
+    if run_id.is_none()
+        && !options.dry_run
+        && let Some(store) = store.as_deref()
+    {
+        run_id = Some(store.begin_run(mode)?);
+    }
     for warning in &directory.warnings {
         tracing::warn!("{warning}");
     }
@@ -297,7 +491,11 @@ pub async fn run<S>(
             .find(|s| s.name == sink.name())
             .and_then(|s| s.run_timeout_secs)
             .unwrap_or(DEFAULT_RUN_TIMEOUT_SECS);
-        let outcome = run_sink(
+        let saved = options
+            .saved
+            .as_ref()
+            .and_then(|p| p.sinks.iter().find(|s| s.name == sink.name()));
+        let mut outcome = run_sink(
             sink.as_ref(),
             run_timeout,
             &directory,
@@ -305,10 +503,15 @@ pub async fn run<S>(
             store.as_deref_mut(),
             &thresholds,
             options,
+            saved,
         )
         .await?;
+        if options.fingerprints {
+            outcome.ledger_fingerprint = Some(planfile::ledger_fingerprint(&ledger));
+        }
         outcomes.push(outcome);
     }
+    warn_unmapped(&outcomes);
 
     let report = RunReport {
         dry_run: options.dry_run,
@@ -320,6 +523,9 @@ pub async fn run<S>(
         groups: stats.groups,
         duration_seconds: started.elapsed().as_secs_f64(),
         sinks: outcomes,
+        directory_fingerprint: (options.fingerprints || options.saved.is_some())
+            .then(|| planfile::directory_fingerprint(&directory)),
+        plan_fingerprint: options.saved.as_ref().map(|p| p.fingerprint.clone()),
     };
     if let (Some(store), Some(id)) = (store, run_id) {
         let records: Vec<SinkRunRecord> = report
@@ -337,6 +543,7 @@ pub async fn run<S>(
                     .unwrap_or(0),
                 unmapped: s.applied.as_ref().map(|a| a.unmapped).unwrap_or(0),
                 error: s.error.clone(),
+                unmapped_members: s.plan.unmapped.clone(),
             })
             .collect();
         store.finish_run(id, report.result().as_str(), None, &records)?;
@@ -352,6 +559,7 @@ fn thresholds(safety: &SafetyConfig) -> Thresholds {
         max_group_delete_percent: safety.max_group_delete_percent,
         max_member_removes: safety.max_member_removes,
         max_member_remove_percent: safety.max_member_remove_percent,
+        percent_floor: safety.percent_floor,
     }
 }
 
@@ -443,6 +651,7 @@ fn source_identity(ldap: &LdapConfig, users: &UsersConfig, groups: &GroupsConfig
 /// The default of a sink's `run_timeout_secs`.
 pub const DEFAULT_RUN_TIMEOUT_SECS: u64 = 3600;
 
+#[allow(clippy::too_many_arguments)]
 async fn run_sink(
     sink: &dyn Sink,
     run_timeout_secs: u64,
@@ -451,14 +660,20 @@ async fn run_sink(
     store: Option<&mut Store>,
     thresholds: &Thresholds,
     options: &RunOptions,
+    saved: Option<&SavedSink>,
 ) -> Result<SinkOutcome, EngineError> {
-    // What the target holds (read-only, dry runs too): users the members map to, and groups
-    // that exist already (adopted instead of created).
-    let view = match sink.resolve(directory, ledger).await {
+    // A saved plan is applied exactly as reviewed: no new look at the target, no guard (the
+    // operator approved it, held or not).
+    let view = match saved {
+        Some(_) => Ok(Default::default()),
+        // What the target holds (read-only, dry runs too): users the members map to, and
+        // groups that exist already (adopted instead of created).
+        None => sink.resolve(directory, ledger).await,
+    };
+    let view = match view {
         Ok(view) => view,
         Err(e) => {
             let error = e.to_string();
-            tracing::error!(sink = sink.name(), "{error}");
             return Ok(SinkOutcome {
                 name: sink.name().to_string(),
                 type_name: sink.type_name().to_string(),
@@ -469,12 +684,18 @@ async fn run_sink(
                 preview: None,
                 applied: None,
                 error: Some(error),
+                ledger_fingerprint: None,
             });
         }
     };
-    let mut plan = plan::plan(directory, ledger, &view);
-    warn_unmapped(sink.name(), &plan);
-    plan.full = options.full;
+    let plan = match saved {
+        Some(saved) => saved.plan(),
+        None => {
+            let mut plan = plan::plan(directory, ledger, &view);
+            plan.full = options.full;
+            plan
+        }
+    };
     let summary = plan.summary();
     let m = metrics();
     for kind in OpKind::ALL {
@@ -482,7 +703,12 @@ async fn run_sink(
             .with_label_values(&[sink.name(), kind.as_str()])
             .set(summary.get(kind) as i64);
     }
-    let hold = plan::guard(&plan, ledger, thresholds, options.allow_deletes);
+    let hold = plan::guard(
+        &plan,
+        ledger,
+        thresholds,
+        options.allow_deletes || saved.is_some(),
+    );
     let mut outcome = SinkOutcome {
         name: sink.name().to_string(),
         type_name: sink.type_name().to_string(),
@@ -496,15 +722,15 @@ async fn run_sink(
         hold,
         applied: None,
         error: None,
+        ledger_fingerprint: None,
     };
     m.safety_hold_active
         .with_label_values(&[sink.name()])
         .set(outcome.hold.is_some() as i64);
     if let Some(hold) = &outcome.hold {
         m.safety_holds_total.with_label_values(&[sink.name()]).inc();
-        tracing::warn!(sink = sink.name(), "{hold}");
         outcome.result = SinkResult::Held;
-        outcome.error = Some(hold.to_string());
+        outcome.error = Some(hold.message(options.dry_run));
         return Ok(outcome);
     }
     if options.dry_run {
@@ -514,7 +740,8 @@ async fn run_sink(
         return Ok(outcome);
     };
     let sink_name = sink.name().to_string();
-    let observer = move |kind: OpKind, success: bool, count: u64| {
+    let progress = options.progress.clone();
+    let observer = move |kind: OpKind, group: &GroupSpec, success: bool, count: u64| {
         metrics()
             .applied_operations_total
             .with_label_values(&[
@@ -523,7 +750,9 @@ async fn run_sink(
                 if success { "success" } else { "failure" },
             ])
             .inc_by(count);
+        progress.record(&group.source_id, count);
     };
+    options.progress.begin(sink.name(), &outcome.plan);
     let mut ledger_writer = store.ledger_writer(sink.name());
     let mut recorder = Recorder::new(&mut ledger_writer, sink.name())
         .with_observer(&observer)
@@ -557,6 +786,7 @@ async fn run_sink(
             }),
         }
     };
+    options.progress.end();
     let report = std::mem::take(&mut recorder.report);
     drop(recorder);
     drop(ledger_writer);
@@ -606,31 +836,40 @@ async fn run_sink(
         seconds = started.elapsed().as_secs_f64(),
         "sink run finished"
     );
-    if let Some(error) = &outcome.error {
-        tracing::error!(sink = sink.name(), "{error}");
-    }
     outcome.applied = Some(report);
     Ok(outcome)
 }
 
-/// One WARN line per sink and run naming the directory users that have no user in the target.
-fn warn_unmapped(sink: &str, plan: &Plan) {
-    if plan.unmapped.is_empty() {
+/// One WARN line per run naming the directory users that have no user in a target (from the
+/// plans, and from sinks that find out only while applying), whatever the number of groups
+/// and sinks they are missing from.
+fn warn_unmapped(outcomes: &[SinkOutcome]) {
+    let mut per_sink = Vec::new();
+    let mut memberships = 0u64;
+    for outcome in outcomes {
+        let mut users: std::collections::BTreeSet<&str> = outcome
+            .plan
+            .unmapped
+            .iter()
+            .flat_map(|u| u.members.iter().map(String::as_str))
+            .collect();
+        memberships += outcome.summary.unmapped;
+        if let Some(applied) = &outcome.applied {
+            users.extend(applied.unmapped_users.iter().map(String::as_str));
+            memberships += applied.unmapped;
+        }
+        if !users.is_empty() {
+            let names: Vec<&str> = users.into_iter().collect();
+            per_sink.push(format!("{}: {}", outcome.name, names.join(", ")));
+        }
+    }
+    if per_sink.is_empty() {
         return;
     }
-    let mut users: Vec<&str> = plan
-        .unmapped
-        .iter()
-        .flat_map(|u| u.members.iter().map(String::as_str))
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    let memberships: usize = plan.unmapped.iter().map(|u| u.members.len()).sum();
     tracing::warn!(
-        sink,
         memberships,
-        users = %users.join(", "),
-        "directory users with no matching user in the target; their memberships are not planned"
+        users = %per_sink.join("; "),
+        "directory users with no matching user in the target; their memberships are not planned (they are added once the user exists there)"
     );
 }
 

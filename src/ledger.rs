@@ -58,6 +58,11 @@ pub trait LedgerWriter: Send {
     fn record_intent(&mut self, group: &GroupSpec) -> Result<(), LedgerWriteError>;
     /// Records a group as present in the target with `target_id` and the spec's attributes.
     fn record_group(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), LedgerWriteError>;
+    /// Records how a group recorded with [`LedgerWriter::record_group`] entered the ledger
+    /// (shown by `ldapsync ledger`); writers that keep no such history ignore it.
+    fn record_origin(&mut self, _source_id: &str, _origin: Origin) -> Result<(), LedgerWriteError> {
+        Ok(())
+    }
     /// Forgets a group and its members.
     fn record_deleted(&mut self, source_id: &str) -> Result<(), LedgerWriteError>;
     /// Records members (with their target ids) as present in a group.
@@ -72,6 +77,24 @@ pub trait LedgerWriter: Send {
         group_source_id: &str,
         user_source_ids: &[&str],
     ) -> Result<(), LedgerWriteError>;
+}
+
+/// How a group entered a sink's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// ldapsync created it (the target confirmed the create).
+    Created,
+    /// It existed in the target and was adopted after the identity check.
+    Adopted,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Created => "created",
+            Origin::Adopted => "adopted",
+        }
+    }
 }
 
 /// A ledger write that failed (the state file could not be written).

@@ -8,6 +8,7 @@
 //! - [`source`]: LDAP (paged, ranged) and LDIF readers producing raw entries;
 //! - `directory`: users and groups keyed by immutable ids, member resolution, nesting;
 //! - `plan`: the pure diff and the safety guard;
+//! - `planfile`: saved plans (`--save-plan`, `--plan`) and the fingerprints that guard them;
 //! - `store`: the SQLite state file (the only SQLite user);
 //! - `sinks`: the `Sink` trait, the sink registry, the shared HTTP layer, one module per target;
 //! - `engine`: one run, dry or real; `report`: text and JSON output of a run and of `status`;
@@ -27,6 +28,7 @@ pub(crate) mod ledger;
 pub(crate) mod manual;
 pub(crate) mod model;
 pub(crate) mod plan;
+pub(crate) mod planfile;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod report;

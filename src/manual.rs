@@ -36,7 +36,8 @@ const EXIT_STATUS: &[(&str, &str)] = &[
     ("0", "Success, including nothing to do."),
     (
         "1",
-        "The run failed: the LDAP read (always, if it was incomplete), a sink, or the state file.",
+        "The run failed: the LDAP read (always, if it was incomplete), a sink, or the state file; \
+         or a saved plan (sync --plan) no longer matches the directory or a ledger (nothing written).",
     ),
     (
         "2",
@@ -45,7 +46,9 @@ const EXIT_STATUS: &[(&str, &str)] = &[
     (
         "3",
         "Held by a safety threshold: nothing was written to that sink (a dry run whose plan would \
-         be held also exits 3). Review with sync --dry-run, then run sync --allow-deletes once.",
+         be held also exits 3). Review with sync --dry-run --save-plan FILE, then apply exactly that \
+         plan with sync --plan FILE (or ldapsync approve --plan FILE for a running daemon), or run \
+         sync --allow-deletes once.",
     ),
     ("4", "Some sinks succeeded and some failed."),
     (
@@ -67,7 +70,9 @@ const FILES: &[(&str, &str)] = &[
     ),
     (
         "/var/lib/ldapsync/state.db",
-        "The SQLite state file ([state] path): ledgers, cursors and run history.",
+        "The SQLite state file ([state] path): ledgers, cursors and run history. A plan handed to \
+         the daemon by ldapsync approve waits beside it as state.db.approved-plan.json (renamed \
+         .applied or .rejected once handled).",
     ),
     (
         "/usr/share/doc/ldapsync/examples/config.toml",
@@ -86,7 +91,8 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     (
         "RUST_LOG",
-        "The log filter for stderr (default info), e.g. RUST_LOG=ldapsync=debug.",
+        "The log filter for stderr (default warn,ldapsync=info: ldapsync's own INFO lines, only \
+         warnings from libraries), e.g. RUST_LOG=ldapsync=debug.",
     ),
 ];
 
@@ -188,6 +194,10 @@ fn value_name(arg: &Arg) -> String {
 /// One option or positional argument of a command: its flags, value, help, values and default.
 fn render_arg(roff: &mut Roff, arg: &Arg) {
     let mut head: Vec<Inline> = Vec::new();
+    if let Some(short) = arg.get_short() {
+        head.push(bold(format!("-{short}")));
+        head.push(roman(", "));
+    }
     if let Some(long) = arg.get_long() {
         head.push(bold(format!("--{long}")));
         if arg.get_action().takes_values() {

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A directory user, shared (`Arc`) by the directory, plans and ledgers so a million
 /// memberships never copy user data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub source_id: String,
     pub dn: String,
@@ -17,7 +17,7 @@ pub struct User {
 }
 
 /// The group an operation concerns, with everything a sink needs to write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSpec {
     pub source_id: String,
     pub name: String,
@@ -224,7 +224,7 @@ pub struct Plan {
 }
 
 /// The members of one group that have no user in the target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unmapped {
     pub group: String,
     pub source_id: String,
@@ -233,7 +233,7 @@ pub struct Unmapped {
 }
 
 /// How an existing target group was matched to a directory group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdoptedBy {
     /// Its externalId (or the target's equivalent) is the group's source id.

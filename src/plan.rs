@@ -23,6 +23,9 @@ pub struct Thresholds {
     pub max_group_delete_percent: f64,
     pub max_member_removes: u64,
     pub max_member_remove_percent: f64,
+    /// The percentage limits apply only to counts above this floor: removing 2 of 7
+    /// memberships in a small directory is not a mass change (the absolute limits still apply).
+    pub percent_floor: u64,
 }
 
 fn spec_of_group(group: &Group, target_id: Option<String>) -> GroupSpec {
@@ -345,13 +348,25 @@ pub struct Hold {
     pub reasons: Vec<String>,
 }
 
-impl std::fmt::Display for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "held by the safety thresholds: {}. Review the plan with `sync --dry-run`, then rerun with --allow-deletes to proceed once",
+impl Hold {
+    /// What the operator reads: why, and what to do next. A dry run already shows the plan, so
+    /// its message says how to apply exactly that plan rather than to run a dry run.
+    pub fn message(&self, dry_run: bool) -> String {
+        let next = if dry_run {
+            "If this plan is right, add `--save-plan FILE` to this command and apply exactly this plan with `sync --plan FILE` (or run `sync --allow-deletes` once)"
+        } else {
+            "Review it with `sync --dry-run --save-plan FILE`; if it is right, apply exactly that plan with `sync --plan FILE` (or run `sync --allow-deletes` once)"
+        };
+        format!(
+            "held by the safety thresholds: {}. {next}",
             self.reasons.join("; ")
         )
+    }
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message(false))
     }
 }
 
@@ -374,6 +389,7 @@ pub fn guard(
         ledger.groups.len() as u64,
         safety.max_group_deletes,
         safety.max_group_delete_percent,
+        safety.percent_floor,
     );
     check(
         &mut reasons,
@@ -382,6 +398,7 @@ pub fn guard(
         ledger.membership_count() as u64,
         safety.max_member_removes,
         safety.max_member_remove_percent,
+        safety.percent_floor,
     );
     (!reasons.is_empty()).then_some(Hold { reasons })
 }
@@ -393,12 +410,16 @@ fn check(
     total: u64,
     max: u64,
     max_percent: f64,
+    percent_floor: u64,
 ) {
     if count == 0 {
         return;
     }
     if count > max {
         reasons.push(format!("{count} {what} exceed the limit of {max}"));
+    }
+    if count <= percent_floor {
+        return;
     }
     let percent = if total == 0 {
         100.0
@@ -536,6 +557,7 @@ mod tests {
             max_group_delete_percent: 100.0,
             max_member_removes: 100,
             max_member_remove_percent: 100.0,
+            percent_floor: 0,
         };
         let hold = guard(&p, &ledger, &safety, false).unwrap();
         assert_eq!(hold.reasons.len(), 1, "{hold:?}");
@@ -548,6 +570,69 @@ mod tests {
         let hold = guard(&p, &ledger, &strict_percent, false).unwrap();
         assert!(hold.reasons[0].contains("membership removals"), "{hold:?}");
         assert!(guard(&p, &ledger, &safety, true).is_none());
+    }
+
+    #[test]
+    fn percent_limits_apply_only_above_the_floor() {
+        // The quick start's edit: one user leaves, 2 of 7 memberships go (29%).
+        let d = directory(
+            &[
+                ("g1", "a", &[0, 1, 2]),
+                ("g2", "b", &[0, 1]),
+                ("g3", "c", &[0, 2]),
+            ],
+            3,
+        );
+        let ledger = mirroring(&d);
+        let edited = directory(
+            &[("g1", "a", &[1, 2]), ("g2", "b", &[1]), ("g3", "c", &[2])],
+            3,
+        );
+        let p = plan(&edited, &ledger, &TargetView::default());
+        assert_eq!(p.summary().member_remove, 3);
+        let safety = Thresholds {
+            max_group_deletes: 50,
+            max_group_delete_percent: 10.0,
+            max_member_removes: 500,
+            max_member_remove_percent: 10.0,
+            percent_floor: 10,
+        };
+        assert_eq!(guard(&p, &ledger, &safety, false), None);
+        // At or below the floor only the absolute limit holds a plan.
+        let absolute = Thresholds {
+            max_member_removes: 2,
+            ..safety.clone()
+        };
+        let hold = guard(&p, &ledger, &absolute, false).unwrap();
+        assert_eq!(
+            hold.reasons,
+            ["3 membership removals exceed the limit of 2"]
+        );
+        // Above the floor the percentage applies again.
+        let low_floor = Thresholds {
+            percent_floor: 2,
+            ..safety
+        };
+        let hold = guard(&p, &ledger, &low_floor, false).unwrap();
+        assert!(
+            hold.reasons[0].contains("above the limit of 10%"),
+            "{hold:?}"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_hold_message_does_not_ask_for_a_dry_run() {
+        let hold = Hold {
+            reasons: vec!["2 group deletes exceed the limit of 1".into()],
+        };
+        let dry = hold.message(true);
+        assert!(!dry.contains("--dry-run"), "{dry}");
+        assert!(
+            dry.contains("sync --plan FILE") && dry.contains("2 group deletes"),
+            "{dry}"
+        );
+        let real = hold.message(false);
+        assert!(real.contains("sync --dry-run --save-plan FILE"), "{real}");
     }
 
     #[test]

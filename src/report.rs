@@ -4,10 +4,11 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::engine::ProgressSnapshot;
 use crate::engine::{RunReport, SinkOutcome, SinkResult};
 use crate::model::{OpKind, Operation, OperationView, Summary, Unmapped};
 use crate::sinks::OpFailure;
-use crate::store::{LedgerCounts, RunRecord};
+use crate::store::{LedgerCounts, LedgerListing, RunRecord};
 
 /// At most this many member names are printed per operation in text output.
 const NAMES_SHOWN: usize = 10;
@@ -23,6 +24,9 @@ pub struct RunView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
     pub exit_code: i32,
+    /// The fingerprint of the plan file saved (`--save-plan`) or applied (`--plan`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_fingerprint: Option<&'a str>,
     pub read: ReadView,
     pub sinks: Vec<SinkView<'a>>,
     pub warnings: &'a [String],
@@ -92,6 +96,7 @@ impl<'a> From<&'a RunReport> for RunView<'a> {
             dry_run: report.dry_run,
             error: report.read_error.as_deref(),
             exit_code: report.exit_status().code(),
+            plan_fingerprint: report.plan_fingerprint.as_deref(),
             read: ReadView {
                 groups: report.groups,
                 users: report.users,
@@ -145,9 +150,12 @@ fn sign(kind: OpKind) -> char {
 /// The plan and results as a person reads them.
 pub fn text(report: &RunReport) -> String {
     let mut out = String::new();
-    if let Some(error) = &report.read_error {
-        let _ = writeln!(out, "READ FAILED: {}", escape_controls(error));
-        let _ = writeln!(out, "Nothing was written to any sink.");
+    // The error itself is printed once, on stderr, by the command.
+    if report.read_error.is_some() {
+        let _ = writeln!(
+            out,
+            "READ FAILED: nothing was written to any sink (the error is on stderr)"
+        );
         return out;
     }
     let title = if report.dry_run { "Dry run" } else { "Sync" };
@@ -156,6 +164,7 @@ pub fn text(report: &RunReport) -> String {
         "{title}: read {} users and {} groups in {:.2}s",
         report.users, report.groups, report.duration_seconds
     );
+    plan_fingerprint_line(&mut out, report);
     if let Some(signal) = report.interrupted {
         let _ = writeln!(
             out,
@@ -176,20 +185,7 @@ pub fn text(report: &RunReport) -> String {
         );
     }
     for sink in &report.sinks {
-        let s = sink.summary;
-        let _ = writeln!(
-            out,
-            "\nsink \"{}\" ({}): {} create, {} update, {} delete, {} member_add, {} member_remove, {} adopt, {} unmapped",
-            sink.name,
-            sink.type_name,
-            s.create,
-            s.update,
-            s.delete,
-            s.member_add,
-            s.member_remove,
-            s.adopt,
-            s.unmapped
-        );
+        let _ = writeln!(out, "\n{}", summary_line(sink));
         if sink.plan.is_empty() {
             let _ = writeln!(out, "  nothing to do");
         }
@@ -312,6 +308,177 @@ pub fn text(report: &RunReport) -> String {
         let _ = writeln!(out, "\nDry run: nothing was written.");
     }
     out
+}
+
+/// `sink "NAME" (TYPE): N create, …` — the per-sink line of every text output.
+fn summary_line(sink: &SinkOutcome) -> String {
+    let s = sink.summary;
+    format!(
+        "sink \"{}\" ({}): {} create, {} update, {} delete, {} member_add, {} member_remove, {} adopt, {} unmapped",
+        sink.name,
+        sink.type_name,
+        s.create,
+        s.update,
+        s.delete,
+        s.member_add,
+        s.member_remove,
+        s.adopt,
+        s.unmapped
+    )
+}
+
+fn plan_fingerprint_line(out: &mut String, report: &RunReport) {
+    if let Some(fingerprint) = &report.plan_fingerprint {
+        let verb = if report.dry_run { "saved" } else { "applied" };
+        let _ = writeln!(out, "Plan {verb}: {fingerprint}");
+    }
+}
+
+/// `sync --output summary`: only the per-sink summary lines, each with how the sink ended.
+pub fn summary(report: &RunReport) -> String {
+    let mut out = String::new();
+    if report.read_error.is_some() {
+        let _ = writeln!(out, "READ FAILED: nothing was written to any sink");
+        return out;
+    }
+    for sink in &report.sinks {
+        let _ = writeln!(out, "{}: {}", summary_line(sink), sink.result.as_str());
+    }
+    out
+}
+
+/// What a progress bar says beside the bar: the sink, groups, requests, rate and time left.
+pub fn progress_message(p: &ProgressSnapshot) -> String {
+    let eta = p
+        .eta()
+        .map(|d| format!("{}s", d.as_secs()))
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "sink \"{}\": {}/{} groups, {} requests, {:.1} op/s, {eta} left",
+        escape_controls(&p.sink),
+        p.groups_done,
+        p.groups_total,
+        p.requests,
+        p.rate()
+    )
+}
+
+/// One progress line of an apply (the plain form, every 30 s when stderr is not a terminal).
+pub fn progress_line(p: &ProgressSnapshot) -> String {
+    format!(
+        "progress: {}/{} operations ({:.0}%), {}",
+        p.operations_done,
+        p.operations_total,
+        p.ratio() * 100.0,
+        progress_message(p)
+    )
+}
+
+/// The JSON document printed by `ledger --output json`.
+#[derive(Debug, Serialize)]
+pub struct LedgerView<'a> {
+    pub sinks: Vec<SinkLedgerView<'a>>,
+    pub state: &'a std::path::Path,
+}
+
+/// One sink's ledger.
+#[derive(Debug, Serialize)]
+pub struct SinkLedgerView<'a> {
+    pub groups: Vec<LedgerGroupView<'a>>,
+    /// Groups whose create was sent but never confirmed (resolved by externalId next run).
+    pub pending_intents: u64,
+    pub sink: &'a str,
+    /// Per group, the members without a user in the target at the sink's last run.
+    pub unmapped: &'a [Unmapped],
+}
+
+/// One owned group (or pending intent) of a ledger.
+#[derive(Debug, Serialize)]
+pub struct LedgerGroupView<'a> {
+    pub members: u64,
+    pub name: &'a str,
+    /// `created`, `adopted`, `pending` (an unconfirmed create) or `unknown` (recorded by an
+    /// older ldapsync).
+    pub origin: &'a str,
+    pub recorded_at: Option<&'a str>,
+    pub source_id: &'a str,
+    pub target_id: Option<&'a str>,
+    pub updated_at: &'a str,
+}
+
+impl<'a> LedgerView<'a> {
+    pub fn new(state: &'a std::path::Path, listing: &'a [LedgerListing]) -> Self {
+        LedgerView {
+            sinks: listing
+                .iter()
+                .map(|l| SinkLedgerView {
+                    groups: l
+                        .groups
+                        .iter()
+                        .map(|g| LedgerGroupView {
+                            members: g.members,
+                            name: &g.name,
+                            origin: match (&g.target_id, g.origin.as_deref()) {
+                                (None, _) => "pending",
+                                (Some(_), Some(origin)) => origin,
+                                (Some(_), None) => "unknown",
+                            },
+                            recorded_at: g.recorded_at.as_deref(),
+                            source_id: &g.source_id,
+                            target_id: g.target_id.as_deref(),
+                            updated_at: &g.updated_at,
+                        })
+                        .collect(),
+                    pending_intents: l.groups.iter().filter(|g| g.target_id.is_none()).count()
+                        as u64,
+                    sink: &l.sink,
+                    unmapped: &l.unmapped,
+                })
+                .collect(),
+            state,
+        }
+    }
+
+    /// `ledger` as a person reads it.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "state: {}", self.state.display());
+        if self.sinks.is_empty() {
+            let _ = writeln!(out, "no ledger yet: ldapsync has applied nothing");
+        }
+        for sink in &self.sinks {
+            let _ = writeln!(
+                out,
+                "\nsink \"{}\": {} group(s), {} pending intent(s)",
+                escape_controls(sink.sink),
+                sink.groups.len() as u64 - sink.pending_intents,
+                sink.pending_intents
+            );
+            for g in &sink.groups {
+                let when = g.recorded_at.unwrap_or(g.updated_at);
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {:<8} {:>6} member(s)  source {}  target {}  {}",
+                    escape_controls(g.name),
+                    g.origin,
+                    g.members,
+                    escape_controls(g.source_id),
+                    escape_controls(g.target_id.unwrap_or("-")),
+                    when
+                );
+            }
+            for u in sink.unmapped {
+                let names: Vec<String> = u.members.iter().map(|m| shown_name(m)).collect();
+                let _ = writeln!(
+                    out,
+                    "  unmapped at the last run: {}: {}",
+                    escape_controls(&u.group),
+                    escape_controls(&names.join(", "))
+                );
+            }
+        }
+        out
+    }
 }
 
 /// The JSON document printed by `status --output json`.

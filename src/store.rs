@@ -14,8 +14,9 @@ use rustc_hash::FxHashMap as HashMap;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+use crate::ledger::Origin;
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
-use crate::model::{GroupSpec, MemberRef, Summary, User};
+use crate::model::{GroupSpec, MemberRef, Summary, Unmapped, User};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
@@ -81,6 +82,13 @@ CREATE TABLE run_sinks (
     ),
     // The full snapshot was written on every run and never read; only the scope counts are.
     M::up("DROP TABLE snapshot_users; DROP TABLE snapshot_groups; DROP TABLE snapshot_members;"),
+    // `ldapsync ledger`: how and when each group entered the ledger, and each sink run's
+    // unmapped members by group (JSON). Rows from before stay NULL ("unknown").
+    M::up(
+        "ALTER TABLE ledger_groups ADD COLUMN origin TEXT;
+         ALTER TABLE ledger_groups ADD COLUMN recorded_at TEXT;
+         ALTER TABLE run_sinks ADD COLUMN unmapped_members TEXT;",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +117,8 @@ pub struct SinkRunRecord {
     pub failed: u64,
     pub unmapped: u64,
     pub error: Option<String>,
+    /// Per group, the members that had no user in the target.
+    pub unmapped_members: Vec<Unmapped>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +139,28 @@ pub struct LedgerCounts {
     pub pending_creates: u64,
     pub memberships: u64,
     pub cursor_updated_at: Option<String>,
+}
+
+/// One group of a sink's ledger as `ldapsync ledger` shows it.
+#[derive(Debug, Clone)]
+pub struct LedgerEntry {
+    pub source_id: String,
+    pub name: String,
+    /// `None` while the create is unconfirmed (a pending intent).
+    pub target_id: Option<String>,
+    /// `created`, `adopted`, or `None` when recorded by a version that did not keep it.
+    pub origin: Option<String>,
+    pub recorded_at: Option<String>,
+    pub updated_at: String,
+    pub members: u64,
+}
+
+/// What one sink's ledger holds, and the unmapped members of its last run.
+#[derive(Debug, Clone)]
+pub struct LedgerListing {
+    pub sink: String,
+    pub groups: Vec<LedgerEntry>,
+    pub unmapped: Vec<Unmapped>,
 }
 
 /// Counts of the last complete read of a scope, and where it came from.
@@ -257,19 +289,11 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Opens an existing state file without writing to it (dry run), holding it exclusively.
-    /// Returns `None` when the file does not exist yet.
+    /// Opens an existing state file to read it without writing (`sync --dry-run`, `status`,
+    /// `ledger`), also while another process (a running daemon) owns it: no lock is taken, and
+    /// SQLite's WAL gives each query a consistent view. Returns `None` when the file does not
+    /// exist yet.
     pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
-        Store::open_read_only_with(path, true)
-    }
-
-    /// Opens an existing state file to read it while another process (a running daemon) may own
-    /// it: no lock is taken; SQLite's WAL gives a consistent read. For `status` only.
-    pub fn open_for_status(path: &Path) -> Result<Option<Store>, StoreError> {
-        Store::open_read_only_with(path, false)
-    }
-
-    fn open_read_only_with(path: &Path, exclusive: bool) -> Result<Option<Store>, StoreError> {
         let shown = path.display().to_string();
         let lock = match File::open(path) {
             Ok(file) => file,
@@ -281,9 +305,6 @@ impl Store {
                 });
             }
         };
-        if exclusive {
-            lock_exclusive(&lock, &shown)?;
-        }
         if lock.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Ok(None);
         }
@@ -453,6 +474,22 @@ impl Store {
         Ok(())
     }
 
+    /// Records how a group entered the ledger (created or adopted) and when.
+    pub fn record_origin(
+        &self,
+        sink: &str,
+        source_id: &str,
+        origin: Origin,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE ledger_groups SET origin = ?3, recorded_at = ?4 WHERE sink = ?1 AND source_id = ?2",
+                params![sink, source_id, origin.as_str(), now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// Forgets a group (and its members) after it was deleted in the target.
     pub fn record_deleted(&mut self, sink: &str, source_id: &str) -> Result<(), StoreError> {
         self.in_transaction(|tx| {
@@ -612,8 +649,8 @@ impl Store {
             ?;
             for s in sinks {
                 tx.execute(
-                    "INSERT OR REPLACE INTO run_sinks (run_id, sink, result, planned, applied, failed, unmapped, error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT OR REPLACE INTO run_sinks (run_id, sink, result, planned, applied, failed, unmapped, error, unmapped_members)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         run_id,
                         s.sink,
@@ -622,7 +659,8 @@ impl Store {
                         serde_json::to_string(&s.applied).unwrap_or_default(),
                         s.failed as i64,
                         s.unmapped as i64,
-                        s.error
+                        s.error,
+                        serde_json::to_string(&s.unmapped_members).unwrap_or_default()
                     ],
                 )
                 ?;
@@ -673,6 +711,7 @@ impl Store {
                         failed: row.get::<_, i64>(4)? as u64,
                         unmapped: row.get::<_, i64>(5)? as u64,
                         error: row.get(6)?,
+                        unmapped_members: Vec::new(),
                     })
                 })
                 .map_err(&err)?
@@ -681,6 +720,62 @@ impl Store {
             out.push(run);
         }
         Ok(out)
+    }
+
+    /// What the ledgers of `sinks` (every sink with a ledger or a run when empty) hold, group
+    /// by group, with the unmapped members of each sink's latest recorded run.
+    pub fn ledger_listing(&self, sinks: &[String]) -> Result<Vec<LedgerListing>, StoreError> {
+        let err = self.err();
+        let names: Vec<String> = if sinks.is_empty() {
+            self.ledger_counts()?.into_iter().map(|c| c.sink).collect()
+        } else {
+            sinks.to_vec()
+        };
+        let mut groups = self
+            .conn
+            .prepare(
+                "SELECT g.source_id, g.name, g.target_id, g.origin, g.recorded_at, g.updated_at,
+                   (SELECT COUNT(*) FROM ledger_members m WHERE m.sink = g.sink AND m.group_source_id = g.source_id)
+                 FROM ledger_groups g WHERE g.sink = ?1 ORDER BY g.name, g.source_id",
+            )
+            .map_err(&err)?;
+        let mut listing = Vec::with_capacity(names.len());
+        for sink in names {
+            let entries = groups
+                .query_map([&sink], |row| {
+                    Ok(LedgerEntry {
+                        source_id: row.get(0)?,
+                        name: row.get(1)?,
+                        target_id: row.get(2)?,
+                        origin: row.get(3)?,
+                        recorded_at: row.get(4)?,
+                        updated_at: row.get(5)?,
+                        members: row.get::<_, i64>(6)? as u64,
+                    })
+                })
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            let unmapped: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT s.unmapped_members FROM run_sinks s JOIN runs r ON r.id = s.run_id
+                     WHERE s.sink = ?1 AND r.mode != 'dry-run' AND s.unmapped_members IS NOT NULL
+                     ORDER BY s.run_id DESC LIMIT 1",
+                    [&sink],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(&err)?;
+            listing.push(LedgerListing {
+                sink,
+                groups: entries,
+                unmapped: unmapped
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(listing)
     }
 
     /// Per-sink ledger sizes and cursor times.
@@ -735,6 +830,9 @@ impl LedgerWriter for SinkLedgerWriter<'_> {
     }
     fn record_deleted(&mut self, source_id: &str) -> Result<(), LedgerWriteError> {
         Ok(self.store.record_deleted(&self.sink, source_id)?)
+    }
+    fn record_origin(&mut self, source_id: &str, origin: Origin) -> Result<(), LedgerWriteError> {
+        Ok(self.store.record_origin(&self.sink, source_id, origin)?)
     }
     fn record_members_added(
         &mut self,
@@ -839,12 +937,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         assert!(Store::open_read_only(&path).unwrap().is_none());
-        let _first = Store::open(&path).unwrap();
+        let first = Store::open(&path).unwrap();
         let err = Store::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         assert!(
             err.to_string()
                 .contains("in use by another ldapsync process")
+        );
+        // Readers work beside the owner, and see what it records.
+        first.record_group("s", &spec("g1", "a"), "T1").unwrap();
+        first.record_origin("s", "g1", Origin::Adopted).unwrap();
+        let reader = Store::open_read_only(&path).unwrap().unwrap();
+        let listing = reader.ledger_listing(&[]).unwrap();
+        assert_eq!(listing[0].sink, "s");
+        let entry = &listing[0].groups[0];
+        assert_eq!(
+            (
+                entry.target_id.as_deref(),
+                entry.origin.as_deref(),
+                entry.members
+            ),
+            (Some("T1"), Some("adopted"), 0)
         );
     }
 
@@ -864,6 +977,7 @@ mod tests {
             failed: 0,
             unmapped: 1,
             error: None,
+            unmapped_members: Vec::new(),
         };
         store.finish_run(id, "success", None, &[record]).unwrap();
         let runs = store.recent_runs(5).unwrap();

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub safety_holds_total: IntCounterVec,
     pub safety_hold_active: IntGaugeVec,
     pub unmapped_members: IntGaugeVec,
+    /// Share of the current (or last) apply's operations recorded, per sink (0 to 1).
+    pub run_progress_ratio: GaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub skipped_ticks_total: prometheus::IntCounter,
     pub scheduler_restarts_total: prometheus::IntCounter,
@@ -143,6 +145,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             &["sink"],
         )?,
     )?;
+    let run_progress_ratio = registered(
+        &registry,
+        GaugeVec::new(
+            Opts::new(
+                "ldapsync_run_progress_ratio",
+                "Share of the planned operations (memberships for member ops) applied so far in the current or last run, per sink.",
+            ),
+            &["sink"],
+        )?,
+    )?;
     let config_reloads_total = registered(
         &registry,
         IntCounterVec::new(
@@ -192,6 +204,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         safety_holds_total,
         safety_hold_active,
         unmapped_members,
+        run_progress_ratio,
         config_reloads_total,
         skipped_ticks_total,
         scheduler_restarts_total,
@@ -223,10 +236,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber: stderr, `RUST_LOG`-style filter (default `info`).
+/// The log filter without `RUST_LOG`: ldapsync's own INFO lines, and only warnings and errors
+/// from the libraries (their INFO chatter — migrations applied, scheduler started — is not
+/// the operator's business).
+pub const DEFAULT_LOG_FILTER: &str = "warn,ldapsync=info";
+
+/// Installs the tracing subscriber: stderr, `RUST_LOG`-style filter (default
+/// [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colours only on a terminal: the journal and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();

@@ -104,7 +104,13 @@ fn file_sink_writes_one_json_line_per_applied_operation_and_keeps_a_ledger() {
     let ldif = "dn: uid=a,ou=People,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: a\nentryUUID: u-a\n\n\
                 dn: uid=b,ou=People,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: b\nentryUUID: u-b\n\n\
                 dn: cn=g,ou=Groups,dc=example,dc=com\nobjectClass: groupOfNames\ncn: g\nmember: uid=a,ou=People,dc=example,dc=com\nentryUUID: g-1\n";
-    let config = ldif_config(dir.path(), ldif, &out_path.display().to_string(), "");
+    // No floor under the percentage limits: one membership of one is a mass change here.
+    let config = ldif_config(
+        dir.path(),
+        ldif,
+        &out_path.display().to_string(),
+        "\n[safety]\npercent_floor = 0\n",
+    );
     let out = run_ldapsync(&config, &["sync"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
     let ops = lines(&out_path);

@@ -181,6 +181,15 @@ fn local_mode_full_lifecycle() {
         "{}",
         out.stdout_str()
     );
+    // Connect finds unmapped users while applying: one WARN line for the run names them.
+    let stderr = out.stderr_str();
+    let about_carol: Vec<&str> = stderr.lines().filter(|l| l.contains("carol")).collect();
+    assert_eq!(about_carol.len(), 1, "{}", out.describe());
+    assert!(
+        about_carol[0].contains("WARN") && about_carol[0].contains("connect: carol"),
+        "{}",
+        out.describe()
+    );
     let devs_guid = env.group("devs").unwrap()["guid"].clone();
 
     // Member removed and added.

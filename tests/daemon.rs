@@ -630,3 +630,146 @@ fn systemd_notifications_ready_status_and_watchdog() {
     assert!(seen.contains("success (audit=success)"), "{seen}");
     assert!(d.terminate().success());
 }
+
+#[test]
+fn read_only_commands_and_an_approved_plan_beside_a_running_daemon() {
+    let env = env_with_directory(3);
+    let port = free_port();
+    let ops = env.dir.path().join("ops.jsonl");
+    let config = env.config(&format!(
+        "{}{}\n[safety]\nmax_group_deletes = 0\n",
+        schedule("* * * * * *", true, port, None),
+        file_sink(&ops)
+    ));
+    let d = DaemonProc::start(&config, port, &[], &[]);
+    d.wait_metric(Duration::from_secs(30), "a first run", RUNS_OK, 1.0);
+    let team2 = format!("cn=team002,{}", env.slapd.groups_dn());
+    env.slapd.delete(&[&team2]);
+    let held = "ldapsync_runs_total{result=\"held\"}";
+    d.wait_metric(Duration::from_secs(30), "a held run", held, 1.0);
+
+    // Beside the daemon: the dry run (saving its plan), status and ledger read the state file.
+    let plan = env.dir.path().join("plan.json");
+    let plan_arg = plan.display().to_string();
+    let out = run_ldapsync(&config, &["sync", "-n", "--save-plan", &plan_arg]);
+    assert_code(&out, 3);
+    assert!(
+        out.stdout_str().contains("- delete        team002"),
+        "{}",
+        out.describe()
+    );
+    assert_code(&run_ldapsync(&config, &["status"]), 0);
+    let out = run_ldapsync(&config, &["ledger", "-o", "json"]);
+    assert_code(&out, 0);
+    let ledger: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    assert_eq!(
+        ledger["sinks"][0]["groups"].as_array().unwrap().len(),
+        3,
+        "{ledger}"
+    );
+
+    // The operator approves exactly that plan; the daemon applies it at its next tick.
+    let out = run_ldapsync(&config, &["approve", "--plan", &plan_arg]);
+    assert_code(&out, 0);
+    let approval = env.dir.path().join("state.db.approved-plan.json");
+    let applied = env.dir.path().join("state.db.approved-plan.json.applied");
+    wait_until(
+        Duration::from_secs(30),
+        "the approved plan to be applied",
+        || applied.exists(),
+    );
+    assert!(!approval.exists());
+    let written = std::fs::read_to_string(&ops).unwrap();
+    assert!(
+        written
+            .lines()
+            .any(|l| l.contains("\"op\":\"delete\"") && l.contains("team002")),
+        "{written}"
+    );
+    let out = run_ldapsync(&config, &["ledger", "-o", "json"]);
+    let ledger: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    assert_eq!(
+        ledger["sinks"][0]["groups"].as_array().unwrap().len(),
+        2,
+        "{ledger}"
+    );
+
+    // The same plan again: the ledger moved on, so the daemon refuses it and writes nothing.
+    let lines = written.lines().count();
+    assert_code(&run_ldapsync(&config, &["approve", "--plan", &plan_arg]), 0);
+    let rejected = env.dir.path().join("state.db.approved-plan.json.rejected");
+    wait_until(
+        Duration::from_secs(30),
+        "the stale plan to be refused",
+        || rejected.exists(),
+    );
+    assert!(
+        d.log_text().contains("the approved plan was refused"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ops).unwrap().lines().count(),
+        lines
+    );
+}
+
+#[test]
+fn a_slow_run_reports_progress_in_status_and_metrics() {
+    use std::os::unix::net::UnixDatagram;
+    let groups = 8;
+    let env = env_with_directory(groups);
+    let scim = ScimServer::start(false);
+    let proxy = SlowProxy::start(scim.port(), Duration::from_millis(150));
+    let port = free_port();
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = env.config(&format!(
+        "{}{}",
+        schedule("0 0 0 1 1 *", true, port, None),
+        scim_sink(
+            &format!("http://127.0.0.1:{}/v2", proxy.port),
+            &env.token_file(&scim)
+        )
+    ));
+    let socket_env = socket_path.display().to_string();
+    let d = DaemonProc::start(
+        &config,
+        port,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket_env.as_str()),
+            ("LDAPSYNC_PROGRESS_INTERVAL_MS", "100"),
+        ],
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    wait_until(Duration::from_secs(60), "the run to end", || {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+        seen.contains("STATUS=last run")
+    });
+    let progress: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.starts_with("STATUS=sync run in progress: progress: "))
+        .collect();
+    assert!(!progress.is_empty(), "{seen}");
+    assert!(
+        progress
+            .iter()
+            .all(|l| l.contains(&format!("/{groups} groups"))),
+        "{seen}"
+    );
+    let metrics = d.get("/metrics").body;
+    assert_eq!(
+        parse_metrics(&metrics)["ldapsync_run_progress_ratio{sink=\"scim\"}"],
+        1.0,
+        "{metrics}"
+    );
+    promtool_check(&metrics);
+}

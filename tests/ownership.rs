@@ -313,6 +313,23 @@ fn unmapped_members_leave_a_dry_run_with_nothing_to_do_and_are_listed() {
     assert_eq!(sink["summary"]["unmapped"], 3, "{plan}");
     assert_code(&sync(&w.config, &[]), 0);
     assert_eq!(w.groups()["ops"], vec![set(&["alice"])]);
+    // `ledger` shows the owned groups with their member counts and the run's unmapped members.
+    let out = run_ldapsync(&w.config, &["ledger", "--output", "json"]);
+    assert_code(&out, 0);
+    let ledger: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let owned = &ledger["sinks"][0];
+    let members: Vec<(&str, u64)> = owned["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap(), g["members"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(members, [("dev", 0), ("ops", 1)], "{ledger}");
+    assert_eq!(
+        owned["unmapped"][1]["members"],
+        json!(["newcomer", "visitor"]),
+        "{ledger}"
+    );
 
     // Unchanged directory: nothing to do, the unmapped users listed, one WARN naming them.
     let plan = assert_nothing_to_do(&w);

@@ -193,7 +193,8 @@ fn lifecycle_converges_after_every_change_and_reruns_are_empty() {
 
 #[test]
 fn mass_delete_is_held_with_exit_3_and_nothing_written_until_allowed() {
-    let w = world(false, "", &["alice"]);
+    // Default limits, but no floor under the percentages: 3 of 4 groups is a mass delete.
+    let w = world(false, "[safety]\npercent_floor = 0\n", &["alice"]);
     let alice = user_dn(&w.slapd, "alice");
     let names = ["g1", "g2", "g3", "g4"];
     for name in names {
@@ -428,29 +429,10 @@ fn an_incomplete_read_fails_every_sink_and_deletes_nothing() {
 fn a_second_process_on_the_same_state_file_fails_fast() {
     let w = world(false, LENIENT_SAFETY, &[]);
     let state = w.dir.path().join("state.db");
-    std::fs::write(&state, b"").unwrap();
-    let mut holder = Command::new("flock")
-        .args(["-x"])
-        .arg(&state)
-        .args(["sleep", "60"])
-        .spawn()
-        .expect("flock(1) from util-linux");
-    wait_until(
-        Duration::from_secs(10),
-        "flock to hold the state file",
-        || {
-            Command::new("flock")
-                .args(["-n", "-x"])
-                .arg(&state)
-                .arg("true")
-                .status()
-                .is_ok_and(|s| !s.success())
-        },
-    );
+    let holder = StateLock::hold(&state);
     let started = std::time::Instant::now();
     let out = sync(&w.config, &[]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     assert_eq!(out.code(), 1, "{}", out.describe());
     assert!(
         out.stderr_str()
@@ -640,5 +622,84 @@ fn a_server_size_limit_is_an_incomplete_read_not_a_shorter_list() {
     assert!(
         w.scim.groups().is_empty(),
         "nothing is written after an incomplete read"
+    );
+}
+
+#[test]
+fn a_slow_target_shows_progress_unless_quiet_and_summary_prints_one_line_per_sink() {
+    let w = world(false, LENIENT_SAFETY, &["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.scim.base_url());
+    proxy.rules(serde_json::json!([{"action": "delay", "seconds": 0.1}]));
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace(&w.scim.base_url(), &proxy.url());
+    let config = write_file(w.dir.path(), "slow.toml", text);
+    let members = [user_dn(&w.slapd, "alice"), user_dn(&w.slapd, "bob")];
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    for g in 0..6 {
+        w.slapd.add_group(&format!("slow{g}"), &refs);
+    }
+    // stderr is not a terminal here: plain lines, every 100 ms instead of every 30 s.
+    let fast = [("LDAPSYNC_PROGRESS_INTERVAL_MS", "100")];
+    let out = run_ldapsync_env(&config, &["sync", "-o", "summary"], &fast);
+    assert_code(&out, 0);
+    assert_eq!(
+        out.stdout_str(),
+        "sink \"scim\" (scim): 6 create, 0 update, 0 delete, 12 member_add, 0 member_remove, 0 adopt, 0 unmapped: success\n"
+    );
+    let stderr = out.stderr_str();
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(!progress.is_empty(), "{stderr}");
+    assert!(
+        progress.iter().all(|l| l.contains("/18 operations")
+            && l.contains("/6 groups")
+            && l.contains("requests")
+            && l.contains("op/s")),
+        "{stderr}"
+    );
+
+    // On a terminal (a pty from script(1)): a bar redrawn in place, no plain lines.
+    for g in 0..6 {
+        let group = format!("cn=slow{g},{}", w.slapd.groups_dn());
+        w.slapd.remove_member(&group, &members[1]);
+    }
+    let command = format!(
+        "stty cols 160 rows 40; exec {} --config {} sync",
+        ldapsync_bin().display(),
+        config.display()
+    );
+    let out = run_with_timeout(
+        Command::new("script").args(["-qefc", &command, "/dev/null"]),
+        None,
+        Duration::from_secs(120),
+    );
+    assert_code(&out, 0);
+    let terminal = out.stdout_str();
+    assert!(
+        terminal.contains(" operations  sink \"scim\": "),
+        "{terminal}"
+    );
+    assert!(terminal.contains("/6 groups"), "{terminal}");
+    assert!(!terminal.contains("progress: "), "{terminal}");
+
+    // --quiet: no progress at all (the same slow apply shows it without the flag).
+    for g in 0..6 {
+        let group = format!("cn=slow{g},{}", w.slapd.groups_dn());
+        w.slapd.add_member(&group, &members[1]);
+    }
+    let out = run_ldapsync_env(&config, &["sync", "--quiet"], &fast);
+    assert_code(&out, 0);
+    assert!(
+        out.stdout_str().contains("6 member_add"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr_str().contains("progress: "),
+        "{}",
+        out.describe()
     );
 }

@@ -30,8 +30,9 @@ use self::schedule::{Schedule, Ticker, Ticks};
 use self::signals::{Interrupt, Signals, Watchdog, notify};
 use self::state::StateFile;
 use crate::app::{self, Config};
-use crate::engine::{EngineError, RunOptions, RunReport, RunResult};
+use crate::engine::{EngineError, Progress, RunOptions, RunReport, RunResult};
 use crate::exit::ExitStatus;
+use crate::planfile::SavedPlan;
 use crate::sinks::Sink;
 use crate::telemetry::metrics;
 
@@ -79,7 +80,6 @@ pub async fn run(path: &Path) -> ExitStatus {
     match Daemon::start(path).await {
         Ok((daemon, signals)) => daemon.serve(signals).await,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("error: {e}");
             e.exit_status()
         }
@@ -123,6 +123,70 @@ struct Daemon {
     ticker: Ticker,
     http: HttpServer,
     watchdog: Watchdog,
+    /// How far the run in flight has come (`STATUS=` and `ldapsync_run_progress_ratio`).
+    progress: Progress,
+}
+
+/// How often the `STATUS=` line shows the progress of a run in flight. The hidden
+/// `LDAPSYNC_PROGRESS_INTERVAL_MS` (also read by `sync`) shortens it for tests.
+fn progress_interval() -> Duration {
+    std::env::var("LDAPSYNC_PROGRESS_INTERVAL_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(5))
+}
+
+/// A plan approved with `ldapsync approve --plan FILE`, found at a tick.
+struct Approval {
+    file: PathBuf,
+    plan: Arc<SavedPlan>,
+    sinks: Arc<Vec<Box<dyn Sink>>>,
+}
+
+impl Approval {
+    /// Takes the approved plan left beside the state file, if there is one. An unusable one is
+    /// set aside (`….rejected`) with an error in the log.
+    fn take(config: &Config) -> Option<Approval> {
+        let file = app::approval_path(config);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::error!(file = %file.display(), error = %e, "cannot read the approved plan");
+                return None;
+            }
+        };
+        let shown = file.display().to_string();
+        let loaded = SavedPlan::parse(&text, &shown)
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                let names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
+                let sinks = app::build_sinks(config, &names).map_err(|e| e.to_string())?;
+                Ok((plan, sinks))
+            });
+        match loaded {
+            Ok((plan, sinks)) => Some(Approval {
+                file,
+                plan: Arc::new(plan),
+                sinks: Arc::new(sinks),
+            }),
+            Err(error) => {
+                tracing::error!(%error, "the approved plan cannot be used; set aside");
+                set_aside(&file, "rejected");
+                None
+            }
+        }
+    }
+}
+
+/// Renames a handled approval to `….applied` or `….rejected`, so it is applied once.
+fn set_aside(file: &Path, outcome: &str) {
+    let mut name = file.as_os_str().to_os_string();
+    name.push(format!(".{outcome}"));
+    if let Err(e) = std::fs::rename(file, &name) {
+        tracing::error!(file = %file.display(), error = %e, "cannot set the approved plan aside; remove it by hand");
+    }
 }
 
 impl Daemon {
@@ -190,6 +254,7 @@ impl Daemon {
                 ticker,
                 http,
                 watchdog,
+                progress: Progress::default(),
             },
             signals,
         ))
@@ -245,9 +310,19 @@ impl Daemon {
         signals: &mut Signals,
     ) -> (Option<&'static str>, bool) {
         self.ticks.set_busy(true);
+        let approval = Approval::take(&self.config);
         let options = RunOptions {
             full,
+            progress: self.progress.clone(),
+            saved: approval.as_ref().map(|a| a.plan.clone()),
             ..RunOptions::default()
+        };
+        let sinks = match &approval {
+            Some(a) => {
+                tracing::info!(plan = %a.plan.fingerprint, "applying the approved plan instead of a scheduled run");
+                a.sinks.clone()
+            }
+            None => self.sinks.clone(),
         };
         tracing::info!(full, "run started");
         notify(&[sd_notify::NotifyState::Status(if full {
@@ -259,9 +334,8 @@ impl Daemon {
         let mut reload = false;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut ping = tokio::time::interval(self.watchdog.period());
-        let mut run = self
-            .state
-            .start_run(self.config.clone(), self.sinks.clone(), options);
+        let mut progress = tokio::time::interval(progress_interval());
+        let mut run = self.state.start_run(self.config.clone(), sinks, options);
         let outcome = loop {
             let abandon = async {
                 match deadline {
@@ -272,6 +346,12 @@ impl Daemon {
             tokio::select! {
                 result = run.finished() => break Some(result),
                 _ = ping.tick() => self.watchdog.ping(),
+                _ = progress.tick() => {
+                    if let Some(p) = self.progress.snapshot() {
+                        let line = format!("sync run in progress: {}", crate::report::progress_line(&p));
+                        notify(&[sd_notify::NotifyState::Status(&line)]);
+                    }
+                }
                 interrupt = signals.next() => match interrupt {
                     Interrupt::Shutdown(name) => {
                         if shutdown.is_none() {
@@ -291,8 +371,21 @@ impl Daemon {
         };
         // Dropping the task abandons a run that is still going.
         drop(run);
+        if let (Some(approval), Some(result)) = (&approval, &outcome) {
+            match result {
+                Err(EngineError::Plan(e)) => {
+                    tracing::error!(plan = %approval.plan.fingerprint, error = %e, "the approved plan was refused; nothing was written");
+                    set_aside(&approval.file, "rejected");
+                }
+                _ => {
+                    tracing::info!(plan = %approval.plan.fingerprint, "the approved plan was applied");
+                    set_aside(&approval.file, "applied");
+                }
+            }
+        }
         let status = match outcome {
             Some(Ok(report)) => self.finished(full, &report),
+            Some(Err(EngineError::Plan(e))) => format!("approved plan refused: {e}"),
             Some(Err(e)) => self.failed(&e),
             None => {
                 tracing::error!(
@@ -320,6 +413,20 @@ impl Daemon {
     /// A completed run: health, log line and `STATUS=` text.
     fn finished(&self, full: bool, report: &RunReport) -> String {
         lock(&self.health).apply(report);
+        // The engine leaves errors to its front end: a one-shot `sync` prints them once; the
+        // daemon logs them here.
+        if let Some(error) = &report.read_error {
+            tracing::error!(%error, "directory read failed; nothing was written to any sink");
+        }
+        for sink in &report.sinks {
+            match (&sink.error, sink.result) {
+                (Some(error), crate::engine::SinkResult::Held) => {
+                    tracing::warn!(sink = %sink.name, "{error}")
+                }
+                (Some(error), _) => tracing::error!(sink = %sink.name, "{error}"),
+                (None, _) => {}
+            }
+        }
         let sinks: Vec<String> = report
             .sinks
             .iter()

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Invalid, SinkConfig, SinkOptions};
 use crate::directory::Directory;
-use crate::ledger::{Ledger, LedgerWriteError, LedgerWriter};
+use crate::ledger::{Ledger, LedgerWriteError, LedgerWriter, Origin};
 use crate::model::{GroupSpec, MemberRef, OpKind, Plan, Summary, TargetView};
 use crate::secret::{SecretError, SecretField};
 
@@ -215,7 +215,13 @@ pub struct ApplyReport {
     pub skipped: u64,
     /// A new cursor/token to store, only if every operation succeeded.
     pub cursor: Option<String>,
+    /// The names of the users counted in `unmapped`.
+    #[serde(skip)]
+    pub unmapped_users: std::collections::BTreeSet<String>,
 }
+
+/// What the engine watches a run through: `(kind, group, success, count)` per recorded outcome.
+pub type Observer = dyn Fn(OpKind, &GroupSpec, bool, u64) + Send + Sync;
 
 /// Records each applied operation in the sink's ledger as it happens, and counts it.
 pub struct Recorder<'a> {
@@ -223,7 +229,7 @@ pub struct Recorder<'a> {
     sink: String,
     target_ids: HashMap<String, String>,
     pub report: ApplyReport,
-    observer: Option<&'a (dyn Fn(OpKind, bool, u64) + Send + Sync)>,
+    observer: Option<&'a Observer>,
     /// Once cancelled (SIGINT/SIGTERM), the next record returns [`SinkError::Interrupted`]:
     /// the op in flight is recorded, no further request is sent.
     stop: Option<tokio_util::sync::CancellationToken>,
@@ -258,11 +264,9 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// Calls `observer(kind, success, count)` for every recorded outcome (metrics).
-    pub fn with_observer(
-        mut self,
-        observer: &'a (dyn Fn(OpKind, bool, u64) + Send + Sync),
-    ) -> Self {
+    /// Calls `observer(kind, group, success, count)` for every recorded outcome (metrics,
+    /// progress).
+    pub fn with_observer(mut self, observer: &'a Observer) -> Self {
         self.observer = Some(observer);
         self
     }
@@ -274,13 +278,13 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn count(&mut self, kind: OpKind, n: u64) {
+    fn count(&mut self, kind: OpKind, group: &GroupSpec, n: u64) {
         if n == 0 {
             return;
         }
         self.report.applied.add(kind, n);
         if let Some(observer) = self.observer {
-            observer(kind, true, n);
+            observer(kind, group, true, n);
         }
     }
 
@@ -304,10 +308,11 @@ impl<'a> Recorder<'a> {
     pub fn created(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), SinkError> {
         self.ledger
             .record_group(group, target_id)
+            .and_then(|()| self.ledger.record_origin(&group.source_id, Origin::Created))
             .map_err(|e| self.store_error(e))?;
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
-        self.count(OpKind::Create, 1);
+        self.count(OpKind::Create, group, 1);
         self.checkpoint()
     }
 
@@ -321,11 +326,12 @@ impl<'a> Recorder<'a> {
     ) -> Result<(), SinkError> {
         self.ledger
             .record_group(group, target_id)
+            .and_then(|()| self.ledger.record_origin(&group.source_id, Origin::Adopted))
             .map_err(|e| self.store_error(e))?;
         self.record_members(OpKind::MemberAdd, group, present)?;
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
-        self.count(OpKind::Adopt, 1);
+        self.count(OpKind::Adopt, group, 1);
         self.checkpoint()
     }
 
@@ -334,7 +340,7 @@ impl<'a> Recorder<'a> {
         self.ledger
             .record_group(group, target_id)
             .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::Update, 1);
+        self.count(OpKind::Update, group, 1);
         self.checkpoint()
     }
 
@@ -343,7 +349,7 @@ impl<'a> Recorder<'a> {
         self.ledger
             .record_deleted(&group.source_id)
             .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::Delete, 1);
+        self.count(OpKind::Delete, group, 1);
         self.checkpoint()
     }
 
@@ -361,7 +367,7 @@ impl<'a> Recorder<'a> {
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
         self.record_members(OpKind::MemberAdd, group, members)?;
-        self.count(OpKind::MemberAdd, members.len() as u64);
+        self.count(OpKind::MemberAdd, group, members.len() as u64);
         self.checkpoint()
     }
 
@@ -372,7 +378,7 @@ impl<'a> Recorder<'a> {
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
         self.record_members(OpKind::MemberRemove, group, members)?;
-        self.count(OpKind::MemberRemove, members.len() as u64);
+        self.count(OpKind::MemberRemove, group, members.len() as u64);
         self.checkpoint()
     }
 
@@ -420,7 +426,7 @@ impl<'a> Recorder<'a> {
         let error = error.to_string();
         tracing::warn!(sink = %self.sink, op = kind.as_str(), group = %group.name, %error, "operation failed");
         if let Some(observer) = self.observer {
-            observer(kind, false, count);
+            observer(kind, group, false, count);
         }
         self.report.failures.push(OpFailure {
             op: kind.as_str(),
@@ -430,9 +436,11 @@ impl<'a> Recorder<'a> {
     }
 
     /// Counts a member that could not be mapped to a target user (skipped, retried next run).
+    /// The engine names them once per run in one WARN line (`unmapped_users`).
     pub fn unmapped(&mut self, group: &GroupSpec, member: &MemberRef) {
-        tracing::info!(sink = %self.sink, group = %group.name, member = %member.username, "member has no matching user in the target; skipped");
+        tracing::debug!(sink = %self.sink, group = %group.name, member = %member.username, "member has no matching user in the target; skipped");
         self.report.unmapped += 1;
+        self.report.unmapped_users.insert(member.username.clone());
     }
 
     /// Proposes a new cursor; the engine stores it only if no operation failed.

@@ -91,6 +91,59 @@ pub fn run_ldapsync_with_hosts(config: &Path, args: &[&str], hosts: &[(&str, &st
     run_with_timeout(&mut cmd, None, Duration::from_secs(300))
 }
 
+/// Runs `ldapsync ARGS…` exactly as given (no `--config` added), from `cwd` when given, with
+/// extra environment variables (see [`run_ldapsync`]).
+pub fn run_ldapsync_in(args: &[&str], cwd: Option<&Path>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(ldapsync_bin());
+    cmd.env_remove("LDAPSYNC_CONFIG").args(args);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_with_timeout(&mut cmd, None, Duration::from_secs(300))
+}
+
+/// Another process holding the state file's lock, as a running daemon does (`flock(1)`);
+/// released when dropped.
+pub struct StateLock(std::process::Child);
+
+impl StateLock {
+    /// Locks `state` (created empty if missing) and waits until the lock is held.
+    pub fn hold(state: &Path) -> StateLock {
+        if !state.exists() {
+            std::fs::write(state, b"").expect("create the state file");
+        }
+        let holder = Command::new("flock")
+            .args(["-x"])
+            .arg(state)
+            .args(["sleep", "120"])
+            .spawn()
+            .expect("flock(1) from util-linux");
+        super::process::wait_until(
+            Duration::from_secs(10),
+            "flock to hold the state file",
+            || {
+                Command::new("flock")
+                    .args(["-n", "-x"])
+                    .arg(state)
+                    .arg("true")
+                    .status()
+                    .is_ok_and(|s| !s.success())
+            },
+        );
+        StateLock(holder)
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `ldapsync --config CONFIG sync ARGS…` (see [`run_ldapsync`]).
 pub fn sync(config: &Path, args: &[&str]) -> Output {
     run_ldapsync(config, &[&["sync"], args].concat())
