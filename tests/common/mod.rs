@@ -14,6 +14,7 @@
 //! - [`scim`]: the real `scim2-server`, [`ScimServer`];
 //! - [`emulators`]: the Python target emulators ([`Emulator`], [`EmulatorWorld`]);
 //! - [`proxy`]: the fault-injecting proxy ([`FaultProxy`]) put in front of a target;
+//! - [`faults`]: the fault matrix every sink type is driven through ([`drive_fault_matrix`]);
 //! - [`run`]: the `ldapsync` binary, config TOML builders, [`run_ldapsync`], [`sync`],
 //!   [`assert_code`].
 //!
@@ -27,6 +28,7 @@
 #![allow(dead_code)]
 
 mod emulators;
+mod faults;
 mod http;
 mod ldap;
 mod pki;
@@ -40,6 +42,6 @@ mod slapd;
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
 pub use {
-    emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*, scim::*,
-    slapd::*,
+    emulators::*, faults::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*,
+    scim::*, slapd::*,
 };
