@@ -627,7 +627,11 @@ fn forgerock_converges_through_the_fault_matrix() {
 
 /// The PingOne emulator with the user alice, a fault proxy in front of its API (the token
 /// endpoint is reached directly), and a config for one PingOne sink of `sink_type`.
-fn pingone_matrix_world(sink_type: &str, extra: &str) -> (EmulatorWorld, FaultProxy, PathBuf) {
+fn pingone_matrix_world(
+    name: &str,
+    sink_type: &str,
+    extra: &str,
+) -> (EmulatorWorld, FaultProxy, PathBuf) {
     let world = EmulatorWorld::start("pingone", &[]);
     world.emu.admin_post(
         "/users",
@@ -638,7 +642,7 @@ fn pingone_matrix_world(sink_type: &str, extra: &str) -> (EmulatorWorld, FaultPr
     let config = world.write_config(
         1000,
         &format!(
-            "name = \"p1\"\ntype = \"{sink_type}\"\napi_url = \"{api}\"\nauth_url = \"{base}\"\n\
+            "name = \"{name}\"\ntype = \"{sink_type}\"\napi_url = \"{api}\"\nauth_url = \"{base}\"\n\
              environment_id = \"11111111-2222-3333-4444-555555555555\"\nclient_id = \"ldapsync-client\"\n\
              client_secret_file = \"{secret}\"\n{http}{extra}\n",
             api = proxy.url(),
@@ -652,7 +656,7 @@ fn pingone_matrix_world(sink_type: &str, extra: &str) -> (EmulatorWorld, FaultPr
 
 #[test]
 fn pingone_groups_converges_through_the_fault_matrix() {
-    let (world, proxy, config) = pingone_matrix_world("pingone_groups", "");
+    let (world, proxy, config) = pingone_matrix_world("p1", "pingone_groups", "");
     drive_fault_matrix(&FaultMatrix {
         slapd: &world.slapd,
         proxy: &proxy,
@@ -693,6 +697,7 @@ fn pingone_groups_converges_through_the_fault_matrix() {
 fn pingone_import_converges_through_the_fault_matrix() {
     let sync_id = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
     let (world, proxy, config) = pingone_matrix_world(
+        "import",
         "pingone_provisioning_sync",
         &format!("provisioning_sync_id = \"{sync_id}\"\nbatch_size = 1"),
     );
@@ -701,7 +706,7 @@ fn pingone_import_converges_through_the_fault_matrix() {
         proxy: &proxy,
         config: &config,
         state: &world.state_path(),
-        sink: "p1",
+        sink: "import",
         create_path: "/provisioningSyncs/",
         read_path: None,
         looks_up_unanswered: false,
