@@ -5,7 +5,8 @@
 #           samba samba-dsdb-modules samba-vfs-modules samba-ad-provision (a throwaway Samba AD
 #           DC for tests/samba_ad.rs: samba, samba-tool; the DC's sam.ldb modules; acl_xattr, which
 #           `domain provision` loads to set the sysvol ACLs; the provisioning templates) and
-#           ldb-tools (ldbsearch, an independent reader of objectGUID)
+#           ldb-tools (ldbsearch, an independent reader of objectGUID), g++ when there is no C++
+#           compiler (libFuzzer's runtime, for scripts/fuzz.sh)
 #   Python: a venv at $REPO/.venv with scim2-server (pinned), plus
 #           tests/emulators/requirements.txt when that file exists.
 #
@@ -43,6 +44,8 @@ pkg_installed() {
 want=(slapd ldap-utils openssl prometheus samba samba-dsdb-modules samba-vfs-modules samba-ad-provision
     ldb-tools)
 command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
+# scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer's C++ runtime.
+command -v c++ >/dev/null 2>&1 || want+=(g++)
 
 missing=()
 for p in "${want[@]}"; do pkg_installed "$p" || missing+=("$p"); done

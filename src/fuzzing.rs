@@ -17,9 +17,12 @@ use crate::sinks::SinkSettings;
 use crate::source::filter::Filter;
 use crate::source::{RawEntry, ldap, ldif};
 
+/// The entry point of a fuzz target: takes any input, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every fuzz target: its name (the `fuzz/fuzz_targets/<name>.rs` binary and the
 /// `fuzz/corpus/<name>/` folder) and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("dn", fuzz_dn),
     ("ldif", fuzz_ldif),
     ("filter", fuzz_filter),
