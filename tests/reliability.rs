@@ -1,6 +1,8 @@
 //! Faults and hostile inputs (docs/reliability.md): a target that echoes credentials, empty
 //! reads, endless Retry-After, interruptions, state files from the future, plaintext, control
-//! characters. A real slapd, the real binary, the emulators of `tests/emulators/`.
+//! characters, and the fault matrix (`common::drive_fault_matrix`) for every sink type. A real
+//! slapd, the real binary, the real scim2-server, the emulators of `tests/emulators/` behind the
+//! fault proxy.
 
 mod common;
 
