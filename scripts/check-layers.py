@@ -25,7 +25,7 @@ RUNGS = [
     ["app", "manual"],
     ["daemon"],
     ["cli"],
-    ["proptests"],  # test-only: property tests over every parser
+    ["proptests", "fuzzing"],  # test/fuzz-only: property tests and fuzz entry points of every parser
 ]
 RUNG = {name: level for level, names in enumerate(RUNGS) for name in names}
 

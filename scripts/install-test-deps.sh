@@ -6,7 +6,8 @@
 #           DC for tests/samba_ad.rs: samba, samba-tool; the DC's sam.ldb modules; acl_xattr, which
 #           `domain provision` loads to set the sysvol ACLs; the provisioning templates) and
 #           ldb-tools (ldbsearch, an independent reader of objectGUID); 389-ds-base (a throwaway
-#           389 Directory Server for tests/ds389.rs: dscreate, ns-slapd)
+#           389 Directory Server for tests/ds389.rs: dscreate, ns-slapd); g++ when there is no
+#           C++ compiler (libFuzzer's runtime, for scripts/fuzz.sh)
 #   Python: a venv at $REPO/.venv with scim2-server (pinned), plus
 #           tests/emulators/requirements.txt when that file exists.
 #
@@ -44,6 +45,8 @@ pkg_installed() {
 want=(slapd ldap-utils openssl prometheus samba samba-dsdb-modules samba-vfs-modules samba-ad-provision
     ldb-tools 389-ds-base)
 command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
+# scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer's C++ runtime.
+command -v c++ >/dev/null 2>&1 || want+=(g++)
 
 missing=()
 for p in "${want[@]}"; do pkg_installed "$p" || missing+=("$p"); done

@@ -15,6 +15,7 @@
 //! - `app`: configuration with its sinks and the source check, shared by both front ends;
 //! - [`cli`] and `daemon`: the commands and the scheduled service.
 //! - `manual`: shell completions and the man page, from the `cli` definitions.
+//! - `fuzzing` (feature `fuzzing`, and in tests): the entry points of the fuzz targets in `fuzz/`.
 
 pub(crate) mod app;
 pub mod cli;
@@ -24,6 +25,9 @@ pub(crate) mod directory;
 pub(crate) mod dn;
 pub(crate) mod engine;
 pub mod exit;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod ledger;
 pub(crate) mod manual;
 pub(crate) mod model;

@@ -1,4 +1,4 @@
-//! Bounded property tests ("fuzzing" in the normal test suite) of the code that takes outside data: DN parsing, the LDIF reader, the filter evaluator, GUID decoding, the configuration parser, the secret scrubber and the output escaping.
+//! Bounded property tests ("fuzzing" in the normal test suite) of the code that takes outside data: DN parsing, the LDIF reader, the filter evaluator, GUID decoding, search entries from BER, the configuration parser, the secret scrubber and the output escaping.
 //!
 //! Each property runs a fixed number of generated cases (proptest's default 256, fewer for the
 //! slower ones), so `cargo test` stays quick; proptest keeps failing cases in
@@ -14,7 +14,47 @@ use crate::report::escape_controls;
 use crate::secret::{Redactor, Secret};
 use crate::sinks::SinkSettings;
 use crate::source::filter::Filter;
-use crate::source::{RawEntry, ldif};
+use crate::source::{RawEntry, ldap, ldif};
+
+/// A BER TLV with a definite length (short or long form).
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 128 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The BER of a SearchResultEntry (`[APPLICATION 4] { objectName, attributes }`).
+fn search_entry_ber(dn: &[u8], attrs: &[(String, Vec<Vec<u8>>)]) -> Vec<u8> {
+    let attributes: Vec<u8> = attrs
+        .iter()
+        .flat_map(|(name, values)| {
+            let set: Vec<u8> = values.iter().flat_map(|v| tlv(0x04, v)).collect();
+            tlv(
+                0x30,
+                &[tlv(0x04, name.as_bytes()), tlv(0x31, &set)].concat(),
+            )
+        })
+        .collect();
+    tlv(0x64, &[tlv(0x04, dn), tlv(0x30, &attributes)].concat())
+}
+
+/// ldap3's lber parses the bytes, ldapsync decodes the entry from the parsed structure.
+fn decode_ber(bytes: &[u8]) -> Option<RawEntry> {
+    let (_, tag) = ldap3::asn1::parse_tag(bytes).ok()?;
+    ldap::decode_entry(ldap3::ResultEntry::new(tag))
+}
 
 /// LDIF-looking lines: the parser's interesting cases are near the grammar, not random bytes.
 fn ldif_line() -> impl Strategy<Value = String> {
@@ -105,6 +145,25 @@ proptest! {
         let e = entry(vec![("objectGUID".into(), vec![bytes.clone()]), ("entryUUID".into(), vec![bytes])]);
         let _ = e.source_id("objectGUID");
         let _ = e.source_id("entryUUID");
+    }
+
+    #[test]
+    fn search_entries_decode_from_their_ber(
+        dn in proptest::collection::vec(any::<u8>(), 0..40),
+        attrs in proptest::collection::btree_map("[a-z;=0-9-]{1,12}", proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..4), 0..5),
+    ) {
+        let attrs: Vec<(String, Vec<Vec<u8>>)> = attrs.into_iter().collect();
+        let entry = decode_ber(&search_entry_ber(&dn, &attrs));
+        let entry = entry.expect("a well-formed entry decodes");
+        prop_assert_eq!(&entry.dn, &String::from_utf8_lossy(&dn).into_owned());
+        for (name, values) in &attrs {
+            prop_assert_eq!(entry.values(name), values.as_slice());
+        }
+    }
+
+    #[test]
+    fn any_bytes_as_a_search_entry_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode_ber(&bytes);
     }
 
     #[test]

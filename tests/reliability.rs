@@ -1,6 +1,8 @@
 //! Faults and hostile inputs (docs/reliability.md): a target that echoes credentials, empty
 //! reads, endless Retry-After, interruptions, state files from the future, plaintext, control
-//! characters. A real slapd, the real binary, the emulators of `tests/emulators/`.
+//! characters, and the fault matrix (`common::drive_fault_matrix`) for every sink type. A real
+//! slapd, the real binary, the real scim2-server, the emulators of `tests/emulators/` behind the
+//! fault proxy.
 
 mod common;
 
@@ -523,129 +525,275 @@ fn control_characters_in_names_are_skipped_and_never_printed_raw() {
     );
 }
 
-/// Confirmed ledger rows of sink `sink`.
-fn confirmed(state: &Path, sink: &str) -> i64 {
-    rusqlite::Connection::open(state)
-        .unwrap()
-        .query_row(
-            "SELECT COUNT(*) FROM ledger_groups WHERE sink = ?1 AND target_id IS NOT NULL",
-            [sink],
-            |r| r.get(0),
-        )
-        .unwrap()
+/// The HTTP settings of a sink under the fault matrix: a short request timeout (the slow
+/// answers are held past it) and a few retries.
+fn matrix_http() -> String {
+    format!("timeout_secs = {FAULT_TIMEOUT_SECS}\nmax_retries = 4\n")
 }
 
-/// The fault matrix on one emulated target: for each fault a new LDAP group is added and a run
-/// meets the fault (it may fail), then the target recovers and the next run converges: every
-/// group exactly once in the target, and the ledger holds what the target accepted.
-fn fault_matrix(world: &EmulatorWorld, sink: &str, config: &Path, create_path: &str) {
-    let faults = [
-        json!({"rate_limit_next": 3, "retry_after": 1}),
-        json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
-        json!({"rate_limit_next": 2, "retry_after": null}),
-        json!({"fail_next": 2, "fail_status": 503, "fail_body": "text"}),
-        json!({"fail_next": 2, "fail_status": 502, "fail_body": "empty"}),
-        json!({"fail_next": 3, "fail_status": 500, "fail_body": "text", "method": "GET"}),
-        json!({"rate_limit_next": 1000, "retry_after": 100000}),
-    ]
-    .map(|mut fault| {
-        if fault.get("method").is_none() {
-            fault["path_prefix"] = json!(create_path);
-        }
-        fault
-    });
-    run_fault_matrix(world, sink, config, &faults);
+/// The string values of `list` (missing: none).
+fn strings(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
 }
 
-/// [`fault_matrix`] with the faults given in the emulator's own terms.
-fn run_fault_matrix(
+/// An emulated target's groups as the matrix compares them: `members` reads a group's members.
+fn emulated_groups(
     world: &EmulatorWorld,
-    sink: &str,
-    config: &Path,
-    faults: &[serde_json::Value],
-) {
-    let alice = world.slapd.add_user("alice", "alice@example.com");
-    let mut names: Vec<String> = Vec::new();
-    for (i, fault) in faults.iter().enumerate() {
-        let name = format!("fault-{i}");
-        world.slapd.add_group(&name, &[&alice]);
-        names.push(name);
-        world.emu.admin_post("/faults", fault);
-        let out = sync(config, &[]);
-        assert!(
-            [0, 1, 4].contains(&out.code()),
-            "{fault}: {}",
-            out.describe()
-        );
-        assert_eq!(
-            confirmed(&world.state_path(), sink),
-            world
-                .groups()
-                .iter()
-                .filter(|g| g["name"].as_str().is_some_and(|n| n.starts_with("fault-")))
-                .count() as i64,
-            "{fault}: the ledger holds what the target accepted"
-        );
-        world.emu.admin_post("/faults", &json!({}));
-        let out = sync(config, &[]);
-        assert_code(&out, 0);
-        for name in &names {
-            assert_eq!(
-                world.groups_named(name).len(),
-                1,
-                "{fault}: {name} exactly once: {:#?}",
-                world.groups()
-            );
-        }
-    }
-    let again = sync(config, &["--dry-run", "--output", "json"]);
-    assert_code(&again, 0);
-    let plan: serde_json::Value = serde_json::from_str(&again.stdout_str()).unwrap();
-    assert_eq!(plan["sinks"][0]["summary"]["create"], 0, "{plan}");
+    members: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> Vec<(String, Vec<String>)> {
+    world
+        .groups()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap_or_default().to_string(),
+                members(g),
+            )
+        })
+        .collect()
 }
 
 #[test]
 fn connect_converges_through_the_fault_matrix() {
     let world = EmulatorWorld::start("connect", &["--provider", "password", "--api-key", KEY]);
-    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 4"));
-    fault_matrix(&world, "connect", &config, "/__api__/v1/groups");
+    world.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice", "email": "alice@example.com"}]),
+    );
+    let proxy = FaultProxy::start(world.emu.base_url());
+    let config = world.write_config(
+        1000,
+        &format!(
+            "name = \"connect\"\ntype = \"connect\"\nbase_url = \"{}\"\napi_key = \"{KEY}\"\n{}",
+            proxy.url(),
+            matrix_http()
+        ),
+    );
+    drive_fault_matrix(&FaultMatrix {
+        slapd: &world.slapd,
+        proxy: &proxy,
+        config: &config,
+        state: &world.state_path(),
+        sink: "connect",
+        create_path: "/v1/groups$",
+        read_path: Some("/v1/(groups|users)$"),
+        looks_up_unanswered: true,
+        target_groups: &|| emulated_groups(&world, |g| strings(&g["member_usernames"])),
+    });
 }
 
 #[test]
 fn forgerock_converges_through_the_fault_matrix() {
     let world = EmulatorWorld::start("forgerock", &[]);
+    world.emu.admin_post(
+        "/users",
+        &json!([{"userName": "alice", "mail": "alice@example.com"}]),
+    );
+    let proxy = FaultProxy::start(world.emu.base_url());
     let config = world.write_config(
         1000,
         &format!(
-            "name = \"idm\"\ntype = \"forgerock\"\nbase_url = \"{base}\"\nmax_retries = 4\n\
+            "name = \"idm\"\ntype = \"forgerock\"\nbase_url = \"{proxied}\"\n{http}\
              token_url = \"{base}/am/oauth2/realms/root/realms/alpha/access_token\"\n\
              client_id = \"idm-provisioning\"\nclient_secret = \"idm-provisioning-secret\"\ntoken_auth_method = \"post\"\n",
+            proxied = proxy.url(),
+            http = matrix_http(),
             base = world.emu.base_url()
         ),
     );
-    fault_matrix(&world, "idm", &config, "/openidm/managed");
+    drive_fault_matrix(&FaultMatrix {
+        slapd: &world.slapd,
+        proxy: &proxy,
+        config: &config,
+        state: &world.state_path(),
+        sink: "idm",
+        create_path: "/managed/[a-z_]*group$",
+        read_path: Some("/managed/[a-z_]*group$"),
+        looks_up_unanswered: true,
+        target_groups: &|| {
+            emulated_groups(&world, |g| {
+                g["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["userName"].as_str().map(str::to_string))
+                    .collect()
+            })
+        },
+    });
 }
 
-#[test]
-fn pingone_groups_converges_through_the_fault_matrix() {
+/// The PingOne emulator with the user alice, a fault proxy in front of its API (the token
+/// endpoint is reached directly), and a config for one PingOne sink of `sink_type`.
+fn pingone_matrix_world(
+    name: &str,
+    sink_type: &str,
+    extra: &str,
+) -> (EmulatorWorld, FaultProxy, PathBuf) {
     let world = EmulatorWorld::start("pingone", &[]);
+    world.emu.admin_post(
+        "/users",
+        &json!([{"username": "alice", "email": "alice@example.com"}]),
+    );
+    let proxy = FaultProxy::start(&format!("{}/v1", world.emu.base_url()));
     let secret = write_file(world.dir.path(), "client-secret", "s3cret-client\n");
     let config = world.write_config(
         1000,
         &format!(
-            "name = \"p1\"\ntype = \"pingone_groups\"\napi_url = \"{base}/v1\"\nauth_url = \"{base}\"\n\
+            "name = \"{name}\"\ntype = \"{sink_type}\"\napi_url = \"{api}\"\nauth_url = \"{base}\"\n\
              environment_id = \"11111111-2222-3333-4444-555555555555\"\nclient_id = \"ldapsync-client\"\n\
-             client_secret_file = \"{secret}\"\nmax_retries = 4\n",
+             client_secret_file = \"{secret}\"\n{http}{extra}\n",
+            api = proxy.url(),
             base = world.emu.base_url(),
             secret = secret.display(),
+            http = matrix_http(),
         ),
     );
-    let faults = [
-        json!({"rate_limit_next": 3, "retry_after": 1}),
-        json!({"rate_limit_next": 3, "retry_after": 1, "retry_after_format": "http-date"}),
-        json!({"fail_next": 2, "fail_status": 503}),
-        json!({"fail_next": 2, "fail_status": 502}),
-        json!({"rate_limit_next": 1000, "retry_after": 100000}),
-    ];
-    run_fault_matrix(&world, "p1", &config, &faults);
+    (world, proxy, config)
+}
+
+#[test]
+fn pingone_groups_converges_through_the_fault_matrix() {
+    let (world, proxy, config) = pingone_matrix_world("p1", "pingone_groups", "");
+    drive_fault_matrix(&FaultMatrix {
+        slapd: &world.slapd,
+        proxy: &proxy,
+        config: &config,
+        state: &world.state_path(),
+        sink: "p1",
+        create_path: "/groups$",
+        read_path: Some("/groups$"),
+        looks_up_unanswered: true,
+        target_groups: &|| {
+            let state = world.emu.state();
+            let usernames: std::collections::HashMap<&str, &str> = state["users"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| Some((u["id"].as_str()?, u["username"].as_str()?)))
+                .collect();
+            state["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|g| {
+                    let gid = g["id"].as_str().unwrap_or_default();
+                    let members = strings(&state["memberships"][gid])
+                        .iter()
+                        .filter_map(|uid| usernames.get(uid.as_str()).map(|n| n.to_string()))
+                        .collect();
+                    (g["name"].as_str().unwrap_or_default().to_string(), members)
+                })
+                .collect()
+        },
+    });
+}
+
+/// The provisioning-sync import: what PingOne accepted is its external groups (keyed by
+/// uniqueId, so a resent batch never makes a second one); members are the sent DNs.
+#[test]
+fn pingone_import_converges_through_the_fault_matrix() {
+    let sync_id = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+    let (world, proxy, config) = pingone_matrix_world(
+        "import",
+        "pingone_provisioning_sync",
+        &format!("provisioning_sync_id = \"{sync_id}\"\nbatch_size = 1"),
+    );
+    drive_fault_matrix(&FaultMatrix {
+        slapd: &world.slapd,
+        proxy: &proxy,
+        config: &config,
+        state: &world.state_path(),
+        sink: "import",
+        create_path: "/provisioningSyncs/",
+        read_path: None,
+        looks_up_unanswered: false,
+        target_groups: &|| {
+            let state = world.emu.state();
+            state["external_groups"][sync_id]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, g)| g["deleted"] != true)
+                .map(|(_, g)| {
+                    let members = strings(&g["member"])
+                        .iter()
+                        .filter_map(|dn| {
+                            dn.strip_prefix("uid=")?
+                                .split(',')
+                                .next()
+                                .map(str::to_string)
+                        })
+                        .collect();
+                    (g["name"].as_str().unwrap_or_default().to_string(), members)
+                })
+                .collect()
+        },
+    });
+}
+
+/// The real scim2-server, which accepts duplicate group names: a create resent blindly would
+/// show up as a second group.
+#[test]
+fn scim_converges_through_the_fault_matrix() {
+    let slapd = Slapd::start();
+    let scim = ScimServer::start(false);
+    scim.create_user("alice", "alice@example.com");
+    let proxy = FaultProxy::start(&scim.base_url());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let config = write_file(
+        dir.path(),
+        "config.toml",
+        format!(
+            "{ldap}\n{safety}\n[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{url}\"\n\
+             token = \"{token}\"\nuser_match = \"userName\"\n{http}",
+            ldap = ldap_config_toml(&slapd, &state),
+            safety = permissive_safety_toml(1000),
+            url = proxy.url(),
+            token = scim.token(),
+            http = matrix_http(),
+        ),
+    );
+    drive_fault_matrix(&FaultMatrix {
+        slapd: &slapd,
+        proxy: &proxy,
+        config: &config,
+        state: &state,
+        sink: "scim",
+        create_path: "/Groups$",
+        read_path: Some("/Groups$"),
+        looks_up_unanswered: true,
+        target_groups: &|| {
+            let users: std::collections::HashMap<String, String> = scim
+                .users()
+                .iter()
+                .map(|u| {
+                    (
+                        u["id"].as_str().unwrap_or_default().to_string(),
+                        u["userName"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            scim.groups()
+                .iter()
+                .map(|g| {
+                    let members = g["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| users.get(m["value"].as_str()?).cloned())
+                        .collect();
+                    (
+                        g["displayName"].as_str().unwrap_or_default().to_string(),
+                        members,
+                    )
+                })
+                .collect()
+        },
+    });
 }

@@ -386,7 +386,7 @@ pub async fn complete_ranges(
 }
 
 /// Decodes a SearchResultEntry (`[APPLICATION 4] { objectName, attributes }`) without panicking.
-fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
+pub(crate) fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
     let tag: StructureTag = entry.0;
     if tag.id != 4 {
         return None;

@@ -15,6 +15,7 @@
 //! - [`scim`]: the real `scim2-server`, [`ScimServer`];
 //! - [`emulators`]: the Python target emulators ([`Emulator`], [`EmulatorWorld`]);
 //! - [`proxy`]: the fault-injecting proxy ([`FaultProxy`]) put in front of a target;
+//! - [`faults`]: the fault matrix every sink type is driven through ([`drive_fault_matrix`]);
 //! - [`run`]: the `ldapsync` binary, config TOML builders, [`run_ldapsync`], [`sync`],
 //!   [`assert_code`].
 //!
@@ -29,6 +30,7 @@
 
 mod ds389;
 mod emulators;
+mod faults;
 mod http;
 mod ldap;
 mod pki;
@@ -42,6 +44,6 @@ mod slapd;
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
 pub use {
-    ds389::*, emulators::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*, samba::*,
-    scim::*, slapd::*,
+    ds389::*, emulators::*, faults::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*,
+    samba::*, scim::*, slapd::*,
 };

@@ -9,7 +9,8 @@ Admin endpoints (never forwarded):
 * ``POST /__proxy/rules`` with a JSON list of rules (replaces the current ones), ``GET`` reads
   them, ``DELETE`` clears them.
 * ``GET /__proxy/log``: every proxied request, oldest first:
-  ``{"method", "path", "query", "rule", "forwarded", "upstream_status", "status"}``.
+  ``{"method", "path", "query", "rule", "rules", "forwarded", "upstream_status", "status"}``
+  (``rule``: the index of the rule that decided the answer; ``rules``: every rule that matched).
 
 A rule matches a request by ``method`` (default any) and ``path`` (a regular expression searched
 in the path, default any), for its first ``times`` matches (default: every time). What it does:
@@ -17,14 +18,21 @@ in the path, default any), for its first ``times`` matches (default: every time)
 * ``{"action": "status", "status": 500}``: answers that status without forwarding;
 * ``{"action": "forward_status", "status": 503}``: forwards (the target commits it), then answers
   that status instead of the target's answer;
-* ``{"action": "reset"}``: forwards, then closes the connection without answering;
+* both take ``"retry_after": 1`` (a ``Retry-After`` header; ``"retry_after_format": "http-date"``
+  sends it as an HTTP date that many seconds ahead instead of seconds), and ``"raw_body": "<html>"``
+  with ``"content_type": "text/html"`` (a non-JSON body; default: a small JSON detail, or
+  ``"body"``, any JSON value);
+* ``{"action": "reset"}``: forwards, then closes the connection without answering (TCP RST);
+  ``"forward": false`` resets before forwarding (the target never sees the request);
 * ``{"action": "strip_query"}``: forwards without the query string (a target ignoring filters);
 * ``{"action": "set_query", "param": "_queryFilter", "value": "true"}``: forwards with that query
   parameter replaced (a target ignoring filters whose API requires one);
-* ``{"action": "delay", "seconds": 2}``: waits, then forwards.
+* ``{"action": "delay", "seconds": 2}``: waits, then forwards; with ``"after": true`` it forwards
+  at once (the target commits it) and holds the answer that long (a slow answer).
 
 Several rules may match one request; the first non-``strip_query``/``delay`` rule decides the
-answer, ``strip_query``, ``set_query`` and ``delay`` rules apply in addition.
+answer, ``strip_query``, ``set_query`` and ``delay`` rules apply in addition. A client that gave
+up meanwhile (its timeout) only makes the late answer go nowhere.
 """
 
 import argparse
@@ -36,6 +44,7 @@ import struct
 import sys
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -84,12 +93,45 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _answer(self, status, body=b"", content_type="application/json"):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def _answer(self, status, body=b"", content_type="application/json", headers=()):
+        try:
+            self.send_response(status)
+            if content_type:
+                self.send_header("Content-Type", content_type)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            # The client gave up (its timeout) before a held answer came: nothing to answer.
+            self.close_connection = True
+
+    def _injected(self, rule, status, detail):
+        """Answers ``status`` as ``rule`` says: its Retry-After and body (see the module doc)."""
+        headers = []
+        if rule.get("retry_after") is not None:
+            seconds = int(rule["retry_after"])
+            if rule.get("retry_after_format") == "http-date":
+                headers.append(("Retry-After", formatdate(time.time() + seconds, usegmt=True)))
+            else:
+                headers.append(("Retry-After", str(seconds)))
+        if "raw_body" in rule:
+            body = str(rule["raw_body"]).encode()
+            content_type = rule.get("content_type", "text/html")
+        else:
+            body = json.dumps(rule.get("body") or {"detail": detail, "status": str(status)}).encode()
+            content_type = rule.get("content_type", "application/json")
+        return self._answer(status, body, content_type, headers)
+
+    def _reset(self):
+        """Closes the connection with a TCP RST (SO_LINGER 0) instead of answering."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
 
     def _admin(self, method, path, body):
         state = self.server.state
@@ -124,8 +166,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._admin(method, path, body)
         rules = state.matching(method, path)
         entry = {"method": method, "path": path, "query": query, "rule": None,
-                 "forwarded": False, "upstream_status": None, "status": None}
+                 "rules": [index for index, _ in rules], "forwarded": False,
+                 "upstream_status": None, "status": None}
         decisive = None
+        hold = 0.0
         for index, rule in rules:
             action = rule.get("action")
             if action == "strip_query":
@@ -134,6 +178,8 @@ class Handler(BaseHTTPRequestHandler):
                 pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != rule["param"]]
                 pairs.append((rule["param"], rule.get("value", "")))
                 query = urlencode(pairs)
+            elif action == "delay" and rule.get("after"):
+                hold += float(rule.get("seconds", 1))
             elif action == "delay":
                 time.sleep(float(rule.get("seconds", 1)))
             elif decisive is None:
@@ -145,8 +191,11 @@ class Handler(BaseHTTPRequestHandler):
         if action == "status":
             entry["status"] = int(rule.get("status", 500))
             self._log(entry)
-            detail = rule.get("body") or {"detail": "injected by the fault proxy", "status": str(entry["status"])}
-            return self._answer(entry["status"], json.dumps(detail).encode())
+            return self._injected(rule, entry["status"], "injected by the fault proxy")
+        if action == "reset" and rule.get("forward") is False:
+            entry["status"] = "reset"
+            self._log(entry)
+            return self._reset()
         # forward
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         target_path = state.prefix + path + (("?" + query) if query else "")
@@ -164,32 +213,26 @@ class Handler(BaseHTTPRequestHandler):
             return self._answer(502, json.dumps({"detail": f"proxy: {e}"}).encode())
         entry["forwarded"] = True
         entry["upstream_status"] = status
+        if hold:
+            time.sleep(hold)
         if action == "reset":
             entry["status"] = "reset"
             self._log(entry)
-            self.close_connection = True
-            try:
-                # SO_LINGER 0: the close sends a TCP RST instead of a FIN.
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
-            except OSError:
-                pass
-            return None
+            return self._reset()
         if action == "forward_status":
             entry["status"] = int(rule.get("status", 503))
             self._log(entry)
-            detail = rule.get("body") or {"detail": "injected by the fault proxy after forwarding", "status": str(entry["status"])}
-            return self._answer(entry["status"], json.dumps(detail).encode())
+            return self._injected(rule, entry["status"], "injected by the fault proxy after forwarding")
         entry["status"] = status
         self._log(entry)
-        self.send_response(status)
+        content_type = None
+        headers = []
         for k, v in upstream_headers:
-            if k.lower() not in HOP_BY_HOP:
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        return None
+            if k.lower() == "content-type":
+                content_type = v
+            elif k.lower() not in HOP_BY_HOP:
+                headers.append((k, v))
+        return self._answer(status, data, content_type, headers)
 
     def _log(self, entry):
         with self.server.state.lock:
