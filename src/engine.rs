@@ -474,6 +474,11 @@ async fn run_sink(
     };
     let mut plan = plan::plan(directory, ledger, &view);
     warn_unmapped(sink.name(), &plan);
+    // The users found this time join the sink's user map (not looked up again next run).
+    let mut store = store;
+    if let (Some(store), false) = (store.as_deref_mut(), options.dry_run) {
+        store.record_users(sink.name(), &view.learned)?;
+    }
     plan.full = options.full;
     let summary = plan.summary();
     let m = metrics();

@@ -4,10 +4,10 @@
 //! whose `target_id` is `None` is a recorded *intent*: a create was started but not confirmed, so
 //! the next run must look the object up before creating it again (§4.4).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::{GroupSpec, MemberRef, User};
+use crate::model::{GroupSpec, MemberRef, User, UserMapping};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -15,6 +15,9 @@ pub struct Ledger {
     pub groups: BTreeMap<String, LedgerGroup>,
     /// The sink's cursor/token after its last complete apply (e.g. PingOne's nextToken).
     pub cursor: Option<String>,
+    /// The user map: user source id → the target user found for it on an earlier run (a cache:
+    /// a hit saves a lookup; a miss is looked up again on every run).
+    pub users: HashMap<String, UserMapping>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -233,6 +233,20 @@ pub struct TargetView {
     /// Group source id → the existing target group to adopt (only groups the ledger does not
     /// hold with a target id).
     pub existing: std::collections::BTreeMap<String, ExistingGroup>,
+    /// The sink creates missing users (`provision_users`): members without a target user are
+    /// planned as `member_add` (without a target id) instead of listed as unmapped.
+    pub provisions_users: bool,
+    /// User source id → mappings this resolve looked up in the target (cache misses), for the
+    /// state file's user map (written on real runs only).
+    pub learned: std::collections::BTreeMap<String, UserMapping>,
+}
+
+/// A directory user's target user id, with the lookup key it was found by (e.g.
+/// `userName=alice`): a cached mapping holds only while the key is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMapping {
+    pub key: String,
+    pub target_id: String,
 }
 
 /// A target group to adopt, with its current members.

@@ -212,14 +212,18 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
 }
 
 /// The member to add for `user`: with its target id when the view resolves users, `None` when
-/// the target has no such user.
+/// the target has no such user (unless the sink provisions it: then without a target id).
 fn mapped(view: &TargetView, user: &Arc<User>) -> Option<MemberRef> {
     match &view.users {
         None => Some(MemberRef::new(Arc::clone(user))),
-        Some(users) => users.get(&user.source_id).map(|id| MemberRef {
-            user: Arc::clone(user),
-            target_id: Some(id.clone()),
-        }),
+        Some(users) => match users.get(&user.source_id) {
+            Some(id) => Some(MemberRef {
+                user: Arc::clone(user),
+                target_id: Some(id.clone()),
+            }),
+            None if view.provisions_users => Some(MemberRef::new(Arc::clone(user))),
+            None => None,
+        },
     }
 }
 
@@ -454,7 +458,7 @@ mod tests {
             .collect();
         Ledger {
             groups,
-            cursor: None,
+            ..Ledger::default()
         }
     }
 
@@ -572,6 +576,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            ..TargetView::default()
         };
         let p = plan(&d, &Ledger::default(), &view);
         let shown: Vec<_> = p
@@ -603,6 +608,26 @@ mod tests {
         let again = plan(&d, &ledger, &view);
         assert!(again.is_empty(), "{again:?}");
         assert_eq!(again.summary().unmapped, 2);
+
+        // A sink that provisions users plans the member without a target id instead.
+        let provisioning = TargetView {
+            provisions_users: true,
+            ..view
+        };
+        let p = plan(&d, &Ledger::default(), &provisioning);
+        assert_eq!(p.summary().unmapped, 0);
+        let adds: Vec<&MemberRef> = p
+            .operations
+            .iter()
+            .filter_map(|o| match o {
+                Operation::MemberAdd { members, .. } => Some(members),
+                _ => None,
+            })
+            .flatten()
+            .filter(|m| m.username == "user2")
+            .collect();
+        assert_eq!(adds.len(), 2);
+        assert!(adds.iter().all(|m| m.target_id.is_none()));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
-use crate::model::{GroupSpec, MemberRef, Summary, User};
+use crate::model::{GroupSpec, MemberRef, Summary, User, UserMapping};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
@@ -81,6 +81,20 @@ CREATE TABLE run_sinks (
     ),
     // The full snapshot was written on every run and never read; only the scope counts are.
     M::up("DROP TABLE snapshot_users; DROP TABLE snapshot_groups; DROP TABLE snapshot_members;"),
+    // Each sink's user map (source user → target user, and the lookup key it was found by): a
+    // cache of lookups, so a run looks up only the users it has not found before.
+    M::up(
+        r#"
+CREATE TABLE user_map (
+    sink TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    match_key TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (sink, user_source_id)
+) WITHOUT ROWID;
+"#,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -418,7 +432,52 @@ impl Store {
             )
             .optional()
             .map_err(&err)?;
-        Ok(Ledger { groups, cursor })
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT user_source_id, match_key, target_id FROM user_map WHERE sink = ?1",
+            )
+            .map_err(&err)?;
+        let users = statement
+            .query_map([sink], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    UserMapping {
+                        key: row.get(1)?,
+                        target_id: row.get(2)?,
+                    },
+                ))
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        Ok(Ledger {
+            groups,
+            cursor,
+            users,
+        })
+    }
+
+    /// Adds or replaces entries of a sink's user map, in one transaction.
+    pub fn record_users(
+        &mut self,
+        sink: &str,
+        users: &BTreeMap<String, UserMapping>,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        self.in_transaction(|tx| {
+            {
+                let mut statement = tx.prepare_cached(
+                    "INSERT INTO user_map (sink, user_source_id, match_key, target_id, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sink, user_source_id) DO UPDATE SET
+                     match_key = excluded.match_key, target_id = excluded.target_id, updated_at = excluded.updated_at",
+                )?;
+                for (source_id, mapping) in users {
+                    statement.execute(params![sink, source_id, mapping.key, mapping.target_id, at])?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Records that a create is about to be sent (docs/safety.md rule 4), unless the group is recorded already.
@@ -838,6 +897,28 @@ mod tests {
         assert_eq!(ledger.cursor.as_deref(), Some("tok"));
         store.record_deleted("s", "g1").unwrap();
         assert!(store.load_ledger("s").unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn the_user_map_is_kept_per_sink_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let mapping = |key: &str, id: &str| UserMapping {
+            key: key.into(),
+            target_id: id.into(),
+        };
+        let mut users = BTreeMap::new();
+        users.insert("u1".to_string(), mapping("userName=alice", "T1"));
+        users.insert("u2".to_string(), mapping("userName=bob", "T2"));
+        store.record_users("s", &users).unwrap();
+        let mut again = BTreeMap::new();
+        again.insert("u2".to_string(), mapping("userName=robert", "T3"));
+        store.record_users("s", &again).unwrap();
+        let ledger = store.load_ledger("s").unwrap();
+        assert_eq!(ledger.users.len(), 2);
+        assert_eq!(ledger.users["u1"], mapping("userName=alice", "T1"));
+        assert_eq!(ledger.users["u2"], mapping("userName=robert", "T3"));
+        assert!(store.load_ledger("other").unwrap().users.is_empty());
     }
 
     #[test]

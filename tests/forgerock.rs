@@ -181,15 +181,30 @@ fn empty_realm_and_access_token_file() {
 #[test]
 fn adopt_on_conflict_and_stale_rev_retry() {
     let env = Env::start(&[]);
-    env.add_idm_users(&["alice"]);
+    env.add_idm_users(&["alice", "mallory"]);
+    // A hand-made group with a member LDAP does not list: adopted, its members made equal.
     env.emu.admin_post(
         "/groups",
-        &json!([{"name": "devs", "description": "pre-existing"}]),
+        &json!([{"name": "devs", "description": "pre-existing", "members": ["mallory"]}]),
     );
     let alice = env.slapd.add_user("alice", "alice@example.com");
     let devs = env.slapd.add_group("devs", &[&alice]);
     let config = env.config(&env.client_auth());
 
+    let out = sync(&config, &["--dry-run", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let summary = &plan["sinks"][0]["summary"];
+    assert_eq!(
+        (&summary["adopt"], &summary["create"]),
+        (&json!(1), &json!(0)),
+        "{plan}"
+    );
+    assert_eq!(
+        (&summary["member_add"], &summary["member_remove"]),
+        (&json!(1), &json!(1)),
+        "{plan}"
+    );
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert_eq!(env.groups_named("devs").len(), 1, "{:#?}", env.groups());

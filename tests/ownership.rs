@@ -373,7 +373,16 @@ fn unmapped_members_leave_a_dry_run_with_nothing_to_do_and_are_listed() {
     assert_eq!(w.groups()["ops"], vec![set(&["alice"])]);
 
     // Unchanged directory: nothing to do, the unmapped users listed, one WARN naming them.
+    // alice is in the state file's user map; only the misses are looked up, in one filter.
+    let before = w.proxy.requests("GET", "/Users").len();
     let plan = assert_nothing_to_do(&w);
+    let lookups: Vec<Value> = w.proxy.requests("GET", "/Users")[before..].to_vec();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    let query = lookups[0]["query"].as_str().unwrap_or_default();
+    assert!(
+        query.contains("newcomer") && query.contains("visitor") && !query.contains("alice"),
+        "{query}"
+    );
     let sink = &plan["sinks"][0];
     assert_eq!(sink["summary"]["unmapped"], 3, "{plan}");
     assert_eq!(

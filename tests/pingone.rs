@@ -662,16 +662,35 @@ fn groups_sink_adopts_on_409_and_treats_duplicate_memberships_as_done() {
         "pingone_groups",
         "user_match = \"email\"\n",
     );
-    let pingone_users = add_users(&w.emu, &["alice"]);
+    let pingone_users = add_users(&w.emu, &["alice", "mallory"]);
     let existing = create_group(&w.emu, json!({"name": "eng"}));
-    // alice is already a member of the group we will adopt.
-    api_create(
-        &w.emu,
-        &format!("/users/{}/memberOfGroups", pingone_users["alice"]),
-        json!({"id": existing}),
-    );
+    // alice is already a member of the group we will adopt; mallory (not in LDAP's group) is
+    // removed: an adopted group's members are made equal to LDAP's.
+    for user in ["alice", "mallory"] {
+        api_create(
+            &w.emu,
+            &format!("/users/{}/memberOfGroups", pingone_users[user]),
+            json!({"id": existing}),
+        );
+    }
     let alice = w.slapd.add_user("alice", "alice@example.com");
     w.slapd.add_group("eng", &[&alice]);
+    let plan: Value =
+        serde_json::from_str(&w.sync(&["--dry-run", "--output", "json"]).stdout_str()).unwrap();
+    let summary = &plan["sinks"][0]["summary"];
+    assert_eq!(
+        (
+            &summary["adopt"],
+            &summary["member_add"],
+            &summary["member_remove"]
+        ),
+        (&json!(1), &json!(0), &json!(1)),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["sinks"][0]["operations"][1]["members"],
+        json!(["mallory"])
+    );
     w.sync_ok();
     let state = w.emu.state();
     assert_eq!(groups_named(&state, "eng").len(), 1);

@@ -20,8 +20,8 @@ use tokio::sync::Mutex;
 use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
-    ids, outcome,
+    AdoptPolicy, Created, FILTER_VALUES, GroupApi, GroupSink, OpError, Outcome, TargetGroup,
+    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, quote};
 use crate::model::{GroupSpec, MemberRef};
@@ -290,9 +290,29 @@ impl GroupApi for ScimSink {
         Ok(Some(all.iter().filter_map(target_group).collect()))
     }
 
-    /// One paged listing of `/Users`, matched locally on the configured attribute (a user
-    /// several target users match is left unmapped, with a warning).
+    fn user_match(&self) -> Option<(&'static str, UserKey)> {
+        Some(match self.config.user_match {
+            ScimUserMatch::UserName => ("userName", UserKey::Username),
+            ScimUserMatch::ExternalId => ("externalId", UserKey::SourceId),
+            ScimUserMatch::Email => ("emails.value", UserKey::Email),
+        })
+    }
+
+    /// A few users (the misses of the user map on a later run): filters with several values
+    /// (`userName eq "a" or …`). Many (a first run), or matched by email: one paged listing of
+    /// `/Users`. Either way matched locally on the configured attribute (a user several target
+    /// users match is left unmapped, with a warning).
     async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        if let Some(matched) = self.user_match()
+            && users.len() <= FILTER_VALUES
+            && self.config.user_match != ScimUserMatch::Email
+        {
+            let find = |filter: String| async move {
+                let listed = self.list_all("/Users", &[("filter", &filter)]).await?;
+                Ok(id_values(&listed, "id", matched.0))
+            };
+            return map_by_filter(&self.name, users, matched, find).await;
+        }
         let listed = self.list_all("/Users", &[]).await?;
         let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
         for user in &listed {
@@ -346,10 +366,8 @@ impl GroupApi for ScimSink {
 
     /// The target user id of an LDAP user, by the configured match attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let matched = match self.config.user_match {
-            ScimUserMatch::UserName => ("userName", UserKey::Username),
-            ScimUserMatch::ExternalId => ("externalId", UserKey::SourceId),
-            ScimUserMatch::Email => ("emails.value", UserKey::Email),
+        let Some(matched) = self.user_match() else {
+            return Ok(None);
         };
         let find = |filter: String| async move {
             let query = [("filter", filter.as_str())];
