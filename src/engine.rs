@@ -454,7 +454,7 @@ async fn run_sink(
 ) -> Result<SinkOutcome, EngineError> {
     // What the target holds (read-only, dry runs too): users the members map to, and groups
     // that exist already (adopted instead of created).
-    let view = match sink.resolve(directory, ledger).await {
+    let view = match sink.resolve(directory, ledger, options.full).await {
         Ok(view) => view,
         Err(e) => {
             let error = e.to_string();
@@ -482,11 +482,16 @@ async fn run_sink(
     plan.full = options.full;
     let summary = plan.summary();
     let m = metrics();
+    let drift = plan.drift_summary();
     for kind in OpKind::ALL {
         m.planned_operations
             .with_label_values(&[sink.name(), kind.as_str()])
             .set(summary.get(kind) as i64);
+        m.drift_operations
+            .with_label_values(&[sink.name(), kind.as_str()])
+            .set(drift.get(kind) as i64);
     }
+    let reconciled = view.actual.is_some();
     let hold = plan::guard(&plan, ledger, thresholds, options.allow_deletes);
     let mut outcome = SinkOutcome {
         name: sink.name().to_string(),
@@ -518,6 +523,10 @@ async fn run_sink(
     let Some(store) = store else {
         return Ok(outcome);
     };
+    // A full reconcile: the ledger is rewritten from what was read in the target first.
+    for resync in &outcome.plan.resync {
+        store.rewrite_group(sink.name(), &resync.group, resync.members.as_deref())?;
+    }
     let sink_name = sink.name().to_string();
     let observer = move |kind: OpKind, success: bool, count: u64| {
         metrics()
@@ -590,6 +599,9 @@ async fn run_sink(
         Ok(()) => {
             if let Some(cursor) = &report.cursor {
                 store.set_cursor(sink.name(), cursor)?;
+            }
+            if reconciled {
+                store.set_reconciled(sink.name())?;
             }
             outcome.result = SinkResult::Success;
             m.last_success_timestamp_seconds

@@ -193,6 +193,24 @@ pub struct Plan {
     pub full: bool,
     /// Per group, the members that map to no user in the target (not planned as `member_add`).
     pub unmapped: Vec<Unmapped>,
+    /// Indexes into `operations` of the operations that repair a change made in the target
+    /// (found by a full reconcile, `sync --full`).
+    pub drift: std::collections::BTreeSet<usize>,
+    /// Full reconcile: the owned groups as read from the target, for the ledger to be rewritten
+    /// from before anything is applied.
+    pub resync: Vec<Resync>,
+}
+
+/// An owned group as a full reconcile read it: the ledger is rewritten to this before the plan
+/// is applied (a ledger that drifted from the target, e.g. a lost write, is repaired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    /// As read (name, description; the target id recorded), or the ledger's when the group is
+    /// gone from the target.
+    pub group: GroupSpec,
+    /// `None`: the group is gone from the target (forgotten; the plan creates it again).
+    /// Otherwise the members it has that the directory wants there.
+    pub members: Option<Vec<MemberRef>>,
 }
 
 /// The members of one group that have no user in the target.
@@ -239,6 +257,19 @@ pub struct TargetView {
     /// User source id → mappings this resolve looked up in the target (cache misses), for the
     /// state file's user map (written on real runs only).
     pub learned: std::collections::BTreeMap<String, UserMapping>,
+    /// Full reconcile only (`Some`): group source id → the real state of each group the ledger
+    /// holds with a target id (`None`: gone from the target). The plan is made against it.
+    pub actual: Option<std::collections::BTreeMap<String, Option<ActualGroup>>>,
+}
+
+/// An owned group's real state in the target, read by a full reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActualGroup {
+    pub name: String,
+    /// `None` when the target (or this sink) does not carry descriptions.
+    pub description: Option<Option<String>>,
+    /// Target user id and a display name of each member.
+    pub members: Vec<(String, String)>,
 }
 
 /// A directory user's target user id, with the lookup key it was found by (e.g.
@@ -270,6 +301,20 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }
+    /// Whether operation `index` repairs a change made in the target.
+    pub fn is_drift(&self, index: usize) -> bool {
+        self.drift.contains(&index)
+    }
+    /// Counts of the operations that repair drift, per kind.
+    pub fn drift_summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for &index in &self.drift {
+            if let Some(op) = self.operations.get(index) {
+                summary.add(op.kind(), op.weight());
+            }
+        }
+        summary
+    }
 }
 
 /// An operation as the JSON plan and the file sink print it (one object per operation).
@@ -283,6 +328,9 @@ pub struct OperationView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<Option<&'a str>>,
     pub dn: &'a str,
+    /// The operation repairs a change made in the target (`sync --full`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drift: bool,
     pub group: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member_ids: Option<Vec<&'a str>>,
@@ -309,6 +357,7 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
             by: None,
             description: None,
             dn: &group.dn,
+            drift: false,
             group: &group.name,
             member_ids: None,
             members: None,

@@ -4,7 +4,7 @@
 //! member_remove, delete) and, within a kind, sorted by group name then source id, so two runs
 //! over the same data print the same plan.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::directory::{Directory, Group};
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
 use crate::model::{
-    ExistingGroup, GroupSpec, MemberRef, Operation, Plan, TargetView, Unmapped, User,
+    ActualGroup, ExistingGroup, GroupSpec, MemberRef, Operation, Plan, Resync, TargetView,
+    Unmapped, User,
 };
 
 /// The mass-change limits a plan is checked against: absolute counts and percentages of what
@@ -68,6 +69,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
     let mut removes = Vec::new();
     let mut deletes = Vec::new();
     let mut unmapped = Vec::new();
+    let mut resync = Vec::new();
     let empty = BTreeMap::new();
     // Target user id → directory user, to name the members an adopted group has.
     let by_target_id: HashMap<&str, &Arc<User>> = match &view.users {
@@ -89,23 +91,52 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
             let spec = spec_of_group(group, Some(existing.target_id.clone()));
             let (add, present, remove, missing) =
                 adopted_members(directory, group, existing, view, &by_target_id);
-            creates.push(Operation::Adopt {
+            creates.push(op(Operation::Adopt {
                 group: spec.clone(),
                 by: existing.by,
                 present,
-            });
+            }));
             if !add.is_empty() {
-                adds.push(Operation::MemberAdd {
+                adds.push(op(Operation::MemberAdd {
                     group: spec.clone(),
                     members: add,
-                });
+                }));
             }
             if !remove.is_empty() {
-                removes.push(Operation::MemberRemove {
+                removes.push(op(Operation::MemberRemove {
                     group: spec.clone(),
                     members: remove,
+                }));
+            }
+            if !missing.is_empty() {
+                unmapped.push(Unmapped {
+                    group: group.name.clone(),
+                    source_id: group.id.clone(),
+                    members: missing,
                 });
             }
+            continue;
+        }
+        if let (Some(recorded), Some(id), Some(actual)) = (recorded, &target_id, &view.actual)
+            && let Some(state) = actual.get(&group.id)
+        {
+            let batches = Batches {
+                creates: &mut creates,
+                updates: &mut updates,
+                adds: &mut adds,
+                removes: &mut removes,
+            };
+            let missing = reconcile(
+                directory,
+                group,
+                recorded,
+                id,
+                state.as_ref(),
+                view,
+                &by_target_id,
+                batches,
+                &mut resync,
+            );
             if !missing.is_empty() {
                 unmapped.push(Unmapped {
                     group: group.name.clone(),
@@ -118,17 +149,17 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
         let spec = spec_of_group(group, target_id.clone());
         let recorded_members = match recorded {
             None => {
-                creates.push(Operation::Create {
+                creates.push(op(Operation::Create {
                     group: spec.clone(),
                     resume: false,
-                });
+                }));
                 &empty
             }
             Some(recorded) if recorded.target_id.is_none() => {
-                creates.push(Operation::Create {
+                creates.push(op(Operation::Create {
                     group: spec.clone(),
                     resume: true,
-                });
+                }));
                 &recorded.members
             }
             Some(recorded) => {
@@ -136,10 +167,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                     || recorded.description != group.description
                     || recorded.dn != group.dn
                 {
-                    updates.push(Operation::Update {
+                    updates.push(op(Operation::Update {
                         group: spec.clone(),
                         previous: GroupSpec::from(recorded),
-                    });
+                    }));
                 }
                 &recorded.members
             }
@@ -162,10 +193,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
             });
         }
         if !added.is_empty() {
-            adds.push(Operation::MemberAdd {
+            adds.push(op(Operation::MemberAdd {
                 group: spec.clone(),
                 members: added,
-            });
+            }));
         }
         if !recorded_members.is_empty() {
             let current: HashSet<&str> = group
@@ -179,10 +210,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                 .map(|(_, m)| member_of_ledger(m))
                 .collect();
             if !removed.is_empty() {
-                removes.push(Operation::MemberRemove {
+                removes.push(op(Operation::MemberRemove {
                     group: spec,
                     members: removed,
-                });
+                }));
             }
         }
     }
@@ -190,25 +221,163 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
     let present: HashSet<&str> = directory.groups.iter().map(|g| g.id.as_str()).collect();
     for recorded in ledger.groups.values() {
         if !present.contains(recorded.source_id.as_str()) {
-            deletes.push(Operation::Delete {
+            deletes.push(op(Operation::Delete {
                 group: GroupSpec::from(recorded),
-            });
+            }));
         }
     }
 
     let mut operations = Vec::new();
+    let mut drift = BTreeSet::new();
     for mut batch in [creates, updates, adds, removes, deletes] {
-        batch.sort_by(|a, b| {
-            (&a.group().name, &a.group().source_id).cmp(&(&b.group().name, &b.group().source_id))
+        batch.sort_by(|(a, da), (b, db)| {
+            (&a.group().name, &a.group().source_id, da).cmp(&(
+                &b.group().name,
+                &b.group().source_id,
+                db,
+            ))
         });
-        operations.extend(batch);
+        for (op, repairs) in batch {
+            if repairs {
+                drift.insert(operations.len());
+            }
+            operations.push(op);
+        }
     }
     unmapped.sort_by(|a, b| (&a.group, &a.source_id).cmp(&(&b.group, &b.source_id)));
+    resync.sort_by(|a: &Resync, b: &Resync| a.group.source_id.cmp(&b.group.source_id));
     Plan {
         operations,
         full: false,
         unmapped,
+        drift,
+        resync,
     }
+}
+
+/// A planned operation, and whether it repairs drift.
+fn op(operation: Operation) -> (Operation, bool) {
+    (operation, false)
+}
+
+/// The operation batches [`reconcile`] adds to (each operation with its drift flag).
+struct Batches<'b> {
+    creates: &'b mut Vec<(Operation, bool)>,
+    updates: &'b mut Vec<(Operation, bool)>,
+    adds: &'b mut Vec<(Operation, bool)>,
+    removes: &'b mut Vec<(Operation, bool)>,
+}
+
+/// Full reconcile of one owned group (target id `id`) against its real state in the target
+/// (`None`: gone). Plans what makes the target equal to the directory; an operation repairs
+/// drift when the ledger already agreed with the directory (the change was made in the target).
+/// Adds the ledger rewrite to `resync`; returns the members with no target user.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    directory: &Directory,
+    group: &Group,
+    recorded: &LedgerGroup,
+    id: &str,
+    state: Option<&ActualGroup>,
+    view: &TargetView,
+    by_target_id: &HashMap<&str, &Arc<User>>,
+    batches: Batches<'_>,
+    resync: &mut Vec<Resync>,
+) -> Vec<String> {
+    let Some(state) = state else {
+        // Deleted in the target: forgotten, then created again with every member.
+        resync.push(Resync {
+            group: GroupSpec::from(recorded),
+            members: None,
+        });
+        let spec = spec_of_group(group, None);
+        batches.creates.push((
+            Operation::Create {
+                group: spec.clone(),
+                resume: false,
+            },
+            true,
+        ));
+        let (mut add, mut missing) = (Vec::new(), Vec::new());
+        for &index in &group.members {
+            let user = directory.user(index);
+            match mapped(view, user) {
+                Some(member) => add.push(member),
+                None => missing.push(user.username.clone()),
+            }
+        }
+        if !add.is_empty() {
+            batches.adds.push((
+                Operation::MemberAdd {
+                    group: spec,
+                    members: add,
+                },
+                true,
+            ));
+        }
+        return missing;
+    };
+    let spec = spec_of_group(group, Some(id.to_string()));
+    let read = GroupSpec {
+        name: state.name.clone(),
+        description: state
+            .description
+            .clone()
+            .unwrap_or_else(|| recorded.description.clone()),
+        dn: recorded.dn.clone(),
+        ..spec.clone()
+    };
+    let renamed = state.name != group.name;
+    let redescribed = state
+        .description
+        .as_ref()
+        .is_some_and(|d| *d != group.description);
+    if renamed || redescribed || recorded.dn != group.dn {
+        let ledger_agreed = recorded.name == group.name
+            && (!redescribed || recorded.description == group.description);
+        batches.updates.push((
+            Operation::Update {
+                group: spec.clone(),
+                previous: read.clone(),
+            },
+            (renamed || redescribed) && ledger_agreed,
+        ));
+    }
+    let existing = ExistingGroup {
+        target_id: id.to_string(),
+        by: crate::model::AdoptedBy::ExternalId,
+        members: state.members.clone(),
+    };
+    let (add, present, remove, missing) =
+        adopted_members(directory, group, &existing, view, by_target_id);
+    let recorded_has = |m: &MemberRef| recorded.members.contains_key(m.source_id.as_str());
+    // A member LDAP lists that the ledger recorded as added: removed in the target by hand.
+    let (re_add, new_add): (Vec<MemberRef>, Vec<MemberRef>) =
+        add.into_iter().partition(recorded_has);
+    // A member LDAP does not list that the ledger never recorded: added in the target by hand.
+    let (stale, hand_added): (Vec<MemberRef>, Vec<MemberRef>) =
+        remove.into_iter().partition(recorded_has);
+    for (members, repairs) in [(new_add, false), (re_add, true)] {
+        if !members.is_empty() {
+            let group = spec.clone();
+            batches
+                .adds
+                .push((Operation::MemberAdd { group, members }, repairs));
+        }
+    }
+    for (members, repairs) in [(stale, false), (hand_added, true)] {
+        if !members.is_empty() {
+            let group = spec.clone();
+            batches
+                .removes
+                .push((Operation::MemberRemove { group, members }, repairs));
+        }
+    }
+    resync.push(Resync {
+        group: read,
+        members: Some(present),
+    });
+    missing
 }
 
 /// The member to add for `user`: with its target id when the view resolves users, `None` when

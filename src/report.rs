@@ -73,7 +73,16 @@ impl<'a> From<&'a SinkOutcome> for SinkView<'a> {
             held: s.hold.is_some(),
             hold_reasons: s.hold.as_ref().map(|h| h.reasons.as_slice()),
             name: &s.name,
-            operations: s.plan.operations.iter().map(OperationView::from).collect(),
+            operations: s
+                .plan
+                .operations
+                .iter()
+                .enumerate()
+                .map(|(i, op)| OperationView {
+                    drift: s.plan.is_drift(i),
+                    ..OperationView::from(op)
+                })
+                .collect(),
             preview: s.preview.as_ref(),
             result: s.result,
             skipped_members: applied.map(|a| a.skipped),
@@ -193,7 +202,7 @@ pub fn text(report: &RunReport) -> String {
         if sink.plan.is_empty() {
             let _ = writeln!(out, "  nothing to do");
         }
-        for op in &sink.plan.operations {
+        for (index, op) in sink.plan.operations.iter().enumerate() {
             let group = op.group();
             let detail = match op {
                 Operation::Update { previous, .. } if previous.name != group.name => {
@@ -225,9 +234,14 @@ pub fn text(report: &RunReport) -> String {
                 }
                 _ => group.name.clone(),
             };
+            let repairs = if sink.plan.is_drift(index) {
+                "  ~ drift"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  {} {:<13} {}",
+                "  {} {:<13} {}{repairs}",
                 sign(op.kind()),
                 op.kind().as_str(),
                 escape_controls(&detail)
@@ -351,6 +365,8 @@ pub struct SinkRunStatusView<'a> {
 pub struct SinkStatusView<'a> {
     pub cursor_age_seconds: Option<i64>,
     pub cursor_updated_at: Option<&'a str>,
+    /// When `sync --full` last reconciled the sink against its target.
+    pub full_reconciled_at: Option<&'a str>,
     pub groups: u64,
     pub memberships: u64,
     pub pending_creates: u64,
@@ -400,6 +416,7 @@ impl<'a> StatusView<'a> {
                 .map(|c| SinkStatusView {
                     cursor_age_seconds: age_seconds(c.cursor_updated_at.as_deref(), now),
                     cursor_updated_at: c.cursor_updated_at.as_deref(),
+                    full_reconciled_at: c.full_reconciled_at.as_deref(),
                     groups: c.groups,
                     memberships: c.memberships,
                     pending_creates: c.pending_creates,
@@ -420,9 +437,13 @@ impl<'a> StatusView<'a> {
                 Some(s) => format!("cursor {s}s old"),
                 None => "no cursor".into(),
             };
+            let reconciled = match c.full_reconciled_at {
+                Some(at) => format!("last full reconcile {at}"),
+                None => "never fully reconciled".into(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<20} {} groups, {} memberships, {} unconfirmed creates, {cursor}",
+                "  {:<20} {} groups, {} memberships, {} unconfirmed creates, {cursor}, {reconciled}",
                 c.sink, c.groups, c.memberships, c.pending_creates
             );
         }

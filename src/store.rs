@@ -95,6 +95,10 @@ CREATE TABLE user_map (
 ) WITHOUT ROWID;
 "#,
     ),
+    // When each sink was last fully reconciled (`sync --full` read and repaired its target).
+    M::up(
+        "CREATE TABLE sink_reconciles (sink TEXT PRIMARY KEY, reconciled_at TEXT NOT NULL) WITHOUT ROWID;",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,8 @@ pub struct LedgerCounts {
     pub pending_creates: u64,
     pub memberships: u64,
     pub cursor_updated_at: Option<String>,
+    /// When a full reconcile (`sync --full`) last succeeded for the sink.
+    pub full_reconciled_at: Option<String>,
 }
 
 /// Counts of the last complete read of a scope, and where it came from.
@@ -586,6 +592,42 @@ impl Store {
         })
     }
 
+    /// Rewrites one group of a sink's ledger from what a full reconcile read in the target: the
+    /// group as read and exactly `members` (`None`: the group is gone, forgotten), in one
+    /// transaction.
+    pub fn rewrite_group(
+        &mut self,
+        sink: &str,
+        group: &GroupSpec,
+        members: Option<&[MemberRef]>,
+    ) -> Result<(), StoreError> {
+        let Some(members) = members else {
+            return self.record_deleted(sink, &group.source_id);
+        };
+        let target_id = group.target_id.clone().unwrap_or_default();
+        self.record_group(sink, group, &target_id)?;
+        self.in_transaction(|tx| {
+            tx.execute(
+                "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
+                params![sink, group.source_id],
+            )?;
+            Ok(())
+        })?;
+        self.record_members_added(sink, &group.source_id, members)
+    }
+
+    /// Records that a full reconcile of `sink` succeeded now.
+    pub fn set_reconciled(&self, sink: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sink_reconciles (sink, reconciled_at) VALUES (?1, ?2)
+                 ON CONFLICT (sink) DO UPDATE SET reconciled_at = excluded.reconciled_at",
+                params![sink, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// Stores a sink's cursor/token; called only after its whole plan was applied.
     pub fn set_cursor(&self, sink: &str, cursor: &str) -> Result<(), StoreError> {
         self.conn
@@ -752,7 +794,8 @@ impl Store {
                    (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NOT NULL),
                    (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NULL),
                    (SELECT COUNT(*) FROM ledger_members m WHERE m.sink = s.sink),
-                   (SELECT updated_at FROM sink_cursors c WHERE c.sink = s.sink)
+                   (SELECT updated_at FROM sink_cursors c WHERE c.sink = s.sink),
+                   (SELECT reconciled_at FROM sink_reconciles r WHERE r.sink = s.sink)
                  FROM (SELECT sink FROM ledger_groups UNION SELECT sink FROM sink_cursors
                        UNION SELECT sink FROM run_sinks) s ORDER BY s.sink",
             )
@@ -765,6 +808,7 @@ impl Store {
                     pending_creates: row.get::<_, i64>(2)? as u64,
                     memberships: row.get::<_, i64>(3)? as u64,
                     cursor_updated_at: row.get(4)?,
+                    full_reconciled_at: row.get(5)?,
                 })
             })
             .map_err(&err)?

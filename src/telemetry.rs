@@ -16,6 +16,8 @@ pub struct Metrics {
     pub run_duration_seconds: Histogram,
     pub ldap_entries_read_total: IntCounterVec,
     pub planned_operations: IntGaugeVec,
+    /// Operations of the latest plan that repair a change made in the target (`sync --full`).
+    pub drift_operations: IntGaugeVec,
     pub applied_operations_total: IntCounterVec,
     /// Every HTTP attempt a sink's client makes (retries and OAuth2 token requests included),
     /// observed by the shared HTTP layer (`sinks::http::HttpClient`).
@@ -51,6 +53,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Directory entries read, by kind (user, group).",
         ),
         &["kind"],
+    )?;
+    let drift_operations = IntGaugeVec::new(
+        Opts::new(
+            "ldapsync_drift_operations",
+            "Operations in the latest plan per sink that repair a change made in the target, found by a full reconcile (memberships for member ops).",
+        ),
+        &["sink", "op"],
     )?;
     let planned_operations = IntGaugeVec::new(
         Opts::new(
@@ -130,6 +139,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(run_duration_seconds.clone()))?;
     registry.register(Box::new(ldap_entries_read_total.clone()))?;
     registry.register(Box::new(planned_operations.clone()))?;
+    registry.register(Box::new(drift_operations.clone()))?;
     registry.register(Box::new(applied_operations_total.clone()))?;
     registry.register(Box::new(sink_request_duration_seconds.clone()))?;
     registry.register(Box::new(last_success_timestamp_seconds.clone()))?;
@@ -152,6 +162,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         run_duration_seconds,
         ldap_entries_read_total,
         planned_operations,
+        drift_operations,
         applied_operations_total,
         sink_request_duration_seconds,
         last_success_timestamp_seconds,

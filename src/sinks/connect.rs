@@ -36,7 +36,7 @@ use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
 use crate::directory::Directory;
 use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, OpKind, Plan, TargetView};
+use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind, Plan, TargetView};
 use crate::secret::Secret;
 
 /// Connect's maximum `page_size` / `limit`.
@@ -708,6 +708,28 @@ impl GroupApi for ConnectApi<'_> {
             .collect())
     }
 
+    /// `GET /v1/groups/{guid}` (its name; Connect groups have no description) and its members.
+    async fn read_group(&self, guid: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("/v1/groups/{guid}");
+        let response = self.sink.http.send(Method::GET, &path, &[], None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        if !response.is_success() {
+            return Err(describe(response));
+        }
+        let group: Value = response.json()?;
+        Ok(Some(ActualGroup {
+            name: group
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            description: None,
+            members: self.group_members(guid).await?,
+        }))
+    }
+
     /// The group named exactly like `group` (local listing by prefix, or the remote search).
     async fn candidates(&self, group: &GroupSpec, _: bool) -> Result<Vec<TargetGroup>, OpError> {
         let named = |id: String| TargetGroup {
@@ -965,10 +987,11 @@ impl Sink for ConnectSink {
         &self,
         directory: &Directory,
         ledger: &Ledger,
+        full: bool,
     ) -> Result<TargetView, SinkError> {
         *self.users.lock().await = None;
         let mode = self.resolve_mode().await?;
-        lifecycle::resolve(&ConnectApi { sink: self, mode }, directory, ledger)
+        lifecycle::resolve(&ConnectApi { sink: self, mode }, directory, ledger, full)
             .await
             .map_err(|e| self.target_error(format!("reading Connect before planning: {e}")))
     }

@@ -34,7 +34,7 @@ use super::lifecycle::{
     UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, Page, quote};
-use crate::model::{GroupSpec, MemberRef, OpKind};
+use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const PAGE_SIZE: &str = "500";
@@ -379,6 +379,23 @@ impl GroupApi for ForgeRockSink {
     /// The groups `name eq` the group's name answers (checked by the driver).
     async fn candidates(&self, group: &GroupSpec, _: bool) -> Result<Vec<TargetGroup>, OpError> {
         Ok(self.find_by_name(&group.name).await?)
+    }
+
+    /// The group (name, description) and its static members.
+    async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("{}/{id}", self.group_path);
+        let query = [("_fields", "_id,name,description")];
+        let response = self.http.send(Method::GET, &path, &query, None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let group: Value = response.success()?.json()?;
+        let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(ActualGroup {
+            name: text("name").unwrap_or_default(),
+            description: Some(text("description").filter(|d| !d.is_empty())),
+            members: self.group_members(id).await?,
+        }))
     }
 
     /// One paged query of every managed group (`_queryFilter=true`).

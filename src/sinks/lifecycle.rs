@@ -39,8 +39,8 @@ use super::{Recorder, Sink, SinkError};
 use crate::directory::Directory;
 use crate::ledger::Ledger;
 use crate::model::{
-    AdoptedBy, ExistingGroup, GroupSpec, MemberRef, OpKind, Operation, Plan, TargetView,
-    UserMapping,
+    ActualGroup, AdoptedBy, ExistingGroup, GroupSpec, MemberRef, OpKind, Operation, Plan,
+    TargetView, UserMapping,
 };
 
 /// Sends of one create at most, each after a lookup showed the previous one left nothing.
@@ -86,8 +86,9 @@ impl<A: GroupSink> Sink for A {
         &self,
         directory: &Directory,
         ledger: &Ledger,
+        full: bool,
     ) -> Result<TargetView, SinkError> {
-        resolve(self, directory, ledger)
+        resolve(self, directory, ledger, full)
             .await
             .map_err(|e| SinkError::Target {
                 sink: self.sink_name().to_string(),
@@ -299,6 +300,16 @@ pub trait GroupApi: Send + Sync {
     /// adopted whose candidate did not carry them. By default none are read.
     async fn group_members(&self, _id: &str) -> Result<Vec<(String, String)>, OpError> {
         Ok(Vec::new())
+    }
+
+    /// The real state of the owned group `id` (name, description where the sink writes one,
+    /// every member, all pages), for a full reconcile; `None` when it is gone from the target.
+    async fn read_group(&self, _id: &str) -> Result<Option<ActualGroup>, OpError> {
+        Err(format!(
+            "a full reconcile cannot read groups from {} yet",
+            self.target_label()
+        )
+        .into())
     }
 
     /// The sink's `adopt` setting.
@@ -520,7 +531,11 @@ pub async fn resolve<A: GroupApi + ?Sized>(
     api: &A,
     directory: &Directory,
     ledger: &Ledger,
+    full: bool,
 ) -> Result<TargetView, OpError> {
+    // A full reconcile reads both sides in full: no user comes from the user map.
+    let no_cache = HashMap::new();
+    let cache = if full { &no_cache } else { &ledger.users };
     let mut wanted = vec![false; directory.users.len()];
     for group in &directory.groups {
         for &index in &group.members {
@@ -537,7 +552,7 @@ pub async fn resolve<A: GroupApi + ?Sized>(
         .map(|(u, _)| MemberRef::new(Arc::clone(u)))
         .collect();
     let mut learned = BTreeMap::new();
-    let users = map_cached(api, ledger, &members, &mut learned).await?;
+    let users = map_cached(api, cache, &members, &mut learned).await?;
 
     let missing: Vec<(GroupSpec, Lookup)> = directory
         .groups
@@ -594,13 +609,37 @@ pub async fn resolve<A: GroupApi + ?Sized>(
             },
         );
     }
-    // Members of adopted groups that no group member maps to: name them by the other
-    // directory users (a removal shows a user name, not a target id).
+    // Full reconcile: the real state of every group the ledger holds with a target id.
+    let actual = match full {
+        false => None,
+        true => {
+            let mut actual = BTreeMap::new();
+            for group in &directory.groups {
+                let Some(id) = ledger
+                    .groups
+                    .get(&group.id)
+                    .and_then(|g| g.target_id.as_deref())
+                else {
+                    continue;
+                };
+                let state = api.read_group(id).await.map_err(|e| e.of(&group.name))?;
+                actual.insert(group.id.clone(), state);
+            }
+            Some(actual)
+        }
+    };
+    // Members of adopted (or reconciled) groups that no group member maps to: name them by the
+    // other directory users (a removal shows a user name, not a target id).
     let mut users = users;
     let known: HashSet<&String> = users.values().collect();
     let strangers = existing
         .values()
         .flat_map(|g| &g.members)
+        .chain(
+            actual
+                .iter()
+                .flat_map(|a| a.values().flatten().flat_map(|g| &g.members)),
+        )
         .any(|(id, _)| !known.contains(id));
     if strangers {
         let others: Vec<MemberRef> = directory
@@ -610,13 +649,14 @@ pub async fn resolve<A: GroupApi + ?Sized>(
             .filter(|(_, w)| !**w)
             .map(|(u, _)| MemberRef::new(Arc::clone(u)))
             .collect();
-        users.extend(map_cached(api, ledger, &others, &mut learned).await?);
+        users.extend(map_cached(api, cache, &others, &mut learned).await?);
     }
     Ok(TargetView {
         users: Some(users),
         existing,
         provisions_users: api.provisions_users(),
         learned,
+        actual,
     })
 }
 
@@ -631,7 +671,7 @@ fn user_key(api: &(impl GroupApi + ?Sized), member: &MemberRef) -> Option<String
 /// on the next run); what those lookups found goes into `learned`.
 async fn map_cached<A: GroupApi + ?Sized>(
     api: &A,
-    ledger: &Ledger,
+    cache: &HashMap<String, UserMapping>,
     members: &[MemberRef],
     learned: &mut BTreeMap<String, UserMapping>,
 ) -> Result<HashMap<String, String>, OpError> {
@@ -639,7 +679,7 @@ async fn map_cached<A: GroupApi + ?Sized>(
     let mut misses = Vec::new();
     for member in members {
         let key = user_key(api, member);
-        match ledger.users.get(&member.source_id) {
+        match cache.get(&member.source_id) {
             Some(cached) if key.as_deref() == Some(cached.key.as_str()) => {
                 mapped.insert(member.source_id.clone(), cached.target_id.clone());
             }
@@ -1312,8 +1352,7 @@ mod tests {
         let mut recorder = Recorder::new(&mut writer, "fake");
         let plan = Plan {
             operations,
-            full: false,
-            unmapped: Vec::new(),
+            ..Plan::default()
         };
         let result = apply(api, &plan, &mut recorder).await;
         (result, recorder.report.clone())
@@ -1614,14 +1653,14 @@ mod tests {
             warnings: Vec::new(),
         };
         let mut ledger = Ledger::default();
-        let view = resolve(&api, &directory, &ledger).await.unwrap();
+        let view = resolve(&api, &directory, &ledger, false).await.unwrap();
         assert_eq!(view.learned.len(), 2);
         assert_eq!(view.learned["u-x"].key, "userName=x");
         ledger.users = view.learned.clone().into_iter().collect();
         api.calls.lock().unwrap().clear();
         // z appears in the target: the next run looks up only the miss.
         api.users.insert("z".into(), "3".into());
-        let view = resolve(&api, &directory, &ledger).await.unwrap();
+        let view = resolve(&api, &directory, &ledger, false).await.unwrap();
         let users = view.users.unwrap();
         assert_eq!((users["u-x"].as_str(), users["u-z"].as_str()), ("1", "3"));
         assert!(api.calls().iter().all(|c| !c.starts_with("user x")));
@@ -1630,7 +1669,7 @@ mod tests {
         let mut renamed = ledger.clone();
         renamed.users.get_mut("u-y").unwrap().key = "userName=old".into();
         api.calls.lock().unwrap().clear();
-        resolve(&api, &directory, &renamed).await.unwrap();
+        resolve(&api, &directory, &renamed, false).await.unwrap();
         assert!(api.calls().contains(&"user y".to_string()));
     }
 

@@ -180,12 +180,14 @@ pub trait Sink: Send + Sync {
     ) -> Result<(), SinkError>;
 
     /// What the target holds for planning, read-only (dry runs too): the target users of the
-    /// directory's members and the existing groups to adopt. By default nothing is resolved and
-    /// the plan is made against the ledger alone.
+    /// directory's members and the existing groups to adopt; with `full` (`sync --full`) also
+    /// the real state of every owned group. By default nothing is resolved and the plan is made
+    /// against the ledger alone.
     async fn resolve(
         &self,
         _directory: &Directory,
         _ledger: &Ledger,
+        _full: bool,
     ) -> Result<TargetView, SinkError> {
         Ok(TargetView::default())
     }

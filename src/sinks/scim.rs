@@ -24,7 +24,7 @@ use super::lifecycle::{
     UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, quote};
-use crate::model::{GroupSpec, MemberRef};
+use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::secret::Secret;
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -282,6 +282,22 @@ impl GroupApi for ScimSink {
             );
         }
         Ok(found)
+    }
+
+    /// `GET /Groups/{id}`: name and members (SCIM groups carry their members inline).
+    async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("/Groups/{}", urlencoding::encode(id));
+        let response = self.http.send(Method::GET, &path, &[], None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let resource: Value = response.success()?.json()?;
+        let group = target_group(&resource).ok_or("the group read has no \"id\"")?;
+        Ok(Some(ActualGroup {
+            name: group.name,
+            description: None,
+            members: group.members.unwrap_or_default(),
+        }))
     }
 
     /// One paged listing of `/Groups`, members included.

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::connection_fields;
-use crate::model::{GroupSpec, MemberRef};
+use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
@@ -235,6 +235,22 @@ impl GroupApi for PingOneGroupsSink {
             found.extend(self.target_groups(&listed));
         }
         Ok(found)
+    }
+
+    /// `GET /groups/{id}` (name, description) and its members.
+    async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("/groups/{}", urlencoding::encode(id));
+        let response = self.http.send(Method::GET, &path, &[], None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let group: Value = response.success()?.json()?;
+        let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(ActualGroup {
+            name: text("name").unwrap_or_default(),
+            description: Some(text("description").filter(|d| !d.is_empty())),
+            members: self.group_members(id).await?,
+        }))
     }
 
     /// One paged listing of `/groups`.

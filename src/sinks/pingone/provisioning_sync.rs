@@ -636,6 +636,7 @@ max_batch_bytes = {max_batch_bytes}
                 },
             ],
             full: false,
+            ..Plan::default()
         };
         let c = config(100, 1_000_000);
         let cycle = c.cycle(&plan, &Ledger::default(), false);
@@ -699,6 +700,7 @@ max_batch_bytes = {max_batch_bytes}
                 Operation::Delete { group: gone },
             ],
             full: false,
+            ..Plan::default()
         };
         let c = config(100, 1_000_000);
         let cycle = c.cycle(&plan, &ledger, false);
