@@ -331,3 +331,104 @@ fn with_adopt_never_a_create_conflict_fails_that_group_only() {
         vec![group("dev", &["alice"]), group("ops", &[])]
     );
 }
+
+impl World {
+    /// A Connect API request made by hand (an administrator's change), expecting 2xx.
+    fn by_hand(&self, method: &str, path: &str, body: Option<&Value>) {
+        let key = format!("Key {KEY}");
+        let r = self.env.emu.request(
+            method,
+            &format!("/__api__{path}"),
+            &[("Authorization", key.as_str())],
+            body,
+        );
+        assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    }
+
+    fn guid_of_group(&self, name: &str) -> String {
+        self.env.group(name).unwrap()["guid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn guid_of_user(&self, username: &str) -> String {
+        self.env
+            .emu
+            .state_list("users")
+            .iter()
+            .find(|u| u["username"] == username)
+            .map(|u| u["guid"].as_str().unwrap().to_string())
+            .unwrap()
+    }
+}
+
+/// Issue 11 on Connect (local groups): a member added by hand and one removed, a group renamed
+/// and one deleted are repaired by `sync --full`, each repair flagged as drift.
+#[test]
+fn a_full_sync_repairs_what_was_changed_by_hand_in_connect() {
+    let w = World::new(&["alice", "bob", "carol"], "");
+    let (alice, bob) = (w.user_dn("alice"), w.user_dn("bob"));
+    w.env.slapd.add_group("ops", &[&alice, &bob]);
+    w.env.slapd.add_group("dev", &[&alice]);
+    w.env.slapd.add_group("gone", &[&bob]);
+    assert_code(&sync(&w.config, &[]), 0);
+
+    let ops = w.guid_of_group("ops");
+    let carol = json!({"user_guid": w.guid_of_user("carol")});
+    w.by_hand("POST", &format!("/v1/groups/{ops}/members"), Some(&carol));
+    let bob_guid = w.guid_of_user("bob");
+    w.by_hand(
+        "DELETE",
+        &format!("/v1/groups/{ops}/members/{bob_guid}"),
+        None,
+    );
+    let dev = w.guid_of_group("dev");
+    w.by_hand(
+        "PATCH",
+        &format!("/v1/groups/{dev}"),
+        Some(&json!({"name": "dev-renamed"})),
+    );
+    let gone = w.guid_of_group("gone");
+    w.by_hand("DELETE", &format!("/v1/groups/{gone}"), None);
+    w.assert_nothing_to_do();
+
+    let out = sync(&w.config, &["--dry-run", "--full", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let ops_planned = plan["sinks"][0]["operations"].as_array().unwrap();
+    let shown: Vec<(&str, &str, bool)> = ops_planned
+        .iter()
+        .map(|o| {
+            (
+                o["op"].as_str().unwrap(),
+                o["group"].as_str().unwrap(),
+                o["drift"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("create", "gone", true),
+            ("update", "dev", true),
+            ("member_add", "gone", true),
+            ("member_add", "ops", true),
+            ("member_remove", "ops", true),
+        ],
+        "{plan}"
+    );
+    assert_code(&sync(&w.config, &["--full"]), 0);
+    assert_eq!(
+        w.groups(),
+        vec![
+            group("dev", &["alice"]),
+            group("gone", &["bob"]),
+            group("ops", &["alice", "bob"])
+        ]
+    );
+    w.assert_nothing_to_do();
+    let again = sync(&w.config, &["--dry-run", "--full", "--output", "json"]);
+    let again: Value = serde_json::from_str(&again.stdout_str()).unwrap();
+    assert_eq!(again["sinks"][0]["operations"], json!([]), "{again}");
+}

@@ -419,3 +419,122 @@ fn a_target_that_ignores_query_filters_never_makes_ldapsync_adopt_an_unrelated_g
     let plan: Value = serde_json::from_str(&plan.stdout_str()).unwrap();
     assert_eq!(plan["sinks"][0]["operations"], json!([]), "{plan}");
 }
+
+impl Env {
+    /// An IDM request made by hand (an administrator's change) with a client-credentials token,
+    /// expecting 2xx. `path` is under `/openidm/managed/alpha_`.
+    fn by_hand(&self, method: &str, path: &str, body: Option<&Value>) {
+        let token_url = format!(
+            "{}/am/oauth2/realms/root/realms/alpha/access_token",
+            self.emu.base_url()
+        );
+        let answer: Value = ureq::post(&token_url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send("grant_type=client_credentials&client_id=idm-provisioning&client_secret=idm-provisioning-secret")
+            .expect("token request")
+            .into_body()
+            .read_json()
+            .expect("token JSON");
+        let bearer = format!("Bearer {}", answer["access_token"].as_str().unwrap());
+        let r = self.emu.request(
+            method,
+            &format!("/openidm/managed/alpha_{path}"),
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Accept-API-Version", "resource=1.0"),
+            ],
+            body,
+        );
+        assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    }
+}
+
+/// Issue 11 on ForgeRock: a member added by hand and one removed, a group renamed and one
+/// deleted are repaired by `sync --full`, each repair flagged as drift; then nothing to do.
+#[test]
+fn full_sync_repairs_what_was_changed_by_hand() {
+    let env = Env::start(&[]);
+    env.add_idm_users(&["alice", "bob", "carol"]);
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    env.slapd.add_user("carol", "carol@example.com");
+    env.slapd.add_group("ops", &[&alice, &bob]);
+    env.slapd.add_group("dev", &[&alice]);
+    env.slapd.add_group("gone", &[&bob]);
+    let config = env.config(&env.client_auth());
+    assert_code(&sync(&config, &[]), 0);
+
+    let id = |name: &str| {
+        env.group(name).unwrap()["_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let user = |name: &str| {
+        env.emu
+            .state_list("users")
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(|u| u["_id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (ops, dev, gone) = (id("ops"), id("dev"), id("gone"));
+    env.by_hand(
+        "POST",
+        &format!("group/{ops}/members?_action=create"),
+        Some(&json!({"_ref": format!("managed/alpha_user/{}", user("carol"))})),
+    );
+    let bob_rel = env.group("ops").unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["userName"] == "bob")
+        .map(|m| m["_id"].as_str().unwrap().to_string())
+        .unwrap();
+    env.by_hand("DELETE", &format!("group/{ops}/members/{bob_rel}"), None);
+    env.by_hand(
+        "PATCH",
+        &format!("group/{dev}"),
+        Some(&json!([{"operation": "replace", "field": "/name", "value": "dev-renamed"}])),
+    );
+    env.by_hand("DELETE", &format!("group/{gone}"), None);
+
+    let out = sync(&config, &["--dry-run", "--full", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let shown: Vec<(&str, &str, bool)> = plan["sinks"][0]["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["op"].as_str().unwrap(),
+                o["group"].as_str().unwrap(),
+                o["drift"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("create", "gone", true),
+            ("update", "dev", true),
+            ("member_add", "gone", true),
+            ("member_add", "ops", true),
+            ("member_remove", "ops", true),
+        ],
+        "{plan}"
+    );
+    assert_code(&sync(&config, &["--full"]), 0);
+    assert_eq!(env.member_names("ops"), vec!["alice", "bob"]);
+    assert_eq!(env.member_names("dev"), vec!["alice"]);
+    assert_eq!(env.member_names("gone"), vec!["bob"]);
+    assert!(env.group("dev-renamed").is_none());
+    for args in [
+        &["--dry-run", "--output", "json"][..],
+        &["--dry-run", "--full", "--output", "json"],
+    ] {
+        let plan: Value = serde_json::from_str(&sync(&config, args).stdout_str()).unwrap();
+        assert_eq!(plan["sinks"][0]["operations"], json!([]), "{plan}");
+    }
+}

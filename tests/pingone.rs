@@ -770,3 +770,101 @@ fn groups_sink_behind_a_target_that_ignores_filters_adopts_nothing_unrelated() {
     let gid = g03[0]["id"].as_str().unwrap();
     assert_eq!(members(&state, gid), ids(&pingone_users, &["alice"]));
 }
+
+/// A PingOne API request made by hand (an administrator's change), expecting 2xx.
+fn by_hand(emu: &Emulator, method: &str, path: &str, body: Option<Value>) {
+    let bearer = format!("Bearer {}", token(emu));
+    let r = emu.request(
+        method,
+        &format!("/v1/environments/{ENV_ID}{path}"),
+        &[("Authorization", bearer.as_str())],
+        body.as_ref(),
+    );
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+}
+
+/// Issue 11 on the Groups API: a member added by hand and one removed, a group renamed and one
+/// deleted are repaired by `sync --full`, each repair flagged as drift; then nothing to do.
+#[test]
+fn groups_sink_full_sync_repairs_what_was_changed_by_hand() {
+    let w = World::new(&[], "pingone_groups", "");
+    let users = add_users(&w.emu, &["alice", "bob", "carol"]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    let bob = w.slapd.add_user("bob", "bob@example.com");
+    w.slapd.add_user("carol", "carol@example.com");
+    w.slapd.add_group("ops", &[&alice, &bob]);
+    w.slapd.add_group("dev", &[&alice]);
+    w.slapd.add_group("gone", &[&bob]);
+    w.sync_ok();
+    let state = w.emu.state();
+    let id = |name: &str| {
+        groups_named(&state, name)[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ops, dev, gone) = (id("ops"), id("dev"), id("gone"));
+    by_hand(
+        &w.emu,
+        "POST",
+        &format!("/users/{}/memberOfGroups", users["carol"]),
+        Some(json!({"id": ops})),
+    );
+    by_hand(
+        &w.emu,
+        "DELETE",
+        &format!("/users/{}/memberOfGroups/{ops}", users["bob"]),
+        None,
+    );
+    by_hand(
+        &w.emu,
+        "PUT",
+        &format!("/groups/{dev}"),
+        Some(json!({"name": "dev-renamed"})),
+    );
+    by_hand(&w.emu, "DELETE", &format!("/groups/{gone}"), None);
+
+    let out = w.sync(&["--dry-run", "--full", "--output", "json"]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let plan: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let shown: Vec<(&str, &str, bool)> = plan["sinks"][0]["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["op"].as_str().unwrap(),
+                o["group"].as_str().unwrap(),
+                o["drift"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("create", "gone", true),
+            ("update", "dev", true),
+            ("member_add", "gone", true),
+            ("member_add", "ops", true),
+            ("member_remove", "ops", true),
+        ],
+        "{plan}"
+    );
+    assert_eq!(w.sync(&["--full"]).code(), 0);
+    let state = w.emu.state();
+    assert_eq!(members(&state, &ops), ids(&users, &["alice", "bob"]));
+    assert_eq!(groups_named(&state, "dev")[0]["id"], dev.as_str());
+    assert!(groups_named(&state, "dev-renamed").is_empty());
+    let recreated = groups_named(&state, "gone");
+    assert_eq!(recreated.len(), 1);
+    let recreated = recreated[0]["id"].as_str().unwrap();
+    assert_ne!(recreated, gone);
+    assert_eq!(members(&state, recreated), ids(&users, &["bob"]));
+    for args in [
+        &["--dry-run", "--output", "json"][..],
+        &["--dry-run", "--full", "--output", "json"],
+    ] {
+        let plan: Value = serde_json::from_str(&w.sync(args).stdout_str()).unwrap();
+        assert_eq!(plan["sinks"][0]["operations"], json!([]), "{plan}");
+    }
+}
