@@ -800,6 +800,93 @@ mod tests {
     }
 
     #[test]
+    fn a_full_reconcile_plans_against_the_target_and_flags_drift() {
+        use crate::model::ActualGroup;
+        // g1 (user0, user1) was renamed in the target, user1 removed and a stranger added by
+        // hand; g2 was deleted by hand; g3 is in sync; user2 joined g3 in LDAP (not drift).
+        let d = directory(
+            &[
+                ("g1", "a", &[0, 1]),
+                ("g2", "b", &[0]),
+                ("g3", "c", &[0, 2]),
+            ],
+            3,
+        );
+        let mut ledger = mirroring(&d);
+        ledger.groups.get_mut("g3").unwrap().members.remove("u002");
+        let users = [("u000", "t0"), ("u001", "t1"), ("u002", "t2")]
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .into_iter()
+            .collect();
+        let state = |name: &str, members: &[&str]| ActualGroup {
+            name: name.into(),
+            description: Some(None),
+            members: members
+                .iter()
+                .map(|m| (m.to_string(), m.to_string()))
+                .collect(),
+        };
+        let actual = [
+            ("g1".to_string(), Some(state("renamed", &["t0", "tx"]))),
+            ("g2".to_string(), None),
+            ("g3".to_string(), Some(state("c", &["t0"]))),
+        ]
+        .into_iter()
+        .collect();
+        let view = TargetView {
+            users: Some(users),
+            actual: Some(actual),
+            ..TargetView::default()
+        };
+        let p = plan(&d, &ledger, &view);
+        let shown: Vec<(String, String, Vec<String>, bool)> = p
+            .operations
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let v = serde_json::to_value(OperationView::from(o)).unwrap();
+                let members = v["members"]
+                    .as_array()
+                    .map(|m| m.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default();
+                (
+                    v["op"].as_str().unwrap().to_string(),
+                    v["group"].as_str().unwrap().to_string(),
+                    members,
+                    p.is_drift(i),
+                )
+            })
+            .collect();
+        let expected: Vec<(&str, &str, Vec<&str>, bool)> = vec![
+            ("create", "b", vec![], true),
+            ("update", "a", vec![], true),
+            ("member_add", "a", vec!["user1"], true),
+            ("member_add", "b", vec!["user0"], true),
+            ("member_add", "c", vec!["user2"], false),
+            ("member_remove", "a", vec!["tx"], true),
+        ];
+        assert_eq!(shown.len(), expected.len(), "{shown:?}");
+        for (got, want) in shown.iter().zip(&expected) {
+            assert_eq!(
+                (got.0.as_str(), got.1.as_str(), &got.2, got.3),
+                (
+                    want.0,
+                    want.1,
+                    &want.2.iter().map(|s| s.to_string()).collect(),
+                    want.3
+                )
+            );
+        }
+        assert_eq!(p.drift_summary().member_add, 2);
+        // The ledger rewrite: g2 forgotten, g1 as read with the members it keeps.
+        let g1 = p.resync.iter().find(|r| r.group.source_id == "g1").unwrap();
+        assert_eq!(g1.group.name, "renamed");
+        assert_eq!(g1.members.as_ref().unwrap().len(), 1);
+        let g2 = p.resync.iter().find(|r| r.group.source_id == "g2").unwrap();
+        assert!(g2.members.is_none());
+    }
+
+    #[test]
     fn json_shape_follows_the_contract() {
         let d = directory(&[("g1", "a", &[0])], 1);
         let p = plan(&d, &Ledger::default(), &TargetView::default());

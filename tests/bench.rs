@@ -192,13 +192,16 @@ struct Counts {
     group_reads: std::sync::atomic::AtomicU64,
     creates: std::sync::atomic::AtomicU64,
     patches: std::sync::atomic::AtomicU64,
+    group_gets: std::sync::atomic::AtomicU64,
+    /// The groups created: (name, member ids), indexed by the number in their id `g<n>`.
+    groups: std::sync::Mutex<Vec<(String, Vec<String>)>>,
 }
 
 /// A minimal in-process SCIM target (axum): `users` users, groups kept as a counter, every
 /// request counted. Fast, so that ldapsync is what is measured.
 fn fast_scim_target(users: usize) -> (String, std::sync::Arc<Counts>) {
     use axum::Router;
-    use axum::extract::RawQuery;
+    use axum::extract::{Path, RawQuery};
     use axum::http::StatusCode;
     use axum::routing::{get, patch};
     use std::sync::Arc;
@@ -250,24 +253,66 @@ fn fast_scim_target(users: usize) -> (String, std::sync::Arc<Counts>) {
         }
     };
     let c = counts.clone();
-    let create = move || {
+    let create = move |body: axum::body::Bytes| {
         let c = c.clone();
         async move {
             c.total.fetch_add(1, Relaxed);
-            let n = c.creates.fetch_add(1, Relaxed);
-            reply(
-                StatusCode::CREATED,
-                serde_json::json!({"id": format!("g{n}")}),
-            )
+            c.creates.fetch_add(1, Relaxed);
+            let group: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let name = group["displayName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut groups = c.groups.lock().unwrap();
+            groups.push((name, Vec::new()));
+            let id = format!("g{}", groups.len() - 1);
+            reply(StatusCode::CREATED, serde_json::json!({"id": id}))
         }
     };
+    let group_of = |id: &str| id.trim_start_matches('g').parse::<usize>().ok();
     let c = counts.clone();
-    let change = move || {
+    let change = move |Path(id): Path<String>, body: axum::body::Bytes| {
         let c = c.clone();
         async move {
             c.total.fetch_add(1, Relaxed);
             c.patches.fetch_add(1, Relaxed);
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let mut groups = c.groups.lock().unwrap();
+            let Some(group) = group_of(&id).and_then(|n| groups.get_mut(n)) else {
+                return StatusCode::NOT_FOUND;
+            };
+            for op in patch["Operations"].as_array().into_iter().flatten() {
+                if op["op"] == "add" {
+                    for m in op["value"].as_array().into_iter().flatten() {
+                        group
+                            .1
+                            .push(m["value"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
             StatusCode::NO_CONTENT
+        }
+    };
+    let c = counts.clone();
+    let read = move |Path(id): Path<String>| {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            c.group_gets.fetch_add(1, Relaxed);
+            let groups = c.groups.lock().unwrap();
+            match group_of(&id).and_then(|n| groups.get(n)) {
+                None => reply(StatusCode::NOT_FOUND, serde_json::json!({})),
+                Some((name, members)) => {
+                    let members: Vec<serde_json::Value> = members
+                        .iter()
+                        .map(|m| serde_json::json!({"value": m}))
+                        .collect();
+                    reply(
+                        StatusCode::OK,
+                        serde_json::json!({"id": id, "displayName": name, "members": members}),
+                    )
+                }
+            }
         }
     };
     let c = counts.clone();
@@ -285,7 +330,7 @@ fn fast_scim_target(users: usize) -> (String, std::sync::Arc<Counts>) {
         .route("/ServiceProviderConfig", get(config))
         .route("/Users", get(list_users))
         .route("/Groups", get(list_groups).post(create))
-        .route("/Groups/{id}", patch(change));
+        .route("/Groups/{id}", patch(change).get(read));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -346,4 +391,34 @@ fn initial_push_request_count() {
         elapsed.as_secs_f64(),
     );
     assert!(total <= bound, "{total} requests, more than {bound}");
+
+    // A full reconcile of the converged target: every owned group read once, the users listed
+    // again, nothing to repair.
+    let before = counts.total.load(Relaxed);
+    let started = Instant::now();
+    let out = Command::new(ldapsync_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "--dry-run", "--full"])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout_str().contains("nothing to do"),
+        "{}",
+        out.describe()
+    );
+    let requests = counts.total.load(Relaxed) - before;
+    let full_bound = groups as u64 + user_pages + 10;
+    println!(
+        "BENCH full_reconcile groups={groups} memberships={} requests={requests} (group_reads={}) bound={full_bound} seconds={:.1}",
+        groups * per_group,
+        counts.group_gets.load(Relaxed),
+        elapsed.as_secs_f64(),
+    );
+    assert!(
+        requests <= full_bound,
+        "{requests} requests, more than {full_bound}"
+    );
 }
