@@ -61,16 +61,20 @@ pub enum OpKind {
     MemberAdd,
     MemberRemove,
     Delete,
+    UserCreate,
+    UserDeactivate,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Create,
         OpKind::Adopt,
         OpKind::Update,
         OpKind::Delete,
         OpKind::MemberAdd,
         OpKind::MemberRemove,
+        OpKind::UserCreate,
+        OpKind::UserDeactivate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,8 @@ impl OpKind {
             OpKind::MemberAdd => "member_add",
             OpKind::MemberRemove => "member_remove",
             OpKind::Delete => "delete",
+            OpKind::UserCreate => "user_create",
+            OpKind::UserDeactivate => "user_deactivate",
         }
     }
 }
@@ -113,6 +119,12 @@ pub enum Operation {
     },
     /// Delete; `group` holds the last known attributes from the ledger.
     Delete { group: GroupSpec },
+    /// Create the target user of `user` (`provision_users`), for `group`, the first group that
+    /// needs it.
+    UserCreate { group: GroupSpec, user: MemberRef },
+    /// Deactivate a user the sink created (`user.target_id`), which left the scope: no longer a
+    /// member of any synced group. `group` is empty (no group is concerned).
+    UserDeactivate { group: GroupSpec, user: MemberRef },
 }
 
 impl Operation {
@@ -124,6 +136,8 @@ impl Operation {
             Operation::MemberAdd { .. } => OpKind::MemberAdd,
             Operation::MemberRemove { .. } => OpKind::MemberRemove,
             Operation::Delete { .. } => OpKind::Delete,
+            Operation::UserCreate { .. } => OpKind::UserCreate,
+            Operation::UserDeactivate { .. } => OpKind::UserDeactivate,
         }
     }
 
@@ -134,7 +148,9 @@ impl Operation {
             | Operation::Update { group, .. }
             | Operation::MemberAdd { group, .. }
             | Operation::MemberRemove { group, .. }
-            | Operation::Delete { group } => group,
+            | Operation::Delete { group }
+            | Operation::UserCreate { group, .. }
+            | Operation::UserDeactivate { group, .. } => group,
         }
     }
 
@@ -160,6 +176,16 @@ pub struct Summary {
     pub member_remove: u64,
     /// Memberships whose user has no counterpart in the target (see [`Plan::unmapped`]).
     pub unmapped: u64,
+    /// Users created (sinks with `provision_users`); shown only when not zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub user_create: u64,
+    /// Users deactivated because they left the scope; shown only when not zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub user_deactivate: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 impl Summary {
@@ -171,6 +197,8 @@ impl Summary {
             OpKind::Delete => self.delete += count,
             OpKind::MemberAdd => self.member_add += count,
             OpKind::MemberRemove => self.member_remove += count,
+            OpKind::UserCreate => self.user_create += count,
+            OpKind::UserDeactivate => self.user_deactivate += count,
         }
     }
     pub fn get(&self, kind: OpKind) -> u64 {
@@ -181,6 +209,8 @@ impl Summary {
             OpKind::Delete => self.delete,
             OpKind::MemberAdd => self.member_add,
             OpKind::MemberRemove => self.member_remove,
+            OpKind::UserCreate => self.user_create,
+            OpKind::UserDeactivate => self.user_deactivate,
         }
     }
 }
@@ -257,6 +287,8 @@ pub struct TargetView {
     /// User source id → mappings this resolve looked up in the target (cache misses), for the
     /// state file's user map (written on real runs only).
     pub learned: std::collections::BTreeMap<String, UserMapping>,
+    /// The sink plans `user_create` / `user_deactivate` operations (SCIM `provision_users`).
+    pub plans_user_ops: bool,
     /// Full reconcile only (`Some`): group source id → the real state of each group the ledger
     /// holds with a target id (`None`: gone from the target). The plan is made against it.
     pub actual: Option<std::collections::BTreeMap<String, Option<ActualGroup>>>,
@@ -385,6 +417,10 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
                 view.member_ids = Some(members.iter().map(|m| m.source_id.as_str()).collect());
             }
             Operation::Adopt { by, .. } => view.by = Some(by.as_str()),
+            Operation::UserCreate { user, .. } | Operation::UserDeactivate { user, .. } => {
+                view.members = Some(vec![user.username.as_str()]);
+                view.member_ids = Some(vec![user.source_id.as_str()]);
+            }
             Operation::Delete { .. } => {}
         }
         view

@@ -227,6 +227,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
         }
     }
 
+    if view.plans_user_ops {
+        user_ops(directory, ledger, view, &mut creates, &mut deletes);
+    }
+
     let mut operations = Vec::new();
     let mut drift = BTreeSet::new();
     for mut batch in [creates, updates, adds, removes, deletes] {
@@ -252,6 +256,59 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
         unmapped,
         drift,
         resync,
+    }
+}
+
+/// `provision_users`: a `user_create` for each member with no target user (for the first group,
+/// by name, that needs it), and a `user_deactivate` for each active user the sink created that is
+/// no longer a member of any group (it left the scope). Users the sink did not create are never
+/// deactivated.
+fn user_ops(
+    directory: &Directory,
+    ledger: &Ledger,
+    view: &TargetView,
+    creates: &mut Vec<(Operation, bool)>,
+    deletes: &mut Vec<(Operation, bool)>,
+) {
+    let mut groups: Vec<&Group> = directory.groups.iter().collect();
+    groups.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    let mut in_scope = HashSet::new();
+    for group in groups {
+        for &index in &group.members {
+            let user = directory.user(index);
+            let fresh = in_scope.insert(user.source_id.as_str());
+            let mapped = view
+                .users
+                .as_ref()
+                .is_some_and(|users| users.contains_key(&user.source_id));
+            if fresh && !mapped {
+                let target_id = ledger
+                    .groups
+                    .get(&group.id)
+                    .and_then(|g| g.target_id.clone());
+                creates.push(op(Operation::UserCreate {
+                    group: spec_of_group(group, target_id),
+                    user: MemberRef::new(Arc::clone(user)),
+                }));
+            }
+        }
+    }
+    for (source_id, owned) in &ledger.owned_users {
+        if owned.active && !in_scope.contains(source_id.as_str()) {
+            deletes.push(op(Operation::UserDeactivate {
+                group: GroupSpec {
+                    source_id: String::new(),
+                    name: String::new(),
+                    description: None,
+                    dn: String::new(),
+                    target_id: None,
+                },
+                user: MemberRef {
+                    user: Arc::clone(&owned.user),
+                    target_id: Some(owned.target_id.clone()),
+                },
+            }));
+        }
     }
 }
 
@@ -507,6 +564,21 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
             }
             Operation::Delete { .. } => {
                 ledger.groups.remove(&spec.source_id);
+            }
+            Operation::UserCreate { user, .. } => {
+                ledger.owned_users.insert(
+                    user.source_id.clone(),
+                    crate::ledger::OwnedUser {
+                        user: Arc::clone(&user.user),
+                        target_id: user.source_id.clone(),
+                        active: true,
+                    },
+                );
+            }
+            Operation::UserDeactivate { user, .. } => {
+                if let Some(owned) = ledger.owned_users.get_mut(&user.source_id) {
+                    owned.active = false;
+                }
             }
         }
     }
@@ -884,6 +956,52 @@ mod tests {
         assert_eq!(g1.members.as_ref().unwrap().len(), 1);
         let g2 = p.resync.iter().find(|r| r.group.source_id == "g2").unwrap();
         assert!(g2.members.is_none());
+    }
+
+    #[test]
+    fn provisioning_plans_each_missing_user_once_and_deactivates_only_owned_users() {
+        use crate::ledger::OwnedUser;
+        // user1 is in two groups and has no target user; user2 was created by the sink and left
+        // the scope; user3 (in no group either) was not created by the sink.
+        let d = directory(&[("g1", "b", &[0, 1]), ("g2", "a", &[1])], 4);
+        let mut ledger = mirroring(&d);
+        let owned = OwnedUser {
+            user: Arc::clone(d.user(2)),
+            target_id: "t2".into(),
+            active: true,
+        };
+        ledger.owned_users.insert("u002".into(), owned);
+        let view = TargetView {
+            users: Some(
+                [("u000".to_string(), "t0".to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+            provisions_users: true,
+            plans_user_ops: true,
+            ..TargetView::default()
+        };
+        let p = plan(&d, &ledger, &view);
+        let user_ops: Vec<(&str, &str, &str)> = p
+            .operations
+            .iter()
+            .filter_map(|o| match o {
+                Operation::UserCreate { group, user } => {
+                    Some(("create", group.name.as_str(), user.username.as_str()))
+                }
+                Operation::UserDeactivate { user, .. } => {
+                    Some(("deactivate", "", user.username.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            user_ops,
+            [("create", "a", "user1"), ("deactivate", "", "user2")]
+        );
+        let summary = p.summary();
+        assert_eq!((summary.user_create, summary.user_deactivate), (1, 1));
+        assert_eq!(summary.unmapped, 0);
     }
 
     #[test]

@@ -144,10 +144,10 @@ fn shown_name(name: &str) -> String {
 
 fn sign(kind: OpKind) -> char {
     match kind {
-        OpKind::Create | OpKind::MemberAdd => '+',
+        OpKind::Create | OpKind::MemberAdd | OpKind::UserCreate => '+',
         OpKind::Update => '~',
         OpKind::Adopt => '=',
-        OpKind::Delete | OpKind::MemberRemove => '-',
+        OpKind::Delete | OpKind::MemberRemove | OpKind::UserDeactivate => '-',
     }
 }
 
@@ -199,6 +199,13 @@ pub fn text(report: &RunReport) -> String {
             s.adopt,
             s.unmapped
         );
+        if s.user_create + s.user_deactivate > 0 {
+            let _ = writeln!(
+                out,
+                "  users: {} user_create, {} user_deactivate",
+                s.user_create, s.user_deactivate
+            );
+        }
         if sink.plan.is_empty() {
             let _ = writeln!(out, "  nothing to do");
         }
@@ -229,6 +236,12 @@ pub fn text(report: &RunReport) -> String {
                     group.target_id.as_deref().unwrap_or("?"),
                     by.as_str()
                 ),
+                Operation::UserCreate { user, .. } => {
+                    format!("{} (for {})", user.username, group.name)
+                }
+                Operation::UserDeactivate { user, .. } => {
+                    format!("{} (left the scope; not deleted)", user.username)
+                }
                 Operation::Create { resume: true, .. } => {
                     format!("{} (resuming an unconfirmed create)", group.name)
                 }

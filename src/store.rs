@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
+use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter, OwnedUser};
 use crate::model::{GroupSpec, MemberRef, Summary, User, UserMapping};
 
 const MIGRATIONS: &[M<'static>] = &[
@@ -98,6 +98,22 @@ CREATE TABLE user_map (
     // When each sink was last fully reconciled (`sync --full` read and repaired its target).
     M::up(
         "CREATE TABLE sink_reconciles (sink TEXT PRIMARY KEY, reconciled_at TEXT NOT NULL) WITHOUT ROWID;",
+    ),
+    // The target users each sink created (`provision_users`): the only users it may deactivate.
+    M::up(
+        r#"
+CREATE TABLE owned_users (
+    sink TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    email TEXT,
+    dn TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (sink, user_source_id)
+) WITHOUT ROWID;
+"#,
     ),
 ];
 
@@ -457,11 +473,68 @@ impl Store {
             .map_err(&err)?
             .collect::<Result<_, _>>()
             .map_err(&err)?;
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT user_source_id, target_id, username, email, dn, active FROM owned_users WHERE sink = ?1",
+            )
+            .map_err(&err)?;
+        let owned_users = statement
+            .query_map([sink], |row| {
+                let source_id: String = row.get(0)?;
+                Ok((
+                    source_id.clone(),
+                    OwnedUser {
+                        user: Arc::new(User {
+                            source_id,
+                            username: row.get(2)?,
+                            email: row.get(3)?,
+                            dn: row.get(4)?,
+                        }),
+                        target_id: row.get(1)?,
+                        active: row.get::<_, i64>(5)? != 0,
+                    },
+                ))
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
         Ok(Ledger {
             groups,
             cursor,
             users,
+            owned_users,
         })
+    }
+
+    /// Records a target user the sink created (active).
+    pub fn record_user_created(
+        &self,
+        sink: &str,
+        user: &MemberRef,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO owned_users (sink, user_source_id, target_id, username, email, dn, active, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT (sink, user_source_id) DO UPDATE SET
+                 target_id = excluded.target_id, username = excluded.username, email = excluded.email,
+                 dn = excluded.dn, active = 1, updated_at = excluded.updated_at",
+                params![sink, user.source_id, target_id, user.username, user.email, user.dn, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records that a user the sink created was deactivated.
+    pub fn record_user_deactivated(&self, sink: &str, source_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE owned_users SET active = 0, updated_at = ?3 WHERE sink = ?1 AND user_source_id = ?2",
+                params![sink, source_id, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
     }
 
     /// Adds or replaces entries of a sink's user map, in one transaction.
@@ -857,6 +930,18 @@ impl LedgerWriter for SinkLedgerWriter<'_> {
             .store
             .record_members_removed(&self.sink, group_source_id, user_source_ids)?)
     }
+    fn record_user_created(
+        &mut self,
+        user: &MemberRef,
+        target_id: &str,
+    ) -> Result<(), LedgerWriteError> {
+        Ok(self
+            .store
+            .record_user_created(&self.sink, user, target_id)?)
+    }
+    fn record_user_deactivated(&mut self, source_id: &str) -> Result<(), LedgerWriteError> {
+        Ok(self.store.record_user_deactivated(&self.sink, source_id)?)
+    }
 }
 
 fn parse_summary(text: &str) -> Summary {
@@ -870,6 +955,8 @@ fn parse_summary(text: &str) -> Summary {
         member_remove: u64,
         adopt: u64,
         unmapped: u64,
+        user_create: u64,
+        user_deactivate: u64,
     }
     let s: Stored = serde_json::from_str(text).unwrap_or_default();
     Summary {
@@ -880,6 +967,8 @@ fn parse_summary(text: &str) -> Summary {
         member_remove: s.member_remove,
         adopt: s.adopt,
         unmapped: s.unmapped,
+        user_create: s.user_create,
+        user_deactivate: s.user_deactivate,
     }
 }
 

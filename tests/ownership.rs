@@ -608,3 +608,66 @@ fn a_full_sync_whose_repairs_exceed_a_threshold_is_held() {
     assert_eq!(w.groups()["ops"], vec![set(&["alice"])]);
     assert_eq!(w.groups()["not-ours"], vec![set(&["carol"])]);
 }
+
+/// Issue 11, SCIM `provision_users`: two LDAP users missing in SCIM are created (externalId =
+/// the LDAP id) and added, planned as `user_create`; one leaves the scope and is deactivated,
+/// not deleted; a user created by hand is never touched.
+#[test]
+fn provision_users_creates_missing_users_and_deactivates_those_that_leave() {
+    let w = World::new(false, &["alice"], "provision_users = true");
+    w.scim.create_user("mallory", "mallory@example.com");
+    let mallory_before = w
+        .scim
+        .users()
+        .into_iter()
+        .find(|u| u["userName"] == "mallory")
+        .unwrap();
+    let dave = w.slapd.add_user("dave", "dave@example.com");
+    let erin = w.slapd.add_user("erin", "erin@example.com");
+    let ops = w
+        .slapd
+        .add_group("ops", &[&w.user_dn("alice"), &dave, &erin]);
+
+    let plan = w.dry_run();
+    let sink = &plan["sinks"][0];
+    assert_eq!(sink["summary"]["user_create"], 2, "{plan}");
+    assert_eq!(sink["summary"]["member_add"], 3, "{plan}");
+    assert_eq!(sink["summary"]["unmapped"], 0, "{plan}");
+    let created: Vec<&Value> = sink["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["op"] == "user_create")
+        .map(|o| &o["members"][0])
+        .collect();
+    assert_eq!(created, [&json!("dave"), &json!("erin")], "{plan}");
+    assert!(w.scim.users().iter().all(|u| u["userName"] != "dave"));
+
+    assert_code(&sync(&w.config, &[]), 0);
+    let users = w.scim.users();
+    for (name, dn) in [("dave", &dave), ("erin", &erin)] {
+        let user = users.iter().find(|u| u["userName"] == name).unwrap();
+        let uuid = w.slapd.attr_values(dn, "entryUUID").remove(0);
+        assert_eq!(user["externalId"], uuid.as_str(), "{user}");
+        assert_eq!(user["active"], true, "{user}");
+    }
+    assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave", "erin"])]);
+    assert_nothing_to_do(&w);
+
+    // erin leaves the scope (no synced group lists her): deactivated, never deleted.
+    w.slapd.remove_member(&ops, &erin);
+    let plan = w.dry_run();
+    assert_eq!(plan["sinks"][0]["summary"]["user_deactivate"], 1, "{plan}");
+    assert_code(&sync(&w.config, &[]), 0);
+    let users = w.scim.users();
+    let erin_now = users.iter().find(|u| u["userName"] == "erin").unwrap();
+    assert_eq!(erin_now["active"], false, "{erin_now}");
+    assert!(w.proxy.requests("DELETE", "").is_empty());
+    let mallory_after = users.iter().find(|u| u["userName"] == "mallory").unwrap();
+    assert_eq!(
+        mallory_after, &mallory_before,
+        "a user made by hand is untouched"
+    );
+    assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave"])]);
+    assert_nothing_to_do(&w);
+}

@@ -337,6 +337,23 @@ pub trait GroupApi: Send + Sync {
         false
     }
 
+    /// The sink plans its user creates and deactivations as operations (`user_create`,
+    /// `user_deactivate`) instead of creating users while adding members.
+    fn plans_user_ops(&self) -> bool {
+        false
+    }
+
+    /// Creates the target user of `user` (sent once: a create whose answer was lost is looked
+    /// up, never sent again blindly); its target id.
+    async fn create_user(&self, _user: &MemberRef) -> Result<String, OpError> {
+        Err("this sink does not create users".into())
+    }
+
+    /// Deactivates the target user `id` (never deletes it).
+    async fn deactivate_user(&self, _id: &str) -> Result<Outcome, OpError> {
+        Err("this sink does not deactivate users".into())
+    }
+
     /// Target user ids of `users` (source id → target id), for the users the target has. By
     /// default one [`GroupApi::user_id`] per user; targets that can list or filter users in bulk
     /// override it ([`map_by_filter`], or one paged listing).
@@ -655,6 +672,7 @@ pub async fn resolve<A: GroupApi + ?Sized>(
         users: Some(users),
         existing,
         provisions_users: api.provisions_users(),
+        plans_user_ops: api.plans_user_ops(),
         learned,
         actual,
     })
@@ -831,6 +849,19 @@ pub async fn apply<A: GroupApi + ?Sized>(
                 change_members(api, op.kind(), group, members, ops, &mut skipped).await?
             }
             Operation::Delete { group } => delete(api, group, ops).await?,
+            Operation::UserCreate { group, user } => match api.create_user(user).await {
+                Ok(id) => ops.recorder.user_created(user, &id)?,
+                Err(e) => ops.fail(OpKind::UserCreate, group, e.of(&user.username), 1),
+            },
+            Operation::UserDeactivate { group, user } => {
+                let id = user.target_id.as_deref().unwrap_or_default();
+                match api.deactivate_user(id).await {
+                    Ok(Outcome::Done | Outcome::NotFound) => ops.recorder.user_deactivated(user)?,
+                    Ok(Outcome::Refused(e)) | Err(e) => {
+                        ops.fail(OpKind::UserDeactivate, group, e.of(&user.username), 1)
+                    }
+                }
+            }
         }
         ops.go_on(api)?;
     }

@@ -349,6 +349,24 @@ impl<'a> Recorder<'a> {
         self.checkpoint()
     }
 
+    /// Records a target user the sink created (`provision_users`).
+    pub fn user_created(&mut self, user: &MemberRef, target_id: &str) -> Result<(), SinkError> {
+        self.ledger
+            .record_user_created(user, target_id)
+            .map_err(|e| self.store_error(e))?;
+        self.count(OpKind::UserCreate, 1);
+        self.checkpoint()
+    }
+
+    /// Records that a user the sink created was deactivated.
+    pub fn user_deactivated(&mut self, user: &MemberRef) -> Result<(), SinkError> {
+        self.ledger
+            .record_user_deactivated(&user.source_id)
+            .map_err(|e| self.store_error(e))?;
+        self.count(OpKind::UserDeactivate, 1);
+        self.checkpoint()
+    }
+
     /// Forgets a group the target no longer has, without counting a delete (it will be recreated).
     pub fn forget(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
         self.ledger

@@ -28,6 +28,7 @@ use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::secret::Secret;
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const SCIM_JSON: &str = "application/scim+json";
 /// Resources per page of a listing (`count`); a target may answer fewer.
@@ -62,6 +63,10 @@ pub struct ScimConfig {
     /// Which existing groups may be adopted: "name" (default), "external_id" or "never".
     #[serde(default)]
     pub adopt: AdoptPolicy,
+    /// Create missing users from LDAP (`externalId` = the source id) and deactivate them
+    /// (`active: false`, never delete) when they leave the scope.
+    #[serde(default)]
+    pub provision_users: bool,
 }
 
 fn default_chunk() -> usize {
@@ -304,6 +309,75 @@ impl GroupApi for ScimSink {
     async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
         let all = self.list_all("/Groups", &[]).await?;
         Ok(Some(all.iter().filter_map(target_group).collect()))
+    }
+
+    fn provisions_users(&self) -> bool {
+        self.config.provision_users
+    }
+
+    fn plans_user_ops(&self) -> bool {
+        self.config.provision_users
+    }
+
+    /// `POST /Users` (`userName` per `user_match`, `externalId` = the source id, `name`,
+    /// `emails`, `active`), sent once; an answer lost or failed after sending is resolved by
+    /// looking the user up by `externalId` before anything is sent again.
+    async fn create_user(&self, user: &MemberRef) -> Result<String, OpError> {
+        let user_name = match self.config.user_match {
+            ScimUserMatch::Email => user.email.clone().unwrap_or_else(|| user.username.clone()),
+            _ => user.username.clone(),
+        };
+        let mut body = json!({
+            "schemas": [USER_SCHEMA],
+            "userName": user_name,
+            "externalId": user.source_id,
+            "name": {"formatted": user.username},
+            "displayName": user.username,
+            "active": true,
+        });
+        if let Some(email) = &user.email {
+            body["emails"] = json!([{"value": email, "primary": true}]);
+        }
+        let answer = self
+            .http
+            .send_create("/Users", &[], &Body::typed(SCIM_JSON, &body))
+            .await;
+        let failed: OpError = match answer {
+            Ok(response) if response.is_success() => {
+                let created: Value = response.json()?;
+                return match created.get("id").and_then(Value::as_str) {
+                    Some(id) => Ok(id.to_string()),
+                    None => Err("the user create answer has no \"id\"".into()),
+                };
+            }
+            Ok(response) => response.into_error().into(),
+            Err(e) => e.into(),
+        };
+        if !failed.maybe_committed() {
+            return Err(failed);
+        }
+        let filter = format!("externalId eq {}", quote(&user.source_id));
+        let found = self.list_all("/Users", &[("filter", &filter)]).await?;
+        let ours: Vec<&str> = found
+            .iter()
+            .filter(|u| u.get("externalId").and_then(Value::as_str) == Some(&user.source_id))
+            .filter_map(|u| u.get("id").and_then(Value::as_str))
+            .collect();
+        match ours.as_slice() {
+            [id] => Ok(id.to_string()),
+            _ => Err(failed),
+        }
+    }
+
+    /// `PATCH /Users/{id}` replacing `active` with `false`.
+    async fn deactivate_user(&self, id: &str) -> Result<Outcome, OpError> {
+        let body = patch(vec![json!({"op": "replace", "value": {"active": false}})]);
+        let path = format!("/Users/{}", urlencoding::encode(id));
+        outcome(
+            self.http
+                .send(Method::PATCH, &path, &[], Some(&body))
+                .await?,
+        )
     }
 
     fn user_match(&self) -> Option<(&'static str, UserKey)> {

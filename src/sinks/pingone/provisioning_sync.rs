@@ -427,6 +427,8 @@ impl ProvisioningSyncSink {
                     recorder.members_removed(group, members)?
                 }
                 Operation::Delete { group } => recorder.deleted(group)?,
+                // Never planned for this sink (it does not provision users).
+                Operation::UserCreate { .. } | Operation::UserDeactivate { .. } => {}
             }
         }
         Ok(())
