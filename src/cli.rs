@@ -76,8 +76,14 @@ pub enum Command {
         #[arg(long)]
         allow_empty_scope: bool,
         /// With --dry-run: save the exact plan, with fingerprints of the directory read and of
-        /// each sink's ledger, to FILE (apply it with --plan FILE)
-        #[arg(long, value_name = "FILE", requires = "dry_run")]
+        /// each sink's ledger, to FILE (apply it with --plan FILE). Not with --full: a full
+        /// reconcile's repairs are reviewed with `--dry-run --full` and applied with `--full`
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "dry_run",
+            conflicts_with = "full"
+        )]
         save_plan: Option<PathBuf>,
         /// Apply exactly the plan saved in FILE, held operations included; refused (exit 1,
         /// nothing written) when the directory or a ledger changed since it was saved

@@ -668,7 +668,7 @@ async fn run_sink(
         Some(_) => Ok(Default::default()),
         // What the target holds (read-only, dry runs too): users the members map to, and
         // groups that exist already (adopted instead of created).
-        None => sink.resolve(directory, ledger).await,
+        None => sink.resolve(directory, ledger, options.full).await,
     };
     let view = match view {
         Ok(view) => view,
@@ -696,13 +696,23 @@ async fn run_sink(
             plan
         }
     };
+    // The users found this time join the sink's user map (not looked up again next run).
+    let mut store = store;
+    if let (Some(store), false) = (store.as_deref_mut(), options.dry_run) {
+        store.record_users(sink.name(), &view.learned)?;
+    }
     let summary = plan.summary();
     let m = metrics();
+    let drift = plan.drift_summary();
     for kind in OpKind::ALL {
         m.planned_operations
             .with_label_values(&[sink.name(), kind.as_str()])
             .set(summary.get(kind) as i64);
+        m.drift_operations
+            .with_label_values(&[sink.name(), kind.as_str()])
+            .set(drift.get(kind) as i64);
     }
+    let reconciled = view.actual.is_some();
     let hold = plan::guard(
         &plan,
         ledger,
@@ -739,6 +749,10 @@ async fn run_sink(
     let Some(store) = store else {
         return Ok(outcome);
     };
+    // A full reconcile: the ledger is rewritten from what was read in the target first.
+    for resync in &outcome.plan.resync {
+        store.rewrite_group(sink.name(), &resync.group, resync.members.as_deref())?;
+    }
     let sink_name = sink.name().to_string();
     let progress = options.progress.clone();
     let observer = move |kind: OpKind, group: &GroupSpec, success: bool, count: u64| {
@@ -815,6 +829,9 @@ async fn run_sink(
         Ok(()) => {
             if let Some(cursor) = &report.cursor {
                 store.set_cursor(sink.name(), cursor)?;
+            }
+            if reconciled {
+                store.set_reconciled(sink.name())?;
             }
             outcome.result = SinkResult::Success;
             m.last_success_timestamp_seconds

@@ -4,10 +4,10 @@
 //! whose `target_id` is `None` is a recorded *intent*: a create was started but not confirmed, so
 //! the next run must look the object up before creating it again (§4.4).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::{GroupSpec, MemberRef, User};
+use crate::model::{GroupSpec, MemberRef, User, UserMapping};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -15,6 +15,21 @@ pub struct Ledger {
     pub groups: BTreeMap<String, LedgerGroup>,
     /// The sink's cursor/token after its last complete apply (e.g. PingOne's nextToken).
     pub cursor: Option<String>,
+    /// The user map: user source id → the target user found for it on an earlier run (a cache:
+    /// a hit saves a lookup; a miss is looked up again on every run).
+    pub users: HashMap<String, UserMapping>,
+    /// Users the sink created (`provision_users`), keyed by user source id: only these are ever
+    /// deactivated.
+    pub owned_users: BTreeMap<String, OwnedUser>,
+}
+
+/// A target user the sink created for a directory user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedUser {
+    pub user: Arc<User>,
+    pub target_id: String,
+    /// `false` once deactivated (it left the scope).
+    pub active: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +86,14 @@ pub trait LedgerWriter: Send {
         group_source_id: &str,
         members: &[MemberRef],
     ) -> Result<(), LedgerWriteError>;
+    /// Records a target user the sink created (active).
+    fn record_user_created(
+        &mut self,
+        user: &MemberRef,
+        target_id: &str,
+    ) -> Result<(), LedgerWriteError>;
+    /// Records that a user the sink created was deactivated.
+    fn record_user_deactivated(&mut self, source_id: &str) -> Result<(), LedgerWriteError>;
     /// Records members as gone from a group.
     fn record_members_removed(
         &mut self,

@@ -89,16 +89,20 @@ pub enum OpKind {
     MemberAdd,
     MemberRemove,
     Delete,
+    UserCreate,
+    UserDeactivate,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Create,
         OpKind::Adopt,
         OpKind::Update,
         OpKind::Delete,
         OpKind::MemberAdd,
         OpKind::MemberRemove,
+        OpKind::UserCreate,
+        OpKind::UserDeactivate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +113,8 @@ impl OpKind {
             OpKind::MemberAdd => "member_add",
             OpKind::MemberRemove => "member_remove",
             OpKind::Delete => "delete",
+            OpKind::UserCreate => "user_create",
+            OpKind::UserDeactivate => "user_deactivate",
         }
     }
 }
@@ -141,6 +147,12 @@ pub enum Operation {
     },
     /// Delete; `group` holds the last known attributes from the ledger.
     Delete { group: GroupSpec },
+    /// Create the target user of `user` (`provision_users`), for `group`, the first group that
+    /// needs it.
+    UserCreate { group: GroupSpec, user: MemberRef },
+    /// Deactivate a user the sink created (`user.target_id`), which left the scope: no longer a
+    /// member of any synced group. `group` is empty (no group is concerned).
+    UserDeactivate { group: GroupSpec, user: MemberRef },
 }
 
 impl Operation {
@@ -152,6 +164,8 @@ impl Operation {
             Operation::MemberAdd { .. } => OpKind::MemberAdd,
             Operation::MemberRemove { .. } => OpKind::MemberRemove,
             Operation::Delete { .. } => OpKind::Delete,
+            Operation::UserCreate { .. } => OpKind::UserCreate,
+            Operation::UserDeactivate { .. } => OpKind::UserDeactivate,
         }
     }
 
@@ -162,7 +176,9 @@ impl Operation {
             | Operation::Update { group, .. }
             | Operation::MemberAdd { group, .. }
             | Operation::MemberRemove { group, .. }
-            | Operation::Delete { group } => group,
+            | Operation::Delete { group }
+            | Operation::UserCreate { group, .. }
+            | Operation::UserDeactivate { group, .. } => group,
         }
     }
 
@@ -188,6 +204,16 @@ pub struct Summary {
     pub member_remove: u64,
     /// Memberships whose user has no counterpart in the target (see [`Plan::unmapped`]).
     pub unmapped: u64,
+    /// Users created (sinks with `provision_users`); shown only when not zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub user_create: u64,
+    /// Users deactivated because they left the scope; shown only when not zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub user_deactivate: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 impl Summary {
@@ -199,6 +225,8 @@ impl Summary {
             OpKind::Delete => self.delete += count,
             OpKind::MemberAdd => self.member_add += count,
             OpKind::MemberRemove => self.member_remove += count,
+            OpKind::UserCreate => self.user_create += count,
+            OpKind::UserDeactivate => self.user_deactivate += count,
         }
     }
     pub fn get(&self, kind: OpKind) -> u64 {
@@ -209,6 +237,8 @@ impl Summary {
             OpKind::Delete => self.delete,
             OpKind::MemberAdd => self.member_add,
             OpKind::MemberRemove => self.member_remove,
+            OpKind::UserCreate => self.user_create,
+            OpKind::UserDeactivate => self.user_deactivate,
         }
     }
 }
@@ -221,6 +251,24 @@ pub struct Plan {
     pub full: bool,
     /// Per group, the members that map to no user in the target (not planned as `member_add`).
     pub unmapped: Vec<Unmapped>,
+    /// Indexes into `operations` of the operations that repair a change made in the target
+    /// (found by a full reconcile, `sync --full`).
+    pub drift: std::collections::BTreeSet<usize>,
+    /// Full reconcile: the owned groups as read from the target, for the ledger to be rewritten
+    /// from before anything is applied.
+    pub resync: Vec<Resync>,
+}
+
+/// An owned group as a full reconcile read it: the ledger is rewritten to this before the plan
+/// is applied (a ledger that drifted from the target, e.g. a lost write, is repaired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    /// As read (name, description; the target id recorded), or the ledger's when the group is
+    /// gone from the target.
+    pub group: GroupSpec,
+    /// `None`: the group is gone from the target (forgotten; the plan creates it again).
+    /// Otherwise the members it has that the directory wants there.
+    pub members: Option<Vec<MemberRef>>,
 }
 
 /// The members of one group that have no user in the target.
@@ -261,6 +309,35 @@ pub struct TargetView {
     /// Group source id → the existing target group to adopt (only groups the ledger does not
     /// hold with a target id).
     pub existing: std::collections::BTreeMap<String, ExistingGroup>,
+    /// The sink creates missing users (`provision_users`): members without a target user are
+    /// planned as `member_add` (without a target id) instead of listed as unmapped.
+    pub provisions_users: bool,
+    /// User source id → mappings this resolve looked up in the target (cache misses), for the
+    /// state file's user map (written on real runs only).
+    pub learned: std::collections::BTreeMap<String, UserMapping>,
+    /// The sink plans `user_create` / `user_deactivate` operations (SCIM `provision_users`).
+    pub plans_user_ops: bool,
+    /// Full reconcile only (`Some`): group source id → the real state of each group the ledger
+    /// holds with a target id (`None`: gone from the target). The plan is made against it.
+    pub actual: Option<std::collections::BTreeMap<String, Option<ActualGroup>>>,
+}
+
+/// An owned group's real state in the target, read by a full reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActualGroup {
+    pub name: String,
+    /// `None` when the target (or this sink) does not carry descriptions.
+    pub description: Option<Option<String>>,
+    /// Target user id and a display name of each member.
+    pub members: Vec<(String, String)>,
+}
+
+/// A directory user's target user id, with the lookup key it was found by (e.g.
+/// `userName=alice`): a cached mapping holds only while the key is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMapping {
+    pub key: String,
+    pub target_id: String,
 }
 
 /// A target group to adopt, with its current members.
@@ -284,6 +361,20 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }
+    /// Whether operation `index` repairs a change made in the target.
+    pub fn is_drift(&self, index: usize) -> bool {
+        self.drift.contains(&index)
+    }
+    /// Counts of the operations that repair drift, per kind.
+    pub fn drift_summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for &index in &self.drift {
+            if let Some(op) = self.operations.get(index) {
+                summary.add(op.kind(), op.weight());
+            }
+        }
+        summary
+    }
 }
 
 /// An operation as the JSON plan and the file sink print it (one object per operation).
@@ -297,6 +388,9 @@ pub struct OperationView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<Option<&'a str>>,
     pub dn: &'a str,
+    /// The operation repairs a change made in the target (`sync --full`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drift: bool,
     pub group: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member_ids: Option<Vec<&'a str>>,
@@ -323,6 +417,7 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
             by: None,
             description: None,
             dn: &group.dn,
+            drift: false,
             group: &group.name,
             member_ids: None,
             members: None,
@@ -350,6 +445,10 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
                 view.member_ids = Some(members.iter().map(|m| m.source_id.as_str()).collect());
             }
             Operation::Adopt { by, .. } => view.by = Some(by.as_str()),
+            Operation::UserCreate { user, .. } | Operation::UserDeactivate { user, .. } => {
+                view.members = Some(vec![user.username.as_str()]);
+                view.member_ids = Some(vec![user.source_id.as_str()]);
+            }
             Operation::Delete { .. } => {}
         }
         view

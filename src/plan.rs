@@ -4,7 +4,7 @@
 //! member_remove, delete) and, within a kind, sorted by group name then source id, so two runs
 //! over the same data print the same plan.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::directory::{Directory, Group};
 use crate::ledger::{Ledger, LedgerGroup, LedgerMember};
 use crate::model::{
-    ExistingGroup, GroupSpec, MemberRef, Operation, Plan, TargetView, Unmapped, User,
+    ActualGroup, ExistingGroup, GroupSpec, MemberRef, Operation, Plan, Resync, TargetView,
+    Unmapped, User,
 };
 
 /// The mass-change limits a plan is checked against: absolute counts and percentages of what
@@ -71,6 +72,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
     let mut removes = Vec::new();
     let mut deletes = Vec::new();
     let mut unmapped = Vec::new();
+    let mut resync = Vec::new();
     let empty = BTreeMap::new();
     // Target user id → directory user, to name the members an adopted group has.
     let by_target_id: HashMap<&str, &Arc<User>> = match &view.users {
@@ -92,23 +94,52 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
             let spec = spec_of_group(group, Some(existing.target_id.clone()));
             let (add, present, remove, missing) =
                 adopted_members(directory, group, existing, view, &by_target_id);
-            creates.push(Operation::Adopt {
+            creates.push(op(Operation::Adopt {
                 group: spec.clone(),
                 by: existing.by,
                 present,
-            });
+            }));
             if !add.is_empty() {
-                adds.push(Operation::MemberAdd {
+                adds.push(op(Operation::MemberAdd {
                     group: spec.clone(),
                     members: add,
-                });
+                }));
             }
             if !remove.is_empty() {
-                removes.push(Operation::MemberRemove {
+                removes.push(op(Operation::MemberRemove {
                     group: spec.clone(),
                     members: remove,
+                }));
+            }
+            if !missing.is_empty() {
+                unmapped.push(Unmapped {
+                    group: group.name.clone(),
+                    source_id: group.id.clone(),
+                    members: missing,
                 });
             }
+            continue;
+        }
+        if let (Some(recorded), Some(id), Some(actual)) = (recorded, &target_id, &view.actual)
+            && let Some(state) = actual.get(&group.id)
+        {
+            let batches = Batches {
+                creates: &mut creates,
+                updates: &mut updates,
+                adds: &mut adds,
+                removes: &mut removes,
+            };
+            let missing = reconcile(
+                directory,
+                group,
+                recorded,
+                id,
+                state.as_ref(),
+                view,
+                &by_target_id,
+                batches,
+                &mut resync,
+            );
             if !missing.is_empty() {
                 unmapped.push(Unmapped {
                     group: group.name.clone(),
@@ -121,17 +152,17 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
         let spec = spec_of_group(group, target_id.clone());
         let recorded_members = match recorded {
             None => {
-                creates.push(Operation::Create {
+                creates.push(op(Operation::Create {
                     group: spec.clone(),
                     resume: false,
-                });
+                }));
                 &empty
             }
             Some(recorded) if recorded.target_id.is_none() => {
-                creates.push(Operation::Create {
+                creates.push(op(Operation::Create {
                     group: spec.clone(),
                     resume: true,
-                });
+                }));
                 &recorded.members
             }
             Some(recorded) => {
@@ -139,10 +170,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                     || recorded.description != group.description
                     || recorded.dn != group.dn
                 {
-                    updates.push(Operation::Update {
+                    updates.push(op(Operation::Update {
                         group: spec.clone(),
                         previous: GroupSpec::from(recorded),
-                    });
+                    }));
                 }
                 &recorded.members
             }
@@ -165,10 +196,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
             });
         }
         if !added.is_empty() {
-            adds.push(Operation::MemberAdd {
+            adds.push(op(Operation::MemberAdd {
                 group: spec.clone(),
                 members: added,
-            });
+            }));
         }
         if !recorded_members.is_empty() {
             let current: HashSet<&str> = group
@@ -182,10 +213,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                 .map(|(_, m)| member_of_ledger(m))
                 .collect();
             if !removed.is_empty() {
-                removes.push(Operation::MemberRemove {
+                removes.push(op(Operation::MemberRemove {
                     group: spec,
                     members: removed,
-                });
+                }));
             }
         }
     }
@@ -193,36 +224,235 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
     let present: HashSet<&str> = directory.groups.iter().map(|g| g.id.as_str()).collect();
     for recorded in ledger.groups.values() {
         if !present.contains(recorded.source_id.as_str()) {
-            deletes.push(Operation::Delete {
+            deletes.push(op(Operation::Delete {
                 group: GroupSpec::from(recorded),
-            });
+            }));
         }
     }
 
+    if view.plans_user_ops {
+        user_ops(directory, ledger, view, &mut creates, &mut deletes);
+    }
+
     let mut operations = Vec::new();
+    let mut drift = BTreeSet::new();
     for mut batch in [creates, updates, adds, removes, deletes] {
-        batch.sort_by(|a, b| {
-            (&a.group().name, &a.group().source_id).cmp(&(&b.group().name, &b.group().source_id))
+        batch.sort_by(|(a, da), (b, db)| {
+            (&a.group().name, &a.group().source_id, da).cmp(&(
+                &b.group().name,
+                &b.group().source_id,
+                db,
+            ))
         });
-        operations.extend(batch);
+        for (op, repairs) in batch {
+            if repairs {
+                drift.insert(operations.len());
+            }
+            operations.push(op);
+        }
     }
     unmapped.sort_by(|a, b| (&a.group, &a.source_id).cmp(&(&b.group, &b.source_id)));
+    resync.sort_by(|a: &Resync, b: &Resync| a.group.source_id.cmp(&b.group.source_id));
     Plan {
         operations,
         full: false,
         unmapped,
+        drift,
+        resync,
     }
 }
 
+/// `provision_users`: a `user_create` for each member with no target user (for the first group,
+/// by name, that needs it), and a `user_deactivate` for each active user the sink created that is
+/// no longer a member of any group (it left the scope). Users the sink did not create are never
+/// deactivated.
+fn user_ops(
+    directory: &Directory,
+    ledger: &Ledger,
+    view: &TargetView,
+    creates: &mut Vec<(Operation, bool)>,
+    deletes: &mut Vec<(Operation, bool)>,
+) {
+    let mut groups: Vec<&Group> = directory.groups.iter().collect();
+    groups.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    let mut in_scope = HashSet::new();
+    for group in groups {
+        for &index in &group.members {
+            let user = directory.user(index);
+            let fresh = in_scope.insert(user.source_id.as_str());
+            let mapped = view
+                .users
+                .as_ref()
+                .is_some_and(|users| users.contains_key(&user.source_id));
+            if fresh && !mapped {
+                let target_id = ledger
+                    .groups
+                    .get(&group.id)
+                    .and_then(|g| g.target_id.clone());
+                creates.push(op(Operation::UserCreate {
+                    group: spec_of_group(group, target_id),
+                    user: MemberRef::new(Arc::clone(user)),
+                }));
+            }
+        }
+    }
+    for (source_id, owned) in &ledger.owned_users {
+        if owned.active && !in_scope.contains(source_id.as_str()) {
+            deletes.push(op(Operation::UserDeactivate {
+                group: GroupSpec {
+                    source_id: String::new(),
+                    name: String::new(),
+                    description: None,
+                    dn: String::new(),
+                    target_id: None,
+                },
+                user: MemberRef {
+                    user: Arc::clone(&owned.user),
+                    target_id: Some(owned.target_id.clone()),
+                },
+            }));
+        }
+    }
+}
+
+/// A planned operation, and whether it repairs drift.
+fn op(operation: Operation) -> (Operation, bool) {
+    (operation, false)
+}
+
+/// The operation batches [`reconcile`] adds to (each operation with its drift flag).
+struct Batches<'b> {
+    creates: &'b mut Vec<(Operation, bool)>,
+    updates: &'b mut Vec<(Operation, bool)>,
+    adds: &'b mut Vec<(Operation, bool)>,
+    removes: &'b mut Vec<(Operation, bool)>,
+}
+
+/// Full reconcile of one owned group (target id `id`) against its real state in the target
+/// (`None`: gone). Plans what makes the target equal to the directory; an operation repairs
+/// drift when the ledger already agreed with the directory (the change was made in the target).
+/// Adds the ledger rewrite to `resync`; returns the members with no target user.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    directory: &Directory,
+    group: &Group,
+    recorded: &LedgerGroup,
+    id: &str,
+    state: Option<&ActualGroup>,
+    view: &TargetView,
+    by_target_id: &HashMap<&str, &Arc<User>>,
+    batches: Batches<'_>,
+    resync: &mut Vec<Resync>,
+) -> Vec<String> {
+    let Some(state) = state else {
+        // Deleted in the target: forgotten, then created again with every member.
+        resync.push(Resync {
+            group: GroupSpec::from(recorded),
+            members: None,
+        });
+        let spec = spec_of_group(group, None);
+        batches.creates.push((
+            Operation::Create {
+                group: spec.clone(),
+                resume: false,
+            },
+            true,
+        ));
+        let (mut add, mut missing) = (Vec::new(), Vec::new());
+        for &index in &group.members {
+            let user = directory.user(index);
+            match mapped(view, user) {
+                Some(member) => add.push(member),
+                None => missing.push(user.username.clone()),
+            }
+        }
+        if !add.is_empty() {
+            batches.adds.push((
+                Operation::MemberAdd {
+                    group: spec,
+                    members: add,
+                },
+                true,
+            ));
+        }
+        return missing;
+    };
+    let spec = spec_of_group(group, Some(id.to_string()));
+    let read = GroupSpec {
+        name: state.name.clone(),
+        description: state
+            .description
+            .clone()
+            .unwrap_or_else(|| recorded.description.clone()),
+        dn: recorded.dn.clone(),
+        ..spec.clone()
+    };
+    let renamed = state.name != group.name;
+    let redescribed = state
+        .description
+        .as_ref()
+        .is_some_and(|d| *d != group.description);
+    if renamed || redescribed || recorded.dn != group.dn {
+        let ledger_agreed = recorded.name == group.name
+            && (!redescribed || recorded.description == group.description);
+        batches.updates.push((
+            Operation::Update {
+                group: spec.clone(),
+                previous: read.clone(),
+            },
+            (renamed || redescribed) && ledger_agreed,
+        ));
+    }
+    let existing = ExistingGroup {
+        target_id: id.to_string(),
+        by: crate::model::AdoptedBy::ExternalId,
+        members: state.members.clone(),
+    };
+    let (add, present, remove, missing) =
+        adopted_members(directory, group, &existing, view, by_target_id);
+    let recorded_has = |m: &MemberRef| recorded.members.contains_key(m.source_id.as_str());
+    // A member LDAP lists that the ledger recorded as added: removed in the target by hand.
+    let (re_add, new_add): (Vec<MemberRef>, Vec<MemberRef>) =
+        add.into_iter().partition(recorded_has);
+    // A member LDAP does not list that the ledger never recorded: added in the target by hand.
+    let (stale, hand_added): (Vec<MemberRef>, Vec<MemberRef>) =
+        remove.into_iter().partition(recorded_has);
+    for (members, repairs) in [(new_add, false), (re_add, true)] {
+        if !members.is_empty() {
+            let group = spec.clone();
+            batches
+                .adds
+                .push((Operation::MemberAdd { group, members }, repairs));
+        }
+    }
+    for (members, repairs) in [(stale, false), (hand_added, true)] {
+        if !members.is_empty() {
+            let group = spec.clone();
+            batches
+                .removes
+                .push((Operation::MemberRemove { group, members }, repairs));
+        }
+    }
+    resync.push(Resync {
+        group: read,
+        members: Some(present),
+    });
+    missing
+}
+
 /// The member to add for `user`: with its target id when the view resolves users, `None` when
-/// the target has no such user.
+/// the target has no such user (unless the sink provisions it: then without a target id).
 fn mapped(view: &TargetView, user: &Arc<User>) -> Option<MemberRef> {
     match &view.users {
         None => Some(MemberRef::new(Arc::clone(user))),
-        Some(users) => users.get(&user.source_id).map(|id| MemberRef {
-            user: Arc::clone(user),
-            target_id: Some(id.clone()),
-        }),
+        Some(users) => match users.get(&user.source_id) {
+            Some(id) => Some(MemberRef {
+                user: Arc::clone(user),
+                target_id: Some(id.clone()),
+            }),
+            None if view.provisions_users => Some(MemberRef::new(Arc::clone(user))),
+            None => None,
+        },
     }
 }
 
@@ -337,6 +567,21 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
             }
             Operation::Delete { .. } => {
                 ledger.groups.remove(&spec.source_id);
+            }
+            Operation::UserCreate { user, .. } => {
+                ledger.owned_users.insert(
+                    user.source_id.clone(),
+                    crate::ledger::OwnedUser {
+                        user: Arc::clone(&user.user),
+                        target_id: user.source_id.clone(),
+                        active: true,
+                    },
+                );
+            }
+            Operation::UserDeactivate { user, .. } => {
+                if let Some(owned) = ledger.owned_users.get_mut(&user.source_id) {
+                    owned.active = false;
+                }
             }
         }
     }
@@ -475,7 +720,7 @@ mod tests {
             .collect();
         Ledger {
             groups,
-            cursor: None,
+            ..Ledger::default()
         }
     }
 
@@ -657,6 +902,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            ..TargetView::default()
         };
         let p = plan(&d, &Ledger::default(), &view);
         let shown: Vec<_> = p
@@ -688,6 +934,159 @@ mod tests {
         let again = plan(&d, &ledger, &view);
         assert!(again.is_empty(), "{again:?}");
         assert_eq!(again.summary().unmapped, 2);
+
+        // A sink that provisions users plans the member without a target id instead.
+        let provisioning = TargetView {
+            provisions_users: true,
+            ..view
+        };
+        let p = plan(&d, &Ledger::default(), &provisioning);
+        assert_eq!(p.summary().unmapped, 0);
+        let adds: Vec<&MemberRef> = p
+            .operations
+            .iter()
+            .filter_map(|o| match o {
+                Operation::MemberAdd { members, .. } => Some(members),
+                _ => None,
+            })
+            .flatten()
+            .filter(|m| m.username == "user2")
+            .collect();
+        assert_eq!(adds.len(), 2);
+        assert!(adds.iter().all(|m| m.target_id.is_none()));
+    }
+
+    #[test]
+    fn a_full_reconcile_plans_against_the_target_and_flags_drift() {
+        use crate::model::ActualGroup;
+        // g1 (user0, user1) was renamed in the target, user1 removed and a stranger added by
+        // hand; g2 was deleted by hand; g3 is in sync; user2 joined g3 in LDAP (not drift).
+        let d = directory(
+            &[
+                ("g1", "a", &[0, 1]),
+                ("g2", "b", &[0]),
+                ("g3", "c", &[0, 2]),
+            ],
+            3,
+        );
+        let mut ledger = mirroring(&d);
+        ledger.groups.get_mut("g3").unwrap().members.remove("u002");
+        let users = [("u000", "t0"), ("u001", "t1"), ("u002", "t2")]
+            .map(|(s, t)| (s.to_string(), t.to_string()))
+            .into_iter()
+            .collect();
+        let state = |name: &str, members: &[&str]| ActualGroup {
+            name: name.into(),
+            description: Some(None),
+            members: members
+                .iter()
+                .map(|m| (m.to_string(), m.to_string()))
+                .collect(),
+        };
+        let actual = [
+            ("g1".to_string(), Some(state("renamed", &["t0", "tx"]))),
+            ("g2".to_string(), None),
+            ("g3".to_string(), Some(state("c", &["t0"]))),
+        ]
+        .into_iter()
+        .collect();
+        let view = TargetView {
+            users: Some(users),
+            actual: Some(actual),
+            ..TargetView::default()
+        };
+        let p = plan(&d, &ledger, &view);
+        let shown: Vec<(String, String, Vec<String>, bool)> = p
+            .operations
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let v = serde_json::to_value(OperationView::from(o)).unwrap();
+                let members = v["members"]
+                    .as_array()
+                    .map(|m| m.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default();
+                (
+                    v["op"].as_str().unwrap().to_string(),
+                    v["group"].as_str().unwrap().to_string(),
+                    members,
+                    p.is_drift(i),
+                )
+            })
+            .collect();
+        let expected: Vec<(&str, &str, Vec<&str>, bool)> = vec![
+            ("create", "b", vec![], true),
+            ("update", "a", vec![], true),
+            ("member_add", "a", vec!["user1"], true),
+            ("member_add", "b", vec!["user0"], true),
+            ("member_add", "c", vec!["user2"], false),
+            ("member_remove", "a", vec!["tx"], true),
+        ];
+        assert_eq!(shown.len(), expected.len(), "{shown:?}");
+        for (got, want) in shown.iter().zip(&expected) {
+            assert_eq!(
+                (got.0.as_str(), got.1.as_str(), &got.2, got.3),
+                (
+                    want.0,
+                    want.1,
+                    &want.2.iter().map(|s| s.to_string()).collect(),
+                    want.3
+                )
+            );
+        }
+        assert_eq!(p.drift_summary().member_add, 2);
+        // The ledger rewrite: g2 forgotten, g1 as read with the members it keeps.
+        let g1 = p.resync.iter().find(|r| r.group.source_id == "g1").unwrap();
+        assert_eq!(g1.group.name, "renamed");
+        assert_eq!(g1.members.as_ref().unwrap().len(), 1);
+        let g2 = p.resync.iter().find(|r| r.group.source_id == "g2").unwrap();
+        assert!(g2.members.is_none());
+    }
+
+    #[test]
+    fn provisioning_plans_each_missing_user_once_and_deactivates_only_owned_users() {
+        use crate::ledger::OwnedUser;
+        // user1 is in two groups and has no target user; user2 was created by the sink and left
+        // the scope; user3 (in no group either) was not created by the sink.
+        let d = directory(&[("g1", "b", &[0, 1]), ("g2", "a", &[1])], 4);
+        let mut ledger = mirroring(&d);
+        let owned = OwnedUser {
+            user: Arc::clone(d.user(2)),
+            target_id: "t2".into(),
+            active: true,
+        };
+        ledger.owned_users.insert("u002".into(), owned);
+        let view = TargetView {
+            users: Some(
+                [("u000".to_string(), "t0".to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+            provisions_users: true,
+            plans_user_ops: true,
+            ..TargetView::default()
+        };
+        let p = plan(&d, &ledger, &view);
+        let user_ops: Vec<(&str, &str, &str)> = p
+            .operations
+            .iter()
+            .filter_map(|o| match o {
+                Operation::UserCreate { group, user } => {
+                    Some(("create", group.name.as_str(), user.username.as_str()))
+                }
+                Operation::UserDeactivate { user, .. } => {
+                    Some(("deactivate", "", user.username.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            user_ops,
+            [("create", "a", "user1"), ("deactivate", "", "user2")]
+        );
+        let summary = p.summary();
+        assert_eq!((summary.user_create, summary.user_deactivate), (1, 1));
+        assert_eq!(summary.unmapped, 0);
     }
 
     #[test]

@@ -77,6 +77,14 @@ pub enum SavedOperation {
     Delete {
         group: GroupSpec,
     },
+    UserCreate {
+        group: GroupSpec,
+        user: SavedMember,
+    },
+    UserDeactivate {
+        group: GroupSpec,
+        user: SavedMember,
+    },
 }
 
 /// A member of a saved membership operation.
@@ -183,24 +191,26 @@ pub fn ledger_fingerprint(ledger: &Ledger) -> String {
     h.finish()
 }
 
+fn saved_member(member: &MemberRef) -> SavedMember {
+    SavedMember {
+        user: User::clone(&member.user),
+        target_id: member.target_id.clone(),
+    }
+}
+
+fn plan_member(member: &SavedMember) -> MemberRef {
+    MemberRef {
+        user: Arc::new(member.user.clone()),
+        target_id: member.target_id.clone(),
+    }
+}
+
 fn saved_members(members: &[MemberRef]) -> Vec<SavedMember> {
-    members
-        .iter()
-        .map(|m| SavedMember {
-            user: User::clone(&m.user),
-            target_id: m.target_id.clone(),
-        })
-        .collect()
+    members.iter().map(saved_member).collect()
 }
 
 fn plan_members(members: &[SavedMember]) -> Vec<MemberRef> {
-    members
-        .iter()
-        .map(|m| MemberRef {
-            user: Arc::new(m.user.clone()),
-            target_id: m.target_id.clone(),
-        })
-        .collect()
+    members.iter().map(plan_member).collect()
 }
 
 impl From<&Operation> for SavedOperation {
@@ -229,6 +239,14 @@ impl From<&Operation> for SavedOperation {
             },
             Operation::Delete { group } => SavedOperation::Delete {
                 group: group.clone(),
+            },
+            Operation::UserCreate { group, user } => SavedOperation::UserCreate {
+                group: group.clone(),
+                user: saved_member(user),
+            },
+            Operation::UserDeactivate { group, user } => SavedOperation::UserDeactivate {
+                group: group.clone(),
+                user: saved_member(user),
             },
         }
     }
@@ -261,6 +279,14 @@ impl From<&SavedOperation> for Operation {
             SavedOperation::Delete { group } => Operation::Delete {
                 group: group.clone(),
             },
+            SavedOperation::UserCreate { group, user } => Operation::UserCreate {
+                group: group.clone(),
+                user: plan_member(user),
+            },
+            SavedOperation::UserDeactivate { group, user } => Operation::UserDeactivate {
+                group: group.clone(),
+                user: plan_member(user),
+            },
         }
     }
 }
@@ -283,7 +309,7 @@ impl SavedSink {
         Plan {
             operations: self.operations.iter().map(Operation::from).collect(),
             full: self.full,
-            unmapped: Vec::new(),
+            ..Plan::default()
         }
     }
 }

@@ -77,7 +77,16 @@ impl<'a> From<&'a SinkOutcome> for SinkView<'a> {
             held: s.hold.is_some(),
             hold_reasons: s.hold.as_ref().map(|h| h.reasons.as_slice()),
             name: &s.name,
-            operations: s.plan.operations.iter().map(OperationView::from).collect(),
+            operations: s
+                .plan
+                .operations
+                .iter()
+                .enumerate()
+                .map(|(i, op)| OperationView {
+                    drift: s.plan.is_drift(i),
+                    ..OperationView::from(op)
+                })
+                .collect(),
             preview: s.preview.as_ref(),
             result: s.result,
             skipped_members: applied.map(|a| a.skipped),
@@ -140,10 +149,10 @@ fn shown_name(name: &str) -> String {
 
 fn sign(kind: OpKind) -> char {
     match kind {
-        OpKind::Create | OpKind::MemberAdd => '+',
+        OpKind::Create | OpKind::MemberAdd | OpKind::UserCreate => '+',
         OpKind::Update => '~',
         OpKind::Adopt => '=',
-        OpKind::Delete | OpKind::MemberRemove => '-',
+        OpKind::Delete | OpKind::MemberRemove | OpKind::UserDeactivate => '-',
     }
 }
 
@@ -186,10 +195,18 @@ pub fn text(report: &RunReport) -> String {
     }
     for sink in &report.sinks {
         let _ = writeln!(out, "\n{}", summary_line(sink));
+        let s = sink.summary;
+        if s.user_create + s.user_deactivate > 0 {
+            let _ = writeln!(
+                out,
+                "  users: {} user_create, {} user_deactivate",
+                s.user_create, s.user_deactivate
+            );
+        }
         if sink.plan.is_empty() {
             let _ = writeln!(out, "  nothing to do");
         }
-        for op in &sink.plan.operations {
+        for (index, op) in sink.plan.operations.iter().enumerate() {
             let group = op.group();
             let detail = match op {
                 Operation::Update { previous, .. } if previous.name != group.name => {
@@ -216,14 +233,25 @@ pub fn text(report: &RunReport) -> String {
                     group.target_id.as_deref().unwrap_or("?"),
                     by.as_str()
                 ),
+                Operation::UserCreate { user, .. } => {
+                    format!("{} (for {})", user.username, group.name)
+                }
+                Operation::UserDeactivate { user, .. } => {
+                    format!("{} (left the scope; not deleted)", user.username)
+                }
                 Operation::Create { resume: true, .. } => {
                     format!("{} (resuming an unconfirmed create)", group.name)
                 }
                 _ => group.name.clone(),
             };
+            let repairs = if sink.plan.is_drift(index) {
+                "  ~ drift"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  {} {:<13} {}",
+                "  {} {:<13} {}{repairs}",
                 sign(op.kind()),
                 op.kind().as_str(),
                 escape_controls(&detail)
@@ -518,6 +546,8 @@ pub struct SinkRunStatusView<'a> {
 pub struct SinkStatusView<'a> {
     pub cursor_age_seconds: Option<i64>,
     pub cursor_updated_at: Option<&'a str>,
+    /// When `sync --full` last reconciled the sink against its target.
+    pub full_reconciled_at: Option<&'a str>,
     pub groups: u64,
     pub memberships: u64,
     pub pending_creates: u64,
@@ -567,6 +597,7 @@ impl<'a> StatusView<'a> {
                 .map(|c| SinkStatusView {
                     cursor_age_seconds: age_seconds(c.cursor_updated_at.as_deref(), now),
                     cursor_updated_at: c.cursor_updated_at.as_deref(),
+                    full_reconciled_at: c.full_reconciled_at.as_deref(),
                     groups: c.groups,
                     memberships: c.memberships,
                     pending_creates: c.pending_creates,
@@ -587,9 +618,13 @@ impl<'a> StatusView<'a> {
                 Some(s) => format!("cursor {s}s old"),
                 None => "no cursor".into(),
             };
+            let reconciled = match c.full_reconciled_at {
+                Some(at) => format!("last full reconcile {at}"),
+                None => "never fully reconciled".into(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<20} {} groups, {} memberships, {} unconfirmed creates, {cursor}",
+                "  {:<20} {} groups, {} memberships, {} unconfirmed creates, {cursor}, {reconciled}",
                 c.sink, c.groups, c.memberships, c.pending_creates
             );
         }

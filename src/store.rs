@@ -14,9 +14,10 @@ use rustc_hash::FxHashMap as HashMap;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::ledger::Origin;
-use crate::ledger::{Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter};
-use crate::model::{GroupSpec, MemberRef, Summary, Unmapped, User};
+use crate::ledger::{
+    Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter, Origin, OwnedUser,
+};
+use crate::model::{GroupSpec, MemberRef, Summary, Unmapped, User, UserMapping};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
@@ -89,6 +90,40 @@ CREATE TABLE run_sinks (
          ALTER TABLE ledger_groups ADD COLUMN recorded_at TEXT;
          ALTER TABLE run_sinks ADD COLUMN unmapped_members TEXT;",
     ),
+    // Each sink's user map (source user → target user, and the lookup key it was found by): a
+    // cache of lookups, so a run looks up only the users it has not found before.
+    M::up(
+        r#"
+CREATE TABLE user_map (
+    sink TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    match_key TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (sink, user_source_id)
+) WITHOUT ROWID;
+"#,
+    ),
+    // When each sink was last fully reconciled (`sync --full` read and repaired its target).
+    M::up(
+        "CREATE TABLE sink_reconciles (sink TEXT PRIMARY KEY, reconciled_at TEXT NOT NULL) WITHOUT ROWID;",
+    ),
+    // The target users each sink created (`provision_users`): the only users it may deactivate.
+    M::up(
+        r#"
+CREATE TABLE owned_users (
+    sink TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    email TEXT,
+    dn TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (sink, user_source_id)
+) WITHOUT ROWID;
+"#,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +174,8 @@ pub struct LedgerCounts {
     pub pending_creates: u64,
     pub memberships: u64,
     pub cursor_updated_at: Option<String>,
+    /// When a full reconcile (`sync --full`) last succeeded for the sink.
+    pub full_reconciled_at: Option<String>,
 }
 
 /// One group of a sink's ledger as `ldapsync ledger` shows it.
@@ -439,7 +476,109 @@ impl Store {
             )
             .optional()
             .map_err(&err)?;
-        Ok(Ledger { groups, cursor })
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT user_source_id, match_key, target_id FROM user_map WHERE sink = ?1",
+            )
+            .map_err(&err)?;
+        let users = statement
+            .query_map([sink], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    UserMapping {
+                        key: row.get(1)?,
+                        target_id: row.get(2)?,
+                    },
+                ))
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT user_source_id, target_id, username, email, dn, active FROM owned_users WHERE sink = ?1",
+            )
+            .map_err(&err)?;
+        let owned_users = statement
+            .query_map([sink], |row| {
+                let source_id: String = row.get(0)?;
+                Ok((
+                    source_id.clone(),
+                    OwnedUser {
+                        user: Arc::new(User {
+                            source_id,
+                            username: row.get(2)?,
+                            email: row.get(3)?,
+                            dn: row.get(4)?,
+                        }),
+                        target_id: row.get(1)?,
+                        active: row.get::<_, i64>(5)? != 0,
+                    },
+                ))
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        Ok(Ledger {
+            groups,
+            cursor,
+            users,
+            owned_users,
+        })
+    }
+
+    /// Records a target user the sink created (active).
+    pub fn record_user_created(
+        &self,
+        sink: &str,
+        user: &MemberRef,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO owned_users (sink, user_source_id, target_id, username, email, dn, active, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT (sink, user_source_id) DO UPDATE SET
+                 target_id = excluded.target_id, username = excluded.username, email = excluded.email,
+                 dn = excluded.dn, active = 1, updated_at = excluded.updated_at",
+                params![sink, user.source_id, target_id, user.username, user.email, user.dn, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records that a user the sink created was deactivated.
+    pub fn record_user_deactivated(&self, sink: &str, source_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE owned_users SET active = 0, updated_at = ?3 WHERE sink = ?1 AND user_source_id = ?2",
+                params![sink, source_id, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Adds or replaces entries of a sink's user map, in one transaction.
+    pub fn record_users(
+        &mut self,
+        sink: &str,
+        users: &BTreeMap<String, UserMapping>,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        self.in_transaction(|tx| {
+            {
+                let mut statement = tx.prepare_cached(
+                    "INSERT INTO user_map (sink, user_source_id, match_key, target_id, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sink, user_source_id) DO UPDATE SET
+                     match_key = excluded.match_key, target_id = excluded.target_id, updated_at = excluded.updated_at",
+                )?;
+                for (source_id, mapping) in users {
+                    statement.execute(params![sink, source_id, mapping.key, mapping.target_id, at])?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Records that a create is about to be sent (docs/safety.md rule 4), unless the group is recorded already.
@@ -562,6 +701,42 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Rewrites one group of a sink's ledger from what a full reconcile read in the target: the
+    /// group as read and exactly `members` (`None`: the group is gone, forgotten), in one
+    /// transaction.
+    pub fn rewrite_group(
+        &mut self,
+        sink: &str,
+        group: &GroupSpec,
+        members: Option<&[MemberRef]>,
+    ) -> Result<(), StoreError> {
+        let Some(members) = members else {
+            return self.record_deleted(sink, &group.source_id);
+        };
+        let target_id = group.target_id.clone().unwrap_or_default();
+        self.record_group(sink, group, &target_id)?;
+        self.in_transaction(|tx| {
+            tx.execute(
+                "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
+                params![sink, group.source_id],
+            )?;
+            Ok(())
+        })?;
+        self.record_members_added(sink, &group.source_id, members)
+    }
+
+    /// Records that a full reconcile of `sink` succeeded now.
+    pub fn set_reconciled(&self, sink: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sink_reconciles (sink, reconciled_at) VALUES (?1, ?2)
+                 ON CONFLICT (sink) DO UPDATE SET reconciled_at = excluded.reconciled_at",
+                params![sink, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
     }
 
     /// Stores a sink's cursor/token; called only after its whole plan was applied.
@@ -788,7 +963,8 @@ impl Store {
                    (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NOT NULL),
                    (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NULL),
                    (SELECT COUNT(*) FROM ledger_members m WHERE m.sink = s.sink),
-                   (SELECT updated_at FROM sink_cursors c WHERE c.sink = s.sink)
+                   (SELECT updated_at FROM sink_cursors c WHERE c.sink = s.sink),
+                   (SELECT reconciled_at FROM sink_reconciles r WHERE r.sink = s.sink)
                  FROM (SELECT sink FROM ledger_groups UNION SELECT sink FROM sink_cursors
                        UNION SELECT sink FROM run_sinks) s ORDER BY s.sink",
             )
@@ -801,6 +977,7 @@ impl Store {
                     pending_creates: row.get::<_, i64>(2)? as u64,
                     memberships: row.get::<_, i64>(3)? as u64,
                     cursor_updated_at: row.get(4)?,
+                    full_reconciled_at: row.get(5)?,
                 })
             })
             .map_err(&err)?
@@ -852,6 +1029,18 @@ impl LedgerWriter for SinkLedgerWriter<'_> {
             .store
             .record_members_removed(&self.sink, group_source_id, user_source_ids)?)
     }
+    fn record_user_created(
+        &mut self,
+        user: &MemberRef,
+        target_id: &str,
+    ) -> Result<(), LedgerWriteError> {
+        Ok(self
+            .store
+            .record_user_created(&self.sink, user, target_id)?)
+    }
+    fn record_user_deactivated(&mut self, source_id: &str) -> Result<(), LedgerWriteError> {
+        Ok(self.store.record_user_deactivated(&self.sink, source_id)?)
+    }
 }
 
 fn parse_summary(text: &str) -> Summary {
@@ -865,6 +1054,8 @@ fn parse_summary(text: &str) -> Summary {
         member_remove: u64,
         adopt: u64,
         unmapped: u64,
+        user_create: u64,
+        user_deactivate: u64,
     }
     let s: Stored = serde_json::from_str(text).unwrap_or_default();
     Summary {
@@ -875,6 +1066,8 @@ fn parse_summary(text: &str) -> Summary {
         member_remove: s.member_remove,
         adopt: s.adopt,
         unmapped: s.unmapped,
+        user_create: s.user_create,
+        user_deactivate: s.user_deactivate,
     }
 }
 
@@ -930,6 +1123,28 @@ mod tests {
         assert_eq!(ledger.cursor.as_deref(), Some("tok"));
         store.record_deleted("s", "g1").unwrap();
         assert!(store.load_ledger("s").unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn the_user_map_is_kept_per_sink_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let mapping = |key: &str, id: &str| UserMapping {
+            key: key.into(),
+            target_id: id.into(),
+        };
+        let mut users = BTreeMap::new();
+        users.insert("u1".to_string(), mapping("userName=alice", "T1"));
+        users.insert("u2".to_string(), mapping("userName=bob", "T2"));
+        store.record_users("s", &users).unwrap();
+        let mut again = BTreeMap::new();
+        again.insert("u2".to_string(), mapping("userName=robert", "T3"));
+        store.record_users("s", &again).unwrap();
+        let ledger = store.load_ledger("s").unwrap();
+        assert_eq!(ledger.users.len(), 2);
+        assert_eq!(ledger.users["u1"], mapping("userName=alice", "T1"));
+        assert_eq!(ledger.users["u2"], mapping("userName=robert", "T3"));
+        assert!(store.load_ledger("other").unwrap().users.is_empty());
     }
 
     #[test]

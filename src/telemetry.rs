@@ -16,6 +16,8 @@ pub struct Metrics {
     pub run_duration_seconds: Histogram,
     pub ldap_entries_read_total: IntCounterVec,
     pub planned_operations: IntGaugeVec,
+    /// Operations of the latest plan that repair a change made in the target (`sync --full`).
+    pub drift_operations: IntGaugeVec,
     pub applied_operations_total: IntCounterVec,
     /// Every HTTP attempt a sink's client makes (retries and OAuth2 token requests included),
     /// observed by the shared HTTP layer (`sinks::http::HttpClient`).
@@ -70,6 +72,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
                 "Directory entries read, by kind (user, group).",
             ),
             &["kind"],
+        )?,
+    )?;
+    let drift_operations = registered(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "ldapsync_drift_operations",
+                "Operations in the latest plan per sink that repair a change made in the target, found by a full reconcile (memberships for member ops).",
+            ),
+            &["sink", "op"],
         )?,
     )?;
     let planned_operations = registered(
@@ -198,6 +210,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         run_duration_seconds,
         ldap_entries_read_total,
         planned_operations,
+        drift_operations,
         applied_operations_total,
         sink_request_duration_seconds,
         last_success_timestamp_seconds,

@@ -2,8 +2,10 @@
 //!
 //! Loads 100,000 users, 10,000 groups and 1,000,000 memberships into a real slapd, then compares
 //! the wall time of `ldapsearch -E pr=1000/noprompt` reading the same entries and attributes with
-//! a cold `ldapsync sync --dry-run`, and reports ldapsync's peak RSS. Sizes can be scaled with
-//! LDAPSYNC_BENCH_USERS / LDAPSYNC_BENCH_GROUPS / LDAPSYNC_BENCH_MEMBERS_PER_GROUP.
+//! a cold `ldapsync sync --dry-run`, and reports ldapsync's peak RSS; then counts the requests
+//! an initial push of the same directory makes into a fast in-process SCIM target
+//! ([`initial_push_request_count`]). Sizes can be scaled with LDAPSYNC_BENCH_USERS /
+//! LDAPSYNC_BENCH_GROUPS / LDAPSYNC_BENCH_MEMBERS_PER_GROUP.
 
 mod common;
 
@@ -20,14 +22,13 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-#[test]
-#[ignore = "benchmark: run scripts/bench.sh"]
-fn cold_dry_run_against_ldapsearch() {
+/// The benchmark directory: `(slapd, users, groups, members per group)`, loaded from an LDIF
+/// written into `dir` (sizes from the LDAPSYNC_BENCH_* variables).
+fn bench_directory(dir: &std::path::Path) -> (Slapd, usize, usize, usize) {
     let users = env_or("LDAPSYNC_BENCH_USERS", 100_000);
     let groups = env_or("LDAPSYNC_BENCH_GROUPS", 10_000);
     let per_group = env_or("LDAPSYNC_BENCH_MEMBERS_PER_GROUP", 100);
-    let dir = tempfile::tempdir().unwrap();
-    let ldif_path = dir.path().join("bench.ldif");
+    let ldif_path = dir.join("bench.ldif");
     let started = Instant::now();
     {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&ldif_path).unwrap());
@@ -51,6 +52,15 @@ fn cold_dry_run_against_ldapsearch() {
     let started = Instant::now();
     let slapd = Slapd::start_with_ldif(ldif_path.as_path());
     println!("slapadd + start in {:.1}s", started.elapsed().as_secs_f64());
+
+    (slapd, users, groups, per_group)
+}
+
+#[test]
+#[ignore = "benchmark: run scripts/bench.sh"]
+fn cold_dry_run_against_ldapsearch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slapd, users, groups, per_group) = bench_directory(dir.path());
 
     let ldapsearch = |base: &str, filter: &str, attrs: &[&str]| {
         let started = Instant::now();
@@ -171,5 +181,244 @@ fn cold_dry_run_against_ldapsearch() {
         "BENCH initial_sync={:.2}s peak_rss={sync_mb}MB warm_dry_run={:.2}s peak_rss={warm_mb}MB",
         sync_time.as_secs_f64(),
         warm_time.as_secs_f64()
+    );
+}
+
+/// What the fast local SCIM target of [`initial_push_request_count`] counted.
+#[derive(Default)]
+struct Counts {
+    total: std::sync::atomic::AtomicU64,
+    user_pages: std::sync::atomic::AtomicU64,
+    group_reads: std::sync::atomic::AtomicU64,
+    creates: std::sync::atomic::AtomicU64,
+    patches: std::sync::atomic::AtomicU64,
+    group_gets: std::sync::atomic::AtomicU64,
+    /// The groups created: (name, member ids), indexed by the number in their id `g<n>`.
+    groups: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+/// A minimal in-process SCIM target (axum): `users` users, groups kept as a counter, every
+/// request counted. Fast, so that ldapsync is what is measured.
+fn fast_scim_target(users: usize) -> (String, std::sync::Arc<Counts>) {
+    use axum::Router;
+    use axum::extract::{Path, RawQuery};
+    use axum::http::StatusCode;
+    use axum::routing::{get, patch};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    type Reply = (StatusCode, [(&'static str, &'static str); 1], String);
+    fn reply(status: StatusCode, body: serde_json::Value) -> Reply {
+        (
+            status,
+            [("content-type", "application/scim+json")],
+            body.to_string(),
+        )
+    }
+    fn param(query: &Option<String>, name: &str) -> Option<usize> {
+        query.as_deref()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+    }
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    let list_users = move |RawQuery(query): RawQuery| {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            c.user_pages.fetch_add(1, Relaxed);
+            let start = param(&query, "startIndex").unwrap_or(1).max(1);
+            let count = param(&query, "count").unwrap_or(100);
+            let resources: Vec<serde_json::Value> = (start - 1..(start - 1 + count).min(users))
+                .map(|u| serde_json::json!({"id": format!("u{u}"), "userName": format!("user{u:06}")}))
+                .collect();
+            reply(
+                StatusCode::OK,
+                serde_json::json!({"totalResults": users, "startIndex": start,
+                                   "itemsPerPage": resources.len(), "Resources": resources}),
+            )
+        }
+    };
+    let c = counts.clone();
+    let list_groups = move || {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            c.group_reads.fetch_add(1, Relaxed);
+            reply(
+                StatusCode::OK,
+                serde_json::json!({"totalResults": 0, "Resources": []}),
+            )
+        }
+    };
+    let c = counts.clone();
+    let create = move |body: axum::body::Bytes| {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            c.creates.fetch_add(1, Relaxed);
+            let group: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let name = group["displayName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut groups = c.groups.lock().unwrap();
+            groups.push((name, Vec::new()));
+            let id = format!("g{}", groups.len() - 1);
+            reply(StatusCode::CREATED, serde_json::json!({"id": id}))
+        }
+    };
+    let group_of = |id: &str| id.trim_start_matches('g').parse::<usize>().ok();
+    let c = counts.clone();
+    let change = move |Path(id): Path<String>, body: axum::body::Bytes| {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            c.patches.fetch_add(1, Relaxed);
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let mut groups = c.groups.lock().unwrap();
+            let Some(group) = group_of(&id).and_then(|n| groups.get_mut(n)) else {
+                return StatusCode::NOT_FOUND;
+            };
+            for op in patch["Operations"].as_array().into_iter().flatten() {
+                if op["op"] == "add" {
+                    for m in op["value"].as_array().into_iter().flatten() {
+                        group
+                            .1
+                            .push(m["value"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+            StatusCode::NO_CONTENT
+        }
+    };
+    let c = counts.clone();
+    let read = move |Path(id): Path<String>| {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            c.group_gets.fetch_add(1, Relaxed);
+            let groups = c.groups.lock().unwrap();
+            match group_of(&id).and_then(|n| groups.get(n)) {
+                None => reply(StatusCode::NOT_FOUND, serde_json::json!({})),
+                Some((name, members)) => {
+                    let members: Vec<serde_json::Value> = members
+                        .iter()
+                        .map(|m| serde_json::json!({"value": m}))
+                        .collect();
+                    reply(
+                        StatusCode::OK,
+                        serde_json::json!({"id": id, "displayName": name, "members": members}),
+                    )
+                }
+            }
+        }
+    };
+    let c = counts.clone();
+    let config = move || {
+        let c = c.clone();
+        async move {
+            c.total.fetch_add(1, Relaxed);
+            reply(
+                StatusCode::OK,
+                serde_json::json!({"patch": {"supported": true}}),
+            )
+        }
+    };
+    let app = Router::new()
+        .route("/ServiceProviderConfig", get(config))
+        .route("/Users", get(list_users))
+        .route("/Groups", get(list_groups).post(create))
+        .route("/Groups/{id}", patch(change).get(read));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    (format!("http://{addr}"), counts)
+}
+
+/// The requests an initial push of the benchmark directory makes into a fast local SCIM
+/// target: at most one create per group, one PATCH per member chunk, the user pages, and a
+/// constant.
+#[test]
+#[ignore = "benchmark: run scripts/bench.sh"]
+fn initial_push_request_count() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (slapd, users, groups, per_group) = bench_directory(dir.path());
+    let (url, counts) = fast_scim_target(users);
+    let chunk = 100;
+    let config = write_file(
+        dir.path(),
+        "push.toml",
+        format!(
+            "{ldap}\n[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{url}\"\ntoken = \"bench\"\nmember_chunk_size = {chunk}\nrate_limit_per_second = 1000000\nrun_timeout_secs = 86400\n",
+            ldap = ldap_config_toml(&slapd, &dir.path().join("push.db")),
+        ),
+    );
+    let started = Instant::now();
+    let out = Command::new(ldapsync_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "--output", "json"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(out.status.success(), "{}", out.describe());
+    let total = counts.total.load(Relaxed);
+    let user_pages = counts.user_pages.load(Relaxed);
+    let member_chunks = groups as u64 * per_group.div_ceil(chunk) as u64;
+    let bound = groups as u64 + member_chunks + user_pages + 10;
+    println!(
+        "BENCH push users={users} groups={groups} memberships={} requests={total} (creates={} member_patches={} user_pages={user_pages} group_listing={} other={}) bound={bound} seconds={:.1}",
+        groups * per_group,
+        counts.creates.load(Relaxed),
+        counts.patches.load(Relaxed),
+        counts.group_reads.load(Relaxed),
+        total
+            - counts.creates.load(Relaxed)
+            - counts.patches.load(Relaxed)
+            - user_pages
+            - counts.group_reads.load(Relaxed),
+        elapsed.as_secs_f64(),
+    );
+    assert!(total <= bound, "{total} requests, more than {bound}");
+
+    // A full reconcile of the converged target: every owned group read once, the users listed
+    // again, nothing to repair.
+    let before = counts.total.load(Relaxed);
+    let started = Instant::now();
+    let out = Command::new(ldapsync_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "--dry-run", "--full"])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout_str().contains("nothing to do"),
+        "{}",
+        out.describe()
+    );
+    let requests = counts.total.load(Relaxed) - before;
+    let full_bound = groups as u64 + user_pages + 10;
+    println!(
+        "BENCH full_reconcile groups={groups} memberships={} requests={requests} (group_reads={}) bound={full_bound} seconds={:.1}",
+        groups * per_group,
+        counts.group_gets.load(Relaxed),
+        elapsed.as_secs_f64(),
+    );
+    assert!(
+        requests <= full_bound,
+        "{requests} requests, more than {full_bound}"
     );
 }

@@ -181,15 +181,30 @@ fn empty_realm_and_access_token_file() {
 #[test]
 fn adopt_on_conflict_and_stale_rev_retry() {
     let env = Env::start(&[]);
-    env.add_idm_users(&["alice"]);
+    env.add_idm_users(&["alice", "mallory"]);
+    // A hand-made group with a member LDAP does not list: adopted, its members made equal.
     env.emu.admin_post(
         "/groups",
-        &json!([{"name": "devs", "description": "pre-existing"}]),
+        &json!([{"name": "devs", "description": "pre-existing", "members": ["mallory"]}]),
     );
     let alice = env.slapd.add_user("alice", "alice@example.com");
     let devs = env.slapd.add_group("devs", &[&alice]);
     let config = env.config(&env.client_auth());
 
+    let out = sync(&config, &["--dry-run", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let summary = &plan["sinks"][0]["summary"];
+    assert_eq!(
+        (&summary["adopt"], &summary["create"]),
+        (&json!(1), &json!(0)),
+        "{plan}"
+    );
+    assert_eq!(
+        (&summary["member_add"], &summary["member_remove"]),
+        (&json!(1), &json!(1)),
+        "{plan}"
+    );
     let out = sync(&config, &[]);
     assert_code(&out, 0);
     assert_eq!(env.groups_named("devs").len(), 1, "{:#?}", env.groups());
@@ -403,4 +418,92 @@ fn a_target_that_ignores_query_filters_never_makes_ldapsync_adopt_an_unrelated_g
     let plan = sync(&config, &["--dry-run", "--output", "json"]);
     let plan: Value = serde_json::from_str(&plan.stdout_str()).unwrap();
     assert_eq!(plan["sinks"][0]["operations"], json!([]), "{plan}");
+}
+
+impl Env {
+    /// An IDM request made by hand (an administrator's change) with a client-credentials token,
+    /// expecting 2xx. `path` is under `/openidm/managed/alpha_`.
+    fn by_hand(&self, method: &str, path: &str, body: Option<&Value>) {
+        let token_url = format!(
+            "{}/am/oauth2/realms/root/realms/alpha/access_token",
+            self.emu.base_url()
+        );
+        let answer: Value = ureq::post(&token_url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send("grant_type=client_credentials&client_id=idm-provisioning&client_secret=idm-provisioning-secret")
+            .expect("token request")
+            .into_body()
+            .read_json()
+            .expect("token JSON");
+        let bearer = format!("Bearer {}", answer["access_token"].as_str().unwrap());
+        let r = self.emu.request(
+            method,
+            &format!("/openidm/managed/alpha_{path}"),
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Accept-API-Version", "resource=1.0"),
+            ],
+            body,
+        );
+        assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    }
+}
+
+/// Issue 11 on ForgeRock: a member added by hand and one removed, a group renamed and one
+/// deleted are repaired by `sync --full`, each repair flagged as drift; then nothing to do.
+#[test]
+fn full_sync_repairs_what_was_changed_by_hand() {
+    let env = Env::start(&[]);
+    env.add_idm_users(&["alice", "bob", "carol"]);
+    let alice = env.slapd.add_user("alice", "alice@example.com");
+    let bob = env.slapd.add_user("bob", "bob@example.com");
+    env.slapd.add_user("carol", "carol@example.com");
+    env.slapd.add_group("ops", &[&alice, &bob]);
+    env.slapd.add_group("dev", &[&alice]);
+    env.slapd.add_group("gone", &[&bob]);
+    let config = env.config(&env.client_auth());
+    assert_code(&sync(&config, &[]), 0);
+
+    let id = |name: &str| {
+        env.group(name).unwrap()["_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let user = |name: &str| {
+        env.emu
+            .state_list("users")
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(|u| u["_id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (ops, dev, gone) = (id("ops"), id("dev"), id("gone"));
+    env.by_hand(
+        "POST",
+        &format!("group/{ops}/members?_action=create"),
+        Some(&json!({"_ref": format!("managed/alpha_user/{}", user("carol"))})),
+    );
+    let bob_rel = env.group("ops").unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["userName"] == "bob")
+        .map(|m| m["_id"].as_str().unwrap().to_string())
+        .unwrap();
+    env.by_hand("DELETE", &format!("group/{ops}/members/{bob_rel}"), None);
+    env.by_hand(
+        "PATCH",
+        &format!("group/{dev}"),
+        Some(&json!([{"operation": "replace", "field": "/name", "value": "dev-renamed"}])),
+    );
+    env.by_hand("DELETE", &format!("group/{gone}"), None);
+
+    assert_drift_repairs_planned(&config);
+    assert_code(&sync(&config, &["--full"]), 0);
+    assert_eq!(env.member_names("ops"), vec!["alice", "bob"]);
+    assert_eq!(env.member_names("dev"), vec!["alice"]);
+    assert_eq!(env.member_names("gone"), vec!["bob"]);
+    assert!(env.group("dev-renamed").is_none());
+    assert_converged_even_in_full(&config);
 }

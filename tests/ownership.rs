@@ -332,7 +332,16 @@ fn unmapped_members_leave_a_dry_run_with_nothing_to_do_and_are_listed() {
     );
 
     // Unchanged directory: nothing to do, the unmapped users listed, one WARN naming them.
+    // alice is in the state file's user map; only the misses are looked up, in one filter.
+    let before = w.proxy.requests("GET", "/Users").len();
     let plan = assert_nothing_to_do(&w);
+    let lookups: Vec<Value> = w.proxy.requests("GET", "/Users")[before..].to_vec();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    let query = lookups[0]["query"].as_str().unwrap_or_default();
+    assert!(
+        query.contains("newcomer") && query.contains("visitor") && !query.contains("alice"),
+        "{query}"
+    );
     let sink = &plan["sinks"][0];
     assert_eq!(sink["summary"]["unmapped"], 3, "{plan}");
     assert_eq!(
@@ -390,4 +399,234 @@ fn with_adopt_never_a_create_conflict_fails_that_group_only() {
             .iter()
             .any(|g| g["id"] == hand_made.as_str())
     );
+}
+
+impl World {
+    /// The SCIM group named `name` (the first one).
+    fn group_named(&self, name: &str) -> Value {
+        self.scim
+            .groups()
+            .into_iter()
+            .find(|g| g["displayName"] == name)
+            .unwrap_or_else(|| panic!("no group {name:?}: {:?}", self.groups()))
+    }
+
+    /// The SCIM user id of `user_name`.
+    fn user_id(&self, user_name: &str) -> String {
+        self.scim
+            .users()
+            .iter()
+            .find(|u| u["userName"] == user_name)
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .unwrap()
+    }
+
+    /// Changes a group by hand in the target: a SCIM PATCH with these operations.
+    fn patch_by_hand(&self, id: &str, operations: Value) {
+        let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations});
+        let r = self
+            .scim
+            .request("PATCH", &format!("/Groups/{id}"), Some(&body));
+        assert!(r.status < 300, "PATCH by hand: {} {}", r.status, r.body);
+    }
+
+    /// Drift made by hand after a first sync of ops (alice, bob), dev (alice), gone (bob):
+    /// carol added to ops, bob removed from it, dev renamed, gone deleted.
+    fn drift_by_hand(&self) {
+        let ops = self.group_named("ops");
+        let ops_id = ops["id"].as_str().unwrap();
+        self.patch_by_hand(
+            ops_id,
+            json!([
+                {"op": "add", "path": "members", "value": [{"value": self.user_id("carol")}]},
+                {"op": "remove", "path": format!("members[value eq \"{}\"]", self.user_id("bob"))}
+            ]),
+        );
+        let dev = self.group_named("dev");
+        self.patch_by_hand(
+            dev["id"].as_str().unwrap(),
+            json!([{"op": "replace", "value": {"displayName": "dev-renamed"}}]),
+        );
+        let gone = self.group_named("gone");
+        let r = self.scim.request(
+            "DELETE",
+            &format!("/Groups/{}", gone["id"].as_str().unwrap()),
+            None,
+        );
+        assert!(r.status < 300, "{}", r.body);
+    }
+}
+
+/// Issue 11: changes made by hand in the target are seen by `sync --full` only, planned as
+/// ordinary operations flagged as drift, repaired, and the ledger rebuilt from what was read.
+#[test]
+fn a_full_sync_repairs_what_was_changed_by_hand_in_the_target() {
+    let w = World::new(false, &["alice", "bob", "carol"], "");
+    let (alice, bob) = (w.user_dn("alice"), w.user_dn("bob"));
+    w.slapd.add_group("ops", &[&alice, &bob]);
+    w.slapd.add_group("dev", &[&alice]);
+    w.slapd.add_group("gone", &[&bob]);
+    assert_code(&sync(&w.config, &[]), 0);
+    w.drift_by_hand();
+    // The ledger alone sees nothing.
+    assert_nothing_to_do(&w);
+
+    let out = sync(&w.config, &["--dry-run", "--full", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let sink = &plan["sinks"][0];
+    assert_eq!(
+        sink["summary"],
+        json!({"create":1,"adopt":0,"update":1,"delete":0,"member_add":2,"member_remove":1,"unmapped":0}),
+        "{plan}"
+    );
+    let shown: Vec<(String, String, Value, bool)> = sink["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            (
+                op["op"].as_str().unwrap().to_string(),
+                op["group"].as_str().unwrap().to_string(),
+                op["members"].clone(),
+                op["drift"] == true,
+            )
+        })
+        .collect();
+    let expected = [
+        ("create", "gone", Value::Null),
+        ("update", "dev", Value::Null),
+        ("member_add", "gone", json!(["bob"])),
+        ("member_add", "ops", json!(["bob"])),
+        ("member_remove", "ops", json!(["carol"])),
+    ];
+    assert_eq!(shown.len(), expected.len(), "{plan}");
+    for ((op, group, members, drift), (e_op, e_group, e_members)) in shown.iter().zip(expected) {
+        assert_eq!(
+            (op.as_str(), group.as_str(), members),
+            (e_op, e_group, &e_members)
+        );
+        assert!(drift, "{op} {group} repairs drift: {plan}");
+    }
+    let text = sync(&w.config, &["--dry-run", "--full"]).stdout_str();
+    assert!(
+        text.contains("dev-renamed → dev  ~ drift"),
+        "the text plan marks drift: {text}"
+    );
+
+    let out = sync(&w.config, &["--full"]);
+    assert_code(&out, 0);
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&["alice", "bob"])], "{groups:?}");
+    assert_eq!(groups["dev"], vec![set(&["alice"])], "{groups:?}");
+    assert_eq!(groups["gone"], vec![set(&["bob"])], "{groups:?}");
+    assert!(!groups.contains_key("dev-renamed"), "{groups:?}");
+    assert_nothing_to_do(&w);
+    let again = sync(&w.config, &["--dry-run", "--full", "--output", "json"]);
+    let again: Value = serde_json::from_str(&again.stdout_str()).unwrap();
+    assert_eq!(again["sinks"][0]["operations"], json!([]), "{again}");
+    let status = run_ldapsync(&w.config, &["status"]).stdout_str();
+    assert!(status.contains("last full reconcile 20"), "{status}");
+}
+
+/// A full reconcile whose repairs remove more members than `[safety]` allows is held (exit 3)
+/// and writes nothing; groups the sink does not own are never read (only what adoption needs).
+#[test]
+fn a_full_sync_whose_repairs_exceed_a_threshold_is_held() {
+    let w = World::new(false, &["alice", "bob", "carol"], "");
+    let other = w.hand_made("not-ours", None, &["carol"]);
+    w.slapd.add_group("ops", &[&w.user_dn("alice")]);
+    assert_code(&sync(&w.config, &[]), 0);
+    let ops = w.group_named("ops");
+    w.patch_by_hand(
+        ops["id"].as_str().unwrap(),
+        json!([{"op": "add", "path": "members", "value": [
+            {"value": w.user_id("bob")}, {"value": w.user_id("carol")}]}]),
+    );
+    let strict = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("max_member_removes = 100000", "max_member_removes = 1");
+    let config = write_file(w.state(), "strict.toml", strict);
+    let before = w.proxy.log().len();
+    let out = sync(&config, &["--full"]);
+    assert_code(&out, 3);
+    let groups = w.groups();
+    assert_eq!(groups["ops"], vec![set(&["alice", "bob", "carol"])]);
+    let log = w.proxy.log();
+    assert!(
+        log[before..].iter().all(|r| r["method"] == "GET"),
+        "held: nothing written"
+    );
+    assert!(
+        log[before..]
+            .iter()
+            .all(|r| !r["path"].as_str().unwrap_or("").contains(&other)),
+        "a group the sink does not own is not read"
+    );
+    assert_code(&sync(&config, &["--full", "--allow-deletes"]), 0);
+    assert_eq!(w.groups()["ops"], vec![set(&["alice"])]);
+    assert_eq!(w.groups()["not-ours"], vec![set(&["carol"])]);
+}
+
+/// Issue 11, SCIM `provision_users`: two LDAP users missing in SCIM are created (externalId =
+/// the LDAP id) and added, planned as `user_create`; one leaves the scope and is deactivated,
+/// not deleted; a user created by hand is never touched.
+#[test]
+fn provision_users_creates_missing_users_and_deactivates_those_that_leave() {
+    let w = World::new(false, &["alice"], "provision_users = true");
+    w.scim.create_user("mallory", "mallory@example.com");
+    let mallory_before = w
+        .scim
+        .users()
+        .into_iter()
+        .find(|u| u["userName"] == "mallory")
+        .unwrap();
+    let dave = w.slapd.add_user("dave", "dave@example.com");
+    let erin = w.slapd.add_user("erin", "erin@example.com");
+    let ops = w
+        .slapd
+        .add_group("ops", &[&w.user_dn("alice"), &dave, &erin]);
+
+    let plan = w.dry_run();
+    let sink = &plan["sinks"][0];
+    assert_eq!(sink["summary"]["user_create"], 2, "{plan}");
+    assert_eq!(sink["summary"]["member_add"], 3, "{plan}");
+    assert_eq!(sink["summary"]["unmapped"], 0, "{plan}");
+    let created: Vec<&Value> = sink["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["op"] == "user_create")
+        .map(|o| &o["members"][0])
+        .collect();
+    assert_eq!(created, [&json!("dave"), &json!("erin")], "{plan}");
+    assert!(w.scim.users().iter().all(|u| u["userName"] != "dave"));
+
+    assert_code(&sync(&w.config, &[]), 0);
+    let users = w.scim.users();
+    for (name, dn) in [("dave", &dave), ("erin", &erin)] {
+        let user = users.iter().find(|u| u["userName"] == name).unwrap();
+        let uuid = w.slapd.attr_values(dn, "entryUUID").remove(0);
+        assert_eq!(user["externalId"], uuid.as_str(), "{user}");
+        assert_eq!(user["active"], true, "{user}");
+    }
+    assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave", "erin"])]);
+    assert_nothing_to_do(&w);
+
+    // erin leaves the scope (no synced group lists her): deactivated, never deleted.
+    w.slapd.remove_member(&ops, &erin);
+    let plan = w.dry_run();
+    assert_eq!(plan["sinks"][0]["summary"]["user_deactivate"], 1, "{plan}");
+    assert_code(&sync(&w.config, &[]), 0);
+    let users = w.scim.users();
+    let erin_now = users.iter().find(|u| u["userName"] == "erin").unwrap();
+    assert_eq!(erin_now["active"], false, "{erin_now}");
+    assert!(w.proxy.requests("DELETE", "").is_empty());
+    let mallory_after = users.iter().find(|u| u["userName"] == "mallory").unwrap();
+    assert_eq!(
+        mallory_after, &mallory_before,
+        "a user made by hand is untouched"
+    );
+    assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave"])]);
+    assert_nothing_to_do(&w);
 }

@@ -662,16 +662,35 @@ fn groups_sink_adopts_on_409_and_treats_duplicate_memberships_as_done() {
         "pingone_groups",
         "user_match = \"email\"\n",
     );
-    let pingone_users = add_users(&w.emu, &["alice"]);
+    let pingone_users = add_users(&w.emu, &["alice", "mallory"]);
     let existing = create_group(&w.emu, json!({"name": "eng"}));
-    // alice is already a member of the group we will adopt.
-    api_create(
-        &w.emu,
-        &format!("/users/{}/memberOfGroups", pingone_users["alice"]),
-        json!({"id": existing}),
-    );
+    // alice is already a member of the group we will adopt; mallory (not in LDAP's group) is
+    // removed: an adopted group's members are made equal to LDAP's.
+    for user in ["alice", "mallory"] {
+        api_create(
+            &w.emu,
+            &format!("/users/{}/memberOfGroups", pingone_users[user]),
+            json!({"id": existing}),
+        );
+    }
     let alice = w.slapd.add_user("alice", "alice@example.com");
     w.slapd.add_group("eng", &[&alice]);
+    let plan: Value =
+        serde_json::from_str(&w.sync(&["--dry-run", "--output", "json"]).stdout_str()).unwrap();
+    let summary = &plan["sinks"][0]["summary"];
+    assert_eq!(
+        (
+            &summary["adopt"],
+            &summary["member_add"],
+            &summary["member_remove"]
+        ),
+        (&json!(1), &json!(0), &json!(1)),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["sinks"][0]["operations"][1]["members"],
+        json!(["mallory"])
+    );
     w.sync_ok();
     let state = w.emu.state();
     assert_eq!(groups_named(&state, "eng").len(), 1);
@@ -750,4 +769,71 @@ fn groups_sink_behind_a_target_that_ignores_filters_adopts_nothing_unrelated() {
     assert_eq!(g03.len(), 1, "{state}");
     let gid = g03[0]["id"].as_str().unwrap();
     assert_eq!(members(&state, gid), ids(&pingone_users, &["alice"]));
+}
+
+/// A PingOne API request made by hand (an administrator's change), expecting 2xx.
+fn by_hand(emu: &Emulator, method: &str, path: &str, body: Option<Value>) {
+    let bearer = format!("Bearer {}", token(emu));
+    let r = emu.request(
+        method,
+        &format!("/v1/environments/{ENV_ID}{path}"),
+        &[("Authorization", bearer.as_str())],
+        body.as_ref(),
+    );
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+}
+
+/// Issue 11 on the Groups API: a member added by hand and one removed, a group renamed and one
+/// deleted are repaired by `sync --full`, each repair flagged as drift; then nothing to do.
+#[test]
+fn groups_sink_full_sync_repairs_what_was_changed_by_hand() {
+    let w = World::new(&[], "pingone_groups", "");
+    let users = add_users(&w.emu, &["alice", "bob", "carol"]);
+    let alice = w.slapd.add_user("alice", "alice@example.com");
+    let bob = w.slapd.add_user("bob", "bob@example.com");
+    w.slapd.add_user("carol", "carol@example.com");
+    w.slapd.add_group("ops", &[&alice, &bob]);
+    w.slapd.add_group("dev", &[&alice]);
+    w.slapd.add_group("gone", &[&bob]);
+    w.sync_ok();
+    let state = w.emu.state();
+    let id = |name: &str| {
+        groups_named(&state, name)[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ops, dev, gone) = (id("ops"), id("dev"), id("gone"));
+    by_hand(
+        &w.emu,
+        "POST",
+        &format!("/users/{}/memberOfGroups", users["carol"]),
+        Some(json!({"id": ops})),
+    );
+    by_hand(
+        &w.emu,
+        "DELETE",
+        &format!("/users/{}/memberOfGroups/{ops}", users["bob"]),
+        None,
+    );
+    by_hand(
+        &w.emu,
+        "PUT",
+        &format!("/groups/{dev}"),
+        Some(json!({"name": "dev-renamed"})),
+    );
+    by_hand(&w.emu, "DELETE", &format!("/groups/{gone}"), None);
+
+    assert_drift_repairs_planned(&w.config);
+    assert_eq!(w.sync(&["--full"]).code(), 0);
+    let state = w.emu.state();
+    assert_eq!(members(&state, &ops), ids(&users, &["alice", "bob"]));
+    assert_eq!(groups_named(&state, "dev")[0]["id"], dev.as_str());
+    assert!(groups_named(&state, "dev-renamed").is_empty());
+    let recreated = groups_named(&state, "gone");
+    assert_eq!(recreated.len(), 1);
+    let recreated = recreated[0]["id"].as_str().unwrap();
+    assert_ne!(recreated, gone);
+    assert_eq!(members(&state, recreated), ids(&users, &["bob"]));
+    assert_converged_even_in_full(&w.config);
 }

@@ -30,11 +30,13 @@ use tokio::sync::Mutex;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
     self, AdoptPolicy, Created, GroupApi, Membership, OpError, Outcome, Prepared, TargetGroup,
+    UserKey,
 };
 use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
+use crate::directory::Directory;
 use crate::ledger::Ledger;
-use crate::model::{GroupSpec, MemberRef, OpKind, Plan};
+use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind, Plan, TargetView};
 use crate::secret::Secret;
 
 /// Connect's maximum `page_size` / `limit`.
@@ -476,8 +478,8 @@ impl ConnectSink {
         Ok(exact_matches(&results, name).into_iter().cloned().collect())
     }
 
-    /// The Connect user guid of an LDAP user (from the per-run index), provisioning it if allowed.
-    async fn user_guid(&self, mode: &Mode, member: &MemberRef) -> Result<Option<String>, OpError> {
+    /// The per-run index of Connect's users: one paged listing of `/v1/users`, on first use.
+    async fn user_index(&self) -> Result<tokio::sync::MutexGuard<'_, Option<UserIndex>>, OpError> {
         let mut users = self.users.lock().await;
         if users.is_none() {
             let listing = self.list_pages("/v1/users", &[], false).await?;
@@ -487,23 +489,34 @@ impl ConnectSink {
             }
             *users = Some(index);
         }
-        let Some(index) = users.as_mut() else {
-            return Ok(None);
-        };
-        let found = match self.config.user_match {
+        Ok(users)
+    }
+
+    /// The Connect user an LDAP user matches in `index` (`None` also when several do).
+    fn find_user(&self, index: &UserIndex, member: &MemberRef) -> Option<String> {
+        match self.config.user_match {
             ConnectUserMatch::Username => index.by_username.get(&member.username).cloned(),
-            ConnectUserMatch::Email => match &member.email {
-                Some(email) => match index.by_email.get(&email.to_lowercase()).map(Vec::as_slice) {
+            ConnectUserMatch::Email => {
+                let email = member.email.as_ref()?;
+                match index.by_email.get(&email.to_lowercase()).map(Vec::as_slice) {
                     Some([one]) => Some(one.clone()),
                     Some([_, _, ..]) => {
                         tracing::warn!(sink = %self.name, member = %member.username, "several Connect users have this email; member skipped");
-                        return Ok(None);
+                        None
                     }
                     _ => None,
-                },
-                None => None,
-            },
+                }
+            }
+        }
+    }
+
+    /// The Connect user guid of an LDAP user (from the per-run index), provisioning it if allowed.
+    async fn user_guid(&self, mode: &Mode, member: &MemberRef) -> Result<Option<String>, OpError> {
+        let mut users = self.user_index().await?;
+        let Some(index) = users.as_mut() else {
+            return Ok(None);
         };
+        let found = self.find_user(index, member);
         if found.is_some() || !self.config.provision_users {
             return Ok(found);
         }
@@ -618,6 +631,103 @@ impl GroupApi for ConnectApi<'_> {
     /// identity.
     fn has_external_id(&self) -> bool {
         false
+    }
+
+    fn user_match(&self) -> Option<(&'static str, UserKey)> {
+        Some(match self.sink.config.user_match {
+            ConnectUserMatch::Username => ("username", UserKey::Username),
+            ConnectUserMatch::Email => ("email", UserKey::Email),
+        })
+    }
+
+    fn provisions_users(&self) -> bool {
+        self.sink.config.provision_users
+    }
+
+    /// From the per-run index of `/v1/users` (one paged listing), nothing provisioned.
+    async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        let index = self.sink.user_index().await?;
+        let Some(index) = index.as_ref() else {
+            return Ok(HashMap::new());
+        };
+        Ok(users
+            .iter()
+            .filter_map(|m| Some((m.source_id.clone(), self.sink.find_user(index, m)?)))
+            .collect())
+    }
+
+    /// Local groups: one paged listing of `/v1/groups` (`None` when Connect's paging cut it
+    /// short, so each group is looked up by name instead). Remote groups: `None`.
+    async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
+        if self.mode.remote {
+            return Ok(None);
+        }
+        let listing = self.sink.list_pages("/v1/groups", &[], false).await?;
+        if listing.truncated {
+            return Ok(None);
+        }
+        let text = |g: &Value, key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(
+            listing
+                .items
+                .iter()
+                .filter_map(|g| {
+                    Some(TargetGroup {
+                        id: text(g, "guid")?,
+                        name: text(g, "name").unwrap_or_default(),
+                        external_id: None,
+                        members: None,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// `GET /v1/groups/{guid}/members`, paged: (user guid, username). None are read where the
+    /// provider owns membership (LDAP groups; Connect cannot list their members either).
+    async fn group_members(&self, guid: &str) -> Result<Vec<(String, String)>, OpError> {
+        if self.mode.provider_members {
+            return Ok(Vec::new());
+        }
+        let path = format!("/v1/groups/{guid}/members");
+        let listing = self.sink.list_pages(&path, &[], false).await?;
+        if listing.truncated {
+            return Err(format!(
+                "Connect's listing of the members of group {guid} was cut short (its paging repeated a page); not adopted this run"
+            )
+            .into());
+        }
+        Ok(listing
+            .items
+            .iter()
+            .filter_map(|u| {
+                let id = u.get("guid").and_then(Value::as_str)?;
+                let name = u.get("username").and_then(Value::as_str).unwrap_or(id);
+                Some((id.to_string(), name.to_string()))
+            })
+            .collect())
+    }
+
+    /// `GET /v1/groups/{guid}` (its name; Connect groups have no description) and its members.
+    async fn read_group(&self, guid: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("/v1/groups/{guid}");
+        let response = self.sink.http.send(Method::GET, &path, &[], None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        if !response.is_success() {
+            return Err(describe(response));
+        }
+        let group: Value = response.json()?;
+        Ok(Some(ActualGroup {
+            name: group
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            description: None,
+            members: self.group_members(guid).await?,
+        }))
     }
 
     /// The group named exactly like `group` (local listing by prefix, or the remote search).
@@ -870,6 +980,20 @@ impl Sink for ConnectSink {
         *self.users.lock().await = None;
         let mode = self.resolve_mode().await?;
         lifecycle::apply(&ConnectApi { sink: self, mode }, plan, recorder).await
+    }
+
+    /// The shared [`lifecycle::resolve`] with this run's mode.
+    async fn resolve(
+        &self,
+        directory: &Directory,
+        ledger: &Ledger,
+        full: bool,
+    ) -> Result<TargetView, SinkError> {
+        *self.users.lock().await = None;
+        let mode = self.resolve_mode().await?;
+        lifecycle::resolve(&ConnectApi { sink: self, mode }, directory, ledger, full)
+            .await
+            .map_err(|e| self.target_error(format!("reading Connect before planning: {e}")))
     }
 }
 

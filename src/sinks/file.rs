@@ -132,6 +132,10 @@ impl Sink for FileSink {
                     recorder.members_removed(group, members)?
                 }
                 Operation::Delete { .. } => recorder.deleted(group)?,
+                Operation::UserCreate { user, .. } => {
+                    recorder.user_created(group, user, &user.source_id)?
+                }
+                Operation::UserDeactivate { user, .. } => recorder.user_deactivated(group, user)?,
             }
         }
         Ok(())

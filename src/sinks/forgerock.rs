@@ -31,10 +31,10 @@ use super::http::{
 };
 use super::lifecycle::{
     AdoptPolicy, Created, GroupApi, GroupSink, Membership, OpError, Outcome, TargetGroup,
-    UserCache, UserKey, ids, outcome,
+    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, Page, quote};
-use crate::model::{GroupSpec, MemberRef, OpKind};
+use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind};
 use crate::secret::{Secret, SecretError, resolve_secret};
 
 const PAGE_SIZE: &str = "500";
@@ -278,11 +278,15 @@ impl ForgeRockSink {
     /// Groups with exactly this name (case-sensitive matches first; the repository compares
     /// names case-insensitively).
     async fn find_by_name(&self, name: &str) -> Result<Vec<TargetGroup>, HttpError> {
-        let filter = format!("name eq {}", quote(name));
+        self.query_groups(&format!("name eq {}", quote(name))).await
+    }
+
+    /// The groups a `_queryFilter` answers, every page.
+    async fn query_groups(&self, filter: &str) -> Result<Vec<TargetGroup>, HttpError> {
         let found = self
             .query_all(
                 &self.group_path,
-                &[("_queryFilter", &filter), ("_fields", "_id,name")],
+                &[("_queryFilter", filter), ("_fields", "_id,name")],
             )
             .await?;
         let text = |g: &Value, key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
@@ -377,6 +381,61 @@ impl GroupApi for ForgeRockSink {
         Ok(self.find_by_name(&group.name).await?)
     }
 
+    /// The group (name, description) and its static members.
+    async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("{}/{id}", self.group_path);
+        let query = [("_fields", "_id,name,description")];
+        let response = self.http.send(Method::GET, &path, &query, None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let group: Value = response.success()?.json()?;
+        let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(ActualGroup {
+            name: text("name").unwrap_or_default(),
+            description: Some(text("description").filter(|d| !d.is_empty())),
+            members: self.group_members(id).await?,
+        }))
+    }
+
+    /// One paged query of every managed group (`_queryFilter=true`).
+    async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
+        Ok(Some(self.query_groups("true").await?))
+    }
+
+    /// The group's static members, from its `members` relationships: (user id, user id).
+    async fn group_members(&self, id: &str) -> Result<Vec<(String, String)>, OpError> {
+        Ok(self
+            .relationships(id)
+            .await?
+            .into_keys()
+            .map(|user| (user.clone(), user))
+            .collect())
+    }
+
+    fn user_match(&self) -> Option<(&'static str, UserKey)> {
+        Some(match self.config.user_match {
+            ForgeRockUserMatch::UserName => ("userName", UserKey::Username),
+            ForgeRockUserMatch::Mail => ("mail", UserKey::Email),
+        })
+    }
+
+    /// Queries with several values (`userName eq "a" or userName eq "b" …`), paged.
+    async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        let Some(matched) = self.user_match() else {
+            return Ok(HashMap::new());
+        };
+        let find = |filter: String| async move {
+            let query = [
+                ("_queryFilter", filter.as_str()),
+                ("_fields", "_id,userName,mail"),
+            ];
+            let found = self.query_all(&self.user_path, &query).await?;
+            Ok(id_values(&found, "_id", matched.0))
+        };
+        map_by_filter(&self.name, users, matched, find).await
+    }
+
     async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
         let mut body = json!({"name": group.name});
         if let Some(description) = &group.description {
@@ -436,9 +495,8 @@ impl GroupApi for ForgeRockSink {
 
     /// The managed user id of an LDAP user, by the configured attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let matched = match self.config.user_match {
-            ForgeRockUserMatch::UserName => ("userName", UserKey::Username),
-            ForgeRockUserMatch::Mail => ("mail", UserKey::Email),
+        let Some(matched) = self.user_match() else {
+            return Ok(None);
         };
         let find = |filter: String| async move {
             let query = [

@@ -39,7 +39,8 @@ use super::{Recorder, Sink, SinkError};
 use crate::directory::Directory;
 use crate::ledger::Ledger;
 use crate::model::{
-    AdoptedBy, ExistingGroup, GroupSpec, MemberRef, OpKind, Operation, Plan, TargetView,
+    ActualGroup, AdoptedBy, ExistingGroup, GroupSpec, MemberRef, OpKind, Operation, Plan,
+    TargetView, UserMapping,
 };
 
 /// Sends of one create at most, each after a lookup showed the previous one left nothing.
@@ -85,8 +86,9 @@ impl<A: GroupSink> Sink for A {
         &self,
         directory: &Directory,
         ledger: &Ledger,
+        full: bool,
     ) -> Result<TargetView, SinkError> {
-        resolve(self, directory, ledger)
+        resolve(self, directory, ledger, full)
             .await
             .map_err(|e| SinkError::Target {
                 sink: self.sink_name().to_string(),
@@ -300,6 +302,16 @@ pub trait GroupApi: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The real state of the owned group `id` (name, description where the sink writes one,
+    /// every member, all pages), for a full reconcile; `None` when it is gone from the target.
+    async fn read_group(&self, _id: &str) -> Result<Option<ActualGroup>, OpError> {
+        Err(format!(
+            "a full reconcile cannot read groups from {} yet",
+            self.target_label()
+        )
+        .into())
+    }
+
     /// The sink's `adopt` setting.
     fn adopt_policy(&self) -> AdoptPolicy {
         AdoptPolicy::Name
@@ -312,9 +324,39 @@ pub trait GroupApi: Send + Sync {
         true
     }
 
+    /// The target attribute LDAP users are matched on and the user property it is matched with
+    /// (the sink's `user_match`): the key of the state file's user map (`userName=alice`), so a
+    /// cached mapping is dropped when either changes. `None`: nothing is cached.
+    fn user_match(&self) -> Option<(&'static str, UserKey)> {
+        None
+    }
+
+    /// The sink creates missing users (`provision_users`): members without a target user are
+    /// planned, not listed as unmapped.
+    fn provisions_users(&self) -> bool {
+        false
+    }
+
+    /// The sink plans its user creates and deactivations as operations (`user_create`,
+    /// `user_deactivate`) instead of creating users while adding members.
+    fn plans_user_ops(&self) -> bool {
+        false
+    }
+
+    /// Creates the target user of `user` (sent once: a create whose answer was lost is looked
+    /// up, never sent again blindly); its target id.
+    async fn create_user(&self, _user: &MemberRef) -> Result<String, OpError> {
+        Err("this sink does not create users".into())
+    }
+
+    /// Deactivates the target user `id` (never deletes it).
+    async fn deactivate_user(&self, _id: &str) -> Result<Outcome, OpError> {
+        Err("this sink does not deactivate users".into())
+    }
+
     /// Target user ids of `users` (source id → target id), for the users the target has. By
     /// default one [`GroupApi::user_id`] per user; targets that can list or filter users in bulk
-    /// override it.
+    /// override it ([`map_by_filter`], or one paged listing).
     async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
         let mut mapped = HashMap::new();
         for user in users {
@@ -468,7 +510,8 @@ pub fn identify<'c>(
         (_, AdoptPolicy::Never) => !api.has_external_id() && lookup == Lookup::Ours,
         (Lookup::Ours, _) => !api.has_external_id(),
         (Lookup::Adopt, AdoptPolicy::Name) => true,
-        (Lookup::Adopt, AdoptPolicy::ExternalId) => !api.has_external_id(),
+        // Without an externalId nothing proves a same-name group is ldapsync's: not adopted.
+        (Lookup::Adopt, AdoptPolicy::ExternalId) => false,
     };
     if !by_name {
         return Ok(None);
@@ -505,7 +548,11 @@ pub async fn resolve<A: GroupApi + ?Sized>(
     api: &A,
     directory: &Directory,
     ledger: &Ledger,
+    full: bool,
 ) -> Result<TargetView, OpError> {
+    // A full reconcile reads both sides in full: no user comes from the user map.
+    let no_cache = HashMap::new();
+    let cache = if full { &no_cache } else { &ledger.users };
     let mut wanted = vec![false; directory.users.len()];
     for group in &directory.groups {
         for &index in &group.members {
@@ -521,11 +568,8 @@ pub async fn resolve<A: GroupApi + ?Sized>(
         .filter(|(_, w)| **w)
         .map(|(u, _)| MemberRef::new(Arc::clone(u)))
         .collect();
-    let users = if members.is_empty() {
-        HashMap::new()
-    } else {
-        api.map_users(&members).await?
-    };
+    let mut learned = BTreeMap::new();
+    let users = map_cached(api, cache, &members, &mut learned).await?;
 
     let missing: Vec<(GroupSpec, Lookup)> = directory
         .groups
@@ -582,13 +626,37 @@ pub async fn resolve<A: GroupApi + ?Sized>(
             },
         );
     }
-    // Members of adopted groups that no group member maps to: name them by the other
-    // directory users (a removal shows a user name, not a target id).
+    // Full reconcile: the real state of every group the ledger holds with a target id.
+    let actual = match full {
+        false => None,
+        true => {
+            let mut actual = BTreeMap::new();
+            for group in &directory.groups {
+                let Some(id) = ledger
+                    .groups
+                    .get(&group.id)
+                    .and_then(|g| g.target_id.as_deref())
+                else {
+                    continue;
+                };
+                let state = api.read_group(id).await.map_err(|e| e.of(&group.name))?;
+                actual.insert(group.id.clone(), state);
+            }
+            Some(actual)
+        }
+    };
+    // Members of adopted (or reconciled) groups that no group member maps to: name them by the
+    // other directory users (a removal shows a user name, not a target id).
     let mut users = users;
     let known: HashSet<&String> = users.values().collect();
     let strangers = existing
         .values()
         .flat_map(|g| &g.members)
+        .chain(
+            actual
+                .iter()
+                .flat_map(|a| a.values().flatten().flat_map(|g| &g.members)),
+        )
         .any(|(id, _)| !known.contains(id));
     if strangers {
         let others: Vec<MemberRef> = directory
@@ -598,14 +666,121 @@ pub async fn resolve<A: GroupApi + ?Sized>(
             .filter(|(_, w)| !**w)
             .map(|(u, _)| MemberRef::new(Arc::clone(u)))
             .collect();
-        if !others.is_empty() {
-            users.extend(api.map_users(&others).await?);
-        }
+        users.extend(map_cached(api, cache, &others, &mut learned).await?);
     }
     Ok(TargetView {
         users: Some(users),
         existing,
+        provisions_users: api.provisions_users(),
+        plans_user_ops: api.plans_user_ops(),
+        learned,
+        actual,
     })
+}
+
+/// The key a user is cached under in the user map (`attribute=value`), when the sink caches.
+fn user_key(api: &(impl GroupApi + ?Sized), member: &MemberRef) -> Option<String> {
+    let (attribute, key) = api.user_match()?;
+    Some(format!("{attribute}={}", key.of(member)?))
+}
+
+/// Maps `members` to target users: from the ledger's user map where its key still holds, the
+/// others through [`GroupApi::map_users`] (so a user who appears in the target later is found
+/// on the next run); what those lookups found goes into `learned`.
+async fn map_cached<A: GroupApi + ?Sized>(
+    api: &A,
+    cache: &HashMap<String, UserMapping>,
+    members: &[MemberRef],
+    learned: &mut BTreeMap<String, UserMapping>,
+) -> Result<HashMap<String, String>, OpError> {
+    let mut mapped = HashMap::new();
+    let mut misses = Vec::new();
+    for member in members {
+        let key = user_key(api, member);
+        match cache.get(&member.source_id) {
+            Some(cached) if key.as_deref() == Some(cached.key.as_str()) => {
+                mapped.insert(member.source_id.clone(), cached.target_id.clone());
+            }
+            _ => misses.push(member.clone()),
+        }
+    }
+    if misses.is_empty() {
+        return Ok(mapped);
+    }
+    let found = api.map_users(&misses).await?;
+    for member in &misses {
+        if let (Some(target_id), Some(key)) = (found.get(&member.source_id), user_key(api, member))
+        {
+            learned.insert(
+                member.source_id.clone(),
+                UserMapping {
+                    key,
+                    target_id: target_id.clone(),
+                },
+            );
+        }
+    }
+    mapped.extend(found);
+    Ok(mapped)
+}
+
+/// How many values one filter of [`map_by_filter`] carries (`a eq "1" or a eq "2" …`): few
+/// enough to keep the request URL short, many enough that 100,000 users take 2,000 requests.
+pub const FILTER_VALUES: usize = 50;
+
+/// Bulk user resolution through filters with several values: `attribute eq "v1" or attribute
+/// eq "v2" …`, [`FILTER_VALUES`] at a time; `find(filter)` returns every user it answers as
+/// (target id, value of `attribute`), following pages. The answers are matched locally (a
+/// target may ignore the filter), case-insensitively unless the key is the source id; a value
+/// several target users carry is left unmapped, with a warning.
+pub async fn map_by_filter<F, Fut>(
+    sink: &str,
+    users: &[MemberRef],
+    (attribute, key): (&str, UserKey),
+    find: F,
+) -> Result<HashMap<String, String>, OpError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Vec<(String, String)>, HttpError>>,
+{
+    let fold = |value: &str| match key {
+        UserKey::SourceId => value.to_string(),
+        _ => value.to_lowercase(),
+    };
+    let mut mapped = HashMap::new();
+    let wanted: Vec<(&MemberRef, &str)> = users
+        .iter()
+        .filter_map(|m| key.of(m).map(|v| (m, v)))
+        .collect();
+    for chunk in wanted.chunks(FILTER_VALUES) {
+        let mut values: Vec<&str> = chunk.iter().map(|(_, v)| *v).collect();
+        values.sort_unstable();
+        values.dedup();
+        let filter = values
+            .iter()
+            .map(|v| format!("{attribute} eq {}", quote(v)))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let mut by_value: HashMap<String, Vec<String>> = HashMap::new();
+        for (id, value) in find(filter).await? {
+            let ids = by_value.entry(fold(&value)).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        for (member, value) in chunk {
+            match by_value.get(&fold(value)).map(Vec::as_slice) {
+                Some([id]) => {
+                    mapped.insert(member.source_id.clone(), id.clone());
+                }
+                Some([_, _, ..]) => {
+                    tracing::warn!(sink, member = %member.username, attribute, "several target users match; member skipped")
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(mapped)
 }
 
 /// Member changes recorded without a request, for the one log line per run.
@@ -674,6 +849,21 @@ pub async fn apply<A: GroupApi + ?Sized>(
                 change_members(api, op.kind(), group, members, ops, &mut skipped).await?
             }
             Operation::Delete { group } => delete(api, group, ops).await?,
+            Operation::UserCreate { group, user } => match api.create_user(user).await {
+                Ok(id) => ops.recorder.user_created(group, user, &id)?,
+                Err(e) => ops.fail(OpKind::UserCreate, group, e.of(&user.username), 1),
+            },
+            Operation::UserDeactivate { group, user } => {
+                let id = user.target_id.as_deref().unwrap_or_default();
+                match api.deactivate_user(id).await {
+                    Ok(Outcome::Done | Outcome::NotFound) => {
+                        ops.recorder.user_deactivated(group, user)?
+                    }
+                    Ok(Outcome::Refused(e)) | Err(e) => {
+                        ops.fail(OpKind::UserDeactivate, group, e.of(&user.username), 1)
+                    }
+                }
+            }
         }
         ops.go_on(api)?;
     }
@@ -807,6 +997,12 @@ async fn delete<A: GroupApi + ?Sized>(
 ) -> Result<(), SinkError> {
     let id = match ops.recorder.target_id(group) {
         Some(id) => Some(id),
+        // An unconfirmed create on a target without externalId: a group of that name may be
+        // someone else's, and nothing proves it is not. The intent is dropped, nothing deleted.
+        None if !api.has_external_id() => {
+            tracing::warn!(sink = %api.sink_name(), group = %group.name, "an unconfirmed create of a group now gone from LDAP: forgotten; a group of that name in {} (if that create made it) is left in place", api.target_label());
+            None
+        }
         // An unconfirmed create: only what carries its externalId is ours; a same-name group is
         // not (it may be someone else's). Nothing found: the intent is dropped, nothing deleted.
         None => match find_existing(api, group, Lookup::Ours).await {
@@ -1014,6 +1210,20 @@ impl UserCache {
     }
 }
 
+/// (the string `id`, the string `attribute`) of each item that has both (a user listing for
+/// [`map_by_filter`]).
+pub fn id_values(items: &[serde_json::Value], id: &str, attribute: &str) -> Vec<(String, String)> {
+    let text = |item: &serde_json::Value, key: &str| {
+        item.get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    items
+        .iter()
+        .filter_map(|item| Some((text(item, id)?, text(item, attribute)?)))
+        .collect()
+}
+
 /// The string `key` of each item (the ids of a listing).
 pub fn ids(items: &[serde_json::Value], key: &str) -> Vec<String> {
     items
@@ -1029,6 +1239,7 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use super::*;
+    use crate::directory::Directory;
     use crate::model::User;
     use crate::sinks::ApplyReport;
     use crate::store::Store;
@@ -1046,6 +1257,8 @@ mod tests {
         user_error: Option<OpError>,
         calls: StdMutex<Vec<String>>,
         policy: AdoptPolicy,
+        /// Keys users by userName for the user map (and logs each user lookup).
+        caches_users: bool,
     }
 
     impl Fake {
@@ -1111,9 +1324,15 @@ mod tests {
             self.log(format!("delete {id}"));
             Ok(Outcome::NotFound)
         }
+        fn user_match(&self) -> Option<(&'static str, UserKey)> {
+            self.caches_users.then_some(("userName", UserKey::Username))
+        }
         async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
             if let Some(error) = &self.user_error {
                 return Err(error.clone());
+            }
+            if self.caches_users {
+                self.log(format!("user {}", member.username));
             }
             Ok(self.users.get(&member.username).cloned())
         }
@@ -1158,8 +1377,7 @@ mod tests {
         let mut recorder = Recorder::new(&mut writer, "fake");
         let plan = Plan {
             operations,
-            full: false,
-            unmapped: Vec::new(),
+            ..Plan::default()
         };
         let result = apply(api, &plan, &mut recorder).await;
         (result, recorder.report.clone())
@@ -1436,6 +1654,77 @@ mod tests {
             "{:?}",
             report.failures
         );
+    }
+
+    #[tokio::test]
+    async fn the_user_map_saves_lookups_and_misses_are_looked_up_every_run() {
+        use crate::directory::Group;
+        let mut api = Fake {
+            caches_users: true,
+            ..Fake::default()
+        };
+        api.users.insert("x".into(), "1".into());
+        api.users.insert("y".into(), "2".into());
+        let users: Vec<Arc<User>> = ["x", "y", "z"].map(|n| member(n).user).to_vec();
+        let directory = Directory {
+            users,
+            groups: vec![Group {
+                id: "s-g".into(),
+                dn: "cn=g,dc=x".into(),
+                name: "g".into(),
+                description: None,
+                members: vec![0, 1, 2],
+            }],
+            warnings: Vec::new(),
+        };
+        let mut ledger = Ledger::default();
+        let view = resolve(&api, &directory, &ledger, false).await.unwrap();
+        assert_eq!(view.learned.len(), 2);
+        assert_eq!(view.learned["u-x"].key, "userName=x");
+        ledger.users = view.learned.clone().into_iter().collect();
+        api.calls.lock().unwrap().clear();
+        // z appears in the target: the next run looks up only the miss.
+        api.users.insert("z".into(), "3".into());
+        let view = resolve(&api, &directory, &ledger, false).await.unwrap();
+        let users = view.users.unwrap();
+        assert_eq!((users["u-x"].as_str(), users["u-z"].as_str()), ("1", "3"));
+        assert!(api.calls().iter().all(|c| !c.starts_with("user x")));
+        assert!(api.calls().contains(&"user z".to_string()));
+        // A changed key (the user was renamed in LDAP) is a miss again.
+        let mut renamed = ledger.clone();
+        renamed.users.get_mut("u-y").unwrap().key = "userName=old".into();
+        api.calls.lock().unwrap().clear();
+        resolve(&api, &directory, &renamed, false).await.unwrap();
+        assert!(api.calls().contains(&"user y".to_string()));
+    }
+
+    #[tokio::test]
+    async fn bulk_filters_carry_several_values_and_answers_are_matched_locally() {
+        let members: Vec<MemberRef> = (0..FILTER_VALUES + 3)
+            .map(|i| member(&format!("user{i}")))
+            .collect();
+        let filters = StdMutex::new(Vec::new());
+        let find = |filter: String| {
+            filters.lock().unwrap().push(filter);
+            // A target that ignores the filter: it answers everyone, one name in another case
+            // and one name twice.
+            async move {
+                let mut all: Vec<(String, String)> = (0..FILTER_VALUES + 3)
+                    .map(|i| (format!("t{i}"), format!("USER{i}")))
+                    .collect();
+                all.push(("dup".into(), "user1".into()));
+                Ok(all)
+            }
+        };
+        let mapped = map_by_filter("s", &members, ("userName", UserKey::Username), find)
+            .await
+            .unwrap();
+        let filters = filters.into_inner().unwrap();
+        assert_eq!(filters.len(), 2);
+        assert!(filters[0].starts_with("userName eq \"user0\" or userName eq"));
+        assert_eq!(mapped.len(), FILTER_VALUES + 2);
+        assert_eq!(mapped["u-user7"], "t7");
+        assert!(!mapped.contains_key("u-user1"), "ambiguous: skipped");
     }
 
     #[test]

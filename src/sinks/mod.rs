@@ -180,12 +180,14 @@ pub trait Sink: Send + Sync {
     ) -> Result<(), SinkError>;
 
     /// What the target holds for planning, read-only (dry runs too): the target users of the
-    /// directory's members and the existing groups to adopt. By default nothing is resolved and
-    /// the plan is made against the ledger alone.
+    /// directory's members and the existing groups to adopt; with `full` (`sync --full`) also
+    /// the real state of every owned group. By default nothing is resolved and the plan is made
+    /// against the ledger alone.
     async fn resolve(
         &self,
         _directory: &Directory,
         _ledger: &Ledger,
+        _full: bool,
     ) -> Result<TargetView, SinkError> {
         Ok(TargetView::default())
     }
@@ -350,6 +352,33 @@ impl<'a> Recorder<'a> {
             .record_deleted(&group.source_id)
             .map_err(|e| self.store_error(e))?;
         self.count(OpKind::Delete, group, 1);
+        self.checkpoint()
+    }
+
+    /// Records a target user the sink created (`provision_users`) for a member of `group`.
+    pub fn user_created(
+        &mut self,
+        group: &GroupSpec,
+        user: &MemberRef,
+        target_id: &str,
+    ) -> Result<(), SinkError> {
+        self.ledger
+            .record_user_created(user, target_id)
+            .map_err(|e| self.store_error(e))?;
+        self.count(OpKind::UserCreate, group, 1);
+        self.checkpoint()
+    }
+
+    /// Records that a user the sink created was deactivated (`group`: the operation's, empty).
+    pub fn user_deactivated(
+        &mut self,
+        group: &GroupSpec,
+        user: &MemberRef,
+    ) -> Result<(), SinkError> {
+        self.ledger
+            .record_user_deactivated(&user.source_id)
+            .map_err(|e| self.store_error(e))?;
+        self.count(OpKind::UserDeactivate, group, 1);
         self.checkpoint()
     }
 

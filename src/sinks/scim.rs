@@ -20,14 +20,15 @@ use tokio::sync::Mutex;
 use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
-    ids, outcome,
+    AdoptPolicy, Created, FILTER_VALUES, GroupApi, GroupSink, OpError, Outcome, TargetGroup,
+    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, quote};
-use crate::model::{GroupSpec, MemberRef};
+use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::secret::Secret;
 
 const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const SCIM_JSON: &str = "application/scim+json";
 /// Resources per page of a listing (`count`); a target may answer fewer.
@@ -62,6 +63,10 @@ pub struct ScimConfig {
     /// Which existing groups may be adopted: "name" (default), "external_id" or "never".
     #[serde(default)]
     pub adopt: AdoptPolicy,
+    /// Create missing users from LDAP (`externalId` = the source id) and deactivate them
+    /// (`active: false`, never delete) when they leave the scope.
+    #[serde(default)]
+    pub provision_users: bool,
 }
 
 fn default_chunk() -> usize {
@@ -284,15 +289,120 @@ impl GroupApi for ScimSink {
         Ok(found)
     }
 
+    /// `GET /Groups/{id}`: name and members (SCIM groups carry their members inline).
+    async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("/Groups/{}", urlencoding::encode(id));
+        let response = self.http.send(Method::GET, &path, &[], None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let resource: Value = response.success()?.json()?;
+        let group = target_group(&resource).ok_or("the group read has no \"id\"")?;
+        Ok(Some(ActualGroup {
+            name: group.name,
+            description: None,
+            members: group.members.unwrap_or_default(),
+        }))
+    }
+
     /// One paged listing of `/Groups`, members included.
     async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
         let all = self.list_all("/Groups", &[]).await?;
         Ok(Some(all.iter().filter_map(target_group).collect()))
     }
 
-    /// One paged listing of `/Users`, matched locally on the configured attribute (a user
-    /// several target users match is left unmapped, with a warning).
+    fn provisions_users(&self) -> bool {
+        self.config.provision_users
+    }
+
+    fn plans_user_ops(&self) -> bool {
+        self.config.provision_users
+    }
+
+    /// `POST /Users` (`userName` per `user_match`, `externalId` = the source id, `name`,
+    /// `emails`, `active`), sent once; an answer lost or failed after sending is resolved by
+    /// looking the user up by `externalId` before anything is sent again.
+    async fn create_user(&self, user: &MemberRef) -> Result<String, OpError> {
+        let user_name = match self.config.user_match {
+            ScimUserMatch::Email => user.email.clone().unwrap_or_else(|| user.username.clone()),
+            _ => user.username.clone(),
+        };
+        let mut body = json!({
+            "schemas": [USER_SCHEMA],
+            "userName": user_name,
+            "externalId": user.source_id,
+            "name": {"formatted": user.username},
+            "displayName": user.username,
+            "active": true,
+        });
+        if let Some(email) = &user.email {
+            body["emails"] = json!([{"value": email, "primary": true}]);
+        }
+        let answer = self
+            .http
+            .send_create("/Users", &[], &Body::typed(SCIM_JSON, &body))
+            .await;
+        let failed: OpError = match answer {
+            Ok(response) if response.is_success() => {
+                let created: Value = response.json()?;
+                return match created.get("id").and_then(Value::as_str) {
+                    Some(id) => Ok(id.to_string()),
+                    None => Err("the user create answer has no \"id\"".into()),
+                };
+            }
+            Ok(response) => response.into_error().into(),
+            Err(e) => e.into(),
+        };
+        if !failed.maybe_committed() {
+            return Err(failed);
+        }
+        let filter = format!("externalId eq {}", quote(&user.source_id));
+        let found = self.list_all("/Users", &[("filter", &filter)]).await?;
+        let ours: Vec<&str> = found
+            .iter()
+            .filter(|u| u.get("externalId").and_then(Value::as_str) == Some(&user.source_id))
+            .filter_map(|u| u.get("id").and_then(Value::as_str))
+            .collect();
+        match ours.as_slice() {
+            [id] => Ok(id.to_string()),
+            _ => Err(failed),
+        }
+    }
+
+    /// `PATCH /Users/{id}` replacing `active` with `false`.
+    async fn deactivate_user(&self, id: &str) -> Result<Outcome, OpError> {
+        let body = patch(vec![json!({"op": "replace", "value": {"active": false}})]);
+        let path = format!("/Users/{}", urlencoding::encode(id));
+        outcome(
+            self.http
+                .send(Method::PATCH, &path, &[], Some(&body))
+                .await?,
+        )
+    }
+
+    fn user_match(&self) -> Option<(&'static str, UserKey)> {
+        Some(match self.config.user_match {
+            ScimUserMatch::UserName => ("userName", UserKey::Username),
+            ScimUserMatch::ExternalId => ("externalId", UserKey::SourceId),
+            ScimUserMatch::Email => ("emails.value", UserKey::Email),
+        })
+    }
+
+    /// A few users (the misses of the user map on a later run): filters with several values
+    /// (`userName eq "a" or …`). Many (a first run), or matched by email: one paged listing of
+    /// `/Users`. Either way matched locally on the configured attribute (a user several target
+    /// users match is left unmapped, with a warning).
     async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        if let Some(matched) = self.user_match()
+            && users.len() <= FILTER_VALUES
+            && self.config.user_match != ScimUserMatch::Email
+        {
+            let find = |filter: String| async move {
+                let listed = self.list_all("/Users", &[("filter", &filter)]).await?;
+                Ok(id_values(&listed, "id", matched.0))
+            };
+            return map_by_filter(&self.name, users, matched, find).await;
+        }
         let listed = self.list_all("/Users", &[]).await?;
         let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
         for user in &listed {
@@ -346,10 +456,8 @@ impl GroupApi for ScimSink {
 
     /// The target user id of an LDAP user, by the configured match attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let matched = match self.config.user_match {
-            ScimUserMatch::UserName => ("userName", UserKey::Username),
-            ScimUserMatch::ExternalId => ("externalId", UserKey::SourceId),
-            ScimUserMatch::Email => ("emails.value", UserKey::Email),
+        let Some(matched) = self.user_match() else {
+            return Ok(None);
         };
         let find = |filter: String| async move {
             let query = [("filter", filter.as_str())];

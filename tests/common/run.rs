@@ -169,3 +169,60 @@ pub fn forget_confirmed_creates(state: &Path, sink: &str) {
     db.execute("DELETE FROM ledger_members WHERE sink = ?1", [sink])
         .expect("delete the ledger members");
 }
+
+/// What the drift tests change by hand after a first sync of `ops` (alice, bob), `dev` (alice)
+/// and `gone` (bob) — carol added to `ops`, bob removed from it, `dev` renamed, `gone` deleted —
+/// and what `sync --dry-run --full` must then plan, in order: (op, group, flagged as drift).
+pub const DRIFT_REPAIRS: [(&str, &str, bool); 5] = [
+    ("create", "gone", true),
+    ("update", "dev", true),
+    ("member_add", "gone", true),
+    ("member_add", "ops", true),
+    ("member_remove", "ops", true),
+];
+
+/// `(op, group, drift)` of each operation of the first sink of a JSON plan.
+pub fn planned_ops(plan: &serde_json::Value) -> Vec<(String, String, bool)> {
+    plan["sinks"][0]["operations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["op"].as_str().unwrap_or_default().to_string(),
+                o["group"].as_str().unwrap_or_default().to_string(),
+                o["drift"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Runs `sync --dry-run --full --output json` and asserts it plans exactly [`DRIFT_REPAIRS`].
+#[track_caller]
+pub fn assert_drift_repairs_planned(config: &Path) {
+    let out = sync(config, &["--dry-run", "--full", "--output", "json"]);
+    assert_code(&out, 0);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout_str()).expect("JSON plan");
+    let expected: Vec<(String, String, bool)> = DRIFT_REPAIRS
+        .iter()
+        .map(|(op, group, drift)| (op.to_string(), group.to_string(), *drift))
+        .collect();
+    assert_eq!(planned_ops(&plan), expected, "{plan}");
+}
+
+/// Asserts that a dry run, and a full one, both plan nothing.
+#[track_caller]
+pub fn assert_converged_even_in_full(config: &Path) {
+    for args in [
+        &["--dry-run", "--output", "json"][..],
+        &["--dry-run", "--full", "--output", "json"],
+    ] {
+        let out = sync(config, args);
+        let plan: serde_json::Value = serde_json::from_str(&out.stdout_str()).expect("JSON plan");
+        assert_eq!(
+            plan["sinks"][0]["operations"],
+            serde_json::json!([]),
+            "{plan}"
+        );
+    }
+}

@@ -11,18 +11,20 @@
 
 use crate::config::Invalid;
 use crate::secret::SecretField;
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::connection_fields;
-use crate::model::{GroupSpec, MemberRef};
+use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
     AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
-    ids, outcome,
+    id_values, ids, map_by_filter, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
 
@@ -132,13 +134,18 @@ impl PingOneGroupsSink {
         })
     }
 
-    /// Every item of a filtered list, following `_links.next` (absolute hrefs).
+    /// Every item of a list (filtered when `filter` is set), following `_links.next` (absolute
+    /// hrefs).
     async fn list_all(&self, path: &str, filter: &str, key: &str) -> Result<Vec<Value>, HttpError> {
         let limit = self.config.page_size.to_string();
-        let first = [("filter", filter), ("limit", limit.as_str())];
+        let mut first = vec![("limit", limit.as_str())];
+        if !filter.is_empty() {
+            first.push(("filter", filter));
+        }
+        let first = &first;
         let fetch = |next: Option<String>| async move {
             match next {
-                None => self.http.json(Method::GET, path, &first, None).await,
+                None => self.http.json(Method::GET, path, first, None).await,
                 Some(href) => self.http.json(Method::GET, &href, &[], None).await,
             }
         };
@@ -151,6 +158,23 @@ impl PingOneGroupsSink {
         };
         let pages = target::all_pages(&self.name, path, fetch, read).await?;
         Ok(pages.items)
+    }
+
+    /// The groups of a listing this sink may adopt, as the lifecycle checks them.
+    fn target_groups(&self, listed: &[Value]) -> Vec<TargetGroup> {
+        listed
+            .iter()
+            .filter(|g| self.adoptable(g))
+            .filter_map(|g| {
+                let text = |key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
+                Some(TargetGroup {
+                    id: text("id")?,
+                    name: text("name").unwrap_or_default(),
+                    external_id: text("externalId").filter(|e| !e.is_empty()),
+                    members: None,
+                })
+            })
+            .collect()
     }
 
     /// Whether a listed group is one this sink may adopt: not external, same population.
@@ -208,17 +232,65 @@ impl GroupApi for PingOneGroupsSink {
         let mut found = Vec::new();
         for filter in filters {
             let listed = self.list_all("/groups", &filter, "groups").await?;
-            found.extend(listed.iter().filter(|g| self.adoptable(g)).filter_map(|g| {
-                let text = |key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
-                Some(TargetGroup {
-                    id: text("id")?,
-                    name: text("name").unwrap_or_default(),
-                    external_id: text("externalId").filter(|e| !e.is_empty()),
-                    members: None,
-                })
-            }));
+            found.extend(self.target_groups(&listed));
         }
         Ok(found)
+    }
+
+    /// `GET /groups/{id}` (name, description) and its members.
+    async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
+        let path = format!("/groups/{}", urlencoding::encode(id));
+        let response = self.http.send(Method::GET, &path, &[], None).await?;
+        if response.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        let group: Value = response.success()?.json()?;
+        let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(ActualGroup {
+            name: text("name").unwrap_or_default(),
+            description: Some(text("description").filter(|d| !d.is_empty())),
+            members: self.group_members(id).await?,
+        }))
+    }
+
+    /// One paged listing of `/groups`.
+    async fn list_groups(&self) -> Result<Option<Vec<TargetGroup>>, OpError> {
+        let listed = self.list_all("/groups", "", "groups").await?;
+        Ok(Some(self.target_groups(&listed)))
+    }
+
+    /// `GET /users?filter=memberOfGroups[id eq "<gid>"]`, paged: (user id, username).
+    async fn group_members(&self, id: &str) -> Result<Vec<(String, String)>, OpError> {
+        let filter = format!("memberOfGroups[id eq {}]", quote(id));
+        let users = self.list_all("/users", &filter, "users").await?;
+        Ok(users
+            .iter()
+            .filter_map(|u| {
+                let uid = u.get("id").and_then(Value::as_str)?;
+                let name = u.get("username").and_then(Value::as_str).unwrap_or(uid);
+                Some((uid.to_string(), name.to_string()))
+            })
+            .collect())
+    }
+
+    fn user_match(&self) -> Option<(&'static str, UserKey)> {
+        Some(match self.config.user_match {
+            UserMatch::Username => ("username", UserKey::Username),
+            UserMatch::ExternalId => ("externalId", UserKey::SourceId),
+            UserMatch::Email => ("email", UserKey::Email),
+        })
+    }
+
+    /// Filters with several values (`username eq "a" or username eq "b" …`), paged.
+    async fn map_users(&self, users: &[MemberRef]) -> Result<HashMap<String, String>, OpError> {
+        let Some(matched) = self.user_match() else {
+            return Ok(HashMap::new());
+        };
+        let find = |filter: String| async move {
+            let listed = self.list_all("/users", &filter, "users").await?;
+            Ok(id_values(&listed, "id", matched.0))
+        };
+        map_by_filter(&self.name, users, matched, find).await
     }
 
     async fn create(&self, group: &GroupSpec, _: Option<String>) -> Result<Created, OpError> {
@@ -243,10 +315,8 @@ impl GroupApi for PingOneGroupsSink {
 
     /// The PingOne user id of an LDAP user, by the configured match attribute (cached).
     async fn user_id(&self, member: &MemberRef) -> Result<Option<String>, OpError> {
-        let matched = match self.config.user_match {
-            UserMatch::Username => ("username", UserKey::Username),
-            UserMatch::ExternalId => ("externalId", UserKey::SourceId),
-            UserMatch::Email => ("email", UserKey::Email),
+        let Some(matched) = self.user_match() else {
+            return Ok(None);
         };
         let find = |filter: String| async move {
             Ok(ids(&self.list_all("/users", &filter, "users").await?, "id"))

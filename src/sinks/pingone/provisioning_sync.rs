@@ -427,6 +427,8 @@ impl ProvisioningSyncSink {
                     recorder.members_removed(group, members)?
                 }
                 Operation::Delete { group } => recorder.deleted(group)?,
+                // Never planned for this sink (it does not provision users).
+                Operation::UserCreate { .. } | Operation::UserDeactivate { .. } => {}
             }
         }
         Ok(())
@@ -626,6 +628,7 @@ max_batch_bytes = {max_batch_bytes}
                 },
             ],
             full: false,
+            ..Plan::default()
         };
         let c = config(100, 1_000_000);
         let cycle = c.cycle(&plan, &Ledger::default(), false);
@@ -689,6 +692,7 @@ max_batch_bytes = {max_batch_bytes}
                 Operation::Delete { group: gone },
             ],
             full: false,
+            ..Plan::default()
         };
         let c = config(100, 1_000_000);
         let cycle = c.cycle(&plan, &ledger, false);
