@@ -90,6 +90,20 @@ pub struct LdapConfig {
     /// Accept `ldap://` without StartTLS to a non-loopback host (a clear-text bind).
     #[serde(default)]
     pub allow_insecure: bool,
+    /// Read only what changed since the last complete read when the server offers it.
+    #[serde(default)]
+    pub incremental: IncrementalMode,
+}
+
+/// `[ldap] incremental`: whether runs read only what changed (RFC 4533 syncrepl) when they can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IncrementalMode {
+    /// Incremental reads when the server offers them, full reads otherwise.
+    #[default]
+    Auto,
+    /// Every run reads the whole directory.
+    Off,
 }
 
 fn default_page_size() -> i32 {

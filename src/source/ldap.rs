@@ -17,7 +17,7 @@ use super::{EntrySink, RawEntry, ReadStats, SourceError};
 use crate::config::{GroupsConfig, LdapConfig, UsersConfig};
 
 /// LDAP result codes that mean "success" for a search.
-const RC_SUCCESS: u32 = 0;
+pub(super) const RC_SUCCESS: u32 = 0;
 const RC_REFERRAL: u32 = 10;
 
 /// Opens a connection and binds; used by the read and by `check --connect`.
@@ -100,11 +100,7 @@ pub(super) async fn read(
 ) -> Result<ReadStats, SourceError> {
     let mut ldap = connect(config).await?;
     let mut stats = ReadStats::default();
-    let user_attrs = vec![
-        users.id_attribute.clone(),
-        users.username_attribute.clone(),
-        users.email_attribute.clone(),
-    ];
+    let user_attrs = user_attributes(users);
     let mut failure = None;
     stats.continuation_references_skipped += search(
         &mut ldap,
@@ -121,12 +117,7 @@ pub(super) async fn read(
     )
     .await?;
     tracing::debug!(users = stats.users, "users read");
-    let group_attrs = vec![
-        groups.id_attribute.clone(),
-        groups.name_attribute.clone(),
-        groups.member_attribute.clone(),
-        groups.description_attribute.clone(),
-    ];
+    let group_attrs = group_attributes(groups);
     let mut ranged: Vec<RawEntry> = Vec::new();
     let member_attribute = groups.member_attribute.to_ascii_lowercase();
     stats.continuation_references_skipped += search(
@@ -159,6 +150,25 @@ pub(super) async fn read(
     }
     let _ = ldap.unbind().await;
     Ok(stats)
+}
+
+/// The attributes a read asks for on users (the incremental read asks for the same).
+pub(super) fn user_attributes(users: &UsersConfig) -> Vec<String> {
+    vec![
+        users.id_attribute.clone(),
+        users.username_attribute.clone(),
+        users.email_attribute.clone(),
+    ]
+}
+
+/// The attributes a read asks for on groups (the incremental read asks for the same).
+pub(super) fn group_attributes(groups: &GroupsConfig) -> Vec<String> {
+    vec![
+        groups.id_attribute.clone(),
+        groups.name_attribute.clone(),
+        groups.member_attribute.clone(),
+        groups.description_attribute.clone(),
+    ]
 }
 
 /// Runs one paged subtree search, feeding decoded entries to `each`.
@@ -334,7 +344,7 @@ pub async fn complete_ranges(
 }
 
 /// Decodes a SearchResultEntry (`[APPLICATION 4] { objectName, attributes }`) without panicking.
-fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
+pub(super) fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
     let tag: StructureTag = entry.0;
     if tag.id != 4 {
         return None;
