@@ -365,6 +365,15 @@ mod tests {
         assert!(store.load_snapshot().unwrap().is_none());
     }
 
+    proptest::proptest! {
+        /// The state file is outside data too: any blob unpacks or is refused, never a panic.
+        #[test]
+        fn any_blob_unpacks_or_is_refused(blob in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let strings: HashMap<i64, Vec<u8>> = [(0, b"dn".to_vec()), (1, b"x".to_vec())].into_iter().collect();
+            let _ = unpack(0, &blob, &strings);
+        }
+    }
+
     #[test]
     fn damaged_blobs_are_rejected_not_panicked_on() {
         let strings: HashMap<i64, Vec<u8>> = [(1, b"dn".to_vec())].into_iter().collect();
