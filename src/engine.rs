@@ -425,15 +425,15 @@ async fn read<S>(
         seconds: started.elapsed().as_secs_f64(),
         changes: read.changes,
     };
+    // The directory's entries, whatever the mode (an incremental run delivers them from the
+    // refreshed snapshot).
     let m = metrics();
-    if read.mode == ReadMode::Full {
-        m.ldap_entries_read_total
-            .with_label_values(&["user"])
-            .inc_by(stats.users);
-        m.ldap_entries_read_total
-            .with_label_values(&["group"])
-            .inc_by(stats.groups);
-    }
+    m.ldap_entries_read_total
+        .with_label_values(&["user"])
+        .inc_by(stats.users);
+    m.ldap_entries_read_total
+        .with_label_values(&["group"])
+        .inc_by(stats.groups);
     if let Some(store) = store
         && !allow_empty_scope
     {

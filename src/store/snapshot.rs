@@ -6,7 +6,7 @@
 //! longer used); an incremental one writes only the entries it changed. The cookies and the
 //! entries are written in one transaction, so the cursor never moves without the snapshot.
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -112,16 +112,34 @@ impl Store {
                     now()
                 ],
             )?;
-            if snapshot.users.replaced && snapshot.groups.replaced {
-                // Nothing refers to the old strings any more.
-                tx.execute("DELETE FROM snapshot_strings", [])?;
-            }
+            let replaced = snapshot.users.replaced && snapshot.groups.replaced;
             let mut interner = Interner {
                 tx,
                 ids: HashMap::default(),
+                used: FxHashSet::default(),
             };
+            if replaced {
+                // A full read interns every value again: start from the stored ids, so that
+                // unchanged entries pack to the bytes already stored and are not rewritten.
+                let mut statement = tx.prepare("SELECT id, value FROM snapshot_strings")?;
+                let mut rows = statement.query([])?;
+                while let Some(row) = rows.next()? {
+                    interner.ids.insert(row.get(1)?, row.get(0)?);
+                }
+            }
             for (code, scope) in [(USERS, &snapshot.users), (GROUPS, &snapshot.groups)] {
                 write_scope(&mut interner, code, scope)?;
+            }
+            if replaced && interner.ids.len() > interner.used.len() {
+                // Strings no entry refers to any more (old DNs, removed values).
+                tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS snapshot_used (id INTEGER PRIMARY KEY); DELETE FROM snapshot_used;")?;
+                {
+                    let mut insert = tx.prepare_cached("INSERT INTO snapshot_used (id) VALUES (?1)")?;
+                    for id in &interner.used {
+                        insert.execute([id])?;
+                    }
+                }
+                tx.execute_batch("DELETE FROM snapshot_strings WHERE id NOT IN (SELECT id FROM snapshot_used); DELETE FROM snapshot_used;")?;
             }
             Ok(())
         })
@@ -146,9 +164,25 @@ fn write_scope(
         upsert.execute(params![code, key, dn, attrs]).map(|_| ())
     };
     if scope.replaced {
-        tx.execute("DELETE FROM snapshot_entries WHERE scope = ?1", [code])?;
+        // What is stored already: unchanged entries are left alone, vanished ones deleted.
+        let mut stored: HashMap<String, (i64, Vec<u8>)> = HashMap::default();
+        {
+            let mut statement =
+                tx.prepare("SELECT key, dn, attrs FROM snapshot_entries WHERE scope = ?1")?;
+            let mut rows = statement.query([code])?;
+            while let Some(row) = rows.next()? {
+                stored.insert(row.get(0)?, (row.get(1)?, row.get(2)?));
+            }
+        }
         for (key, entry) in &scope.entries {
-            write(key, entry, interner)?;
+            let dn = interner.intern(entry.dn.as_bytes())?;
+            let attrs = pack(entry, interner)?;
+            if stored.remove(key.as_str()) != Some((dn, attrs.clone())) {
+                upsert.execute(params![code, key, dn, attrs])?;
+            }
+        }
+        for key in stored.keys() {
+            delete.execute(params![code, key])?;
         }
         return Ok(());
     }
@@ -167,11 +201,14 @@ fn write_scope(
 struct Interner<'a, 'c> {
     tx: &'a Transaction<'c>,
     ids: HashMap<Vec<u8>, i64>,
+    /// Ids handed out by this write (a full write drops the others).
+    used: FxHashSet<i64>,
 }
 
 impl Interner<'_, '_> {
     fn intern(&mut self, value: &[u8]) -> rusqlite::Result<i64> {
         if let Some(&id) = self.ids.get(value) {
+            self.used.insert(id);
             return Ok(id);
         }
         let inserted: Option<i64> = self
@@ -189,6 +226,7 @@ impl Interner<'_, '_> {
                 .query_row([value], |row| row.get(0))?,
         };
         self.ids.insert(value.to_vec(), id);
+        self.used.insert(id);
         Ok(id)
     }
 }
@@ -339,11 +377,44 @@ mod tests {
             s.replaced = false;
         }
         assert_eq!(loaded, snapshot);
-        let strings: i64 = store
+        let count = |store: &Store, table: &str| -> i64 {
+            store
+                .conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            count(&store, "snapshot_strings"),
+            3,
+            "alice's DN once, the ghost, the group DN"
+        );
+        // The same full read again changes no row.
+        for s in [&mut snapshot.users, &mut snapshot.groups] {
+            s.replaced = true;
+        }
+        let changes_before: i64 = store
             .conn
-            .query_row("SELECT COUNT(*) FROM snapshot_strings", [], |r| r.get(0))
+            .query_row("SELECT total_changes()", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(strings, 3, "alice's DN once, the ghost, the group DN");
+        store.save_snapshot(Some(&snapshot)).unwrap();
+        let changes_after: i64 = store
+            .conn
+            .query_row("SELECT total_changes()", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            changes_after - changes_before,
+            1,
+            "only the cookie row is written"
+        );
+        // A full read without the group drops it and the strings only it used.
+        let mut smaller = snapshot.clone();
+        smaller.groups.entries.clear();
+        store.save_snapshot(Some(&smaller)).unwrap();
+        assert_eq!(count(&store, "snapshot_strings"), 1, "alice's DN only");
+        store.save_snapshot(Some(&snapshot)).unwrap();
+        for s in [&mut snapshot.users, &mut snapshot.groups] {
+            s.replaced = false;
+        }
 
         // A refresh: bob added, the group gone; only those rows are written.
         let bob = entry(
