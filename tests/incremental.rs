@@ -218,6 +218,19 @@ fn incremental_runs_read_only_changes_and_match_a_full_read() {
     assert!(operations(&full).is_empty(), "{full}");
     assert_eq!(snapshot_dump(&w.state()), incremental);
 
+    // The text header says how the directory was read.
+    let text = sync(&w.config, &[]);
+    assert_code(&text, 0);
+    assert!(
+        text.stdout_str()
+            .starts_with("Sync: read 3 users and 3 groups in ")
+            && text
+                .stdout_str()
+                .contains("s (incremental read: 0 changed entries)"),
+        "{}",
+        text.describe()
+    );
+
     // A dry run reads incrementally too and writes nothing.
     let before = std::fs::read(w.state()).unwrap();
     let dry = w.sync(&["--dry-run"], 0);
