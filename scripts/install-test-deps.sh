@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the integration tests need, on Debian 12, as root, with no standard input.
 #
-#   Debian: slapd ldap-utils openssl prometheus (promtool), systemd (systemd-analyze),
+#   Debian: slapd ldap-utils openssl prometheus (promtool), systemd (systemd-analyze), time (bench),
 #           samba samba-dsdb-modules samba-vfs-modules samba-ad-provision (a throwaway Samba AD
 #           DC for tests/samba_ad.rs: samba, samba-tool; the DC's sam.ldb modules; acl_xattr, which
 #           `domain provision` loads to set the sysvol ACLs; the provisioning templates) and
@@ -43,7 +43,7 @@ pkg_installed() {
 }
 
 want=(slapd ldap-utils openssl prometheus samba samba-dsdb-modules samba-vfs-modules samba-ad-provision
-    ldb-tools 389-ds-base)
+    ldb-tools 389-ds-base time)
 command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer's C++ runtime.
 command -v c++ >/dev/null 2>&1 || want+=(g++)

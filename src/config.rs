@@ -94,6 +94,20 @@ pub struct LdapConfig {
     /// is matched by its subject CN; the chain is still verified.
     #[serde(default)]
     pub tls_cn_fallback: bool,
+    /// Read only what changed since the last complete read when the server offers it.
+    #[serde(default)]
+    pub incremental: IncrementalMode,
+}
+
+/// `[ldap] incremental`: whether runs read only what changed (RFC 4533 syncrepl) when they can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IncrementalMode {
+    /// Incremental reads when the server offers them, full reads otherwise.
+    #[default]
+    Auto,
+    /// Every run reads the whole directory.
+    Off,
 }
 
 fn default_page_size() -> i32 {

@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::config::{GroupsConfig, LdapConfig, NestedMode, UsersConfig};
 use crate::dn;
 use crate::model::User;
-use crate::source::{self, EntrySink, RawEntry, ReadStats, SourceError};
+use crate::source::incremental::{Snapshot, SnapshotRead};
+use crate::source::{self, EntrySink, RawEntry, SourceError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Group {
@@ -30,28 +31,33 @@ pub struct Group {
 }
 
 /// Reads the configured scopes (LDAP server or LDIF file) into a Directory. All or nothing: any
-/// incomplete read is an error, never a shorter directory.
-pub async fn read(
+/// incomplete read is an error, never a shorter directory. Incremental from `stored` when it can
+/// (see `source::incremental`): a snapshot refreshed with what changed gives the same Directory
+/// as a full read.
+pub async fn read_with_snapshot(
     ldap: &LdapConfig,
     users: &UsersConfig,
     groups: &GroupsConfig,
-) -> Result<(Directory, ReadStats), SourceError> {
+    stored: Option<Snapshot>,
+    full: bool,
+) -> Result<(Directory, SnapshotRead), SourceError> {
     let started = std::time::Instant::now();
     let mut builder = DirectoryBuilder::new(groups, users);
-    let stats = source::read(ldap, users, groups, &mut builder).await?;
+    let read = source::incremental::read(ldap, users, groups, stored, full, &mut builder).await?;
     let read_seconds = started.elapsed().as_secs_f64();
     let mut directory = builder.finish();
     directory
         .warnings
-        .extend(continuation_warnings(&stats.continuation_references));
+        .extend(continuation_warnings(&read.stats.continuation_references));
     tracing::debug!(
-        users = stats.users,
-        groups = stats.groups,
+        users = read.stats.users,
+        groups = read.stats.groups,
+        mode = read.mode.as_str(),
         read_seconds,
         resolve_seconds = started.elapsed().as_secs_f64() - read_seconds,
         "directory read"
     );
-    Ok((directory, stats))
+    Ok((directory, read))
 }
 
 /// One warning per search base that answered with continuation references (a users and a

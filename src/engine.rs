@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, GroupsConfig, LdapConfig, SafetyConfig, UsersConfig};
+use crate::config::{Config, GroupsConfig, IncrementalMode, LdapConfig, SafetyConfig, UsersConfig};
 use crate::directory::{self, Directory};
 use crate::exit::ExitStatus;
 use crate::ledger::Ledger;
@@ -23,6 +23,7 @@ use crate::model::{GroupSpec, OpKind, Plan, Summary};
 use crate::plan::{self, Hold, Thresholds};
 use crate::planfile::{self, PlanFileError, SavedPlan, SavedSink};
 use crate::sinks::{ApplyReport, Recorder, Sink};
+use crate::source::incremental::{ReadMode, Snapshot};
 use crate::source::{ReadStats, SourceError};
 use crate::store::{SinkRunRecord, Store, StoreError};
 use crate::telemetry::metrics;
@@ -331,12 +332,34 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     pub users: u64,
     pub groups: u64,
+    /// How the directory was read, and how long the read itself took.
+    pub read: ReadInfo,
     pub duration_seconds: f64,
     pub sinks: Vec<SinkOutcome>,
     /// The fingerprint of the directory read (`--save-plan`, `--plan`).
     pub directory_fingerprint: Option<String>,
     /// The fingerprint of the saved plan this run saved or applied.
     pub plan_fingerprint: Option<String>,
+}
+
+/// How a run read the directory (the report's `"read"` object).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadInfo {
+    pub mode: ReadMode,
+    /// The read alone: LDAP, the stored snapshot, resolving members.
+    pub seconds: f64,
+    /// Entries read from LDAP: all of them (full), or those added, changed or removed (incremental).
+    pub changes: u64,
+}
+
+impl Default for ReadInfo {
+    fn default() -> Self {
+        ReadInfo {
+            mode: ReadMode::Full,
+            seconds: 0.0,
+            changes: 0,
+        }
+    }
 }
 
 impl RunReport {
@@ -349,6 +372,7 @@ impl RunReport {
             warnings: Vec::new(),
             users: 0,
             groups: 0,
+            read: ReadInfo::default(),
             duration_seconds: started.elapsed().as_secs_f64(),
             sinks: Vec::new(),
             directory_fingerprint: None,
@@ -422,8 +446,8 @@ pub async fn run<S>(
         _ => None,
     };
 
-    let read = read(config, store.as_deref(), options.allow_empty_scope).await;
-    let (directory, stats) = match read {
+    let read = read(config, store.as_deref(), options).await;
+    let (directory, stats, read_info, snapshot) = match read {
         Ok(read) => read,
         Err(error) => {
             let report = RunReport::failed_read(options, error.to_string(), started);
@@ -472,7 +496,10 @@ pub async fn run<S>(
             ],
             &source_identity(&config.ldap, &config.users, &config.groups),
         )?;
+        // The cookie moves with the snapshot, in one transaction, once the read is accepted.
+        store.save_snapshot(snapshot.as_ref())?;
     }
+    drop(snapshot);
     let thresholds = thresholds(&config.safety);
 
     let mut outcomes = Vec::with_capacity(sinks.len());
@@ -521,6 +548,7 @@ pub async fn run<S>(
         warnings: directory.warnings.clone(),
         users: stats.users,
         groups: stats.groups,
+        read: read_info,
         duration_seconds: started.elapsed().as_secs_f64(),
         sinks: outcomes,
         directory_fingerprint: (options.fingerprints || options.saved.is_some())
@@ -570,19 +598,43 @@ fn thresholds(safety: &SafetyConfig) -> Thresholds {
 async fn read<S>(
     config: &Config<S>,
     store: Option<&Store>,
-    allow_empty_scope: bool,
-) -> Result<(Directory, ReadStats), ReadError> {
+    options: &RunOptions,
+) -> Result<(Directory, ReadStats, ReadInfo, Option<Snapshot>), ReadError> {
+    let allow_empty_scope = options.allow_empty_scope;
+    let started = Instant::now();
+    // An incremental read refreshes the snapshot the last read stored (never under --full).
+    let stored = match store {
+        Some(store)
+            if !options.full
+                && config.ldap.incremental == IncrementalMode::Auto
+                && config.ldap.url.is_some() =>
+        {
+            store.load_snapshot()?
+        }
+        _ => None,
+    };
     // ldap3's decoders can panic on malformed BER (ldap3 #135): contain that as a failed read.
-    let (ldap, users, groups) = (
+    let (ldap, users, groups, full) = (
         config.ldap.clone(),
         config.users.clone(),
         config.groups.clone(),
+        options.full,
     );
-    let handle = tokio::spawn(async move { directory::read(&ldap, &users, &groups).await });
-    let (directory, stats) = match handle.await {
+    let handle = tokio::spawn(async move {
+        directory::read_with_snapshot(&ldap, &users, &groups, stored, full).await
+    });
+    let (directory, read) = match handle.await {
         Ok(read) => read?,
         Err(e) => return Err(ReadError::Crashed(e.to_string())),
     };
+    let stats = read.stats;
+    let info = ReadInfo {
+        mode: read.mode,
+        seconds: started.elapsed().as_secs_f64(),
+        changes: read.changes,
+    };
+    // The directory's entries, whatever the mode (an incremental run delivers them from the
+    // refreshed snapshot).
     let m = metrics();
     m.ldap_entries_read_total
         .with_label_values(&["user"])
@@ -628,7 +680,7 @@ async fn read<S>(
             }
         }
     }
-    Ok((directory, stats))
+    Ok((directory, stats, info, read.snapshot))
 }
 
 /// Identifies where a read came from: server or file, scopes and filters.

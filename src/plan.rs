@@ -534,28 +534,12 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
                 entry.description = spec.description.clone();
                 entry.dn = spec.dn.clone();
                 if let Operation::Adopt { present, .. } = op {
-                    for m in present {
-                        entry.members.insert(
-                            Arc::from(m.source_id.as_str()),
-                            LedgerMember {
-                                user: Arc::clone(&m.user),
-                                target_id: m.target_id.as_deref().map(Arc::from),
-                            },
-                        );
-                    }
+                    add_ledger_members(entry, present);
                 }
             }
             Operation::MemberAdd { members, .. } => {
                 if let Some(entry) = ledger.groups.get_mut(&spec.source_id) {
-                    for m in members {
-                        entry.members.insert(
-                            Arc::from(m.source_id.as_str()),
-                            LedgerMember {
-                                user: Arc::clone(&m.user),
-                                target_id: m.target_id.as_deref().map(Arc::from),
-                            },
-                        );
-                    }
+                    add_ledger_members(entry, members);
                 }
             }
             Operation::MemberRemove { members, .. } => {
@@ -584,6 +568,18 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
                 }
             }
         }
+    }
+}
+
+fn add_ledger_members(group: &mut LedgerGroup, members: &[MemberRef]) {
+    for m in members {
+        group.members.insert(
+            Arc::from(m.source_id.as_str()),
+            LedgerMember {
+                user: Arc::clone(&m.user),
+                target_id: m.target_id.as_deref().map(Arc::from),
+            },
+        );
     }
 }
 

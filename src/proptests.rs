@@ -14,26 +14,11 @@ use crate::report::escape_controls;
 use crate::secret::{Redactor, Secret};
 use crate::sinks::SinkSettings;
 use crate::source::filter::Filter;
+use crate::source::incremental::tests::tlv;
+use crate::source::incremental::{
+    EntryState, decode_sync_done, decode_sync_info, decode_sync_state,
+};
 use crate::source::{RawEntry, ldap, ldif};
-
-/// A BER TLV with a definite length (short or long form).
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 128 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
 
 /// The BER of a SearchResultEntry (`[APPLICATION 4] { objectName, attributes }`).
 fn search_entry_ber(dn: &[u8], attrs: &[(String, Vec<Vec<u8>>)]) -> Vec<u8> {
@@ -207,5 +192,45 @@ proptest! {
             let message = e.to_string();
             prop_assert!(message.starts_with("config.toml"), "{}", message);
         }
+    }
+}
+
+proptest! {
+    /// The syncrepl controls and syncInfo messages come from the server: any bytes decode to
+    /// a value or to `None`, never a panic.
+    #[test]
+    fn sync_control_decoders_take_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+        let _ = decode_sync_state(&bytes);
+        let _ = decode_sync_done(&bytes);
+        let _ = decode_sync_info(&bytes);
+    }
+
+    /// Well-formed values decode to what was encoded, and every truncation of them is refused
+    /// (nor does a corrupted length octet panic).
+    #[test]
+    fn sync_state_round_trips_and_truncations_are_refused(
+        state in 0u8..4,
+        uuid in proptest::array::uniform16(any::<u8>()),
+        cookie in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+        flip in any::<(usize, u8)>(),
+    ) {
+        let mut fields = [tlv(0x0a, &[state]), tlv(0x04, &uuid)].concat();
+        if let Some(c) = &cookie {
+            fields.extend(tlv(0x04, c));
+        }
+        let value = tlv(0x30, &fields);
+        let decoded = decode_sync_state(&value).expect("a well-formed syncStateValue decodes");
+        prop_assert_eq!(decoded.uuid, uuid);
+        prop_assert_eq!(&decoded.cookie, &cookie);
+        let expected = [EntryState::Present, EntryState::Add, EntryState::Modify, EntryState::Delete];
+        prop_assert_eq!(decoded.state, expected[usize::from(state)]);
+        for cut in 0..value.len() {
+            prop_assert!(decode_sync_state(&value[..cut]).is_none());
+        }
+        let mut corrupted = value.clone();
+        let at = flip.0 % corrupted.len();
+        corrupted[at] ^= flip.1;
+        let _ = decode_sync_state(&corrupted);
+        let _ = decode_sync_info(&corrupted);
     }
 }

@@ -8,6 +8,7 @@ use crate::engine::ProgressSnapshot;
 use crate::engine::{RunReport, SinkOutcome, SinkResult};
 use crate::model::{OpKind, Operation, OperationView, Summary, Unmapped};
 use crate::sinks::OpFailure;
+use crate::source::incremental::ReadMode;
 use crate::store::{LedgerCounts, LedgerListing, RunRecord};
 
 /// At most this many member names are printed per operation in text output.
@@ -32,10 +33,14 @@ pub struct RunView<'a> {
     pub warnings: &'a [String],
 }
 
-/// What the directory read returned.
+/// What the directory read returned, how (`full` or `incremental`) and how long it took.
 #[derive(Debug, Serialize)]
 pub struct ReadView {
+    /// Entries read from LDAP: all (full) or those added, changed or removed (incremental).
+    pub changes: u64,
     pub groups: u64,
+    pub mode: ReadMode,
+    pub seconds: f64,
     pub users: u64,
 }
 
@@ -107,7 +112,10 @@ impl<'a> From<&'a RunReport> for RunView<'a> {
             exit_code: report.exit_status().code(),
             plan_fingerprint: report.plan_fingerprint.as_deref(),
             read: ReadView {
+                changes: report.read.changes,
                 groups: report.groups,
+                mode: report.read.mode,
+                seconds: report.read.seconds,
                 users: report.users,
             },
             sinks: report.sinks.iter().map(SinkView::from).collect(),
@@ -170,8 +178,15 @@ pub fn text(report: &RunReport) -> String {
     let title = if report.dry_run { "Dry run" } else { "Sync" };
     let _ = writeln!(
         out,
-        "{title}: read {} users and {} groups in {:.2}s",
-        report.users, report.groups, report.duration_seconds
+        "{title}: read {} users and {} groups in {:.2}s ({})",
+        report.users,
+        report.groups,
+        report.read.seconds,
+        match report.read.mode {
+            ReadMode::Full => "full read".to_string(),
+            ReadMode::Incremental =>
+                format!("incremental read: {} changed entries", report.read.changes),
+        }
     );
     plan_fingerprint_line(&mut out, report);
     if let Some(signal) = report.interrupted {

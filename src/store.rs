@@ -14,6 +14,8 @@ use rustc_hash::FxHashMap as HashMap;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+mod snapshot;
+
 use crate::ledger::{
     Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter, Origin, OwnedUser,
 };
@@ -121,6 +123,23 @@ CREATE TABLE owned_users (
     active INTEGER NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (sink, user_source_id)
+) WITHOUT ROWID;
+"#,
+    ),
+    // The compact directory snapshot incremental reads refresh (store/snapshot.rs).
+    M::up(
+        r#"
+CREATE TABLE snapshot_source (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    identity TEXT NOT NULL,
+    users_cookie BLOB NOT NULL,
+    groups_cookie BLOB NOT NULL,
+    read_at TEXT NOT NULL
+);
+CREATE TABLE snapshot_strings (id INTEGER PRIMARY KEY, value BLOB NOT NULL UNIQUE);
+CREATE TABLE snapshot_entries (
+    scope INTEGER NOT NULL, key TEXT NOT NULL, dn INTEGER NOT NULL, attrs BLOB NOT NULL,
+    PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 "#,
     ),

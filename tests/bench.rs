@@ -182,6 +182,65 @@ fn cold_dry_run_against_ldapsearch() {
         sync_time.as_secs_f64(),
         warm_time.as_secs_f64()
     );
+    let state = dir.path().join("state.db");
+    let state_mb = |path: &std::path::Path| {
+        let wal = path.with_extension("db-wal");
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        (size(path) + size(&wal)) as f64 / 1e6
+    };
+    println!(
+        "BENCH state_file_after_first_sync={:.1}MB",
+        state_mb(&state)
+    );
+
+    // The median of three runs of `args`, its largest peak RSS and the last stdout.
+    let median = |args: &[&str]| {
+        let mut times = Vec::new();
+        let mut mb = 0;
+        let mut last = String::new();
+        for _ in 0..3 {
+            let (t, m, out) = timed(args);
+            times.push(t);
+            mb = mb.max(m);
+            last = out;
+        }
+        times.sort();
+        (times[1], mb, last)
+    };
+    let (full_time, full_mb, stdout) = median(&["sync", "--full"]);
+    assert!(stdout.contains("(full read)"), "{stdout}");
+    let (quiet_time, quiet_mb, stdout) = median(&["sync"]);
+    assert!(stdout.contains("(incremental read"), "{stdout}");
+    // 100 membership changes: one member added to each of 100 groups.
+    let mut ldif = String::new();
+    for g in 0..100.min(groups) {
+        let member = |u: usize| (0..per_group).any(|m| (g * 37 + m * 1009) % users == u);
+        let u = (0..users).find(|&u| !member(u)).unwrap();
+        ldif.push_str(&format!(
+            "dn: cn=group{g:05},ou=Groups,dc=example,dc=com\nchangetype: modify\nadd: member\nmember: uid=user{u:06},ou=People,dc=example,dc=com\n\n"
+        ));
+    }
+    let mut modify = slapd.ldap_tool("ldapmodify");
+    modify.arg("-c").stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut child = modify.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ldif.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let (changed_time, changed_mb, stdout) = timed(&["sync"]);
+    assert!(stdout.contains("(incremental read"), "{stdout}");
+    let ratio = |t: Duration| t.as_secs_f64() / baseline.as_secs_f64();
+    println!(
+        "BENCH no_change_full_sync={:.2}s ratio={:.2} peak_rss={full_mb}MB no_change_incremental_sync={:.3}s peak_rss={quiet_mb}MB incremental_sync_after_100_changes={:.3}s peak_rss={changed_mb}MB state_file={:.1}MB",
+        full_time.as_secs_f64(),
+        ratio(full_time),
+        quiet_time.as_secs_f64(),
+        changed_time.as_secs_f64(),
+        state_mb(&state),
+    );
 }
 
 /// What the fast local SCIM target of [`initial_push_request_count`] counted.

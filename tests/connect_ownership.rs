@@ -298,11 +298,7 @@ fn with_adopt_external_id_a_same_name_group_is_refused() {
     let plan = w.dry_run();
     assert_eq!(plan["sinks"][0]["summary"]["adopt"], 0, "{plan}");
     assert_eq!(plan["sinks"][0]["summary"]["create"], 1, "{plan}");
-    let out = sync(&w.config, &["--output", "json"]);
-    assert_code(&out, 1);
-    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-    let failure = report["sinks"][0]["failures"][0]["error"].as_str().unwrap();
-    assert!(failure.contains("409"), "{report}");
+    assert_failed(&sync_failures(&w.config), "create", "ops", "409");
     assert_eq!(w.groups(), vec![group("ops", &["bob"])]);
     assert!(w.proxy.requests("POST", "/members").is_empty());
 }
@@ -316,15 +312,11 @@ fn with_adopt_never_a_create_conflict_fails_that_group_only() {
     w.env.slapd.add_group("ops", &[&w.user_dn("alice")]);
     w.env.slapd.add_group("dev", &[&w.user_dn("alice")]);
     assert_eq!(w.dry_run()["sinks"][0]["summary"]["adopt"], 0);
-    let out = sync(&w.config, &["--output", "json"]);
-    assert_code(&out, 1);
-    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-    let failures = report["sinks"][0]["failures"].as_array().unwrap();
-    assert!(
-        failures.iter().any(|f| f["op"] == "create"
-            && f["group"] == "ops"
-            && f["error"].as_str().unwrap().contains("adopt = \"never\"")),
-        "{report}"
+    assert_failed(
+        &sync_failures(&w.config),
+        "create",
+        "ops",
+        "adopt = \"never\"",
     );
     assert_eq!(
         w.groups(),

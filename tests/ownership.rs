@@ -177,11 +177,7 @@ fn a_same_name_group_with_a_foreign_external_id_is_not_adopted() {
     assert_eq!(plan["sinks"][0]["summary"]["adopt"], 0, "{plan}");
     assert_eq!(plan["sinks"][0]["summary"]["create"], 1, "{plan}");
     // The unique target refuses the create; the foreign group is neither adopted nor changed.
-    let out = sync(&w.config, &["--output", "json"]);
-    assert_code(&out, 1);
-    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-    let failure = report["sinks"][0]["failures"][0]["error"].as_str().unwrap();
-    assert!(failure.contains("409"), "{report}");
+    assert_failed(&sync_failures(&w.config), "create", "ops", "409");
     let groups = w.groups();
     assert_eq!(groups["ops"], vec![set(&[])], "{groups:?}");
     assert_eq!(w.scim.groups()[0]["id"], foreign.as_str());
@@ -380,15 +376,11 @@ fn with_adopt_never_a_create_conflict_fails_that_group_only() {
     w.slapd.add_group("dev", &[&w.user_dn("alice")]);
     let plan = w.dry_run();
     assert_eq!(plan["sinks"][0]["summary"]["adopt"], 0, "{plan}");
-    let out = sync(&w.config, &["--output", "json"]);
-    assert_code(&out, 1);
-    let report: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-    let failures = report["sinks"][0]["failures"].as_array().unwrap();
-    assert!(
-        failures.iter().any(|f| f["op"] == "create"
-            && f["group"] == "ops"
-            && f["error"].as_str().unwrap().contains("adopt = \"never\"")),
-        "{report}"
+    assert_failed(
+        &sync_failures(&w.config),
+        "create",
+        "ops",
+        "adopt = \"never\"",
     );
     let groups = w.groups();
     assert_eq!(groups["dev"], vec![set(&["alice"])], "{groups:?}");

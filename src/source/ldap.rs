@@ -20,7 +20,7 @@ use super::{
 use crate::config::{GroupsConfig, LdapConfig, UsersConfig};
 
 /// LDAP result codes that mean "success" for a search.
-const RC_SUCCESS: u32 = 0;
+pub(super) const RC_SUCCESS: u32 = 0;
 const RC_REFERRAL: u32 = 10;
 
 /// Opens a connection and binds; used by the read and by `check --connect`.
@@ -132,17 +132,7 @@ pub(super) async fn read(
 ) -> Result<ReadStats, SourceError> {
     let mut ldap = connect(config).await?;
     let mut stats = ReadStats::default();
-    let mut user_attrs = vec![
-        users.id_attribute.clone(),
-        users.username_attribute.clone(),
-        users.email_attribute.clone(),
-    ];
-    if users.exclude_disabled {
-        user_attrs.push("userAccountControl".into());
-    }
-    if groups.ad_primary_group {
-        user_attrs.extend(["objectSid".into(), "primaryGroupID".into()]);
-    }
+    let user_attrs = user_attributes(users, groups);
     let mut failure = None;
     let skipped = search(
         &mut ldap,
@@ -164,15 +154,7 @@ pub(super) async fn read(
         .iter()
         .map(|a| a.to_ascii_lowercase())
         .collect();
-    let mut group_attrs = vec![
-        groups.id_attribute.clone(),
-        groups.name_attribute.clone(),
-        groups.description_attribute.clone(),
-    ];
-    group_attrs.extend(member_attributes.iter().cloned());
-    if groups.ad_primary_group {
-        group_attrs.push("objectSid".into());
-    }
+    let group_attrs = group_attributes(groups);
     let mut ranged: Vec<RawEntry> = Vec::new();
     let skipped = search(
         &mut ldap,
@@ -205,6 +187,40 @@ pub(super) async fn read(
     }
     let _ = ldap.unbind().await;
     Ok(stats)
+}
+
+/// The attributes a read asks for on users (the incremental read asks for the same).
+pub(super) fn user_attributes(users: &UsersConfig, groups: &GroupsConfig) -> Vec<String> {
+    let mut attrs = vec![
+        users.id_attribute.clone(),
+        users.username_attribute.clone(),
+        users.email_attribute.clone(),
+    ];
+    if users.exclude_disabled {
+        attrs.push("userAccountControl".into());
+    }
+    if groups.ad_primary_group {
+        attrs.extend(["objectSid".into(), "primaryGroupID".into()]);
+    }
+    attrs
+}
+
+/// The attributes a read asks for on groups (the incremental read asks for the same).
+pub(super) fn group_attributes(groups: &GroupsConfig) -> Vec<String> {
+    let mut attrs = vec![
+        groups.id_attribute.clone(),
+        groups.name_attribute.clone(),
+        groups.description_attribute.clone(),
+    ];
+    attrs.extend(
+        member_attributes(groups)
+            .iter()
+            .map(|a| a.to_ascii_lowercase()),
+    );
+    if groups.ad_primary_group {
+        attrs.push("objectSid".into());
+    }
+    attrs
 }
 
 /// Runs one paged subtree search, feeding decoded entries to `each`.

@@ -4,6 +4,7 @@
 //! range retrieval cut short is a [`SourceError`], never a shorter list (docs/safety.md rule 1).
 
 pub(crate) mod filter;
+pub mod incremental;
 pub mod ldap;
 pub(crate) mod ldif;
 mod result_code;
@@ -17,7 +18,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::config::{GroupsConfig, LdapConfig, UsersConfig};
 
 /// One entry as read from LDAP or LDIF: attribute names lower-cased, values as raw bytes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawEntry {
     pub dn: String,
     pub attrs: HashMap<String, Vec<Vec<u8>>>,

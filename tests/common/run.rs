@@ -226,3 +226,26 @@ pub fn assert_converged_even_in_full(config: &Path) {
         );
     }
 }
+
+/// Runs `sync --output json`, expects exit 1 (some operations failed), and returns the first
+/// sink's `failures` (each with `op`, `group` and `error`).
+pub fn sync_failures(config: &Path) -> Vec<serde_json::Value> {
+    let out = sync(config, &["--output", "json"]);
+    assert_code(&out, 1);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout_str())
+        .unwrap_or_else(|e| panic!("sync --output json: {e}\n{}", out.describe()));
+    report["sinks"][0]["failures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no failures in {report}"))
+        .clone()
+}
+
+/// Asserts that `failures` hold a failed `op` on `group` whose error contains `text`.
+pub fn assert_failed(failures: &[serde_json::Value], op: &str, group: &str, text: &str) {
+    assert!(
+        failures.iter().any(|f| f["op"] == op
+            && f["group"] == group
+            && f["error"].as_str().is_some_and(|e| e.contains(text))),
+        "no failed {op} of {group} containing {text:?} in {failures:#?}"
+    );
+}

@@ -1,0 +1,312 @@
+//! Incremental reads against a real OpenLDAP slapd with the `syncprov` overlay: RFC 4533
+//! refreshOnly with the cookie and snapshot stored in the state file. An incremental run must
+//! give what a full read gives, and anything it cannot vouch for must fall back to a full read
+//! or fail, never delete.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+const FILTERS: &str = "[groups]\nfilter = \"(objectClass=groupOfNames)\"\n";
+
+/// A slapd with three users and two groups, and a config syncing it into a file sink.
+struct World {
+    slapd: Slapd,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let slapd = Slapd::start();
+        let alice = slapd.add_user("alice", "alice@example.com");
+        let bob = slapd.add_user("bob", "bob@example.com");
+        let carol = slapd.add_user("carol", "carol@example.com");
+        slapd.add_group("eng", &[&alice, &bob]);
+        slapd.add_group("ops", &[&carol]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let world = World { slapd, dir, config };
+        world.write_config("");
+        world
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// Writes the config; `ldap_extra` is appended to `[ldap]` (e.g. `incremental = "off"`).
+    fn write_config(&self, ldap_extra: &str) {
+        let base = ldap_config_toml(&self.slapd, &self.state());
+        let text = base
+            .replacen("\n\n[groups]\n", &format!("\n{ldap_extra}\n\n{FILTERS}"), 1)
+            .replacen(
+                "[users]\n",
+                "[users]\nfilter = \"(objectClass=inetOrgPerson)\"\n",
+                1,
+            );
+        let sink = format!(
+            "{LENIENT_SAFETY}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
+            self.dir.path().join("audit.jsonl").display()
+        );
+        std::fs::write(&self.config, format!("{text}\n{sink}")).unwrap();
+    }
+
+    /// `sync ARGS… --output json`, asserting the exit code; the JSON report.
+    fn sync(&self, args: &[&str], code: i32) -> Value {
+        let out = sync(&self.config, &[args, &["--output", "json"]].concat());
+        assert_code(&out, code);
+        serde_json::from_str(&out.stdout_str())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.describe()))
+    }
+}
+
+fn mode(report: &Value) -> &str {
+    report["read"]["mode"].as_str().unwrap_or_default()
+}
+
+fn operations(report: &Value) -> Vec<(String, String, Vec<String>)> {
+    report["sinks"][0]["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            let members = op["members"]
+                .as_array()
+                .map(|m| m.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            (
+                op["op"].as_str().unwrap().to_string(),
+                op["group"].as_str().unwrap().to_string(),
+                members,
+            )
+        })
+        .collect()
+}
+
+/// The stored snapshot as plain data: (scope, entryUUID) → (DN, attributes), with interned
+/// values looked up (the state file's packed format: LEB128 varints; a value header is
+/// `len << 1` before the bytes, or `string id << 1 | 1`).
+type Dump = BTreeMap<(i64, String), (String, BTreeMap<String, Vec<Vec<u8>>>)>;
+
+fn snapshot_dump(state: &Path) -> Dump {
+    fn varint(bytes: &mut &[u8]) -> u64 {
+        let mut n = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = bytes[0];
+            *bytes = &bytes[1..];
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        n
+    }
+    let db = rusqlite::Connection::open(state).unwrap();
+    let strings: BTreeMap<i64, Vec<u8>> = db
+        .prepare("SELECT id, value FROM snapshot_strings")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut statement = db
+        .prepare("SELECT scope, key, dn, attrs FROM snapshot_entries")
+        .unwrap();
+    let rows = statement
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .unwrap();
+    let mut dump = Dump::new();
+    for row in rows {
+        let (scope, key, dn, blob) = row.unwrap();
+        let mut bytes = blob.as_slice();
+        let mut attrs = BTreeMap::new();
+        for _ in 0..varint(&mut bytes) {
+            let len = varint(&mut bytes) as usize;
+            let name = String::from_utf8(bytes[..len].to_vec()).unwrap();
+            bytes = &bytes[len..];
+            let mut values = Vec::new();
+            for _ in 0..varint(&mut bytes) {
+                let header = varint(&mut bytes);
+                if header & 1 == 1 {
+                    values.push(strings[&((header >> 1) as i64)].clone());
+                } else {
+                    let len = (header >> 1) as usize;
+                    values.push(bytes[..len].to_vec());
+                    bytes = &bytes[len..];
+                }
+            }
+            values.sort();
+            attrs.insert(name, values);
+        }
+        let dn = String::from_utf8(strings[&dn].clone()).unwrap();
+        dump.insert((scope, key), (dn, attrs));
+    }
+    dump
+}
+
+#[test]
+fn incremental_runs_read_only_changes_and_match_a_full_read() {
+    let w = World::new();
+    let slapd = &w.slapd;
+    let first = w.sync(&[], 0);
+    assert_eq!(mode(&first), "full", "no snapshot yet: {first}");
+    assert_eq!(first["read"]["users"], 3);
+    assert_eq!(operations(&first).len(), 4, "{first}"); // 2 creates, 2 member_adds
+
+    // Nothing changed: an incremental read that reads nothing.
+    let quiet = w.sync(&[], 0);
+    assert_eq!(mode(&quiet), "incremental", "{quiet}");
+    assert_eq!(quiet["read"]["changes"], 0, "{quiet}");
+    assert_eq!(
+        (
+            quiet["read"]["users"].clone(),
+            quiet["read"]["groups"].clone()
+        ),
+        (3.into(), 2.into())
+    );
+    assert!(operations(&quiet).is_empty(), "{quiet}");
+
+    // Adds, modifications, a rename, a membership removal and deletions.
+    let people = slapd.people_dn();
+    let groups = slapd.groups_dn();
+    let dave = slapd.add_user("dave", "dave@example.com");
+    let eng = format!("cn=eng,{groups}");
+    slapd.add_member(&eng, &dave);
+    slapd.remove_member(&eng, &format!("uid=bob,{people}"));
+    slapd.modify(&format!(
+        "dn: uid=alice,{people}\nchangetype: modify\nreplace: mail\nmail: alice@new.example.com\n"
+    ));
+    slapd.rename(&format!("cn=ops,{groups}"), "cn=operations");
+    slapd.delete(&[&format!("uid=bob,{people}")]);
+    slapd.add_group("data", &[&format!("uid=carol,{people}")]);
+
+    let changed = w.sync(&[], 0);
+    assert_eq!(mode(&changed), "incremental", "{changed}");
+    assert_eq!(changed["read"]["users"], 3, "alice, carol, dave: {changed}");
+    assert_eq!(changed["read"]["groups"], 3, "{changed}");
+    let mut ops = operations(&changed);
+    ops.sort();
+    assert_eq!(
+        ops,
+        vec![
+            ("create".into(), "data".into(), vec![]),
+            ("member_add".into(), "data".into(), vec!["carol".into()]),
+            ("member_add".into(), "eng".into(), vec!["dave".into()]),
+            ("member_remove".into(), "eng".into(), vec!["bob".into()]),
+            ("update".into(), "operations".into(), vec![]),
+        ],
+        "{changed}"
+    );
+    let incremental = snapshot_dump(&w.state());
+    assert_eq!(incremental.len(), 6, "{incremental:?}");
+
+    // A full read of the same directory stores the same snapshot and plans nothing.
+    let full = w.sync(&["--full"], 0);
+    assert_eq!(mode(&full), "full", "{full}");
+    assert!(operations(&full).is_empty(), "{full}");
+    assert_eq!(snapshot_dump(&w.state()), incremental);
+
+    // The text header says how the directory was read.
+    let text = sync(&w.config, &[]);
+    assert_code(&text, 0);
+    assert!(
+        text.stdout_str()
+            .starts_with("Sync: read 3 users and 3 groups in ")
+            && text
+                .stdout_str()
+                .contains("s (incremental read: 0 changed entries)"),
+        "{}",
+        text.describe()
+    );
+
+    // A dry run reads incrementally too and writes nothing.
+    let before = std::fs::read(w.state()).unwrap();
+    let dry = w.sync(&["--dry-run"], 0);
+    assert_eq!(mode(&dry), "incremental", "{dry}");
+    assert_eq!(std::fs::read(w.state()).unwrap(), before);
+}
+
+#[test]
+fn incremental_reads_fall_back_to_full_reads_and_never_delete_on_doubt() {
+    let w = World::new();
+    let slapd = &w.slapd;
+    assert_eq!(mode(&w.sync(&[], 0)), "full");
+
+    // `incremental = "off"`, then a changed filter: full reads (the snapshot is pinned).
+    w.write_config("incremental = \"off\"");
+    assert_eq!(mode(&w.sync(&[], 0)), "full");
+    assert!(
+        snapshot_dump(&w.state()).is_empty(),
+        "off forgets the snapshot"
+    );
+    w.write_config("");
+    assert_eq!(mode(&w.sync(&[], 0)), "full");
+    assert_eq!(mode(&w.sync(&[], 0)), "incremental");
+    std::fs::write(
+        &w.config,
+        std::fs::read_to_string(&w.config).unwrap().replace(
+            "(objectClass=groupOfNames)",
+            "(&(objectClass=groupOfNames)(cn=*))",
+        ),
+    )
+    .unwrap();
+    assert_eq!(mode(&w.sync(&[], 0)), "full", "the filter changed");
+    assert_eq!(mode(&w.sync(&[], 0)), "incremental");
+
+    // A cookie the server rejects (newer than its own state, as after restoring the server
+    // from a backup): the run reads in full and ends with the directory's true state.
+    let db = rusqlite::Connection::open(w.state()).unwrap();
+    db.execute(
+        "UPDATE snapshot_source SET groups_cookie = CAST('rid=000,csn=29991231000000.000000Z#000000#000#000000' AS BLOB)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let groups = slapd.groups_dn();
+    slapd.delete(&[&format!("cn=ops,{groups}")]);
+    let after_bad_cookie = w.sync(&[], 0);
+    assert_eq!(mode(&after_bad_cookie), "full", "{after_bad_cookie}");
+    let ops = operations(&after_bad_cookie);
+    assert_eq!(ops.len(), 1, "{after_bad_cookie}");
+    assert_eq!(ops[0].0, "delete", "{after_bad_cookie}");
+    assert!(operations(&w.sync(&["--dry-run", "--full"], 0)).is_empty());
+
+    // Every group deleted: the incremental result would empty the scope, so the run reads in
+    // full, which finds zero groups while the ledger holds one: exit 1, nothing deleted.
+    slapd.delete(&[&format!("cn=eng,{groups}")]);
+    let emptied = w.sync(&[], 1);
+    assert!(
+        emptied["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no entries"),
+        "{emptied}"
+    );
+    let audit = std::fs::read_to_string(w.dir.path().join("audit.jsonl")).unwrap();
+    let deletes = audit
+        .lines()
+        .filter(|l| l.contains("\"op\":\"delete\""))
+        .count();
+    assert_eq!(deletes, 1, "only ops was deleted:\n{audit}");
+    // The snapshot did not move: the next run still sees the change, and refuses it again.
+    assert_eq!(
+        snapshot_dump(&w.state())
+            .keys()
+            .filter(|(scope, _)| *scope == 1)
+            .count(),
+        1
+    );
+    w.sync(&[], 1);
+}
