@@ -536,18 +536,7 @@ mod tests {
     use super::*;
 
     fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> RawEntry {
-        RawEntry {
-            dn: dn.into(),
-            attrs: attrs
-                .iter()
-                .map(|(k, vs)| {
-                    (
-                        k.to_ascii_lowercase(),
-                        vs.iter().map(|v| v.as_bytes().to_vec()).collect(),
-                    )
-                })
-                .collect(),
-        }
+        RawEntry::for_test(dn, attrs)
     }
 
     fn configs(nested: NestedMode, member: &str) -> (GroupsConfig, UsersConfig) {

@@ -205,6 +205,39 @@ fn schedule(cron: &str, run_on_start: bool, port: u16, max_age: Option<u64>) -> 
     s
 }
 
+/// A `NOTIFY_SOCKET` for the daemon, and every notification it sent so far.
+struct Notifications {
+    socket: std::os::unix::net::UnixDatagram,
+    path: String,
+    seen: String,
+}
+
+impl Notifications {
+    fn bind(dir: &Path) -> Notifications {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let path = path.display().to_string();
+        Notifications {
+            socket,
+            path,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits up to 200 ms for one more notification; returns all seen, one per line.
+    fn poll(&mut self) -> &str {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = self.socket.recv(&mut buf) {
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            self.seen.push('\n');
+        }
+        &self.seen
+    }
+}
+
 fn promtool_check(metrics_text: &str) {
     run_ok(
         &format!("promtool check metrics on\n{metrics_text}\n---"),
@@ -583,31 +616,23 @@ fn one_second_cron_keeps_firing_without_overlap_and_json_logs() {
 
 #[test]
 fn systemd_notifications_ready_status_and_watchdog() {
-    use std::os::unix::net::UnixDatagram;
     let env = env_with_directory(1);
     let port = free_port();
-    let socket_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let mut notes = Notifications::bind(env.dir.path());
     let config = env.config(&format!(
         "{}{}",
         schedule("0 0 0 1 1 *", true, port, None),
         file_sink(&env.dir.path().join("ops.jsonl"))
     ));
-    let socket_env = socket_path.display().to_string();
     let mut d = DaemonProc::start(
         &config,
         port,
         &[],
         &[
-            ("NOTIFY_SOCKET", socket_env.as_str()),
+            ("NOTIFY_SOCKET", notes.path.as_str()),
             ("WATCHDOG_USEC", "600000"),
         ],
     );
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(20);
     wait_until(
         Duration::from_secs(30),
@@ -615,18 +640,17 @@ fn systemd_notifications_ready_status_and_watchdog() {
         || {
             assert!(
                 Instant::now() < deadline,
-                "notifications so far:\n{seen}\nlog:\n{}",
+                "notifications so far:\n{}\nlog:\n{}",
+                notes.seen,
                 d.log_text()
             );
-            if let Ok(n) = socket.recv(&mut buf) {
-                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-                seen.push('\n');
-            }
+            let seen = notes.poll();
             seen.contains("READY=1")
                 && seen.contains("STATUS=last run")
                 && seen.matches("WATCHDOG=1").count() >= 2
         },
     );
+    let seen = &notes.seen;
     assert!(seen.contains("success (audit=success)"), "{seen}");
     assert!(d.terminate().success());
 }
@@ -716,17 +740,12 @@ fn read_only_commands_and_an_approved_plan_beside_a_running_daemon() {
 
 #[test]
 fn a_slow_run_reports_progress_in_status_and_metrics() {
-    use std::os::unix::net::UnixDatagram;
     let groups = 8;
     let env = env_with_directory(groups);
     let scim = ScimServer::start(false);
     let proxy = SlowProxy::start(scim.port(), Duration::from_millis(150));
     let port = free_port();
-    let socket_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let mut notes = Notifications::bind(env.dir.path());
     let config = env.config(&format!(
         "{}{}",
         schedule("0 0 0 1 1 *", true, port, None),
@@ -735,25 +754,19 @@ fn a_slow_run_reports_progress_in_status_and_metrics() {
             &env.token_file(&scim)
         )
     ));
-    let socket_env = socket_path.display().to_string();
     let d = DaemonProc::start(
         &config,
         port,
         &[],
         &[
-            ("NOTIFY_SOCKET", socket_env.as_str()),
+            ("NOTIFY_SOCKET", notes.path.as_str()),
             ("LDAPSYNC_PROGRESS_INTERVAL_MS", "100"),
         ],
     );
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
     wait_until(Duration::from_secs(60), "the run to end", || {
-        if let Ok(n) = socket.recv(&mut buf) {
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            seen.push('\n');
-        }
-        seen.contains("STATUS=last run")
+        notes.poll().contains("STATUS=last run")
     });
+    let seen = &notes.seen;
     let progress: Vec<&str> = seen
         .lines()
         .filter(|l| l.starts_with("STATUS=sync run in progress: progress: "))

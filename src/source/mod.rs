@@ -24,6 +24,24 @@ pub struct RawEntry {
     pub attrs: HashMap<String, Vec<Vec<u8>>>,
 }
 
+#[cfg(test)]
+impl RawEntry {
+    /// An entry with these attributes (names lower-cased, values as UTF-8 bytes).
+    pub(crate) fn for_test(dn: &str, attrs: &[(&str, &[&str])]) -> RawEntry {
+        let attrs = attrs
+            .iter()
+            .map(|(name, values)| {
+                let values = values.iter().map(|v| v.as_bytes().to_vec()).collect();
+                (name.to_ascii_lowercase(), values)
+            })
+            .collect();
+        RawEntry {
+            dn: dn.into(),
+            attrs,
+        }
+    }
+}
+
 impl RawEntry {
     pub fn values(&self, attribute: &str) -> &[Vec<u8>] {
         let found = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {

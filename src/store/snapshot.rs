@@ -321,18 +321,7 @@ mod tests {
     use super::*;
 
     fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> RawEntry {
-        RawEntry {
-            dn: dn.into(),
-            attrs: attrs
-                .iter()
-                .map(|(k, vs)| {
-                    (
-                        k.to_string(),
-                        vs.iter().map(|v| v.as_bytes().to_vec()).collect(),
-                    )
-                })
-                .collect(),
-        }
+        RawEntry::for_test(dn, attrs)
     }
 
     fn scope(entries: &[(&str, RawEntry)], cookie: &[u8]) -> ScopeSnapshot {

@@ -233,11 +233,9 @@ impl LdapServer for Ds389 {
     const BASE_DN: &'static str = BASE_DN;
     const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
 
-    /// Bound as the Directory Manager, ignoring ldap.conf/.ldaprc.
+    /// Bound as the Directory Manager.
     fn ldap_tool(&self, name: &str) -> Command {
-        let mut cmd = ldap_command(name, &self.url(), ROOT_DN, ROOT_PASSWORD);
-        cmd.env("LDAPNOINIT", "1");
-        cmd
+        ldap_command(name, &self.url(), ROOT_DN, ROOT_PASSWORD)
     }
 
     /// ns-slapd's stdout/stderr.

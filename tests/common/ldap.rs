@@ -151,10 +151,12 @@ pub trait LdapServer {
 }
 
 /// `name -x -H url -D bind_dn -w password -o nettimeout=10`.
+/// An ldap-utils command bound with a simple bind, ignoring ldap.conf/.ldaprc (`LDAPNOINIT`).
 pub(super) fn ldap_command(name: &str, url: &str, bind_dn: &str, password: &str) -> Command {
     let mut cmd = Command::new(name);
     cmd.args(["-x", "-H", url, "-D", bind_dn, "-w", password])
-        .args(["-o", "nettimeout=10"]);
+        .args(["-o", "nettimeout=10"])
+        .env("LDAPNOINIT", "1");
     cmd
 }
 

@@ -288,11 +288,9 @@ impl LdapServer for Slapd {
     const BASE_DN: &'static str = BASE_DN;
     const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
-    /// Bound as the admin to `url()`, ignoring ldap.conf/.ldaprc.
+    /// Bound as the admin to `url()`.
     fn ldap_tool(&self, name: &str) -> Command {
-        let mut cmd = ldap_command(name, &self.url(), ADMIN_DN, ADMIN_PASSWORD);
-        cmd.env("LDAPNOINIT", "1");
-        cmd
+        ldap_command(name, &self.url(), ADMIN_DN, ADMIN_PASSWORD)
     }
 
     /// slapd's stderr (debug level `stats` unless `LDAPSYNC_TEST_SLAPD_DEBUG` says otherwise).
