@@ -16,6 +16,7 @@ for size in $sizes; do
     LDAPSYNC_BENCH_USERS=$users LDAPSYNC_BENCH_GROUPS=$groups LDAPSYNC_BENCH_MEMBERS_PER_GROUP=$per_group \
         cargo test --release --locked --test bench -- --ignored --nocapture 2>&1 | grep '^BENCH' | tee -a "$out"
 done
+analysis=$(sed -n '/^## Analysis/,$p' docs/benchmarks.md 2>/dev/null || true)
 {
     echo "# Benchmarks"
     echo
@@ -27,5 +28,6 @@ done
     echo '```'
     cat "$out"
     echo '```'
+    if [ -n "$analysis" ]; then echo; echo "$analysis"; fi
 } > docs/benchmarks.md
 echo "wrote docs/benchmarks.md"

@@ -40,10 +40,12 @@ pub async fn read_with_snapshot(
     groups: &GroupsConfig,
     stored: Option<Snapshot>,
     full: bool,
+    record: bool,
 ) -> Result<(Directory, SnapshotRead), SourceError> {
     let started = std::time::Instant::now();
     let mut builder = DirectoryBuilder::new(groups, users);
-    let read = source::incremental::read(ldap, users, groups, stored, full, &mut builder).await?;
+    let read =
+        source::incremental::read(ldap, users, groups, stored, full, record, &mut builder).await?;
     let read_seconds = started.elapsed().as_secs_f64();
     let mut directory = builder.finish();
     directory

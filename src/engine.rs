@@ -620,8 +620,10 @@ async fn read<S>(
         config.groups.clone(),
         options.full,
     );
+    // Only a run that stores the snapshot records one (a dry run stores nothing).
+    let record = store.is_some() && !options.dry_run;
     let handle = tokio::spawn(async move {
-        directory::read_with_snapshot(&ldap, &users, &groups, stored, full).await
+        directory::read_with_snapshot(&ldap, &users, &groups, stored, full, record).await
     });
     let (directory, read) = match handle.await {
         Ok(read) => read?,

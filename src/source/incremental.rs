@@ -164,14 +164,16 @@ pub enum IncrementalError {
 }
 
 /// Reads the configured scopes into `sink`: incrementally from `stored` when it matches this
-/// configuration and the run is not `full`, else the whole directory (recording a new snapshot
-/// when the server offers content synchronization).
+/// configuration and the run is not `full`, else the whole directory (recording a new snapshot,
+/// when `record` and the server offers content synchronization: a dry run records nothing, as it
+/// stores nothing).
 pub async fn read(
     ldap: &LdapConfig,
     users: &UsersConfig,
     groups: &GroupsConfig,
     stored: Option<Snapshot>,
     full: bool,
+    record: bool,
     sink: &mut impl EntrySink,
 ) -> Result<SnapshotRead, SourceError> {
     if let Some(why) = ineligible(ldap, users, groups) {
@@ -215,9 +217,15 @@ pub async fn read(
         },
         None => {}
     }
-    let cookies = match prime(ldap, users, groups).await {
-        Ok(cookies) => Some(cookies),
-        Err(e) => {
+    let primed = if record {
+        Some(prime(ldap, users, groups).await)
+    } else {
+        None
+    };
+    let cookies = match primed {
+        None => None,
+        Some(Ok(cookies)) => Some(cookies),
+        Some(Err(e)) => {
             tracing::info!(error = %e, "no sync cookie: the next run reads the whole directory too");
             None
         }
