@@ -620,8 +620,9 @@ async fn read<S>(
         config.groups.clone(),
         options.full,
     );
-    // Only a run that stores the snapshot records one (a dry run stores nothing).
-    let record = store.is_some() && !options.dry_run;
+    // Only a run that stores the snapshot records one: a real run, whose state file is open or
+    // is created once the read is accepted (a dry run stores nothing).
+    let record = !options.dry_run && (store.is_some() || options.create_state.is_some());
     let handle = tokio::spawn(async move {
         directory::read_with_snapshot(&ldap, &users, &groups, stored, full, record).await
     });
