@@ -111,13 +111,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                     members: remove,
                 }));
             }
-            if !missing.is_empty() {
-                unmapped.push(Unmapped {
-                    group: group.name.clone(),
-                    source_id: group.id.clone(),
-                    members: missing,
-                });
-            }
+            push_unmapped(&mut unmapped, group, missing);
             continue;
         }
         if let (Some(recorded), Some(id), Some(actual)) = (recorded, &target_id, &view.actual)
@@ -140,13 +134,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                 batches,
                 &mut resync,
             );
-            if !missing.is_empty() {
-                unmapped.push(Unmapped {
-                    group: group.name.clone(),
-                    source_id: group.id.clone(),
-                    members: missing,
-                });
-            }
+            push_unmapped(&mut unmapped, group, missing);
             continue;
         }
         let spec = spec_of_group(group, target_id.clone());
@@ -188,13 +176,7 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
                 }
             }
         }
-        if !lost.is_empty() {
-            unmapped.push(Unmapped {
-                group: group.name.clone(),
-                source_id: group.id.clone(),
-                members: lost,
-            });
-        }
+        push_unmapped(&mut unmapped, group, lost);
         if !added.is_empty() {
             adds.push(op(Operation::MemberAdd {
                 group: spec.clone(),
@@ -568,6 +550,17 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
                 }
             }
         }
+    }
+}
+
+/// Lists `group`'s members that map to no target user, if any.
+fn push_unmapped(unmapped: &mut Vec<Unmapped>, group: &Group, members: Vec<String>) {
+    if !members.is_empty() {
+        unmapped.push(Unmapped {
+            group: group.name.clone(),
+            source_id: group.id.clone(),
+            members,
+        });
     }
 }
 

@@ -390,12 +390,8 @@ impl GroupApi for ForgeRockSink {
             return Ok(None);
         }
         let group: Value = response.success()?.json()?;
-        let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_string);
-        Ok(Some(ActualGroup {
-            name: text("name").unwrap_or_default(),
-            description: Some(text("description").filter(|d| !d.is_empty())),
-            members: self.group_members(id).await?,
-        }))
+        let members = self.group_members(id).await?;
+        Ok(Some(target::actual_group(&group, members)))
     }
 
     /// One paged query of every managed group (`_queryFilter=true`).

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::SinkError;
 use super::http::{HttpClient, HttpError};
 use super::lifecycle::{Created, OpError};
+use crate::model::ActualGroup;
 use crate::secret::SecretError;
 
 /// No listing fetches more pages than this, whatever the target answers.
@@ -54,6 +55,17 @@ pub fn created(answer: &Value, key: &str) -> Result<Created, OpError> {
     match answer.get(key).and_then(Value::as_str) {
         Some(id) => Ok(Created::Id(id.to_string())),
         None => Err(format!("the create answer has no {key:?}").into()),
+    }
+}
+
+/// A group as a full reconcile read it: `name` and `description` of the target's JSON (an empty
+/// description is none), with the members read separately.
+pub fn actual_group(group: &Value, members: Vec<(String, String)>) -> ActualGroup {
+    let text = |key: &str| group.get(key).and_then(Value::as_str).map(str::to_string);
+    ActualGroup {
+        name: text("name").unwrap_or_default(),
+        description: Some(text("description").filter(|d| !d.is_empty())),
+        members,
     }
 }
 
