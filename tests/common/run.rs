@@ -53,15 +53,8 @@ pub fn run_ldapsync(config: &Path, args: &[&str]) -> Output {
 
 /// [`run_ldapsync`] with extra environment variables.
 pub fn run_ldapsync_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(ldapsync_bin());
-    cmd.env_remove("LDAPSYNC_CONFIG")
-        .arg("--config")
-        .arg(config)
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    run_with_timeout(&mut cmd, None, Duration::from_secs(300))
+    let config = config.to_str().expect("a UTF-8 config path");
+    run_ldapsync_in(&[&["--config", config][..], args].concat(), None, env)
 }
 
 /// [`run_ldapsync`] with `hosts` (address, name) added to the `/etc/hosts` that this one process
