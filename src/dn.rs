@@ -4,7 +4,7 @@
 //! values are lower-cased, and multi-valued RDNs are sorted.
 
 /// Canonical form of `dn`, suitable as a map key. Never fails: input that is not a valid DN
-/// is lower-cased and trimmed, so it simply matches nothing.
+/// is lower-cased and trimmed of spaces, so it simply matches nothing.
 pub fn normalize(dn: &str) -> String {
     // Most DNs need no unescaping or re-escaping: lower-casing them is the canonical form.
     if is_plain(dn) {
@@ -26,7 +26,7 @@ fn normalize_parsed(dn: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join(","),
-        None => dn.trim().to_lowercase(),
+        None => dn.trim_matches(' ').to_lowercase(),
     }
 }
 
@@ -100,7 +100,8 @@ fn parse(dn: &str) -> Option<Vec<Rdn>> {
 }
 
 fn parse_preserving_case(dn: &str) -> Option<Vec<Rdn>> {
-    let bytes = dn.trim().as_bytes();
+    // RFC 4514 allows spaces (not other whitespace) around a DN; a tab is part of a value.
+    let bytes = dn.trim_matches(' ').as_bytes();
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -121,7 +122,7 @@ fn parse_preserving_case(dn: &str) -> Option<Vec<Rdn>> {
         }
         let attr = std::str::from_utf8(&bytes[start..i])
             .ok()?
-            .trim()
+            .trim_matches(' ')
             .to_string();
         if attr.is_empty() {
             return None;
