@@ -25,7 +25,7 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
 # Without it, a time-bounded run from a random seed explores new ground (for local hunting).
 if [ -n "${FUZZ_RUNS:-}" ]; then
     budget=(-runs="$FUZZ_RUNS" -seed="${FUZZ_SEED:-1}" -max_total_time=900)
-    budget_text="$FUZZ_RUNS inputs from seed ${FUZZ_SEED:-1}"
+    budget_text="from seed ${FUZZ_SEED:-1}"
 else
     budget=(-max_total_time="$FUZZ_SECONDS")
     budget_text="${FUZZ_SECONDS}s"

@@ -29,8 +29,8 @@ use tokio::sync::Mutex;
 
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    self, AdoptPolicy, Created, GroupApi, Membership, OpError, Outcome, Prepared, TargetGroup,
-    UserKey,
+    self, AdoptPolicy, Created, GroupApi, MemberChange, Membership, OpError, Outcome, Prepared,
+    TargetGroup, UserKey,
 };
 use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
@@ -865,50 +865,38 @@ impl GroupApi for ConnectApi<'_> {
         })
     }
 
-    /// `POST /v1/groups/{guid}/members {user_guid}`; code 16 (already a member) is success.
-    async fn add_members(
+    /// Adds with `POST /v1/groups/{guid}/members {user_guid}` (code 16, already a member, is
+    /// success); removes with `DELETE /v1/groups/{guid}/members/{user guid}` (404 code 17, not a
+    /// member, or 9, no such user, is success).
+    async fn change_members(
         &self,
+        change: MemberChange,
         guid: &str,
         _: &GroupSpec,
         _: &(),
         chunk: &[MemberRef],
     ) -> Result<Outcome, OpError> {
-        let path = format!("/v1/groups/{guid}/members");
+        let members = format!("/v1/groups/{guid}/members");
+        let http = &self.sink.http;
         for user_guid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            let body = Body::json(&json!({"user_guid": user_guid}));
-            let r = self
-                .sink
-                .http
-                .send(Method::POST, &path, &[], Some(&body))
-                .await?;
-            match error_code(&r.body) {
-                _ if r.is_success() => {}
-                Some(16) => {}
-                _ => return self.member_refusal(r),
-            }
-        }
-        Ok(Outcome::Done)
-    }
-
-    /// `DELETE /v1/groups/{guid}/members/{user guid}`; 404 code 17 (not a member) or 9 (no such
-    /// user) is success.
-    async fn remove_members(
-        &self,
-        guid: &str,
-        _: &GroupSpec,
-        _: &(),
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
-        for user_guid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            let path = format!("/v1/groups/{guid}/members/{user_guid}");
-            let r = self
-                .sink
-                .http
-                .send(Method::DELETE, &path, &[], None)
-                .await?;
-            let group_gone = matches!(error_code(&r.body), Some(4 | 153));
-            if group_gone || !(r.is_success() || r.status.as_u16() == 404) {
-                return self.member_refusal(r);
+            let done = match change {
+                MemberChange::Add => {
+                    let body = Body::json(&json!({"user_guid": user_guid}));
+                    let r = http.send(Method::POST, &members, &[], Some(&body)).await?;
+                    (r.is_success() || error_code(&r.body) == Some(16), r)
+                }
+                MemberChange::Remove => {
+                    let path = format!("{members}/{user_guid}");
+                    let r = http.send(Method::DELETE, &path, &[], None).await?;
+                    let group_gone = matches!(error_code(&r.body), Some(4 | 153));
+                    (
+                        !group_gone && (r.is_success() || r.status.as_u16() == 404),
+                        r,
+                    )
+                }
+            };
+            if let (false, refused) = done {
+                return self.member_refusal(refused);
             }
         }
         Ok(Outcome::Done)

@@ -30,8 +30,8 @@ use super::http::{
     self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    AdoptPolicy, Created, GroupApi, GroupSink, Membership, OpError, Outcome, TargetGroup,
-    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, MemberChange, Membership, OpError, Outcome,
+    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, Page, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind};
@@ -530,45 +530,44 @@ impl GroupApi for ForgeRockSink {
         }
     }
 
-    /// `POST …/members?_action=create {"_ref"}`, unless the user is already a member.
-    async fn add_members(
+    /// Adds with `POST …/members?_action=create {"_ref"}` unless the user is already a member;
+    /// removes with `DELETE …/members/<relationship id>` for each relationship of the user.
+    async fn change_members(
         &self,
+        change: MemberChange,
         id: &str,
         _: &GroupSpec,
         current: &Self::Members,
         chunk: &[MemberRef],
     ) -> Result<Outcome, OpError> {
-        let path = format!("{}/{id}/members", self.group_path);
+        let members = format!("{}/{id}/members", self.group_path);
         let user_object = self.config.object("user");
         for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            if current.contains_key(user_id) {
-                continue;
-            }
-            let body = Body::json(&json!({
-                "_ref": format!("managed/{user_object}/{user_id}"),
-                "_refProperties": {},
-            }));
-            self.http
-                .send(Method::POST, &path, &[("_action", "create")], Some(&body))
-                .await?
-                .success()?;
-        }
-        Ok(Outcome::Done)
-    }
-
-    /// `DELETE …/members/<relationship id>` for each relationship of the user (none: done).
-    async fn remove_members(
-        &self,
-        id: &str,
-        _: &GroupSpec,
-        current: &Self::Members,
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
-        for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            for rel in current.get(user_id).into_iter().flatten() {
-                let path = format!("{}/{id}/members/{rel}", self.group_path);
-                // 404: the relationship is gone already.
-                outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
+            let relationships = current.get(user_id).into_iter().flatten();
+            match change {
+                MemberChange::Add if current.contains_key(user_id) => {}
+                MemberChange::Add => {
+                    let body = Body::json(&json!({
+                        "_ref": format!("managed/{user_object}/{user_id}"),
+                        "_refProperties": {},
+                    }));
+                    self.http
+                        .send(
+                            Method::POST,
+                            &members,
+                            &[("_action", "create")],
+                            Some(&body),
+                        )
+                        .await?
+                        .success()?;
+                }
+                MemberChange::Remove => {
+                    for rel in relationships {
+                        let path = format!("{members}/{rel}");
+                        // 404: the relationship is gone already.
+                        outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
+                    }
+                }
             }
         }
         Ok(Outcome::Done)

@@ -400,23 +400,22 @@ pub trait GroupApi: Send + Sync {
         Ok(Membership::Managed(Self::Members::default()))
     }
 
-    /// Adds one chunk of members (each with its `target_id`) to group `id`.
-    async fn add_members(
+    /// Adds or removes one chunk of members (each with its `target_id`) of group `id`.
+    async fn change_members(
         &self,
+        change: MemberChange,
         id: &str,
         group: &GroupSpec,
         current: &Self::Members,
         chunk: &[MemberRef],
     ) -> Result<Outcome, OpError>;
+}
 
-    /// Removes one chunk of members (each with its `target_id`) from group `id`.
-    async fn remove_members(
-        &self,
-        id: &str,
-        group: &GroupSpec,
-        current: &Self::Members,
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError>;
+/// What [`GroupApi::change_members`] does with its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Add,
+    Remove,
 }
 
 /// The default [`GroupApi::prepare_create`]: a resumed create adopts what
@@ -1048,6 +1047,11 @@ async fn change_members<A: GroupApi + ?Sized>(
     skipped: &mut Skipped,
 ) -> Result<(), SinkError> {
     let adding = kind == OpKind::MemberAdd;
+    let change = if adding {
+        MemberChange::Add
+    } else {
+        MemberChange::Remove
+    };
     let count = members.len() as u64;
     let Some(id) = ops.recorder.target_id(group) else {
         let why = if adding {
@@ -1098,12 +1102,10 @@ async fn change_members<A: GroupApi + ?Sized>(
     }
     let mut left = mapped.len() as u64;
     for chunk in mapped.chunks(api.member_chunk_size().max(1)) {
-        let answer = if adding {
-            api.add_members(&id, group, &current, chunk).await
-        } else {
-            api.remove_members(&id, group, &current, chunk).await
-        };
-        match answer {
+        match api
+            .change_members(change, &id, group, &current, chunk)
+            .await
+        {
             Ok(Outcome::Done) => {
                 done.extend_from_slice(chunk);
                 if done.len() >= RECORD_BATCH {
@@ -1336,25 +1338,21 @@ mod tests {
             }
             Ok(self.users.get(&member.username).cloned())
         }
-        async fn add_members(
+        async fn change_members(
             &self,
+            change: MemberChange,
             id: &str,
             _: &GroupSpec,
             _: &(),
             chunk: &[MemberRef],
         ) -> Result<Outcome, OpError> {
-            let ids: Vec<_> = chunk.iter().filter_map(|m| m.target_id.clone()).collect();
-            self.log(format!("add {id} {}", ids.join(",")));
-            Ok(Outcome::Done)
-        }
-        async fn remove_members(
-            &self,
-            id: &str,
-            _: &GroupSpec,
-            _: &(),
-            chunk: &[MemberRef],
-        ) -> Result<Outcome, OpError> {
-            self.log(format!("remove {id} {}", chunk.len()));
+            self.log(match change {
+                MemberChange::Add => {
+                    let ids: Vec<_> = chunk.iter().filter_map(|m| m.target_id.clone()).collect();
+                    format!("add {id} {}", ids.join(","))
+                }
+                MemberChange::Remove => format!("remove {id} {}", chunk.len()),
+            });
             Ok(Outcome::Done)
         }
     }

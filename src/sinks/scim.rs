@@ -20,8 +20,8 @@ use tokio::sync::Mutex;
 use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    AdoptPolicy, Created, FILTER_VALUES, GroupApi, GroupSink, OpError, Outcome, TargetGroup,
-    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
+    AdoptPolicy, Created, FILTER_VALUES, GroupApi, GroupSink, MemberChange, OpError, Outcome,
+    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef};
@@ -505,55 +505,43 @@ impl GroupApi for ScimSink {
         )
     }
 
-    async fn add_members(
+    /// A PATCH (`add` with the members, or one `remove` per member), or a PUT of the whole
+    /// group where the target has no PATCH.
+    async fn change_members(
         &self,
-        id: &str,
-        _: &GroupSpec,
-        _: &(),
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
-        let response = if self.patch_supported().await {
-            let value: Vec<Value> = chunk
-                .iter()
-                .map(|m| json!({"value": m.target_id, "display": m.username}))
-                .collect();
-            let body = patch(vec![
-                json!({"op": "add", "path": "members", "value": value}),
-            ]);
-            self.http
-                .send(Method::PATCH, &format!("/Groups/{id}"), &[], Some(&body))
-                .await?
-        } else {
-            self.put_group(id, None, &target_ids(chunk), &[]).await?
-        };
-        outcome(response)
-    }
-
-    async fn remove_members(
-        &self,
+        change: MemberChange,
         id: &str,
         _: &GroupSpec,
         _: &(),
         chunk: &[MemberRef],
     ) -> Result<Outcome, OpError> {
         let ids = target_ids(chunk);
-        let response = if self.patch_supported().await {
-            let operations = ids
+        if !self.patch_supported().await {
+            let (add, remove) = match change {
+                MemberChange::Add => (&ids[..], &[][..]),
+                MemberChange::Remove => (&[][..], &ids[..]),
+            };
+            return outcome(self.put_group(id, None, add, remove).await?);
+        }
+        let operations = match change {
+            MemberChange::Add => {
+                let value: Vec<Value> = chunk
+                    .iter()
+                    .map(|m| json!({"value": m.target_id, "display": m.username}))
+                    .collect();
+                vec![json!({"op": "add", "path": "members", "value": value})]
+            }
+            MemberChange::Remove => ids
                 .iter()
                 .map(|uid| json!({"op": "remove", "path": format!("members[value eq {}]", quote(uid))}))
-                .collect();
-            self.http
-                .send(
-                    Method::PATCH,
-                    &format!("/Groups/{id}"),
-                    &[],
-                    Some(&patch(operations)),
-                )
-                .await?
-        } else {
-            self.put_group(id, None, &[], &ids).await?
+                .collect(),
         };
-        outcome(response)
+        let body = patch(operations);
+        outcome(
+            self.http
+                .send(Method::PATCH, &format!("/Groups/{id}"), &[], Some(&body))
+                .await?,
+        )
     }
 }
 

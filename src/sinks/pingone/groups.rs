@@ -23,8 +23,8 @@ use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
-    AdoptPolicy, Created, GroupApi, GroupSink, OpError, Outcome, TargetGroup, UserCache, UserKey,
-    id_values, ids, map_by_filter, outcome,
+    AdoptPolicy, Created, GroupApi, GroupSink, MemberChange, OpError, Outcome, TargetGroup,
+    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
 
@@ -320,9 +320,11 @@ impl GroupApi for PingOneGroupsSink {
         self.users.lookup(&self.name, member, matched, find).await
     }
 
-    /// `POST /users/{uid}/memberOfGroups`; a duplicate membership is success.
-    async fn add_members(
+    /// Adds with `POST /users/{uid}/memberOfGroups` (a duplicate membership is success); removes
+    /// with `DELETE /users/{uid}/memberOfGroups/{gid}` (404, not a member, is success).
+    async fn change_members(
         &self,
+        change: MemberChange,
         gid: &str,
         _: &GroupSpec,
         _: &(),
@@ -330,34 +332,22 @@ impl GroupApi for PingOneGroupsSink {
     ) -> Result<Outcome, OpError> {
         let body = Body::json(&json!({"id": gid}));
         for uid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            let path = format!("/users/{}/memberOfGroups", urlencoding::encode(uid));
-            let r = self
-                .http
-                .send(Method::POST, &path, &[], Some(&body))
-                .await?;
-            if !(r.is_success() || is_uniqueness_violation(r.status.as_u16(), &r.body)) {
-                return Err(r.into_error().into());
+            let memberships = format!("/users/{}/memberOfGroups", urlencoding::encode(uid));
+            match change {
+                MemberChange::Add => {
+                    let r = self
+                        .http
+                        .send(Method::POST, &memberships, &[], Some(&body))
+                        .await?;
+                    if !(r.is_success() || is_uniqueness_violation(r.status.as_u16(), &r.body)) {
+                        return Err(r.into_error().into());
+                    }
+                }
+                MemberChange::Remove => {
+                    let path = format!("{memberships}/{}", urlencoding::encode(gid));
+                    outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
+                }
             }
-        }
-        Ok(Outcome::Done)
-    }
-
-    /// `DELETE /users/{uid}/memberOfGroups/{gid}`; 404 (not a member) is success.
-    async fn remove_members(
-        &self,
-        gid: &str,
-        _: &GroupSpec,
-        _: &(),
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
-        for uid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            let path = format!(
-                "/users/{}/memberOfGroups/{}",
-                urlencoding::encode(uid),
-                urlencoding::encode(gid)
-            );
-            // 404: not a member, which is what a removal wants.
-            outcome(self.http.send(Method::DELETE, &path, &[], None).await?)?;
         }
         Ok(Outcome::Done)
     }
