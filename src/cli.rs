@@ -543,12 +543,19 @@ fn status(path: &std::path::Path, output: Output, only: &[String]) -> ExitStatus
         }
     }
     let view = StatusView::new(&config.state.path, &runs, &counts, chrono::Utc::now());
+    let serialized = serde_json::to_string(&view);
+    print_view(output, serialized, || view.text())
+}
+
+/// Prints a view as JSON or as its text (the text is only made when it is printed).
+fn print_view(
+    output: Output,
+    json: serde_json::Result<String>,
+    text: impl FnOnce() -> String,
+) -> ExitStatus {
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string(&view).expect("a status view always serializes")
-        ),
-        Output::Text => print!("{}", view.text()),
+        Output::Json => println!("{}", json.expect("a view always serializes")),
+        Output::Text => print!("{}", text()),
     }
     ExitStatus::Success
 }
@@ -564,14 +571,8 @@ fn ledger(path: &std::path::Path, output: Output, only: &[String]) -> ExitStatus
         Err(e) => return fail(json, ExitStatus::Failed, &e),
     };
     let view = LedgerView::new(&config.state.path, &listing);
-    match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string(&view).expect("a ledger view always serializes")
-        ),
-        Output::Text => print!("{}", view.text()),
-    }
-    ExitStatus::Success
+    let serialized = serde_json::to_string(&view);
+    print_view(output, serialized, || view.text())
 }
 
 /// `approve --plan FILE`: checks the saved plan and leaves it where the daemon picks it up.

@@ -11,21 +11,9 @@ use serde_json::{Value, json};
 
 const KEY: &str = "connect-key-123";
 
-/// slapd + the Connect emulator; derefs to the [`EmulatorWorld`].
-struct Env(EmulatorWorld);
-
-impl std::ops::Deref for Env {
-    type Target = EmulatorWorld;
-    fn deref(&self) -> &EmulatorWorld {
-        &self.0
-    }
-}
+emulator_env!(Env, "connect");
 
 impl Env {
-    fn start(emulator_args: &[&str]) -> Env {
-        Env(EmulatorWorld::start("connect", emulator_args))
-    }
-
     /// Writes the config with this `[[sinks]]` body (after `type = "connect"`).
     fn config(&self, sink_extra: &str) -> PathBuf {
         self.write_config(
@@ -38,18 +26,7 @@ impl Env {
     }
 
     fn member_names(&self, name: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .group(name)
-            .unwrap_or_else(|| panic!("no Connect group {name:?}: {:#?}", self.groups()))
-            ["member_usernames"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
-        names.sort();
-        names
+        self.member_names_in(name, "member_usernames", Value::as_str)
     }
 
     /// API requests that change something (not GET), from index `from` of the log.

@@ -361,9 +361,7 @@ impl World {
 fn a_full_sync_repairs_what_was_changed_by_hand_in_connect() {
     let w = World::new(&["alice", "bob", "carol"], "");
     let (alice, bob) = (w.user_dn("alice"), w.user_dn("bob"));
-    w.env.slapd.add_group("ops", &[&alice, &bob]);
-    w.env.slapd.add_group("dev", &[&alice]);
-    w.env.slapd.add_group("gone", &[&bob]);
+    w.env.slapd.add_drift_groups(&alice, &bob);
     assert_code(&sync(&w.config, &[]), 0);
 
     let ops = w.guid_of_group("ops");

@@ -9,21 +9,9 @@ use std::path::PathBuf;
 use common::*;
 use serde_json::{Value, json};
 
-/// slapd + the ForgeRock emulator; derefs to the [`EmulatorWorld`].
-struct Env(EmulatorWorld);
-
-impl std::ops::Deref for Env {
-    type Target = EmulatorWorld;
-    fn deref(&self) -> &EmulatorWorld {
-        &self.0
-    }
-}
+emulator_env!(Env, "forgerock");
 
 impl Env {
-    fn start(emulator_args: &[&str]) -> Env {
-        Env(EmulatorWorld::start("forgerock", emulator_args))
-    }
-
     /// Client-credentials auth against the emulator's default client.
     fn client_auth(&self) -> String {
         format!(
@@ -44,18 +32,7 @@ impl Env {
 
     /// userNames of the group's relationships, sorted, duplicates kept.
     fn member_names(&self, name: &str) -> Vec<String> {
-        let group = self
-            .group(name)
-            .unwrap_or_else(|| panic!("no group {name:?}: {:#?}", self.groups()));
-        let mut names: Vec<String> = group["members"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|m| m["userName"].as_str().map(str::to_string))
-            .collect();
-        names.sort();
-        names
+        self.member_names_in(name, "members", |m| m["userName"].as_str())
     }
 
     /// IDM requests (under /openidm) that change something, from index `from` of the log.
@@ -455,12 +432,7 @@ impl Env {
 fn full_sync_repairs_what_was_changed_by_hand() {
     let env = Env::start(&[]);
     env.add_idm_users(&["alice", "bob", "carol"]);
-    let alice = env.slapd.add_user("alice", "alice@example.com");
-    let bob = env.slapd.add_user("bob", "bob@example.com");
-    env.slapd.add_user("carol", "carol@example.com");
-    env.slapd.add_group("ops", &[&alice, &bob]);
-    env.slapd.add_group("dev", &[&alice]);
-    env.slapd.add_group("gone", &[&bob]);
+    env.slapd.add_drift_directory();
     let config = env.config(&env.client_auth());
     assert_code(&sync(&config, &[]), 0);
 

@@ -70,22 +70,8 @@ fn mode(report: &Value) -> &str {
 }
 
 fn operations(report: &Value) -> Vec<(String, String, Vec<String>)> {
-    report["sinks"][0]["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|op| {
-            let members = op["members"]
-                .as_array()
-                .map(|m| m.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-                .unwrap_or_default();
-            (
-                op["op"].as_str().unwrap().to_string(),
-                op["group"].as_str().unwrap().to_string(),
-                members,
-            )
-        })
-        .collect()
+    let operations = planned_operations(report).into_iter();
+    operations.map(|o| (o.op, o.group, o.members)).collect()
 }
 
 /// The stored snapshot as plain data: (scope, entryUUID) → (DN, attributes), with interned

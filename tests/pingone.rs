@@ -789,12 +789,7 @@ fn by_hand(emu: &Emulator, method: &str, path: &str, body: Option<Value>) {
 fn groups_sink_full_sync_repairs_what_was_changed_by_hand() {
     let w = World::new(&[], "pingone_groups", "");
     let users = add_users(&w.emu, &["alice", "bob", "carol"]);
-    let alice = w.slapd.add_user("alice", "alice@example.com");
-    let bob = w.slapd.add_user("bob", "bob@example.com");
-    w.slapd.add_user("carol", "carol@example.com");
-    w.slapd.add_group("ops", &[&alice, &bob]);
-    w.slapd.add_group("dev", &[&alice]);
-    w.slapd.add_group("gone", &[&bob]);
+    w.slapd.add_drift_directory();
     w.sync_ok();
     let state = w.emu.state();
     let id = |name: &str| {

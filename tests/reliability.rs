@@ -769,16 +769,8 @@ fn scim_converges_through_the_fault_matrix() {
         read_path: Some("/Groups$"),
         looks_up_unanswered: true,
         target_groups: &|| {
-            let users: std::collections::HashMap<String, String> = scim
-                .users()
-                .iter()
-                .map(|u| {
-                    (
-                        u["id"].as_str().unwrap_or_default().to_string(),
-                        u["userName"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect();
+            let users: std::collections::HashMap<String, String> =
+                text_pairs(&scim.users(), "id", "userName");
             scim.groups()
                 .iter()
                 .map(|g| {

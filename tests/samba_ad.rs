@@ -215,16 +215,8 @@ fn objectguid_ids_nesting_and_rename() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(planned_groups(&file_ops), expected, "file sink:\n{lines}");
-    let scim_groups: BTreeMap<String, String> = scim
-        .groups()
-        .iter()
-        .map(|g| {
-            (
-                g["displayName"].as_str().unwrap().to_string(),
-                g["externalId"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let scim_groups: BTreeMap<String, String> =
+        text_pairs(&scim.groups(), "displayName", "externalId");
     let want: BTreeMap<String, String> = expected
         .iter()
         .map(|(name, (id, _))| (name.clone(), id.clone()))

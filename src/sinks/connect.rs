@@ -666,21 +666,7 @@ impl GroupApi for ConnectApi<'_> {
         if listing.truncated {
             return Ok(None);
         }
-        let text = |g: &Value, key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
-        Ok(Some(
-            listing
-                .items
-                .iter()
-                .filter_map(|g| {
-                    Some(TargetGroup {
-                        id: text(g, "guid")?,
-                        name: text(g, "name").unwrap_or_default(),
-                        external_id: None,
-                        members: None,
-                    })
-                })
-                .collect(),
-        ))
+        Ok(Some(lifecycle::named_groups(&listing.items, "guid")))
     }
 
     /// `GET /v1/groups/{guid}/members`, paged: (user guid, username). None are read where the
@@ -697,15 +683,7 @@ impl GroupApi for ConnectApi<'_> {
             )
             .into());
         }
-        Ok(listing
-            .items
-            .iter()
-            .filter_map(|u| {
-                let id = u.get("guid").and_then(Value::as_str)?;
-                let name = u.get("username").and_then(Value::as_str).unwrap_or(id);
-                Some((id.to_string(), name.to_string()))
-            })
-            .collect())
+        Ok(lifecycle::member_pairs(&listing.items, "guid", "username"))
     }
 
     /// `GET /v1/groups/{guid}` (its name; Connect groups have no description) and its members.

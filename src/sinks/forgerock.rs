@@ -31,7 +31,7 @@ use super::http::{
 };
 use super::lifecycle::{
     AdoptPolicy, Created, GroupApi, GroupSink, MemberChange, Membership, OpError, Outcome,
-    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
+    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, named_groups, outcome,
 };
 use super::target::{self, Page, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind};
@@ -289,18 +289,7 @@ impl ForgeRockSink {
                 &[("_queryFilter", filter), ("_fields", "_id,name")],
             )
             .await?;
-        let text = |g: &Value, key: &str| g.get(key).and_then(Value::as_str).map(str::to_string);
-        Ok(found
-            .iter()
-            .filter_map(|g| {
-                Some(TargetGroup {
-                    id: text(g, "_id")?,
-                    name: text(g, "name").unwrap_or_default(),
-                    external_id: None,
-                    members: None,
-                })
-            })
-            .collect())
+        Ok(named_groups(&found, "_id"))
     }
 
     async fn read_group(&self, id: &str) -> Result<GroupState, Blocked> {

@@ -1226,6 +1226,36 @@ pub fn id_values(items: &[serde_json::Value], id: &str, attribute: &str) -> Vec<
         .collect()
 }
 
+/// `(id, user name)` of each listed user, the name falling back to the id (a group's members).
+pub fn member_pairs(users: &[serde_json::Value], id: &str, name: &str) -> Vec<(String, String)> {
+    let field = |item: &'_ serde_json::Value, key: &str| {
+        item.get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    users
+        .iter()
+        .filter_map(|user| {
+            let id = field(user, id)?;
+            let name = field(user, name).unwrap_or_else(|| id.clone());
+            Some((id, name))
+        })
+        .collect()
+}
+
+/// The groups of a listing on a target without externalIds: the string `id` and `name` of each.
+pub fn named_groups(items: &[serde_json::Value], id: &str) -> Vec<TargetGroup> {
+    id_values(items, id, "name")
+        .into_iter()
+        .map(|(id, name)| TargetGroup {
+            id,
+            name,
+            external_id: None,
+            members: None,
+        })
+        .collect()
+}
+
 /// The string `key` of each item (the ids of a listing).
 pub fn ids(items: &[serde_json::Value], key: &str) -> Vec<String> {
     items

@@ -243,6 +243,27 @@ impl EmulatorWorld {
         self.groups_named(name).into_iter().next()
     }
 
+    /// The sorted names of group `name`'s members: `pick` takes the name from each value of
+    /// the group's `list` field. Panics (listing every group) when there is no such group.
+    pub fn member_names_in(
+        &self,
+        name: &str,
+        list: &str,
+        pick: impl Fn(&Value) -> Option<&str>,
+    ) -> Vec<String> {
+        let group = self
+            .group(name)
+            .unwrap_or_else(|| panic!("no group {name:?}: {:#?}", self.groups()));
+        let empty = Vec::new();
+        let values = group[list].as_array().unwrap_or(&empty);
+        let mut names: Vec<String> = values
+            .iter()
+            .filter_map(|v| pick(v).map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The emulator's requests from index `from` of its log that change something (not GET)
     /// and that `keep` keeps, as `"METHOD" "path" -> status`.
     pub fn writes_since(&self, from: usize, keep: impl Fn(&Value) -> bool) -> Vec<String> {
@@ -254,4 +275,28 @@ impl EmulatorWorld {
             .map(|r| format!("{} {} -> {}", r["method"], r["path"], r["status"]))
             .collect()
     }
+}
+
+/// `struct $env(EmulatorWorld)` for the emulator script `$script`: it derefs to the
+/// [`EmulatorWorld`] and starts with `$env::start(emulator_args)`; the test file adds its own
+/// methods in an `impl $env` block.
+#[macro_export]
+macro_rules! emulator_env {
+    ($env:ident, $script:literal) => {
+        /// slapd + the emulator; derefs to the [`EmulatorWorld`].
+        struct $env(EmulatorWorld);
+
+        impl std::ops::Deref for $env {
+            type Target = EmulatorWorld;
+            fn deref(&self) -> &EmulatorWorld {
+                &self.0
+            }
+        }
+
+        impl $env {
+            fn start(emulator_args: &[&str]) -> $env {
+                $env(EmulatorWorld::start($script, emulator_args))
+            }
+        }
+    };
 }

@@ -174,19 +174,56 @@ pub const DRIFT_REPAIRS: [(&str, &str, bool); 5] = [
     ("member_remove", "ops", true),
 ];
 
-/// `(op, group, drift)` of each operation of the first sink of a JSON plan.
-pub fn planned_ops(plan: &serde_json::Value) -> Vec<(String, String, bool)> {
-    plan["sinks"][0]["operations"]
-        .as_array()
+/// One operation of a JSON plan, as the tests compare it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlannedOp {
+    pub op: String,
+    pub group: String,
+    /// The member names of a member operation; empty for the others.
+    pub members: Vec<String>,
+    pub drift: bool,
+}
+
+/// The operations of the first sink of a JSON plan (`sync --output json`).
+pub fn planned_operations(plan: &serde_json::Value) -> Vec<PlannedOp> {
+    let operations = plan["sinks"][0]["operations"].as_array();
+    operations
         .into_iter()
         .flatten()
-        .map(|o| {
-            (
-                o["op"].as_str().unwrap_or_default().to_string(),
-                o["group"].as_str().unwrap_or_default().to_string(),
-                o["drift"] == true,
-            )
+        .map(|o| PlannedOp {
+            op: text(o, "op"),
+            group: text(o, "group"),
+            members: o["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_str().map(str::to_string))
+                .collect(),
+            drift: o["drift"] == true,
         })
+        .collect()
+}
+
+/// `(op, group, drift)` of each operation of the first sink of a JSON plan.
+pub fn planned_ops(plan: &serde_json::Value) -> Vec<(String, String, bool)> {
+    let operations = planned_operations(plan).into_iter();
+    operations.map(|o| (o.op, o.group, o.drift)).collect()
+}
+
+/// `value[key]` as text; empty when it is missing or not a string.
+pub fn text(value: &serde_json::Value, key: &str) -> String {
+    value[key].as_str().unwrap_or_default().to_string()
+}
+
+/// `(item[a], item[b])` as text, for each item of a JSON list.
+pub fn text_pairs<C: FromIterator<(String, String)>>(
+    items: &[serde_json::Value],
+    a: &str,
+    b: &str,
+) -> C {
+    items
+        .iter()
+        .map(|item| (text(item, a), text(item, b)))
         .collect()
 }
 

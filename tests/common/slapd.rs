@@ -267,6 +267,22 @@ impl Slapd {
         dn
     }
 
+    /// The directory of the drift tests ([`super::run::DRIFT_REPAIRS`]): `ops` (alice, bob),
+    /// `dev` (alice) and `gone` (bob), with the users `alice_dn` and `bob_dn`.
+    pub fn add_drift_groups(&self, alice_dn: &str, bob_dn: &str) {
+        self.add_group("ops", &[alice_dn, bob_dn]);
+        self.add_group("dev", &[alice_dn]);
+        self.add_group("gone", &[bob_dn]);
+    }
+
+    /// [`Slapd::add_drift_groups`] with new users alice, bob and carol (`<uid>@example.com`).
+    pub fn add_drift_directory(&self) {
+        let alice = self.add_user("alice", "alice@example.com");
+        let bob = self.add_user("bob", "bob@example.com");
+        self.add_user("carol", "carol@example.com");
+        self.add_drift_groups(&alice, &bob);
+    }
+
     /// Adds `cn=CN,ou=Groups,…` as a groupOfNames with these member DNs (groupOfNames needs at
     /// least one member; an empty list gets the admin DN as a placeholder member) and returns its DN.
     pub fn add_group(&self, cn: &str, member_dns: &[&str]) -> String {

@@ -24,7 +24,7 @@ use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
     AdoptPolicy, Created, GroupApi, GroupSink, MemberChange, OpError, Outcome, TargetGroup,
-    UserCache, UserKey, id_values, ids, map_by_filter, outcome,
+    UserCache, UserKey, id_values, ids, map_by_filter, member_pairs, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
 
@@ -259,14 +259,7 @@ impl GroupApi for PingOneGroupsSink {
     async fn group_members(&self, id: &str) -> Result<Vec<(String, String)>, OpError> {
         let filter = format!("memberOfGroups[id eq {}]", quote(id));
         let users = self.list_all("/users", &filter, "users").await?;
-        Ok(users
-            .iter()
-            .filter_map(|u| {
-                let uid = u.get("id").and_then(Value::as_str)?;
-                let name = u.get("username").and_then(Value::as_str).unwrap_or(uid);
-                Some((uid.to_string(), name.to_string()))
-            })
-            .collect())
+        Ok(member_pairs(&users, "id", "username"))
     }
 
     fn user_match(&self) -> Option<(&'static str, UserKey)> {

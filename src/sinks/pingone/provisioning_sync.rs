@@ -577,6 +577,18 @@ max_batch_bytes = {max_batch_bytes}
         MemberRef::new(std::sync::Arc::new(user))
     }
 
+    /// A ledger with cursor `T` and these groups: (id, name, member count).
+    fn ledger_with(groups: &[(&str, &str, usize)]) -> Ledger {
+        let groups = groups
+            .iter()
+            .map(|&(id, name, members)| (id.into(), ledger_group(id, name, members)));
+        Ledger {
+            cursor: Some("T".into()),
+            groups: groups.collect(),
+            ..Ledger::default()
+        }
+    }
+
     fn ledger_group(id: &str, name: &str, members: usize) -> LedgerGroup {
         LedgerGroup {
             source_id: id.into(),
@@ -665,19 +677,7 @@ max_batch_bytes = {max_batch_bytes}
 
     #[test]
     fn updates_carry_full_members_and_deletes_the_last_known_attributes() {
-        let mut ledger = Ledger {
-            cursor: Some("T".into()),
-            ..Ledger::default()
-        };
-        ledger
-            .groups
-            .insert("g1".into(), ledger_group("g1", "eng", 3));
-        ledger
-            .groups
-            .insert("g2".into(), ledger_group("g2", "ops", 2));
-        ledger
-            .groups
-            .insert("g3".into(), ledger_group("g3", "idle", 1));
+        let ledger = ledger_with(&[("g1", "eng", 3), ("g2", "ops", 2), ("g3", "idle", 1)]);
         let mut removed = spec("g1", "eng");
         removed.target_id = Some("g1".into());
         let mut gone = spec("g2", "ops");
@@ -730,16 +730,7 @@ max_batch_bytes = {max_batch_bytes}
     #[test]
     fn a_group_too_big_for_one_body_is_rejected_not_truncated() {
         let c = config(2, 2048);
-        let mut ledger = Ledger {
-            cursor: Some("T".into()),
-            ..Ledger::default()
-        };
-        ledger
-            .groups
-            .insert("big".into(), ledger_group("big", "big", 100));
-        ledger
-            .groups
-            .insert("small".into(), ledger_group("small", "small", 1));
+        let ledger = ledger_with(&[("big", "big", 100), ("small", "small", 1)]);
         let plan = Plan::default();
         let cycle = c.cycle(&plan, &ledger, true);
         let split = c.split(&cycle, "next");
