@@ -823,7 +823,7 @@ async fn run_sink(
     };
     options.progress.begin(sink.name(), &outcome.plan);
     let mut ledger_writer = store.ledger_writer(sink.name());
-    let mut recorder = Recorder::new(&mut ledger_writer, sink.name())
+    let mut recorder = Recorder::new(&mut ledger_writer, ledger, sink.name())
         .with_observer(&observer)
         .with_stop(options.interrupt.token.clone());
     let started = Instant::now();
@@ -837,7 +837,7 @@ async fn run_sink(
         let stop = options.interrupt.token.clone();
         let apply = async {
             tokio::select! {
-                result = sink.apply(&outcome.plan, ledger, &mut recorder) => result,
+                result = sink.apply(&outcome.plan, &mut recorder) => result,
                 // The sink stops at its next record; one stuck in a request or a retry wait is
                 // dropped after a grace period (its unconfirmed create stays an intent).
                 _ = async { stop.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {

@@ -937,12 +937,7 @@ impl Sink for ConnectSink {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
+    async fn apply(&self, plan: &Plan, recorder: &mut Recorder<'_>) -> Result<(), SinkError> {
         *self.users.lock().await = None;
         let mode = self.resolve_mode().await?;
         lifecycle::apply(&ConnectApi { sink: self, mode }, plan, recorder).await
@@ -1155,7 +1150,8 @@ mod tests {
         let group = GroupSpec::for_test("s1", "devs");
         {
             let mut writer = store.ledger_writer("c");
-            let mut recorder = Recorder::new(&mut writer, "c");
+            let ledger = Ledger::default();
+            let mut recorder = Recorder::new(&mut writer, &ledger, "c");
             sink.create_remote(&group, &mut recorder).await.unwrap();
             assert!(
                 recorder.report.failures.is_empty(),

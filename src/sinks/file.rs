@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{Recorder, Sink, SinkError};
-use crate::ledger::Ledger;
 use crate::model::{Operation, OperationView, Plan};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,12 +81,7 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
+    async fn apply(&self, plan: &Plan, recorder: &mut Recorder<'_>) -> Result<(), SinkError> {
         if plan.is_empty() {
             return Ok(());
         }

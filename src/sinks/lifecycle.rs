@@ -73,12 +73,7 @@ impl<A: GroupSink> Sink for A {
         self.probe().await
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        _ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
+    async fn apply(&self, plan: &Plan, recorder: &mut Recorder<'_>) -> Result<(), SinkError> {
         apply(self, plan, recorder).await
     }
 
@@ -1402,7 +1397,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let mut writer = store.ledger_writer("fake");
-        let mut recorder = Recorder::new(&mut writer, "fake");
+        let ledger = Ledger::default();
+        let mut recorder = Recorder::new(&mut writer, &ledger, "fake");
         let plan = Plan {
             operations,
             ..Plan::default()

@@ -172,12 +172,7 @@ pub trait Sink: Send + Sync {
     /// Executes the plan. Each successful operation is reported to `recorder` as it completes;
     /// a failed operation is reported with [`Recorder::failed`] and the rest continue. An `Err`
     /// means the sink as a whole could not go on (authentication, an unreachable target).
-    async fn apply(
-        &self,
-        plan: &Plan,
-        ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError>;
+    async fn apply(&self, plan: &Plan, recorder: &mut Recorder<'_>) -> Result<(), SinkError>;
 
     /// What the target holds for planning, read-only (dry runs too): the target users of the
     /// directory's members and the existing groups to adopt; with `full` (`sync --full`) also
@@ -228,6 +223,8 @@ pub type Observer = dyn Fn(OpKind, &GroupSpec, bool, u64) + Send + Sync;
 /// Records each applied operation in the sink's ledger as it happens, and counts it.
 pub struct Recorder<'a> {
     ledger: &'a mut dyn LedgerWriter,
+    /// The sink's ledger as the run started (what the plan was made against).
+    planned_against: &'a Ledger,
     sink: String,
     target_ids: HashMap<String, String>,
     pub report: ApplyReport,
@@ -238,15 +235,21 @@ pub struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    pub fn new(ledger: &'a mut dyn LedgerWriter, sink: &str) -> Self {
+    pub fn new(ledger: &'a mut dyn LedgerWriter, planned_against: &'a Ledger, sink: &str) -> Self {
         Recorder {
             ledger,
+            planned_against,
             sink: sink.to_string(),
             target_ids: HashMap::new(),
             report: ApplyReport::default(),
             observer: None,
             stop: None,
         }
+    }
+
+    /// The sink's ledger as the run started: what the plan was made against.
+    pub fn planned_against(&self) -> &'a Ledger {
+        self.planned_against
     }
 
     /// Stops the sink at its next record once `stop` is cancelled.

@@ -453,13 +453,10 @@ impl Sink for ProvisioningSyncSink {
             .map_err(target::http_error(&self.name))
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        ledger: &Ledger,
-        recorder: &mut Recorder<'_>,
-    ) -> Result<(), SinkError> {
-        let cycle = self.config.cycle(plan, ledger, plan.full);
+    async fn apply(&self, plan: &Plan, recorder: &mut Recorder<'_>) -> Result<(), SinkError> {
+        let cycle = self
+            .config
+            .cycle(plan, recorder.planned_against(), plan.full);
         let next_token = new_token();
         let split = self.config.split(&cycle, &next_token);
         for &index in &split.oversize {
