@@ -29,8 +29,8 @@ use tokio::sync::Mutex;
 
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    self, AdoptPolicy, Created, GroupApi, MemberChange, Membership, OpError, Outcome, Prepared,
-    TargetGroup, UserKey,
+    self, AdoptPolicy, ApiProfile, Created, GroupApi, MemberChange, Membership, OpError, Outcome,
+    Prepared, TargetGroup, UserKey,
 };
 use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
@@ -603,16 +603,20 @@ struct ConnectApi<'a> {
 impl GroupApi for ConnectApi<'_> {
     type Members = ();
 
-    fn sink_name(&self) -> &str {
-        &self.sink.name
-    }
-
-    fn target_label(&self) -> &str {
-        "Connect"
-    }
-
-    fn auth_hint(&self) -> &str {
-        "check the API key"
+    /// Connect groups carry no externalId; their names are unique, so the exact name is the
+    /// identity. Adoption: in remote mode the exact-name remote search when it is unique; in
+    /// local mode by name.
+    fn profile(&self) -> ApiProfile<'_> {
+        let sink = &self.sink;
+        ApiProfile {
+            external_id: false,
+            ..ApiProfile::new(
+                &sink.name,
+                "Connect",
+                "check the API key",
+                sink.config.adopt,
+            )
+        }
     }
 
     fn skipped_note(&self) -> String {
@@ -620,17 +624,6 @@ impl GroupApi for ConnectApi<'_> {
             "Connect's authentication provider ({}) manages group membership itself; these membership changes were not sent (recorded as in sync)",
             self.mode.provider
         )
-    }
-
-    /// Remote: the exact-name remote search, when it is unique. Local: by name.
-    fn adopt_policy(&self) -> AdoptPolicy {
-        self.sink.config.adopt
-    }
-
-    /// Connect groups carry no externalId; their names are unique, so the exact name is the
-    /// identity.
-    fn has_external_id(&self) -> bool {
-        false
     }
 
     fn user_match(&self) -> Option<(&'static str, UserKey)> {

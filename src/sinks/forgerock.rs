@@ -30,8 +30,8 @@ use super::http::{
     self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    AdoptPolicy, Created, GroupApi, GroupSink, MemberChange, Membership, OpError, Outcome,
-    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, named_groups, outcome,
+    AdoptPolicy, ApiProfile, Created, GroupApi, GroupSink, MemberChange, Membership, OpError,
+    Outcome, TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, named_groups, outcome,
 };
 use super::target::{self, Page, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind};
@@ -346,23 +346,14 @@ impl GroupApi for ForgeRockSink {
     /// User id → relationship ids of the group's current static members.
     type Members = HashMap<String, Vec<String>>;
 
-    fn sink_name(&self) -> &str {
-        &self.name
-    }
-
-    fn auth_hint(&self) -> &str {
-        "check the client credentials or the access token"
-    }
-
-    /// By name only: managed groups have no externalId.
-    fn adopt_policy(&self) -> AdoptPolicy {
-        self.config.adopt
-    }
-
     /// ForgeRock groups carry no externalId; their names are unique, so the exact name is the
-    /// identity.
-    fn has_external_id(&self) -> bool {
-        false
+    /// identity (adoption is by name only).
+    fn profile(&self) -> ApiProfile<'_> {
+        let auth_hint = "check the client credentials or the access token";
+        ApiProfile {
+            external_id: false,
+            ..ApiProfile::new(&self.name, "the target", auth_hint, self.config.adopt)
+        }
     }
 
     /// The groups `name eq` the group's name answers (checked by the driver).
@@ -374,11 +365,9 @@ impl GroupApi for ForgeRockSink {
     async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
         let path = format!("{}/{id}", self.group_path);
         let query = [("_fields", "_id,name,description")];
-        let response = self.http.send(Method::GET, &path, &query, None).await?;
-        if response.status.as_u16() == 404 {
+        let Some(group) = target::get_if_exists(&self.http, &path, &query).await? else {
             return Ok(None);
-        }
-        let group: Value = response.success()?.json()?;
+        };
         let members = self.group_members(id).await?;
         Ok(Some(target::actual_group(&group, members)))
     }

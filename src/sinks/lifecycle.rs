@@ -254,20 +254,27 @@ pub trait GroupApi: Send + Sync {
     /// What [`GroupApi::members`] reads before a member operation; `()` for most targets.
     type Members: Default + Send + Sync;
 
-    /// The sink's configured name (logs and errors).
-    fn sink_name(&self) -> &str;
+    /// Who the sink is and how its target behaves.
+    fn profile(&self) -> ApiProfile<'_>;
 
-    /// The target as messages name it ("the target", "PingOne", "Connect").
-    fn target_label(&self) -> &str {
-        "the target"
+    /// The sink's configured name (logs and errors).
+    fn sink_name(&self) -> &str {
+        self.profile().sink
     }
 
-    /// What to check when the target rejects the credentials, e.g. "check the token".
-    fn auth_hint(&self) -> &str;
+    /// The target as messages name it.
+    fn target_label(&self) -> &str {
+        self.profile().target
+    }
 
-    /// Members per [`GroupApi::add_members`] / [`GroupApi::remove_members`] call.
+    /// What to check when the target rejects the credentials.
+    fn auth_hint(&self) -> &str {
+        self.profile().auth_hint
+    }
+
+    /// Members per [`GroupApi::change_members`] call.
     fn member_chunk_size(&self) -> usize {
-        1
+        self.profile().member_chunk_size
     }
 
     /// Logged once per run when member changes were recorded without being sent.
@@ -309,14 +316,12 @@ pub trait GroupApi: Send + Sync {
 
     /// The sink's `adopt` setting.
     fn adopt_policy(&self) -> AdoptPolicy {
-        AdoptPolicy::Name
+        self.profile().adopt
     }
 
-    /// Whether the target stores the source id on the group (SCIM and PingOne `externalId`).
-    /// Targets that do not (Connect, ForgeRock) enforce unique group names, and there the exact
-    /// name is the identity: it matches as `by: "name"`, also for an unconfirmed create.
+    /// Whether the target stores the source id on the group.
     fn has_external_id(&self) -> bool {
-        true
+        self.profile().external_id
     }
 
     /// The target attribute LDAP users are matched on and the user property it is matched with
@@ -404,6 +409,44 @@ pub trait GroupApi: Send + Sync {
         current: &Self::Members,
         chunk: &[MemberRef],
     ) -> Result<Outcome, OpError>;
+}
+
+/// Who a [`GroupApi`] sink is and how its target behaves ([`GroupApi::profile`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ApiProfile<'a> {
+    /// The sink's configured name (logs and errors).
+    pub sink: &'a str,
+    /// The target as messages name it ("the target", "PingOne", "Connect").
+    pub target: &'static str,
+    /// What to check when the target rejects the credentials, e.g. "check the token".
+    pub auth_hint: &'static str,
+    /// The sink's `adopt` setting.
+    pub adopt: AdoptPolicy,
+    /// Members per [`GroupApi::change_members`] call (1 unless the target takes several).
+    pub member_chunk_size: usize,
+    /// Whether the target stores the source id on the group (SCIM and PingOne `externalId`).
+    /// Targets that do not (Connect, ForgeRock) enforce unique group names, and there the
+    /// exact name is the identity: it matches as `by: "name"`, also for an unconfirmed create.
+    pub external_id: bool,
+}
+
+impl<'a> ApiProfile<'a> {
+    /// A target with externalIds that takes one member per call.
+    pub fn new(
+        sink: &'a str,
+        target: &'static str,
+        auth_hint: &'static str,
+        adopt: AdoptPolicy,
+    ) -> Self {
+        ApiProfile {
+            sink,
+            target,
+            auth_hint,
+            adopt,
+            member_chunk_size: 1,
+            external_id: true,
+        }
+    }
 }
 
 /// What [`GroupApi::change_members`] does with its chunk.
@@ -1300,17 +1343,11 @@ mod tests {
     #[async_trait]
     impl GroupApi for Fake {
         type Members = ();
-        fn sink_name(&self) -> &str {
-            "fake"
-        }
-        fn auth_hint(&self) -> &str {
-            "check the fake"
-        }
-        fn member_chunk_size(&self) -> usize {
-            2
-        }
-        fn adopt_policy(&self) -> AdoptPolicy {
-            self.policy
+        fn profile(&self) -> ApiProfile<'_> {
+            ApiProfile {
+                member_chunk_size: 2,
+                ..ApiProfile::new("fake", "the target", "check the fake", self.policy)
+            }
         }
         async fn candidates(
             &self,

@@ -20,8 +20,8 @@ use tokio::sync::Mutex;
 use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    AdoptPolicy, Created, FILTER_VALUES, GroupApi, GroupSink, MemberChange, OpError, Outcome,
-    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
+    AdoptPolicy, ApiProfile, Created, FILTER_VALUES, GroupApi, GroupSink, MemberChange, OpError,
+    Outcome, TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef};
@@ -164,15 +164,10 @@ impl ScimSink {
 
     /// `GET /Groups?filter=…` → the groups it answers (whatever they are: the caller checks).
     async fn find_groups(&self, filter: &str) -> Result<Vec<TargetGroup>, HttpError> {
-        let response = self
-            .http
-            .send(Method::GET, "/Groups", &[("filter", filter)], None)
-            .await?;
-        if response.status.as_u16() == 404 {
-            return Ok(Vec::new());
-        }
-        let list: Value = response.success()?.json()?;
-        Ok(resources(&list).iter().filter_map(target_group).collect())
+        let query = [("filter", filter)];
+        let list = target::get_if_exists(&self.http, "/Groups", &query).await?;
+        let groups = list.as_ref().map(resources).unwrap_or_default();
+        Ok(groups.iter().filter_map(target_group).collect())
     }
 
     /// Every resource of `path` (`/Users`, `/Groups`), paging with `startIndex`/`count`.
@@ -254,20 +249,16 @@ impl ScimSink {
 impl GroupApi for ScimSink {
     type Members = ();
 
-    fn sink_name(&self) -> &str {
-        &self.name
-    }
-
-    fn auth_hint(&self) -> &str {
-        "check the token"
-    }
-
-    fn member_chunk_size(&self) -> usize {
-        self.config.member_chunk_size
-    }
-
-    fn adopt_policy(&self) -> AdoptPolicy {
-        self.config.adopt
+    fn profile(&self) -> ApiProfile<'_> {
+        ApiProfile {
+            member_chunk_size: self.config.member_chunk_size,
+            ..ApiProfile::new(
+                &self.name,
+                "the target",
+                "check the token",
+                self.config.adopt,
+            )
+        }
     }
 
     /// `externalId eq` the source id, and with `by_name` `displayName eq` the name (the driver
@@ -292,11 +283,9 @@ impl GroupApi for ScimSink {
     /// `GET /Groups/{id}`: name and members (SCIM groups carry their members inline).
     async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
         let path = format!("/Groups/{}", urlencoding::encode(id));
-        let response = self.http.send(Method::GET, &path, &[], None).await?;
-        if response.status.as_u16() == 404 {
+        let Some(resource) = target::get_if_exists(&self.http, &path, &[]).await? else {
             return Ok(None);
-        }
-        let resource: Value = response.success()?.json()?;
+        };
         let group = target_group(&resource).ok_or("the group read has no \"id\"")?;
         Ok(Some(ActualGroup {
             name: group.name,

@@ -13,6 +13,19 @@ use super::lifecycle::{Created, OpError};
 use crate::model::ActualGroup;
 use crate::secret::SecretError;
 
+/// `GET path?query` as JSON; `None` when the target answers 404 (the object is gone).
+pub async fn get_if_exists(
+    http: &HttpClient,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<Option<Value>, HttpError> {
+    let response = http.send(reqwest::Method::GET, path, query, None).await?;
+    if response.status.as_u16() == 404 {
+        return Ok(None);
+    }
+    response.success()?.json().map(Some)
+}
+
 /// No listing fetches more pages than this, whatever the target answers.
 pub const MAX_PAGES: usize = 10_000;
 

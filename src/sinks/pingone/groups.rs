@@ -23,8 +23,8 @@ use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
-    AdoptPolicy, Created, GroupApi, GroupSink, MemberChange, OpError, Outcome, TargetGroup,
-    UserCache, UserKey, id_values, ids, map_by_filter, member_pairs, outcome,
+    AdoptPolicy, ApiProfile, Created, GroupApi, GroupSink, MemberChange, OpError, Outcome,
+    TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, member_pairs, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
 
@@ -202,20 +202,9 @@ impl PingOneGroupsSink {
 impl GroupApi for PingOneGroupsSink {
     type Members = ();
 
-    fn sink_name(&self) -> &str {
-        &self.name
-    }
-
-    fn target_label(&self) -> &str {
-        "PingOne"
-    }
-
-    fn auth_hint(&self) -> &str {
-        "check the client credentials"
-    }
-
-    fn adopt_policy(&self) -> AdoptPolicy {
-        self.config.adopt
+    fn profile(&self) -> ApiProfile<'_> {
+        let auth_hint = "check the client credentials";
+        ApiProfile::new(&self.name, "PingOne", auth_hint, self.config.adopt)
     }
 
     /// `externalId eq` the source id and, with `by_name`, `name eq` the name; groups this sink
@@ -240,11 +229,9 @@ impl GroupApi for PingOneGroupsSink {
     /// `GET /groups/{id}` (name, description) and its members.
     async fn read_group(&self, id: &str) -> Result<Option<ActualGroup>, OpError> {
         let path = format!("/groups/{}", urlencoding::encode(id));
-        let response = self.http.send(Method::GET, &path, &[], None).await?;
-        if response.status.as_u16() == 404 {
+        let Some(group) = target::get_if_exists(&self.http, &path, &[]).await? else {
             return Ok(None);
-        }
-        let group: Value = response.success()?.json()?;
+        };
         let members = self.group_members(id).await?;
         Ok(Some(target::actual_group(&group, members)))
     }
