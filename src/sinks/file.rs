@@ -121,9 +121,8 @@ impl Sink for FileSink {
                         .unwrap_or_else(|| group.source_id.clone());
                     recorder.updated(group, &id)?;
                 }
-                Operation::MemberAdd { members, .. } => recorder.members_added(group, members)?,
-                Operation::MemberRemove { members, .. } => {
-                    recorder.members_removed(group, members)?
+                Operation::MemberAdd { members, .. } | Operation::MemberRemove { members, .. } => {
+                    recorder.members_changed(op.kind(), group, members)?
                 }
                 Operation::Delete { .. } => recorder.deleted(group)?,
                 Operation::UserCreate { user, .. } => {

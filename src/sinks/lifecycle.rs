@@ -1070,10 +1070,7 @@ fn record(
     done: &mut Vec<MemberRef>,
 ) -> Result<(), SinkError> {
     let members = std::mem::take(done);
-    match kind {
-        OpKind::MemberRemove => recorder.members_removed(group, &members),
-        _ => recorder.members_added(group, &members),
-    }
+    recorder.members_changed(kind, group, &members)
 }
 
 async fn change_members<A: GroupApi + ?Sized>(

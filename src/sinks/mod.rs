@@ -392,25 +392,16 @@ impl<'a> Recorder<'a> {
             .map_err(|e| self.store_error(e))
     }
 
-    /// Records members added to a group; `members` carry their target user ids.
-    pub fn members_added(
+    /// Records members added to a group (`MemberAdd`; `members` carry their target user ids)
+    /// or removed from it (`MemberRemove`).
+    pub fn members_changed(
         &mut self,
+        kind: OpKind,
         group: &GroupSpec,
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
-        self.record_members(OpKind::MemberAdd, group, members)?;
-        self.count(OpKind::MemberAdd, group, members.len() as u64);
-        self.checkpoint()
-    }
-
-    /// Records members removed from a group.
-    pub fn members_removed(
-        &mut self,
-        group: &GroupSpec,
-        members: &[MemberRef],
-    ) -> Result<(), SinkError> {
-        self.record_members(OpKind::MemberRemove, group, members)?;
-        self.count(OpKind::MemberRemove, group, members.len() as u64);
+        self.record_members(kind, group, members)?;
+        self.count(kind, group, members.len() as u64);
         self.checkpoint()
     }
 

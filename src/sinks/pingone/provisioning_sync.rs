@@ -420,11 +420,9 @@ impl ProvisioningSyncSink {
                     let target = group.target_id.as_deref().unwrap_or(&group.source_id);
                     recorder.updated(group, target)?
                 }
-                Operation::MemberAdd { group, members } => {
-                    recorder.members_added(group, members)?
-                }
-                Operation::MemberRemove { group, members } => {
-                    recorder.members_removed(group, members)?
+                Operation::MemberAdd { group, members }
+                | Operation::MemberRemove { group, members } => {
+                    recorder.members_changed(op.kind(), group, members)?
                 }
                 Operation::Delete { group } => recorder.deleted(group)?,
                 // Never planned for this sink (it does not provision users).
