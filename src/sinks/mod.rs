@@ -309,16 +309,29 @@ impl<'a> Recorder<'a> {
             .map_err(|e| self.store_error(e))
     }
 
+    /// After a ledger write for one operation: a failed write fails the sink; a done one is
+    /// counted, and the run stops here if it was interrupted.
+    fn written(
+        &mut self,
+        kind: OpKind,
+        n: u64,
+        group: &GroupSpec,
+        write: Result<(), LedgerWriteError>,
+    ) -> Result<(), SinkError> {
+        write.map_err(|e| self.store_error(e))?;
+        self.count(kind, group, n);
+        self.checkpoint()
+    }
+
     /// Records a created (or adopted) group.
     pub fn created(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), SinkError> {
-        self.ledger
+        let write = self
+            .ledger
             .record_group(group, target_id)
-            .and_then(|()| self.ledger.record_origin(&group.source_id, Origin::Created))
-            .map_err(|e| self.store_error(e))?;
+            .and_then(|()| self.ledger.record_origin(&group.source_id, Origin::Created));
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
-        self.count(OpKind::Create, group, 1);
-        self.checkpoint()
+        self.written(OpKind::Create, 1, group, write)
     }
 
     /// Records an adopted group (it already existed in the target) and the members it already
@@ -329,33 +342,26 @@ impl<'a> Recorder<'a> {
         target_id: &str,
         present: &[MemberRef],
     ) -> Result<(), SinkError> {
-        self.ledger
+        let write = self
+            .ledger
             .record_group(group, target_id)
             .and_then(|()| self.ledger.record_origin(&group.source_id, Origin::Adopted))
-            .map_err(|e| self.store_error(e))?;
-        self.record_members(OpKind::MemberAdd, group, present)?;
+            .and_then(|()| self.record_members(OpKind::MemberAdd, group, present));
         self.target_ids
             .insert(group.source_id.clone(), target_id.to_string());
-        self.count(OpKind::Adopt, group, 1);
-        self.checkpoint()
+        self.written(OpKind::Adopt, 1, group, write)
     }
 
     /// Records an updated group (new name/description/DN).
     pub fn updated(&mut self, group: &GroupSpec, target_id: &str) -> Result<(), SinkError> {
-        self.ledger
-            .record_group(group, target_id)
-            .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::Update, group, 1);
-        self.checkpoint()
+        let write = self.ledger.record_group(group, target_id);
+        self.written(OpKind::Update, 1, group, write)
     }
 
     /// Records a deleted group (or one found already gone).
     pub fn deleted(&mut self, group: &GroupSpec) -> Result<(), SinkError> {
-        self.ledger
-            .record_deleted(&group.source_id)
-            .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::Delete, group, 1);
-        self.checkpoint()
+        let write = self.ledger.record_deleted(&group.source_id);
+        self.written(OpKind::Delete, 1, group, write)
     }
 
     /// Records a target user the sink created (`provision_users`) for a member of `group`.
@@ -365,11 +371,8 @@ impl<'a> Recorder<'a> {
         user: &MemberRef,
         target_id: &str,
     ) -> Result<(), SinkError> {
-        self.ledger
-            .record_user_created(user, target_id)
-            .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::UserCreate, group, 1);
-        self.checkpoint()
+        let write = self.ledger.record_user_created(user, target_id);
+        self.written(OpKind::UserCreate, 1, group, write)
     }
 
     /// Records that a user the sink created was deactivated (`group`: the operation's, empty).
@@ -378,11 +381,8 @@ impl<'a> Recorder<'a> {
         group: &GroupSpec,
         user: &MemberRef,
     ) -> Result<(), SinkError> {
-        self.ledger
-            .record_user_deactivated(&user.source_id)
-            .map_err(|e| self.store_error(e))?;
-        self.count(OpKind::UserDeactivate, group, 1);
-        self.checkpoint()
+        let write = self.ledger.record_user_deactivated(&user.source_id);
+        self.written(OpKind::UserDeactivate, 1, group, write)
     }
 
     /// Forgets a group the target no longer has, without counting a delete (it will be recreated).
@@ -400,9 +400,8 @@ impl<'a> Recorder<'a> {
         group: &GroupSpec,
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
-        self.record_members(kind, group, members)?;
-        self.count(kind, group, members.len() as u64);
-        self.checkpoint()
+        let write = self.record_members(kind, group, members);
+        self.written(kind, members.len() as u64, group, write)
     }
 
     /// Records members the target manages itself (no request sent): the ledger takes them as in
@@ -413,7 +412,8 @@ impl<'a> Recorder<'a> {
         group: &GroupSpec,
         members: &[MemberRef],
     ) -> Result<(), SinkError> {
-        self.record_members(kind, group, members)?;
+        self.record_members(kind, group, members)
+            .map_err(|e| self.store_error(e))?;
         self.report.skipped += members.len() as u64;
         Ok(())
     }
@@ -424,18 +424,17 @@ impl<'a> Recorder<'a> {
         kind: OpKind,
         group: &GroupSpec,
         members: &[MemberRef],
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), LedgerWriteError> {
         if members.is_empty() {
             return Ok(());
         }
-        let written = match kind {
+        match kind {
             OpKind::MemberRemove => {
                 let ids: Vec<&str> = members.iter().map(|m| m.source_id.as_str()).collect();
                 self.ledger.record_members_removed(&group.source_id, &ids)
             }
             _ => self.ledger.record_members_added(&group.source_id, members),
-        };
-        written.map_err(|e| self.store_error(e))
+        }
     }
 
     /// Records a failed operation; the run goes on with the next one.
