@@ -463,11 +463,7 @@ fn initial_push_request_count() {
         .unwrap();
     let elapsed = started.elapsed();
     assert!(out.status.success(), "{}", out.describe());
-    assert!(
-        out.stdout_str().contains("nothing to do"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stdout_has("nothing to do");
     let requests = counts.total.load(Relaxed) - before;
     let full_bound = groups as u64 + user_pages + 10;
     println!(

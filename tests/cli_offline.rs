@@ -90,11 +90,7 @@ fn quick_start_runs_on_the_embedded_example_then_has_nothing_to_do() {
     );
     let out = run_ldapsync(&config, &["sync"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(
-        out.stdout_str().contains("nothing to do"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stdout_has("nothing to do");
 }
 
 #[test]
@@ -167,11 +163,7 @@ fn non_utf8_values_and_posix_groups_do_not_panic() {
     );
     let out = run_ldapsync(&config, &["sync"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(
-        out.stderr_str().contains("not valid UTF-8"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("not valid UTF-8");
     let ops = lines(&out_path);
     assert!(ops.iter().any(|o| o["group"] == "\u{fffd}bad"));
     let posix = ops.iter().find(|o| o["op"] == "member_add").unwrap();
@@ -180,7 +172,7 @@ fn non_utf8_values_and_posix_groups_do_not_panic() {
         serde_json::json!(["a"]),
         "memberUid matches user names case-insensitively"
     );
-    assert!(out.stderr_str().contains("\"zed\""), "{}", out.describe());
+    out.assert_stderr_has("\"zed\"");
 }
 
 #[test]
@@ -191,11 +183,7 @@ fn an_entry_without_its_id_attribute_fails_the_read() {
     let config = ldif_config(dir.path(), ldif, "-", "");
     let out = run_ldapsync(&config, &["sync"]);
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(
-        out.stderr_str().contains("has no \"entryUUID\""),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("has no \"entryUUID\"");
     assert!(!dir.path().join("ops.jsonl").exists());
 }
 

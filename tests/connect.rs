@@ -105,9 +105,7 @@ fn remote_mode_imports_by_ticket_adopts_and_skips_membership() {
     );
 
     // Rerun: nothing to do, nothing written.
-    let before = env.emu.requests().len();
-    assert_code(&sync(&config, &[]), 0);
-    assert_eq!(env.writes_since(before), Vec::<String>::new());
+    env.assert_sync_writes_nothing(&config, |_| true);
 
     // A membership change is not sent to an LDAP server; the run succeeds.
     env.slapd.add_member(&ds, &bob);
@@ -190,9 +188,7 @@ fn local_mode_full_lifecycle() {
     assert!(env.group("developers").is_some());
 
     // Converged: a rerun writes nothing.
-    let before = env.emu.requests().len();
-    assert_code(&sync(&config, &[]), 0);
-    assert_eq!(env.writes_since(before), Vec::<String>::new());
+    env.assert_sync_writes_nothing(&config, |_| true);
 }
 
 /// A local group that already exists (409 code 15) is adopted, never duplicated; missing users

@@ -266,11 +266,7 @@ fn daemon_requires_a_schedule_section() {
         Duration::from_secs(30),
     );
     assert_eq!(out.code(), 2, "{}", out.describe());
-    assert!(
-        out.stderr_str().contains("[schedule] is required"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("[schedule] is required");
     assert!(!port_open(port));
 }
 
@@ -530,7 +526,7 @@ fn sigterm_during_a_run_finishes_it_and_records_it() {
     );
     assert_eq!(status["sinks"][0]["groups"], groups as u64, "{status:#}");
     let text = run_ldapsync(&config, &["status"]);
-    assert!(text.stdout_str().contains("scim"), "{}", text.describe());
+    text.assert_stdout_has("scim");
 }
 
 #[test]
@@ -677,11 +673,7 @@ fn read_only_commands_and_an_approved_plan_beside_a_running_daemon() {
     let plan_arg = plan.display().to_string();
     let out = run_ldapsync(&config, &["sync", "-n", "--save-plan", &plan_arg]);
     assert_code(&out, 3);
-    assert!(
-        out.stdout_str().contains("- delete        team002"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stdout_has("- delete        team002");
     assert_code(&run_ldapsync(&config, &["status"]), 0);
     let out = run_ldapsync(&config, &["ledger", "-o", "json"]);
     assert_code(&out, 0);

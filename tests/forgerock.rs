@@ -4,12 +4,20 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::{Value, json};
 
 emulator_env!(Env, "forgerock");
+
+/// A request to IDM (under /openidm), not to the AM token endpoint.
+fn is_idm(request: &Value) -> bool {
+    request["path"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("/openidm")
+}
 
 impl Env {
     /// Client-credentials auth against the emulator's default client.
@@ -37,9 +45,13 @@ impl Env {
 
     /// IDM requests (under /openidm) that change something, from index `from` of the log.
     fn writes_since(&self, from: usize) -> Vec<String> {
-        self.0.writes_since(from, |r| {
-            r["path"].as_str().unwrap_or("").starts_with("/openidm")
-        })
+        self.0.writes_since(from, is_idm)
+    }
+
+    /// A rerun of `sync` exits 0 and sends no IDM write.
+    #[track_caller]
+    fn assert_converged(&self, config: &Path) {
+        self.assert_sync_writes_nothing(config, is_idm);
     }
 
     fn add_idm_users(&self, names: &[&str]) {
@@ -120,9 +132,7 @@ fn lifecycle_with_client_credentials() {
     assert_code(&sync(&config, &[]), 0);
     assert!(env.group("ops").is_none());
 
-    let before = env.emu.requests().len();
-    assert_code(&sync(&config, &[]), 0);
-    assert_eq!(env.writes_since(before), Vec::<String>::new());
+    env.assert_converged(&config);
 }
 
 /// Self-managed IDM: empty realm → `managed/group` / `managed/user`; a bearer token from a file.

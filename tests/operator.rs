@@ -208,11 +208,7 @@ fn a_saved_plan_is_applied_exactly_or_refused_when_anything_changed() {
     std::fs::write(&plan_file, edited).unwrap();
     let out = env.run(&["sync", "--plan", &plan_arg]);
     assert_code(&out, 1);
-    assert!(
-        out.stderr_str().contains("does not match its content"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("does not match its content");
 }
 
 #[test]
@@ -249,11 +245,7 @@ fn the_ledger_command_shows_what_each_sink_owns() {
     let env = Env::new(THREE_GROUPS, "", &["audit", "mirror"]);
     let out = env.run(&["ledger"]);
     assert_code(&out, 0);
-    assert!(
-        out.stdout_str().contains("no ledger yet"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stdout_has("no ledger yet");
     assert_code(&env.run(&["sync", "-q"]), 0);
 
     let out = env.run(&["ledger", "-s", "audit", "-o", "json"]);

@@ -85,11 +85,7 @@ fn secrets_echoed_by_a_target_are_scrubbed_everywhere() {
         assert_no_secret(&format!("{what} stdout"), &out.stdout_str());
         assert_no_secret(&format!("{what} stderr"), &out.stderr_str());
     }
-    assert!(
-        status_text.stdout_str().contains("401"),
-        "status shows the error: {}",
-        status_text.describe()
-    );
+    status_text.assert_stdout_has("401");
     assert_no_secret(
         "the state file",
         &String::from_utf8_lossy(&state_bytes(&world.state_path())),
@@ -157,11 +153,7 @@ fn credentials_in_a_sink_url_are_a_configuration_error() {
     for args in [&["check"][..], &["sync"], &["sync", "--dry-run"]] {
         let out = run_ldapsync(&config, args);
         assert_code(&out, 2);
-        assert!(
-            out.stderr_str().contains("base_url"),
-            "names the key: {}",
-            out.describe()
-        );
+        out.assert_stderr_has("base_url");
         assert!(
             !out.stderr_str().contains("url-password-77")
                 && !out.stdout_str().contains("url-password-77"),
@@ -236,11 +228,7 @@ fn an_empty_scope_never_deletes_while_a_ledger_holds_groups() {
     assert_eq!(plan["sinks"][0]["summary"]["delete"], held, "{plan}");
     let text = sync(&config, &["--allow-empty-scope"]);
     assert_code(&text, 0);
-    assert!(
-        text.stdout_str().contains("--allow-empty-scope"),
-        "{}",
-        text.describe()
-    );
+    text.assert_stdout_has("--allow-empty-scope");
     assert_eq!(ledger_groups(&state), 0);
 }
 
@@ -363,11 +351,7 @@ fn read_only_commands_check_the_state_file_like_sync() {
     ] {
         let out = run_ldapsync(&config, args);
         assert_code(&out, 1);
-        assert!(
-            out.stderr_str().contains("newer"),
-            "{args:?}: {}",
-            out.describe()
-        );
+        out.assert_stderr_has("newer");
     }
 
     // Garble the second page (a table's b-tree page) of the pristine file.

@@ -216,7 +216,7 @@ fn mass_delete_is_held_with_exit_3_and_nothing_written_until_allowed() {
 
     let out = sync(&w.config, &[]);
     assert_eq!(out.code(), 3, "{}", out.describe());
-    assert!(out.stdout_str().contains("HELD"), "{}", out.describe());
+    out.assert_stdout_has("HELD");
     assert_eq!(w.scim.groups(), before, "a held run writes nothing");
 
     let out = sync(&w.config, &["--allow-deletes"]);
@@ -249,11 +249,7 @@ fn dry_run_leaves_the_target_and_the_state_file_byte_identical() {
     let groups = w.scim.groups();
     let text = sync(&w.config, &["--dry-run"]);
     assert_eq!(text.code(), 0, "{}", text.describe());
-    assert!(
-        text.stdout_str().contains("+ member_add    ops: bob"),
-        "{}",
-        text.describe()
-    );
+    text.assert_stdout_has("+ member_add    ops: bob");
     assert!(text.stdout_str().contains(
         "sink \"scim\" (scim): 0 create, 0 update, 0 delete, 1 member_add, 0 member_remove"
     ));
@@ -406,22 +402,14 @@ fn an_incomplete_read_fails_every_sink_and_deletes_nothing() {
     w.slapd.delete(&[&g]);
     let out = sync(&w.config, &["--allow-deletes"]);
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(
-        out.stderr_str().contains("returned no entries"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("returned no entries");
     assert_eq!(w.scim.groups(), groups);
 
     // The server is down.
     w.slapd.stop();
     let out = sync(&w.config, &[]);
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(
-        out.stderr_str().contains("cannot connect to LDAP server"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("cannot connect to LDAP server");
     assert_eq!(w.scim.groups(), groups);
 }
 
@@ -463,11 +451,7 @@ fn ldaps_and_starttls_with_a_ca_file() {
     let config = write_file(dir.path(), "ldaps.toml", &ldaps);
     let out = sync(&config, &["--dry-run", "--output", "json"]);
     assert_code(&out, 0);
-    assert!(
-        out.stdout_str().contains("\"create\":1"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stdout_has("\"create\":1");
 
     let starttls = plain.replace(
         &format!("url = \"{}\"", slapd.url()),
@@ -487,11 +471,7 @@ fn ldaps_and_starttls_with_a_ca_file() {
     let config = write_file(dir.path(), "wrong-ca.toml", &wrong);
     let out = sync(&config, &["--dry-run"]);
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(
-        out.stderr_str().contains("cannot connect to LDAP server"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stderr_has("cannot connect to LDAP server");
 }
 
 #[test]
@@ -513,7 +493,7 @@ fn check_validates_and_connects() {
     );
     let out = run_ldapsync(&bad_token, &["check", "--connect"]);
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(out.stdout_str().contains("HTTP 401"), "{}", out.describe());
+    out.assert_stdout_has("HTTP 401");
     assert!(
         !out.describe().contains(w.scim.token()),
         "the token must never be printed"
@@ -525,7 +505,7 @@ fn check_validates_and_connects() {
     );
     let out = run_ldapsync(&bad_password, &["check", "--connect"]);
     assert_eq!(out.code(), 1, "{}", out.describe());
-    assert!(out.stdout_str().contains("bind as"), "{}", out.describe());
+    out.assert_stdout_has("bind as");
     assert!(
         !out.describe().contains("not-the-password"),
         "the password must never be printed"
@@ -692,11 +672,7 @@ fn a_slow_target_shows_progress_unless_quiet_and_summary_prints_one_line_per_sin
     }
     let out = run_ldapsync_env(&config, &["sync", "--quiet"], &fast);
     assert_code(&out, 0);
-    assert!(
-        out.stdout_str().contains("6 member_add"),
-        "{}",
-        out.describe()
-    );
+    out.assert_stdout_has("6 member_add");
     assert!(
         !out.stderr_str().contains("progress: "),
         "{}",

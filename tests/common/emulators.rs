@@ -17,7 +17,7 @@ use super::process::{
     START_TIMEOUT, file_tail, repo_root, stop_child, temp_dir, venv_program, wait_for_exit,
     write_file,
 };
-use super::run::{ldap_config_toml, permissive_safety_toml};
+use super::run::{assert_code, ldap_config_toml, permissive_safety_toml, sync};
 use super::slapd::Slapd;
 
 /// `$LDAPSYNC_PYTHON`, else `$REPO/.venv/bin/python`.
@@ -262,6 +262,15 @@ impl EmulatorWorld {
             .collect();
         names.sort();
         names
+    }
+
+    /// Runs `sync` with `config` and asserts that it exits 0 and sends no write that `keep`
+    /// keeps (a converged target).
+    #[track_caller]
+    pub fn assert_sync_writes_nothing(&self, config: &Path, keep: impl Fn(&Value) -> bool) {
+        let before = self.emu.requests().len();
+        assert_code(&sync(config, &[]), 0);
+        assert_eq!(self.writes_since(before, keep), Vec::<String>::new());
     }
 
     /// The emulator's requests from index `from` of its log that change something (not GET)

@@ -199,6 +199,26 @@ pub trait OutputExt {
             self.stderr_str()
         )
     }
+    /// Asserts that stdout contains `needle`; the message shows everything.
+    #[track_caller]
+    fn assert_stdout_has(&self, needle: &str) {
+        let stdout = self.stdout_str();
+        assert!(
+            stdout.contains(needle),
+            "stdout lacks {needle:?}: {}",
+            self.describe()
+        );
+    }
+    /// Asserts that stderr contains `needle`; the message shows everything.
+    #[track_caller]
+    fn assert_stderr_has(&self, needle: &str) {
+        let stderr = self.stderr_str();
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            self.describe()
+        );
+    }
 }
 
 impl OutputExt for Output {
