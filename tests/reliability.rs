@@ -181,15 +181,16 @@ fn offline_config(dir: &Path, groups_base: &str, extra_ldap: &str) -> PathBuf {
     )
 }
 
+/// Ledger rows of the `audit` sink.
 fn ledger_groups(state: &Path) -> i64 {
-    rusqlite::Connection::open(state)
-        .unwrap()
-        .query_row(
-            "SELECT COUNT(*) FROM ledger_groups WHERE sink = 'audit'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    count_ledger_groups(state, "sink = 'audit'")
+}
+
+/// Ledger group rows of the state file `state` that match the SQL condition `condition`.
+fn count_ledger_groups(state: &Path, condition: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM ledger_groups WHERE {condition}");
+    let state = rusqlite::Connection::open(state).unwrap();
+    state.query_row(&sql, [], |r| r.get(0)).unwrap()
 }
 
 /// A read with zero groups fails the run while a ledger holds groups, whatever scope earlier
@@ -245,14 +246,7 @@ fn connect_group_names(world: &EmulatorWorld) -> Vec<String> {
 
 /// Confirmed ledger rows of the `connect` sink.
 fn confirmed_ledger_groups(state: &Path) -> i64 {
-    rusqlite::Connection::open(state)
-        .unwrap()
-        .query_row(
-            "SELECT COUNT(*) FROM ledger_groups WHERE sink = 'connect' AND target_id IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    count_ledger_groups(state, "sink = 'connect' AND target_id IS NOT NULL")
 }
 
 /// A target answering `429 Retry-After: 86400` fails the request at once (longer than
@@ -270,55 +264,32 @@ fn runs_end_long_retry_after_and_run_timeout() {
         spec
     };
 
-    world.emu.admin_post(
-        "/faults",
-        &with(json!({"rate_limit_next": 1000, "retry_after": 86400})),
-    );
-    let config = world.write_config(1000, &connect_sink(&world, "max_retries = 1000"));
-    let started = std::time::Instant::now();
-    let out = sync(&config, &[]);
-    assert_code(&out, 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "no 24-hour wait: {:?}",
-        started.elapsed()
-    );
-    assert!(
-        out.describe().contains("max_retry_after_secs"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        confirmed_ledger_groups(&world.state_path()),
-        connect_group_names(&world).len() as i64
-    );
-
-    // Retry-After 1 on every create, a thousand retries: the sink stops at run_timeout_secs.
-    world.emu.admin_post(
-        "/faults",
-        &with(json!({"rate_limit_next": 100000, "retry_after": 1})),
-    );
-    let config = world.write_config(
-        1000,
-        &connect_sink(&world, "max_retries = 1000\nrun_timeout_secs = 3"),
-    );
-    let started = std::time::Instant::now();
-    let out = sync(&config, &[]);
-    assert_code(&out, 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        out.describe().contains("run_timeout_secs"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        confirmed_ledger_groups(&world.state_path()),
-        connect_group_names(&world).len() as i64
-    );
+    // Retry-After of a day: the request fails at once. Retry-After 1 on every create, a
+    // thousand retries: the sink stops at run_timeout_secs. Either way the run ends (no
+    // 24-hour wait) naming the key, and the ledger holds exactly the groups the target has.
+    let mut config = PathBuf::new();
+    for (retry_after, sink_extra, named_key) in [
+        (86400, "max_retries = 1000", "max_retry_after_secs"),
+        (
+            1,
+            "max_retries = 1000\nrun_timeout_secs = 3",
+            "run_timeout_secs",
+        ),
+    ] {
+        let fault = json!({"rate_limit_next": 100000, "retry_after": retry_after});
+        world.emu.admin_post("/faults", &with(fault));
+        config = world.write_config(1000, &connect_sink(&world, sink_extra));
+        let started = std::time::Instant::now();
+        let out = sync(&config, &[]);
+        assert_code(&out, 1);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(60), "the run ended: {took:?}");
+        assert!(out.describe().contains(named_key), "{}", out.describe());
+        assert_eq!(
+            confirmed_ledger_groups(&world.state_path()),
+            connect_group_names(&world).len() as i64
+        );
+    }
 
     // The target recovers: the next run converges, without duplicates.
     world.emu.admin_post("/faults", &json!({}));
