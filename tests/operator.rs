@@ -104,6 +104,17 @@ fn json(out: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", out.describe()))
 }
 
+/// Asserts that a command run with `-o json` ended with exit `code` and printed
+/// `{"error", "exit_code"}` with an error that contains `needle`.
+#[track_caller]
+fn assert_json_error(out: &std::process::Output, code: i32, needle: &str) {
+    assert_code(out, code);
+    let error = json(out);
+    let message = error["error"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{error}");
+    assert_eq!(error["exit_code"], code, "{error}");
+}
+
 #[test]
 fn a_saved_plan_is_applied_exactly_or_refused_when_anything_changed() {
     let env = Env::new(
@@ -161,16 +172,7 @@ fn a_saved_plan_is_applied_exactly_or_refused_when_anything_changed() {
         0,
     );
     let out = env.run(&["sync", "--plan", &plan_arg, "-o", "json"]);
-    assert_code(&out, 1);
-    let refused = json(&out);
-    assert!(
-        refused["error"]
-            .as_str()
-            .unwrap()
-            .contains("the ledger of sink \"mirror\" changed"),
-        "{refused}"
-    );
-    assert_eq!(refused["exit_code"], 1);
+    assert_json_error(&out, 1, "the ledger of sink \"mirror\" changed");
     assert_eq!(env.ops("audit").len(), 6);
 
     // A fresh plan is applied exactly, its held delete included.
@@ -301,13 +303,7 @@ fn the_ledger_command_shows_what_each_sink_owns() {
         "{status}"
     );
     let out = env.run(&["ledger", "-s", "nope", "-o", "json"]);
-    assert_code(&out, 2);
-    assert!(
-        json(&out)["error"]
-            .as_str()
-            .unwrap()
-            .contains("no sink named \"nope\"")
-    );
+    assert_json_error(&out, 2, "no sink named \"nope\"");
 }
 
 #[test]
@@ -323,15 +319,7 @@ fn read_only_commands_work_while_another_process_owns_the_state_file() {
     assert_code(&env.run(&["ledger"]), 0);
     // A real run still needs the file to itself, and says so in JSON too.
     let out = env.run(&["sync", "-o", "json"]);
-    assert_code(&out, 1);
-    let error = json(&out);
-    assert!(
-        error["error"]
-            .as_str()
-            .unwrap()
-            .contains("in use by another ldapsync process"),
-        "{error}"
-    );
+    assert_json_error(&out, 1, "in use by another ldapsync process");
     assert_eq!(
         out.stderr_str()
             .matches("in use by another ldapsync process")
