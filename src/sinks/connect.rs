@@ -907,12 +907,8 @@ impl ConnectSink {
 
 #[async_trait]
 impl Sink for ConnectSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn type_name(&self) -> &'static str {
-        "connect"
+    fn identity(&self) -> (&str, &'static str) {
+        (&self.name, "connect")
     }
 
     async fn check(&self) -> Result<(), SinkError> {

@@ -66,12 +66,8 @@ impl FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn type_name(&self) -> &'static str {
-        "file"
+    fn identity(&self) -> (&str, &'static str) {
+        (&self.name, "file")
     }
 
     async fn check(&self) -> Result<(), SinkError> {

@@ -61,12 +61,8 @@ pub trait GroupSink: GroupApi {
 
 #[async_trait]
 impl<A: GroupSink> Sink for A {
-    fn name(&self) -> &str {
-        self.sink_name()
-    }
-
-    fn type_name(&self) -> &'static str {
-        A::TYPE_NAME
+    fn identity(&self) -> (&str, &'static str) {
+        (self.sink_name(), A::TYPE_NAME)
     }
 
     async fn check(&self) -> Result<(), SinkError> {

@@ -163,8 +163,18 @@ pub enum SinkError {
 /// A target system that receives plans.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    fn name(&self) -> &str;
-    fn type_name(&self) -> &'static str;
+    /// Its configured name and its `type`.
+    fn identity(&self) -> (&str, &'static str);
+
+    /// Its configured name.
+    fn name(&self) -> &str {
+        self.identity().0
+    }
+
+    /// Its `type` (the registration's name).
+    fn type_name(&self) -> &'static str {
+        self.identity().1
+    }
 
     /// Authenticates and makes one harmless read (`check --connect`).
     async fn check(&self) -> Result<(), SinkError>;

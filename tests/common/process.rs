@@ -202,22 +202,17 @@ pub trait OutputExt {
     /// Asserts that stdout contains `needle`; the message shows everything.
     #[track_caller]
     fn assert_stdout_has(&self, needle: &str) {
-        let stdout = self.stdout_str();
-        assert!(
-            stdout.contains(needle),
-            "stdout lacks {needle:?}: {}",
-            self.describe()
-        );
+        self.assert_has("stdout", self.stdout_str(), needle);
     }
     /// Asserts that stderr contains `needle`; the message shows everything.
     #[track_caller]
     fn assert_stderr_has(&self, needle: &str) {
-        let stderr = self.stderr_str();
-        assert!(
-            stderr.contains(needle),
-            "stderr lacks {needle:?}: {}",
-            self.describe()
-        );
+        self.assert_has("stderr", self.stderr_str(), needle);
+    }
+    #[track_caller]
+    fn assert_has(&self, stream: &str, text: String, needle: &str) {
+        let found = text.contains(needle);
+        assert!(found, "{stream} lacks {needle:?}: {}", self.describe());
     }
 }
 

@@ -435,12 +435,8 @@ impl ProvisioningSyncSink {
 
 #[async_trait]
 impl Sink for ProvisioningSyncSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn type_name(&self) -> &'static str {
-        "pingone_provisioning_sync"
+    fn identity(&self) -> (&str, &'static str) {
+        (&self.name, "pingone_provisioning_sync")
     }
 
     /// Gets a token: the import endpoint has no harmless read.
