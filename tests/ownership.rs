@@ -34,19 +34,9 @@ impl World {
             scim.create_user(user, &mail);
         }
         let text = format!(
-            r#"{ldap}
-{LENIENT_SAFETY}
-[[sinks]]
-name = "scim"
-type = "scim"
-base_url = "{scim_url}"
-token = "{token}"
-max_retries = 2
-{sink_lines}
-"#,
+            "{ldap}\n{LENIENT_SAFETY}\n{sink}",
             ldap = ldap_config_toml(&slapd, &dir.path().join("state.db")),
-            scim_url = proxy.url(),
-            token = scim.token(),
+            sink = scim.sink_toml(&proxy.url(), &format!("max_retries = 2\n{sink_lines}")),
         );
         let config = write_file(dir.path(), "config.toml", text);
         World {

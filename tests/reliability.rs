@@ -705,13 +705,13 @@ fn scim_converges_through_the_fault_matrix() {
         dir.path(),
         "config.toml",
         format!(
-            "{ldap}\n{safety}\n[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{url}\"\n\
-             token = \"{token}\"\nuser_match = \"userName\"\n{http}",
+            "{ldap}\n{safety}\n{sink}",
             ldap = ldap_config_toml(&slapd, &state),
             safety = permissive_safety_toml(1000),
-            url = proxy.url(),
-            token = scim.token(),
-            http = matrix_http(),
+            sink = scim.sink_toml(
+                &proxy.url(),
+                &format!("user_match = \"userName\"\n{}", matrix_http())
+            ),
         ),
     );
     drive_fault_matrix(&FaultMatrix {

@@ -97,11 +97,8 @@ path = "{ops}"
         ops = dir.join("ops.jsonl").display(),
     );
     if let Some(scim) = scim {
-        text.push_str(&format!(
-            "\n[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{}\"\ntoken = \"{}\"\nuser_match = \"userName\"\n",
-            scim.base_url(),
-            scim.token()
-        ));
+        text.push('\n');
+        text.push_str(&scim.sink_toml(&scim.base_url(), "user_match = \"userName\""));
     }
     write_file(dir, "config.toml", text)
 }

@@ -17,19 +17,12 @@ fn write_config(dir: &Path, slapd: &Slapd, scim: &ScimServer, safety: &str) -> P
         slapd.admin_password()
     );
     let text = format!(
-        r#"{ldap}
-{safety}
-[[sinks]]
-name = "scim"
-type = "scim"
-base_url = "{scim_url}"
-token = "{token}"
-user_match = "userName"
-member_chunk_size = 7
-"#,
+        "{ldap}\n{safety}\n{sink}",
         ldap = ldap_config_toml_with(slapd, &dir.join("state.db"), &password),
-        scim_url = scim.base_url(),
-        token = scim.token(),
+        sink = scim.sink_toml(
+            &scim.base_url(),
+            "user_match = \"userName\"\nmember_chunk_size = 7"
+        ),
     );
     write_file(dir, "config.toml", text)
 }

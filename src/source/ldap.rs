@@ -407,37 +407,12 @@ pub(crate) fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
     if tag.id != 4 {
         return None;
     }
-    let PL::C(mut parts) = tag.payload else {
-        return None;
-    };
-    if parts.len() != 2 {
-        return None;
-    }
-    let attributes = parts.pop()?;
-    let dn = match parts.pop()?.payload {
-        PL::P(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        PL::C(_) => return None,
-    };
-    let PL::C(attributes) = attributes.payload else {
-        return None;
-    };
+    let (dn, attributes) = text_and_sequence(tag)?;
     let mut attrs: HashMap<String, Vec<Vec<u8>>> =
         HashMap::with_capacity_and_hasher(attributes.len(), Default::default());
     for attribute in attributes {
-        let PL::C(mut pair) = attribute.payload else {
-            return None;
-        };
-        if pair.len() != 2 {
-            return None;
-        }
-        let values = pair.pop()?;
-        let name = match pair.pop()?.payload {
-            PL::P(bytes) => String::from_utf8_lossy(&bytes).to_ascii_lowercase(),
-            PL::C(_) => return None,
-        };
-        let PL::C(values) = values.payload else {
-            return None;
-        };
+        let (name, values) = text_and_sequence(attribute)?;
+        let name = name.to_ascii_lowercase();
         let values = values
             .into_iter()
             .filter_map(|v| match v.payload {
@@ -448,6 +423,21 @@ pub(crate) fn decode_entry(entry: ResultEntry) -> Option<RawEntry> {
         attrs.insert(name, values);
     }
     Some(RawEntry { dn, attrs })
+}
+
+/// The parts of a `SEQUENCE { OCTET STRING, SEQUENCE OF … }` (an entry: its DN and attributes;
+/// an attribute: its name and values); `None` for any other shape.
+fn text_and_sequence(tag: StructureTag) -> Option<(String, Vec<StructureTag>)> {
+    let PL::C(mut parts) = tag.payload else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let (PL::C(sequence), PL::P(text)) = (parts.pop()?.payload, parts.pop()?.payload) else {
+        return None;
+    };
+    Some((String::from_utf8_lossy(&text).into_owned(), sequence))
 }
 
 #[cfg(test)]

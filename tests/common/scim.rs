@@ -120,6 +120,15 @@ impl ScimServer {
     pub fn token(&self) -> &str {
         &self.token
     }
+
+    /// A `[[sinks]]` table named `scim` for this server reached at `url` (the server itself or
+    /// a proxy in front of it), with its token and the lines `extra`.
+    pub fn sink_toml(&self, url: &str, extra: &str) -> String {
+        format!(
+            "[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{url}\"\ntoken = \"{token}\"\n{extra}\n",
+            token = self.token()
+        )
+    }
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
