@@ -29,8 +29,8 @@ use tokio::sync::Mutex;
 
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    self, AdoptPolicy, ApiProfile, Created, GroupApi, MemberChange, Membership, OpError, Outcome,
-    Prepared, TargetGroup, UserKey,
+    self, AdoptPolicy, ApiProfile, Change, Created, GroupApi, MemberChange, Membership, OpError,
+    Outcome, Prepared, TargetGroup, UserKey,
 };
 use super::target::{self, Page};
 use super::{Recorder, Sink, SinkError};
@@ -839,14 +839,8 @@ impl GroupApi for ConnectApi<'_> {
     /// Adds with `POST /v1/groups/{guid}/members {user_guid}` (code 16, already a member, is
     /// success); removes with `DELETE /v1/groups/{guid}/members/{user guid}` (404 code 17, not a
     /// member, or 9, no such user, is success).
-    async fn change_members(
-        &self,
-        change: MemberChange,
-        guid: &str,
-        _: &GroupSpec,
-        _: &(),
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
+    async fn change_members(&self, request: Change<'_, ()>) -> Result<Outcome, OpError> {
+        let (change, guid, chunk) = (request.kind, request.id, request.chunk);
         let members = format!("/v1/groups/{guid}/members");
         let http = &self.sink.http;
         for user_guid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {

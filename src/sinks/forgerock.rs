@@ -30,8 +30,9 @@ use super::http::{
     self, Auth, Body, HttpClient, HttpError, HttpSettings, OAuthClient, TokenAuthMethod, check_url,
 };
 use super::lifecycle::{
-    AdoptPolicy, ApiProfile, Created, GroupApi, GroupSink, MemberChange, Membership, OpError,
-    Outcome, TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, named_groups, outcome,
+    AdoptPolicy, ApiProfile, Change, Created, GroupApi, GroupSink, MemberChange, Membership,
+    OpError, Outcome, TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, named_groups,
+    outcome,
 };
 use super::target::{self, Page, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef, OpKind};
@@ -510,14 +511,9 @@ impl GroupApi for ForgeRockSink {
 
     /// Adds with `POST …/members?_action=create {"_ref"}` unless the user is already a member;
     /// removes with `DELETE …/members/<relationship id>` for each relationship of the user.
-    async fn change_members(
-        &self,
-        change: MemberChange,
-        id: &str,
-        _: &GroupSpec,
-        current: &Self::Members,
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
+    async fn change_members(&self, request: Change<'_, Self::Members>) -> Result<Outcome, OpError> {
+        let (change, id, current, chunk) =
+            (request.kind, request.id, request.current, request.chunk);
         let members = format!("{}/{id}/members", self.group_path);
         let user_object = self.config.object("user");
         for user_id in chunk.iter().filter_map(|m| m.target_id.as_deref()) {

@@ -396,15 +396,8 @@ pub trait GroupApi: Send + Sync {
         Ok(Membership::Managed(Self::Members::default()))
     }
 
-    /// Adds or removes one chunk of members (each with its `target_id`) of group `id`.
-    async fn change_members(
-        &self,
-        change: MemberChange,
-        id: &str,
-        group: &GroupSpec,
-        current: &Self::Members,
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError>;
+    /// Adds or removes one chunk of members of a group.
+    async fn change_members(&self, change: Change<'_, Self::Members>) -> Result<Outcome, OpError>;
 }
 
 /// Who a [`GroupApi`] sink is and how its target behaves ([`GroupApi::profile`]).
@@ -443,6 +436,17 @@ impl<'a> ApiProfile<'a> {
             external_id: true,
         }
     }
+}
+
+/// One [`GroupApi::change_members`] call: what to do to which group with which members.
+pub struct Change<'c, M> {
+    pub kind: MemberChange,
+    /// The target id of the group.
+    pub id: &'c str,
+    /// What [`GroupApi::members`] read of the group for this operation.
+    pub current: &'c M,
+    /// The members, each with its `target_id`.
+    pub chunk: &'c [MemberRef],
 }
 
 /// What [`GroupApi::change_members`] does with its chunk.
@@ -1134,7 +1138,12 @@ async fn change_members<A: GroupApi + ?Sized>(
     let mut left = mapped.len() as u64;
     for chunk in mapped.chunks(api.member_chunk_size().max(1)) {
         match api
-            .change_members(change, &id, group, &current, chunk)
+            .change_members(Change {
+                kind: change,
+                id: &id,
+                current: &current,
+                chunk,
+            })
             .await
         {
             Ok(Outcome::Done) => {
@@ -1393,20 +1402,14 @@ mod tests {
             }
             Ok(self.users.get(&member.username).cloned())
         }
-        async fn change_members(
-            &self,
-            change: MemberChange,
-            id: &str,
-            _: &GroupSpec,
-            _: &(),
-            chunk: &[MemberRef],
-        ) -> Result<Outcome, OpError> {
-            self.log(match change {
+        async fn change_members(&self, c: Change<'_, ()>) -> Result<Outcome, OpError> {
+            let id = c.id;
+            self.log(match c.kind {
                 MemberChange::Add => {
-                    let ids: Vec<_> = chunk.iter().filter_map(|m| m.target_id.clone()).collect();
+                    let ids: Vec<_> = c.chunk.iter().filter_map(|m| m.target_id.clone()).collect();
                     format!("add {id} {}", ids.join(","))
                 }
-                MemberChange::Remove => format!("remove {id} {}", chunk.len()),
+                MemberChange::Remove => format!("remove {id} {}", c.chunk.len()),
             });
             Ok(Outcome::Done)
         }

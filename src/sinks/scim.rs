@@ -20,8 +20,8 @@ use tokio::sync::Mutex;
 use super::SinkError;
 use super::http::{self, Auth, Body, HttpClient, HttpError, HttpSettings, Response, check_url};
 use super::lifecycle::{
-    AdoptPolicy, ApiProfile, Created, FILTER_VALUES, GroupApi, GroupSink, MemberChange, OpError,
-    Outcome, TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
+    AdoptPolicy, ApiProfile, Change, Created, FILTER_VALUES, GroupApi, GroupSink, MemberChange,
+    OpError, Outcome, TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, outcome,
 };
 use super::target::{self, quote};
 use crate::model::{ActualGroup, GroupSpec, MemberRef};
@@ -496,14 +496,8 @@ impl GroupApi for ScimSink {
 
     /// A PATCH (`add` with the members, or one `remove` per member), or a PUT of the whole
     /// group where the target has no PATCH.
-    async fn change_members(
-        &self,
-        change: MemberChange,
-        id: &str,
-        _: &GroupSpec,
-        _: &(),
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
+    async fn change_members(&self, request: Change<'_, ()>) -> Result<Outcome, OpError> {
+        let (change, id, chunk) = (request.kind, request.id, request.chunk);
         let ids = target_ids(chunk);
         if !self.patch_supported().await {
             let (add, remove) = match change {

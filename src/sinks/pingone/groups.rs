@@ -23,7 +23,7 @@ use crate::model::{ActualGroup, GroupSpec, MemberRef};
 use crate::sinks::SinkError;
 use crate::sinks::http::{Body, HttpClient, HttpError, HttpSettings};
 use crate::sinks::lifecycle::{
-    AdoptPolicy, ApiProfile, Created, GroupApi, GroupSink, MemberChange, OpError, Outcome,
+    AdoptPolicy, ApiProfile, Change, Created, GroupApi, GroupSink, MemberChange, OpError, Outcome,
     TargetGroup, UserCache, UserKey, id_values, ids, map_by_filter, member_pairs, outcome,
 };
 use crate::sinks::target::{self, Page, quote};
@@ -302,14 +302,8 @@ impl GroupApi for PingOneGroupsSink {
 
     /// Adds with `POST /users/{uid}/memberOfGroups` (a duplicate membership is success); removes
     /// with `DELETE /users/{uid}/memberOfGroups/{gid}` (404, not a member, is success).
-    async fn change_members(
-        &self,
-        change: MemberChange,
-        gid: &str,
-        _: &GroupSpec,
-        _: &(),
-        chunk: &[MemberRef],
-    ) -> Result<Outcome, OpError> {
+    async fn change_members(&self, request: Change<'_, ()>) -> Result<Outcome, OpError> {
+        let (change, gid, chunk) = (request.kind, request.id, request.chunk);
         let body = Body::json(&json!({"id": gid}));
         for uid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
             let memberships = format!("/users/{}/memberOfGroups", urlencoding::encode(uid));
