@@ -80,21 +80,13 @@ impl World {
     }
 
     fn dry_run(&self) -> Value {
-        let out = sync(&self.config, &["--dry-run", "--output", "json"]);
-        serde_json::from_str(&out.stdout_str())
-            .unwrap_or_else(|e| panic!("dry-run output is not JSON ({e}):\n{}", out.describe()))
+        dry_run_json(&self.config)
     }
 
     /// A dry run with zero operations; returns it.
     #[track_caller]
     fn assert_nothing_to_do(&self) -> Value {
-        let plan = self.dry_run();
-        assert_eq!(
-            plan["sinks"][0]["operations"],
-            json!([]),
-            "a converged target plans nothing: {plan}"
-        );
-        plan
+        assert_nothing_to_do(&self.config)
     }
 }
 

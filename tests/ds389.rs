@@ -62,13 +62,6 @@ fn write_config(dir: &Path, ou: &str, page_size: u32) -> PathBuf {
     )
 }
 
-fn dry_run(config: &Path) -> Value {
-    let out = sync(config, &["--dry-run", "--output", "json"]);
-    assert_code(&out, 0);
-    serde_json::from_str(&out.stdout_str())
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.describe()))
-}
-
 fn operations(plan: &Value) -> &Vec<Value> {
     plan["sinks"][0]["operations"].as_array().unwrap()
 }
@@ -93,7 +86,7 @@ fn nsuniqueid_ids_unique_members_and_a_rename() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &ou, 500);
 
-    let plan = dry_run(&config);
+    let plan = dry_run_ok(&config);
     let ops = operations(&plan);
     assert_eq!(ops.len(), 2, "{plan:#}");
     assert_eq!(ops[0]["op"], "create");
@@ -110,7 +103,7 @@ fn nsuniqueid_ids_unique_members_and_a_rename() {
     ds.rename(&group, "cn=squad");
     let renamed = format!("cn=squad,{ou}");
     assert_eq!(ds.attr_values(&renamed, "nsUniqueId"), vec![id.clone()]);
-    let plan = dry_run(&config);
+    let plan = dry_run_ok(&config);
     let ops = operations(&plan);
     assert_eq!(ops.len(), 1, "{plan:#}");
     assert_eq!(ops[0]["op"], "update");
@@ -150,7 +143,7 @@ fn paging_reads_past_the_size_limit_and_a_larger_page_fails_clearly() {
     );
 
     let config = write_config(dir.path(), &ou, 500);
-    let plan = dry_run(&config);
+    let plan = dry_run_ok(&config);
     assert_eq!(plan["read"]["users"], N as u64, "{}", plan["read"]);
     let out = sync(&config, &[]);
     assert_code(&out, 0);

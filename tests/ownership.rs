@@ -74,9 +74,7 @@ impl World {
     }
 
     fn dry_run(&self) -> Value {
-        let out = sync(&self.config, &["--dry-run", "--output", "json"]);
-        serde_json::from_str(&out.stdout_str())
-            .unwrap_or_else(|e| panic!("dry-run output is not JSON ({e}):\n{}", out.describe()))
+        dry_run_json(&self.config)
     }
 
     fn state(&self) -> &Path {
@@ -86,18 +84,6 @@ impl World {
 
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
-}
-
-/// Asserts a dry run with zero operations; returns it.
-#[track_caller]
-fn assert_nothing_to_do(w: &World) -> Value {
-    let plan = w.dry_run();
-    assert_eq!(
-        plan["sinks"][0]["operations"],
-        json!([]),
-        "a converged target plans nothing: {plan}"
-    );
-    plan
 }
 
 #[test]
@@ -126,7 +112,7 @@ fn an_unprocessed_create_then_an_ldap_delete_never_deletes_a_same_name_group() {
     let groups = w.scim.groups();
     assert_eq!(groups.len(), 2);
     assert!(groups.iter().any(|g| g["id"] == hand_made.as_str()));
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }
 
 #[test]
@@ -155,7 +141,7 @@ fn a_target_that_ignores_filters_never_makes_ldapsync_adopt_an_unrelated_group()
     assert_eq!(groups["g03"], vec![set(&["alice", "bob"])], "{groups:?}");
     let finance_now = w.scim.get_json(&format!("/Groups/{finance}"));
     assert_eq!(finance_now["displayName"], "AAA-finance-admins");
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }
 
 #[test]
@@ -203,7 +189,7 @@ fn a_hand_made_group_is_adopted_by_name_and_its_members_converge() {
     assert_eq!(groups["ops"], vec![set(&["alice", "bob"])], "{groups:?}");
     assert_eq!(w.scim.groups()[0]["id"], hand_made.as_str());
     assert!(w.proxy.requests("POST", "/Groups").is_empty());
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }
 
 #[test]
@@ -226,7 +212,7 @@ fn a_create_committed_then_answered_503_or_429_leaves_exactly_one_group() {
         "one POST per group, never re-sent: {:?}",
         w.proxy.log()
     );
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }
 
 #[test]
@@ -240,7 +226,7 @@ fn a_create_whose_connection_was_reset_after_sending_is_found_not_resent() {
     let groups = w.groups();
     assert_eq!(groups["ops"], vec![set(&["alice"])], "{groups:?}");
     assert_eq!(w.proxy.requests("POST", "/Groups").len(), 1);
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }
 
 #[test]
@@ -276,7 +262,7 @@ fn a_lost_state_file_against_a_populated_target_adopts_and_makes_no_duplicates()
         "no create"
     );
     assert_eq!(w.groups(), before);
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }
 
 #[test]
@@ -320,7 +306,7 @@ fn unmapped_members_leave_a_dry_run_with_nothing_to_do_and_are_listed() {
     // Unchanged directory: nothing to do, the unmapped users listed, one WARN naming them.
     // alice is in the state file's user map; only the misses are looked up, in one filter.
     let before = w.proxy.requests("GET", "/Users").len();
-    let plan = assert_nothing_to_do(&w);
+    let plan = assert_nothing_to_do(&w.config);
     let lookups: Vec<Value> = w.proxy.requests("GET", "/Users")[before..].to_vec();
     assert_eq!(lookups.len(), 1, "{lookups:?}");
     let query = lookups[0]["query"].as_str().unwrap_or_default();
@@ -449,7 +435,7 @@ fn a_full_sync_repairs_what_was_changed_by_hand_in_the_target() {
     assert_code(&sync(&w.config, &[]), 0);
     w.drift_by_hand();
     // The ledger alone sees nothing.
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 
     let out = sync(&w.config, &["--dry-run", "--full", "--output", "json"]);
     assert_code(&out, 0);
@@ -487,7 +473,7 @@ fn a_full_sync_repairs_what_was_changed_by_hand_in_the_target() {
     assert_eq!(groups["dev"], vec![set(&["alice"])], "{groups:?}");
     assert_eq!(groups["gone"], vec![set(&["bob"])], "{groups:?}");
     assert!(!groups.contains_key("dev-renamed"), "{groups:?}");
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
     let again = sync(&w.config, &["--dry-run", "--full", "--output", "json"]);
     let again: Value = serde_json::from_str(&again.stdout_str()).unwrap();
     assert_eq!(again["sinks"][0]["operations"], json!([]), "{again}");
@@ -577,7 +563,7 @@ fn provision_users_creates_missing_users_and_deactivates_those_that_leave() {
         assert_eq!(user["active"], true, "{user}");
     }
     assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave", "erin"])]);
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 
     // erin leaves the scope (no synced group lists her): deactivated, never deleted.
     w.slapd.remove_member(&ops, &erin);
@@ -594,5 +580,5 @@ fn provision_users_creates_missing_users_and_deactivates_those_that_leave() {
         "a user made by hand is untouched"
     );
     assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave"])]);
-    assert_nothing_to_do(&w);
+    assert_nothing_to_do(&w.config);
 }

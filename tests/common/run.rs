@@ -174,6 +174,35 @@ pub const DRIFT_REPAIRS: [(&str, &str, bool); 5] = [
     ("member_remove", "ops", true),
 ];
 
+/// `sync --dry-run --output json` and its JSON plan (panics, showing the output, when stdout is
+/// not JSON), whatever the exit code.
+pub fn dry_run_json(config: &Path) -> serde_json::Value {
+    let out = sync(config, &["--dry-run", "--output", "json"]);
+    serde_json::from_str(&out.stdout_str())
+        .unwrap_or_else(|e| panic!("dry-run output is not JSON ({e}):\n{}", out.describe()))
+}
+
+/// [`dry_run_json`], asserting that it exits 0.
+#[track_caller]
+pub fn dry_run_ok(config: &Path) -> serde_json::Value {
+    let plan = dry_run_json(config);
+    assert_eq!(plan["exit_code"], 0, "{plan}");
+    plan
+}
+
+/// [`dry_run_json`], asserting that it plans no operation (a converged target).
+#[track_caller]
+pub fn assert_nothing_to_do(config: &Path) -> serde_json::Value {
+    let plan = dry_run_json(config);
+    let operations = &plan["sinks"][0]["operations"];
+    assert_eq!(
+        operations,
+        &serde_json::json!([]),
+        "a converged target plans nothing: {plan}"
+    );
+    plan
+}
+
 /// One operation of a JSON plan, as the tests compare it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PlannedOp {
