@@ -180,6 +180,37 @@ impl Env {
     }
 }
 
+/// A directory of `groups` groups and a SCIM server behind a proxy that answers each request
+/// 150 ms late; `config` runs only at start-up (1 January at midnight is far away), with
+/// metrics on `port`.
+struct SlowRun {
+    env: Env,
+    scim: ScimServer,
+    proxy: SlowProxy,
+    port: u16,
+}
+
+impl SlowRun {
+    fn start(groups: usize) -> SlowRun {
+        let env = env_with_directory(groups);
+        let scim = ScimServer::start(false);
+        let proxy = SlowProxy::start(scim.port(), Duration::from_millis(150));
+        SlowRun {
+            env,
+            scim,
+            proxy,
+            port: free_port(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        let url = format!("http://127.0.0.1:{}/v2", self.proxy.port);
+        let sink = scim_sink(&url, &self.env.token_file(&self.scim));
+        let schedule = schedule("0 0 0 1 1 *", true, self.port, None);
+        self.env.config(&format!("{schedule}{sink}"))
+    }
+}
+
 fn scim_sink(base_url: &str, token_file: &Path) -> String {
     format!(
         "\n[[sinks]]\nname = \"scim\"\ntype = \"scim\"\nbase_url = \"{base_url}\"\ntoken_file = \"{}\"\n",
@@ -481,22 +512,11 @@ fn proxy_one(
 #[test]
 fn sigterm_during_a_run_finishes_it_and_records_it() {
     let groups = 8;
-    let env = env_with_directory(groups);
-    let scim = ScimServer::start(false);
-    let proxy = SlowProxy::start(scim.port(), Duration::from_millis(150));
-    let port = free_port();
-    let config = env.config(&format!(
-        "{}{}",
-        // Only the start-up run: 1 January at midnight is far away.
-        schedule("0 0 0 1 1 *", true, port, None),
-        scim_sink(
-            &format!("http://127.0.0.1:{}/v2", proxy.port),
-            &env.token_file(&scim)
-        )
-    ));
-    let mut d = DaemonProc::start(&config, port, &[], &[]);
+    let run = SlowRun::start(groups);
+    let config = run.config();
+    let mut d = DaemonProc::start(&config, run.port, &[], &[]);
     wait_until(Duration::from_secs(30), "the run to reach the sink", || {
-        proxy.requests.load(Ordering::SeqCst) >= 2
+        run.proxy.requests.load(Ordering::SeqCst) >= 2
     });
     let signalled = Instant::now();
     d.signal(nix::sys::signal::Signal::SIGTERM);
@@ -510,7 +530,7 @@ fn sigterm_during_a_run_finishes_it_and_records_it() {
         "exited too soon ({took:?}): {log}"
     );
     eprintln!("SIGTERM → exit 0 in {took:?}");
-    assert_eq!(scim.groups().len(), groups, "the run was completed");
+    assert_eq!(run.scim.groups().len(), groups, "the run was completed");
 
     let out = run_ldapsync(&config, &["status", "--output", "json"]);
     assert_eq!(out.code(), 0, "{}", out.describe());
@@ -733,22 +753,12 @@ fn read_only_commands_and_an_approved_plan_beside_a_running_daemon() {
 #[test]
 fn a_slow_run_reports_progress_in_status_and_metrics() {
     let groups = 8;
-    let env = env_with_directory(groups);
-    let scim = ScimServer::start(false);
-    let proxy = SlowProxy::start(scim.port(), Duration::from_millis(150));
-    let port = free_port();
-    let mut notes = Notifications::bind(env.dir.path());
-    let config = env.config(&format!(
-        "{}{}",
-        schedule("0 0 0 1 1 *", true, port, None),
-        scim_sink(
-            &format!("http://127.0.0.1:{}/v2", proxy.port),
-            &env.token_file(&scim)
-        )
-    ));
+    let run = SlowRun::start(groups);
+    let mut notes = Notifications::bind(run.env.dir.path());
+    let config = run.config();
     let d = DaemonProc::start(
         &config,
-        port,
+        run.port,
         &[],
         &[
             ("NOTIFY_SOCKET", notes.path.as_str()),
