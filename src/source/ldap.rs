@@ -226,7 +226,7 @@ pub(super) fn group_attributes(groups: &GroupsConfig) -> Vec<String> {
 /// Runs one paged subtree search, feeding decoded entries to `each`.
 /// Returns the continuation references skipped, if any.
 #[allow(clippy::too_many_arguments)]
-async fn search(
+pub(super) async fn search(
     ldap: &mut Ldap,
     config: &LdapConfig,
     section: &'static str,
@@ -317,7 +317,7 @@ async fn search(
 }
 
 /// `member;range=0-1499` is a range of `member`.
-fn is_range_of(key: &str, attribute: &str) -> bool {
+pub(super) fn is_range_of(key: &str, attribute: &str) -> bool {
     key.strip_prefix(attribute)
         .is_some_and(|rest| rest.starts_with(";range="))
 }
