@@ -103,12 +103,18 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
         .add_users(&people, &["alice", "bob", "carol", "erin"])
         .try_into()
         .unwrap();
-    // A member outside the users base: not a user of the sync, but a DN in a group.
-    let [frank] = dc.add_users(&elsewhere, &["frank"]).try_into().unwrap();
+    // Members outside the users base: not users of the sync, but DNs in groups.
+    let [frank, gina] = dc
+        .add_users(&elsewhere, &["frank", "gina"])
+        .try_into()
+        .unwrap();
     let eng = dc.add_group(&teams, "eng", &[&alice, &bob, &erin, &frank]);
     let ops = dc.add_group(&teams, "ops", &[&carol]);
     let qa = dc.add_group(&teams, "qa", &[&bob]);
     let old = dc.add_group(&teams, "old", &[&alice]);
+    // Groups that are never written: only their members are renamed or deleted.
+    dc.add_group(&teams, "ext", &[&frank, &gina]);
+    dc.add_group(&teams, "support", &[&alice, &bob]);
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
@@ -128,7 +134,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     assert_eq!(mode(&first), "full", "no snapshot yet: {first}");
     assert_eq!(
         (first["read"]["users"].clone(), first["read"]["groups"].clone()),
-        (4.into(), 4.into()),
+        (4.into(), 6.into()),
         "{first}"
     );
     assert!(
@@ -142,7 +148,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     assert_eq!(quiet["read"]["changes"], 0, "{quiet}");
     assert_eq!(
         (quiet["read"]["users"].clone(), quiet["read"]["groups"].clone()),
-        (4.into(), 4.into())
+        (4.into(), 6.into())
     );
     assert!(operations(&quiet).is_empty(), "{quiet}");
 
@@ -157,7 +163,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     ));
     dc.rename(&carol, "CN=caroline");
     dc.rename(&frank, "CN=franklin");
-    dc.delete(&[&bob]);
+    dc.delete(&[&bob, &gina]);
     dc.modify(&format!(
         "dn: {erin}\nchangetype: modrdn\nnewrdn: CN=erin\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"
     ));
@@ -178,8 +184,8 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
             changed["read"]["users"].clone(),
             changed["read"]["groups"].clone()
         ),
-        (3.into(), 3.into()),
-        "alice, caroline, dave; eng, operations, data: {changed}"
+        (3.into(), 5.into()),
+        "alice, caroline, dave; eng, operations, data, ext, support: {changed}"
     );
     assert!(changed["read"]["changes"].as_u64().unwrap() > 0, "{changed}");
     let planned = operations(&changed);
@@ -189,21 +195,31 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
         op("member_add", "eng", "dave"),
         op("member_remove", "eng", "bob"),
         op("member_remove", "eng", "erin"),
+        op("member_remove", "support", "bob"),
         op("delete", "qa", ""),
         op("delete", "old", ""),
     ] {
         assert!(planned.contains(&expected), "{expected:?} in {changed}");
     }
     let incremental = snapshot_dump(&w.state());
-    assert_eq!(incremental.len(), 6, "{incremental:?}");
-    let ops_entry = incremental
-        .values()
-        .find(|(dn, _)| dn.starts_with("CN=operations,"))
-        .expect("the renamed group");
+    assert_eq!(incremental.len(), 8, "{incremental:?}");
+    let members = |group: &str| {
+        incremental
+            .values()
+            .find(|(dn, _)| dn.starts_with(&format!("CN={group},")))
+            .unwrap_or_else(|| panic!("no {group} in {incremental:?}"))
+            .1["member"]
+            .clone()
+    };
     assert_eq!(
-        ops_entry.1["member"],
+        members("operations"),
         vec![format!("CN=caroline,{people}").into_bytes()],
         "the renamed member's new DN"
+    );
+    assert_eq!(
+        members("ext"),
+        vec![format!("CN=franklin,{elsewhere}").into_bytes()],
+        "renamed and deleted members outside the scopes"
     );
 
     // A full read of the same directory stores the same snapshot and plans nothing.
