@@ -47,6 +47,6 @@ mod slapd;
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
 pub use {
-    ds389::*, emulators::*, faults::*, http::*, incremental::*, ldap::*, pki::*, process::*, proxy::*, run::*,
-    samba::*, scim::*, slapd::*,
+    ds389::*, emulators::*, faults::*, http::*, incremental::*, ldap::*, pki::*, process::*,
+    proxy::*, run::*, samba::*, scim::*, slapd::*,
 };
