@@ -267,4 +267,17 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     assert!(stderr.contains("highestCommittedUSN"), "{stderr}");
     assert!(operations(&future).is_empty(), "{future}");
     assert_eq!(mode(&w.sync(&[], 0).0), "incremental");
+
+    // A filter on memberOf: AD changes it without changing the user's uSNChanged, so such a
+    // scope is read in full every time.
+    let text = std::fs::read_to_string(&w.config).unwrap().replace(
+        AD_USERS,
+        &format!("(&{AD_USERS}(!(memberOf=CN=nobody,{teams})))"),
+    );
+    std::fs::write(&w.config, text).unwrap();
+    for _ in 0..2 {
+        let (run, _) = w.sync(&[], 0);
+        assert_eq!(mode(&run), "full", "{run}");
+        assert!(operations(&run).is_empty(), "{run}");
+    }
 }

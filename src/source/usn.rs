@@ -43,6 +43,26 @@ use crate::dn::{is_under, normalize};
 
 /// The Show Deleted control: searches return tombstones too.
 const SHOW_DELETED_OID: &str = "1.2.840.113556.1.4.417";
+/// The domain scope control: no continuation references to the other naming contexts.
+const DOMAIN_SCOPE_OID: &str = "1.2.840.113556.1.4.1339";
+/// LDAP_MATCHING_RULE_IN_CHAIN: a transitive match, which changes when a nested entry does.
+const IN_CHAIN_OID: &str = "1.2.840.113556.1.4.1941";
+/// Attributes AD computes or maintains as back links: a change to them gives the entry no new
+/// `uSNChanged` (adding a user to a group changes the group, not the user's `memberOf`), so a
+/// filter or read that uses one cannot be followed by USN.
+const UNTRACKED_ATTRIBUTES: [&str; 11] = [
+    "memberof",
+    "msds-memberoftransitive",
+    "msds-membertransitive",
+    "directreports",
+    "managedobjects",
+    "tokengroups",
+    "tokengroupsglobalanduniversal",
+    "primarygrouptoken",
+    "canonicalname",
+    "msds-principalname",
+    "msds-user-account-control-computed",
+];
 /// What a cookie of this module starts with (a syncrepl cookie never does).
 const COOKIE_PREFIX: &str = "adusn1";
 /// AD purges tombstones after the forest's tombstone lifetime (180 days today, 60 in forests
@@ -100,6 +120,51 @@ fn unavailable(message: impl Into<String>) -> IncrementalError {
     IncrementalError::UsnUnavailable {
         message: message.into(),
     }
+}
+
+/// The attribute names a filter tests (`(cn=x)`, `(cn>=x)`, `(member:rule:=x)` → cn, member).
+fn filter_attributes(filter: &str) -> Vec<String> {
+    filter
+        .split('(')
+        .skip(1)
+        .filter_map(|item| {
+            let end = item.find(['=', '~', '<', '>', ':'])?;
+            let name = item[..end].trim();
+            (!name.is_empty() && !name.starts_with(['&', '|', '!', ')']))
+                .then(|| name.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Why this configuration cannot be followed by USN: a filter or read attribute whose changes
+/// leave `uSNChanged` alone.
+fn untracked(users: &UsersConfig, groups: &GroupsConfig) -> Option<String> {
+    for (section, filter) in [("users", &users.filter), ("groups", &groups.filter)] {
+        if filter.contains(IN_CHAIN_OID) {
+            return Some(format!(
+                "[{section}] filter uses the in-chain matching rule {IN_CHAIN_OID}, whose result changes without the entry changing"
+            ));
+        }
+        if let Some(attribute) = filter_attributes(filter)
+            .into_iter()
+            .find(|a| UNTRACKED_ATTRIBUTES.contains(&a.as_str()))
+        {
+            return Some(format!(
+                "[{section}] filter tests {attribute}, which AD changes without changing the entry's uSNChanged"
+            ));
+        }
+    }
+    let read = user_attributes(users, groups)
+        .into_iter()
+        .chain(group_attributes(groups));
+    for attribute in read {
+        if UNTRACKED_ATTRIBUTES.contains(&attribute.to_ascii_lowercase().as_str()) {
+            return Some(format!(
+                "the attribute {attribute} is computed by AD and changes without changing the entry's uSNChanged"
+            ));
+        }
+    }
+    None
 }
 
 fn show_deleted() -> RawControl {
@@ -215,6 +280,9 @@ pub(super) async fn prime(
     users: &UsersConfig,
     groups: &GroupsConfig,
 ) -> Result<(Vec<u8>, Vec<u8>), IncrementalError> {
+    if let Some(why) = untracked(users, groups) {
+        return Err(unavailable(why));
+    }
     let mut ldap = connect(ldap_config).await?;
     let timeout = Duration::from_secs(ldap_config.timeout_secs);
     let (cursor, _) = dc_state(&mut ldap, timeout, [&users.base_dn, &groups.base_dn]).await?;
@@ -360,6 +428,9 @@ pub(super) async fn refresh(
     let stored = Cursor::decode(&snapshot.users.cookie)
         .filter(|c| snapshot.groups.cookie == c.encode())
         .ok_or_else(|| unavailable("the stored cursor is not an Active Directory USN cursor"))?;
+    if let Some(why) = untracked(users, groups) {
+        return Err(unavailable(why));
+    }
     let mut ldap = connect(ldap_config).await?;
     let timeout = Duration::from_secs(ldap_config.timeout_secs);
     let (current, context) =
@@ -395,7 +466,14 @@ pub(super) async fn refresh(
             "lastKnownParent".into(),
             "name".into(),
         ],
-        vec![show_deleted()],
+        vec![
+            show_deleted(),
+            RawControl {
+                ctype: DOMAIN_SCOPE_OID.to_string(),
+                crit: false,
+                val: None,
+            },
+        ],
     )
     .await?;
     let total = snapshot.users.entries.len() + snapshot.groups.entries.len();
@@ -598,6 +676,33 @@ mod tests {
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn filters_on_back_links_cannot_be_followed_by_usn() {
+        assert_eq!(
+            filter_attributes("(&(objectClass=user)(!(cn>=x))(member:1.2.3:=y)(|(mail=*)))"),
+            ["objectclass", "cn", "member", "mail"]
+        );
+        let config = |users: &str, groups: &str| -> (UsersConfig, GroupsConfig) {
+            let section = |filter: &str| format!("base_dn = \"dc=x\"\nfilter = \"{filter}\"\n");
+            (
+                toml::from_str(&section(users)).unwrap(),
+                toml::from_str(&section(groups)).unwrap(),
+            )
+        };
+        let (users, groups) = config("(objectClass=user)", "(objectClass=group)");
+        assert_eq!(untracked(&users, &groups), None);
+        let (users, groups) = config(
+            "(&(objectClass=user)(memberOf=CN=App,DC=x))",
+            "(objectClass=group)",
+        );
+        assert!(untracked(&users, &groups).unwrap().contains("memberof"));
+        let (users, groups) = config(
+            "(objectClass=user)",
+            "(member:1.2.840.113556.1.4.1941:=CN=a,DC=x)",
+        );
+        assert!(untracked(&users, &groups).unwrap().contains("in-chain"));
     }
 
     #[test]
