@@ -117,6 +117,11 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     dc.add_group(&teams, "far", &[&gina]);
     dc.add_group(&teams, "support", &[&alice, &bob]);
 
+    // Deletions are followed through tombstones, and a bind DN that lists none cannot be told
+    // from one that may not see them: the domain needs one deletion before reads go incremental.
+    let [tmp] = dc.add_users(&elsewhere, &["tmp"]).try_into().unwrap();
+    dc.delete(&[&tmp]);
+
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
     let config = write_file(
@@ -280,4 +285,31 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
         assert_eq!(mode(&run), "full", "{run}");
         assert!(operations(&run).is_empty(), "{run}");
     }
+
+    // A bind DN that is not an administrator: Samba shows it CN=Deleted Objects but none of the
+    // tombstones in it, so deletions could go unseen and every run reads in full.
+    let svc = samba_plain_user(dc, "svc-sync", "Svc-Secret1!");
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace(
+            &format!("(&{AD_USERS}(!(memberOf=CN=nobody,{teams})))"),
+            AD_USERS,
+        )
+        .replace(dc.admin_dn(), &svc)
+        .replace(dc.admin_password(), "Svc-Secret1!");
+    std::fs::write(&w.config, text).unwrap();
+    let (first_plain, _) = w.sync(&[], 0);
+    assert_eq!(
+        mode(&first_plain),
+        "full",
+        "the bind DN changed: {first_plain}"
+    );
+    assert!(operations(&first_plain).is_empty(), "{first_plain}");
+    let (plain, stderr) = w.sync(&[], 0);
+    assert_eq!(mode(&plain), "full", "{plain}");
+    assert!(stderr.contains("sees no deleted object"), "{stderr}");
+    assert!(
+        snapshot_dump(&w.state()).is_empty(),
+        "no cursor, no snapshot: {stderr}"
+    );
 }

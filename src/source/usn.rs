@@ -22,14 +22,15 @@
 //!
 //! Anything doubtful is an [`IncrementalError`], and the caller reads in full: another DC, a
 //! stored USN above the DC's, a cursor older than the shortest tombstone lifetime, a bind DN that
-//! cannot see `CN=Deleted Objects`, a base outside the domain naming context, more changes than a
+//! sees no tombstone in `CN=Deleted Objects`, a filter on an attribute AD changes without a new
+//! `uSNChanged` (`memberOf`), a base outside the domain naming context, more changes than a
 //! full read costs, any failed search.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ldap3::controls::RawControl;
-use ldap3::{Ldap, Scope, dn_escape, ldap_escape};
+use ldap3::{Ldap, Scope, SearchOptions, dn_escape, ldap_escape};
 use rustc_hash::FxHashSet;
 
 use super::incremental::{IncrementalError, ScopeSnapshot, Snapshot};
@@ -63,6 +64,8 @@ const UNTRACKED_ATTRIBUTES: [&str; 11] = [
     "msds-principalname",
     "msds-user-account-control-computed",
 ];
+/// `sizeLimitExceeded`: more entries than the one asked for.
+const RC_SIZE_LIMIT_EXCEEDED: u32 = 4;
 /// What a cookie of this module starts with (a syncrepl cookie never does).
 const COOKIE_PREFIX: &str = "adusn1";
 /// AD purges tombstones after the forest's tombstone lifetime (180 days today, 60 in forests
@@ -248,19 +251,25 @@ async fn dc_state(
             )));
         }
     }
+    // Deletions are seen through tombstones, so the bind DN must be able to list them. Samba
+    // shows the container itself to any user but its tombstones only to administrators, so the
+    // test is one tombstone listed (a domain without any deletion reads in full until its first).
     let deleted_objects = format!("CN=Deleted Objects,{context}");
-    if read_base(
-        ldap,
-        timeout,
-        &deleted_objects,
-        &["1.1"],
-        vec![show_deleted()],
-    )
-    .await?
-    .is_none()
-    {
+    let listed = ldap
+        .with_controls(vec![show_deleted()])
+        .with_search_options(SearchOptions::new().sizelimit(1))
+        .with_timeout(timeout)
+        .search(
+            &deleted_objects,
+            Scope::OneLevel,
+            "(isDeleted=TRUE)",
+            vec!["1.1"],
+        )
+        .await
+        .map_err(|e| unavailable(format!("listing {deleted_objects}: {e}")))?;
+    if !matches!(listed.1.rc, RC_SUCCESS | RC_SIZE_LIMIT_EXCEEDED) || listed.0.is_empty() {
         return Err(unavailable(format!(
-            "the bind DN cannot see {deleted_objects} (Show Deleted control), so deletions would go unseen; grant it the right to list deleted objects, or set [ldap] incremental = \"off\""
+            "the bind DN sees no deleted object in {deleted_objects} (Show Deleted control), so deletions could go unseen; grant it the right to list deleted objects, or set [ldap] incremental = \"off\" (a domain where nothing was ever deleted reads in full until its first deletion)"
         )));
     }
     Ok((

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
+use super::process::run_ok;
 use super::samba::SambaDc;
 
 /// The stored snapshot as plain data: (scope, entryUUID or objectGUID) → (DN, attributes), with interned
@@ -96,4 +99,20 @@ pub fn ad_config_toml(
         password = dc.admin_password(),
         state = state.display(),
     )
+}
+
+/// Creates an ordinary (non-administrator) account `CN=NAME,CN=Users,<domain>` with `password` on
+/// `dc` (samba-tool writing its sam.ldb, which the running DC shares) and returns its DN.
+pub fn samba_plain_user(dc: &SambaDc, name: &str, password: &str) -> String {
+    run_ok(
+        &format!("samba-tool user create {name}"),
+        Command::new("/usr/bin/samba-tool")
+            .args(["user", "create", name, password, "-H"])
+            .arg(dc.sam_ldb())
+            .arg("-s")
+            .arg(dc.smb_conf()),
+        None,
+        Duration::from_secs(120),
+    );
+    format!("CN={name},CN=Users,{}", dc.base_dn())
 }
