@@ -566,10 +566,12 @@ pub(super) async fn refresh(
         }
     }
     let changed_keys: FxHashSet<&str> = changed.iter().map(|c| c.key.as_str()).collect();
+    // Normalizing every stored member DN costs a pass over all memberships: only when needed.
     let stale: Vec<&String> = snapshot
         .groups
         .entries
         .iter()
+        .take_while(|_| !former.is_empty())
         .filter(|(key, _)| !changed_keys.contains(key.as_str()))
         .filter(|(_, entry)| {
             dn_attributes.iter().any(|a| {
