@@ -35,7 +35,7 @@ use rustc_hash::FxHashSet;
 
 use super::incremental::{IncrementalError, ScopeSnapshot, Snapshot};
 use super::ldap::{
-    RC_SUCCESS, complete_ranges, connect, decode_entry, group_attributes, is_range_of, search,
+    RC_SUCCESS, complete_member_ranges, connect, decode_entry, group_attributes, search,
     user_attributes,
 };
 use super::{RawEntry, SourceError, holds_user_names, member_attributes};
@@ -371,13 +371,9 @@ async fn group_entries(
         .map(|a| a.to_ascii_lowercase())
         .collect();
     for entry in &mut found {
-        for attribute in &attributes {
-            if entry.attrs.keys().any(|k| is_range_of(k, attribute)) {
-                complete_ranges(ldap, timeout, entry, attribute)
-                    .await
-                    .map_err(|e| failed("groups", e))?;
-            }
-        }
+        complete_member_ranges(ldap, timeout, entry, &attributes)
+            .await
+            .map_err(|e| failed("groups", e))?;
     }
     Ok(found)
 }
