@@ -1003,6 +1003,32 @@ pub(crate) mod tests {
         assert_eq!(uuid_text(UUID), "3a1b2c4d-0001-0203-0405-060708090a0b");
     }
 
+    #[test]
+    fn the_id_attributes_choose_how_changes_are_followed() {
+        let ldap = |extra: &str| -> LdapConfig {
+            toml::from_str(&format!("url = \"ldaps://dc\"\n{extra}")).unwrap()
+        };
+        let users = |id: &str| -> UsersConfig {
+            toml::from_str(&format!("base_dn = \"dc=x\"\nid_attribute = \"{id}\"")).unwrap()
+        };
+        let groups = |id: &str| -> GroupsConfig {
+            toml::from_str(&format!("base_dn = \"dc=x\"\nid_attribute = \"{id}\"")).unwrap()
+        };
+        let auto = ldap("");
+        assert_eq!(
+            flavor(&auto, &users("entryUUID"), &groups("entryuuid")),
+            Ok(Flavor::Syncrepl)
+        );
+        assert_eq!(
+            flavor(&auto, &users("objectGUID"), &groups("objectGuid")),
+            Ok(Flavor::Usn)
+        );
+        assert!(flavor(&auto, &users("objectGUID"), &groups("entryUUID")).is_err());
+        assert!(flavor(&auto, &users("uid"), &groups("cn")).is_err());
+        let off = ldap("incremental = \"off\"");
+        assert!(flavor(&off, &users("objectGUID"), &groups("objectGUID")).is_err());
+    }
+
     fn entry(dn: &str) -> RawEntry {
         RawEntry {
             dn: dn.into(),
