@@ -11,6 +11,9 @@
 //! empty a scope — is an [`IncrementalError`], and the whole directory is read instead, under the
 //! incomplete-read rules of a full read (docs/safety.md rule 1).
 //!
+//! Against Active Directory (`id_attribute = "objectGUID"`) the same snapshot is refreshed by
+//! `uSNChanged` polling instead (src/source/usn.rs); the id attributes choose which.
+//!
 //! The controls are decoded with a small BER reader that never panics and never recurses
 //! (ldap3's own syncrepl parsers panic on input they do not expect).
 

@@ -664,6 +664,19 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A stored cursor is state-file bytes: any of them decode or are refused, never a panic;
+        /// every cursor round-trips.
+        #[test]
+        fn cursors_take_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                  id in "[0-9a-f-]{1,36}", usn: u64, at: u64) {
+            let _ = Cursor::decode(&bytes);
+            let cursor = Cursor { invocation_id: id, usn, at };
+            prop_assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_foreign_cookies_are_refused() {
