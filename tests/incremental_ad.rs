@@ -104,8 +104,8 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
         .try_into()
         .unwrap();
     // Members outside the users base: not users of the sync, but DNs in groups.
-    let [frank, gina] = dc
-        .add_users(&elsewhere, &["frank", "gina"])
+    let [frank, gina, hank] = dc
+        .add_users(&elsewhere, &["frank", "gina", "hank"])
         .try_into()
         .unwrap();
     let eng = dc.add_group(&teams, "eng", &[&alice, &bob, &erin, &frank]);
@@ -115,6 +115,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     // Groups that are never written: only their members are renamed or deleted (one way each).
     dc.add_group(&teams, "ext", &[&frank]);
     dc.add_group(&teams, "far", &[&gina]);
+    dc.add_group(&teams, "edge", &[&hank]);
     dc.add_group(&teams, "support", &[&alice, &bob]);
 
     // Deletions are followed through tombstones, and a bind DN that lists none cannot be told
@@ -143,7 +144,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
             first["read"]["users"].clone(),
             first["read"]["groups"].clone()
         ),
-        (4.into(), 7.into()),
+        (4.into(), 8.into()),
         "{first}"
     );
     assert!(
@@ -160,7 +161,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
             quiet["read"]["users"].clone(),
             quiet["read"]["groups"].clone()
         ),
-        (4.into(), 7.into())
+        (4.into(), 8.into())
     );
     assert!(operations(&quiet).is_empty(), "{quiet}");
 
@@ -176,6 +177,11 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     dc.rename(&carol, "CN=caroline");
     dc.rename(&frank, "CN=franklin");
     dc.delete(&[&bob, &gina]);
+    // Renamed, deleted (its tombstone knows only the new name), and its old DN taken by a new
+    // entry: edge's stored member value now names another object.
+    dc.rename(&hank, "CN=hank2");
+    dc.delete(&[&format!("CN=hank2,{elsewhere}")]);
+    dc.add_users(&elsewhere, &["hank"]);
     dc.modify(&format!(
         "dn: {erin}\nchangetype: modrdn\nnewrdn: CN=erin\ndeleteoldrdn: 1\nnewsuperior: {elsewhere}\n"
     ));
@@ -196,8 +202,8 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
             changed["read"]["users"].clone(),
             changed["read"]["groups"].clone()
         ),
-        (3.into(), 6.into()),
-        "alice, caroline, dave; eng, operations, data, ext, far, support: {changed}"
+        (3.into(), 7.into()),
+        "alice, caroline, dave; eng, operations, data, ext, far, edge, support: {changed}"
     );
     assert!(
         changed["read"]["changes"].as_u64().unwrap() > 0,
@@ -217,7 +223,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
         assert!(planned.contains(&expected), "{expected:?} in {changed}");
     }
     let incremental = snapshot_dump(&w.state());
-    assert_eq!(incremental.len(), 9, "{incremental:?}");
+    assert_eq!(incremental.len(), 10, "{incremental:?}");
     let members = |group: &str| {
         incremental
             .values()
@@ -241,6 +247,10 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     assert!(
         members("far").is_empty(),
         "a member deleted outside the scopes"
+    );
+    assert!(
+        members("edge").is_empty(),
+        "a member renamed then deleted, its old DN reused"
     );
 
     // A full read of the same directory stores the same snapshot and plans nothing.

@@ -17,8 +17,8 @@
 //! 3. the groups whose member DNs changed without the group being written: AD rewrites a member
 //!    value when the member is renamed, moved or deleted, and the group keeps its `uSNChanged`.
 //!    Stored groups naming a changed entry's old DN (from the snapshot, or a tombstone's
-//!    `lastKnownParent` and name) and groups the server finds naming a changed entry's current
-//!    DN are read again.
+//!    `lastKnownParent` and name) or the new DN of a renamed or new entry, and groups the server
+//!    finds naming such a new DN, are read again.
 //!
 //! Anything doubtful is an [`IncrementalError`], and the caller reads in full: another DC, a
 //! stored USN above the DC's, a cursor older than the shortest tombstone lifetime, a bind DN that
@@ -559,6 +559,9 @@ pub(super) async fn refresh(
         let renamed_or_new = stored_dn.is_none_or(|dn| normalize(dn) != normalize(&c.dn));
         if !c.deleted && renamed_or_new {
             current_dns.push(&c.dn);
+            // A stored group may still name this DN for the entry that had it before (renamed
+            // and deleted since: its tombstone tells only its last name).
+            former.insert(normalize(&c.dn));
         }
     }
     let changed_keys: FxHashSet<&str> = changed.iter().map(|c| c.key.as_str()).collect();
