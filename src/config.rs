@@ -99,7 +99,7 @@ pub struct LdapConfig {
     pub incremental: IncrementalMode,
 }
 
-/// `[ldap] incremental`: whether runs read only what changed (RFC 4533 syncrepl) when they can.
+/// `[ldap] incremental`: whether runs read only what changed (RFC 4533 syncrepl; `uSNChanged` on AD) when they can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IncrementalMode {

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use serde_json::Value;
@@ -72,74 +71,6 @@ fn mode(report: &Value) -> &str {
 fn operations(report: &Value) -> Vec<(String, String, Vec<String>)> {
     let operations = planned_operations(report).into_iter();
     operations.map(|o| (o.op, o.group, o.members)).collect()
-}
-
-/// The stored snapshot as plain data: (scope, entryUUID) → (DN, attributes), with interned
-/// values looked up (the state file's packed format: LEB128 varints; a value header is
-/// `len << 1` before the bytes, or `string id << 1 | 1`).
-type Dump = BTreeMap<(i64, String), (String, BTreeMap<String, Vec<Vec<u8>>>)>;
-
-fn snapshot_dump(state: &Path) -> Dump {
-    fn varint(bytes: &mut &[u8]) -> u64 {
-        let mut n = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = bytes[0];
-            *bytes = &bytes[1..];
-            n |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                break;
-            }
-        }
-        n
-    }
-    let db = rusqlite::Connection::open(state).unwrap();
-    let strings: BTreeMap<i64, Vec<u8>> = db
-        .prepare("SELECT id, value FROM snapshot_strings")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let mut statement = db
-        .prepare("SELECT scope, key, dn, attrs FROM snapshot_entries")
-        .unwrap();
-    let rows = statement
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })
-        .unwrap();
-    let mut dump = Dump::new();
-    for row in rows {
-        let (scope, key, dn, blob) = row.unwrap();
-        let mut bytes = blob.as_slice();
-        let mut attrs = BTreeMap::new();
-        for _ in 0..varint(&mut bytes) {
-            let len = varint(&mut bytes) as usize;
-            let name = String::from_utf8(bytes[..len].to_vec()).unwrap();
-            bytes = &bytes[len..];
-            let mut values = Vec::new();
-            for _ in 0..varint(&mut bytes) {
-                let header = varint(&mut bytes);
-                if header & 1 == 1 {
-                    values.push(strings[&((header >> 1) as i64)].clone());
-                } else {
-                    let len = (header >> 1) as usize;
-                    values.push(bytes[..len].to_vec());
-                    bytes = &bytes[len..];
-                }
-            }
-            values.sort();
-            attrs.insert(name, values);
-        }
-        let dn = String::from_utf8(strings[&dn].clone()).unwrap();
-        dump.insert((scope, key), (dn, attrs));
-    }
-    dump
 }
 
 #[test]

@@ -11,6 +11,9 @@
 //! empty a scope — is an [`IncrementalError`], and the whole directory is read instead, under the
 //! incomplete-read rules of a full read (docs/safety.md rule 1).
 //!
+//! Against Active Directory (`id_attribute = "objectGUID"`) the same snapshot is refreshed by
+//! `uSNChanged` polling instead (src/source/usn.rs); the id attributes choose which.
+//!
 //! The controls are decoded with a small BER reader that never panics and never recurses
 //! (ldap3's own syncrepl parsers panic on input they do not expect).
 
@@ -54,9 +57,10 @@ impl ReadMode {
 /// One scope (`users` or `groups`) as the last complete read left it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScopeSnapshot {
-    /// The RFC 4533 cookie that continues from this state.
+    /// The RFC 4533 cookie that continues from this state (for Active Directory: the DC's
+    /// invocationId and USN, src/source/usn.rs).
     pub cookie: Vec<u8>,
-    /// Entries with the attributes a read asks for, keyed by entryUUID.
+    /// Entries with the attributes a read asks for, keyed by entryUUID (objectGUID on AD).
     pub entries: BTreeMap<String, RawEntry>,
     /// Keys added, changed or removed since the snapshot was loaded: what the store writes.
     pub changed: BTreeSet<String>,
@@ -104,25 +108,49 @@ pub fn identity(ldap: &LdapConfig, users: &UsersConfig, groups: &GroupsConfig) -
     )
 }
 
-/// Why this configuration reads in full every time, if it does.
-fn ineligible(
+/// How a configuration can read incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// RFC 4533 content synchronization (OpenLDAP's syncprov), entries keyed by entryUUID.
+    Syncrepl,
+    /// Active Directory `uSNChanged` polling (src/source/usn.rs), entries keyed by objectGUID.
+    Usn,
+}
+
+impl Flavor {
+    fn id_attribute(self) -> &'static str {
+        match self {
+            Flavor::Syncrepl => "entryUUID",
+            Flavor::Usn => "objectGUID",
+        }
+    }
+}
+
+/// How this configuration reads incrementally, or why it reads in full every time.
+fn flavor(
     ldap: &LdapConfig,
     users: &UsersConfig,
     groups: &GroupsConfig,
-) -> Option<&'static str> {
+) -> Result<Flavor, &'static str> {
     if ldap.incremental == IncrementalMode::Off {
-        return Some("[ldap] incremental = \"off\"");
+        return Err("[ldap] incremental = \"off\"");
     }
     if ldap.url.is_none() {
-        return Some("the source is an LDIF file");
+        return Err("the source is an LDIF file");
     }
-    // Sync State controls name entries by entryUUID: the snapshot is keyed by it.
-    if !users.id_attribute.eq_ignore_ascii_case("entryUUID")
-        || !groups.id_attribute.eq_ignore_ascii_case("entryUUID")
-    {
-        return Some("syncrepl needs id_attribute = \"entryUUID\" in [users] and [groups]");
+    // The snapshot is keyed by the id the server's change tracking names entries by: Sync State
+    // controls carry entryUUID; AD's objects are tracked by objectGUID.
+    for flavor in [Flavor::Syncrepl, Flavor::Usn] {
+        let id = flavor.id_attribute();
+        if users.id_attribute.eq_ignore_ascii_case(id)
+            && groups.id_attribute.eq_ignore_ascii_case(id)
+        {
+            return Ok(flavor);
+        }
     }
-    None
+    Err(
+        "incremental reads need id_attribute = \"entryUUID\" (OpenLDAP) or \"objectGUID\" (Active Directory) in both [users] and [groups]",
+    )
 }
 
 /// What a read returned besides the entries it delivered.
@@ -159,6 +187,22 @@ pub enum IncrementalError {
         "the incremental read would empty the {scope} scope ({before} entries at the last read)"
     )]
     ScopeEmptied { scope: &'static str, before: usize },
+    #[error("Active Directory incremental reads are not possible: {message}")]
+    UsnUnavailable { message: String },
+    #[error(
+        "the domain controller is not the one the last read came from (invocationId {stored}, now {current}: another DC behind the same URL, or this one restored from a backup)"
+    )]
+    DcChanged { stored: String, current: String },
+    #[error(
+        "the stored update sequence number {stored} is above the domain controller's highestCommittedUSN {current} (restored from a backup?)"
+    )]
+    UsnBehind { stored: u64, current: u64 },
+    #[error(
+        "the last read is {days} days old: deletions older than Active Directory's shortest tombstone lifetime (60 days) may have left no trace"
+    )]
+    CursorTooOld { days: u64 },
+    #[error("{count} entries changed since the last read: a full read costs less")]
+    TooManyChanges { count: usize },
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -176,17 +220,20 @@ pub async fn read(
     record: bool,
     sink: &mut impl EntrySink,
 ) -> Result<SnapshotRead, SourceError> {
-    if let Some(why) = ineligible(ldap, users, groups) {
-        tracing::debug!(why, "full read");
-        let stats = super::read(ldap, users, groups, sink).await?;
-        return Ok(SnapshotRead {
-            changes: stats.users + stats.groups,
-            stats,
-            mode: ReadMode::Full,
-            snapshot: None,
-            fallback: None,
-        });
-    }
+    let flavor = match flavor(ldap, users, groups) {
+        Ok(flavor) => flavor,
+        Err(why) => {
+            tracing::debug!(why, "full read");
+            let stats = super::read(ldap, users, groups, sink).await?;
+            return Ok(SnapshotRead {
+                changes: stats.users + stats.groups,
+                stats,
+                mode: ReadMode::Full,
+                snapshot: None,
+                fallback: None,
+            });
+        }
+    };
     let identity = identity(ldap, users, groups);
     let mut fallback = None;
     match stored {
@@ -197,7 +244,10 @@ pub async fn read(
                     .to_string(),
             )
         }
-        Some(stored) => match refresh(ldap, users, groups, stored).await {
+        Some(stored) => match match flavor {
+            Flavor::Syncrepl => refresh(ldap, users, groups, stored).await,
+            Flavor::Usn => super::usn::refresh(ldap, users, groups, stored).await,
+        } {
             Ok((snapshot, changes)) => {
                 let stats = snapshot.feed(sink)?;
                 return Ok(SnapshotRead {
@@ -218,7 +268,10 @@ pub async fn read(
         None => {}
     }
     let primed = if record {
-        Some(prime(ldap, users, groups).await)
+        Some(match flavor {
+            Flavor::Syncrepl => prime(ldap, users, groups).await,
+            Flavor::Usn => super::usn::prime(ldap, users, groups).await,
+        })
     } else {
         None
     };
@@ -226,12 +279,13 @@ pub async fn read(
         None => None,
         Some(Ok(cookies)) => Some(cookies),
         Some(Err(e)) => {
-            tracing::info!(error = %e, "no sync cookie: the next run reads the whole directory too");
+            tracing::info!(error = %e, "no incremental cursor: the next run reads the whole directory too");
             None
         }
     };
     let mut recorder = Recording {
         inner: sink,
+        key: flavor.id_attribute(),
         record: cookies.is_some(),
         users: BTreeMap::new(),
         groups: BTreeMap::new(),
@@ -262,9 +316,10 @@ pub async fn read(
     })
 }
 
-/// Forwards entries to the directory builder and keeps a copy keyed by entryUUID.
+/// Forwards entries to the directory builder and keeps a copy keyed by `key` (entryUUID or objectGUID).
 struct Recording<'a, S: EntrySink> {
     inner: &'a mut S,
+    key: &'static str,
     record: bool,
     users: BTreeMap<String, RawEntry>,
     groups: BTreeMap<String, RawEntry>,
@@ -274,7 +329,7 @@ impl<S: EntrySink> EntrySink for Recording<'_, S> {
     fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
         self.inner.add_user(entry)?;
         if self.record
-            && let Some(key) = entry.source_id("entryUUID")
+            && let Some(key) = entry.source_id(self.key)
         {
             self.users.insert(key, entry.clone());
         }
@@ -283,7 +338,7 @@ impl<S: EntrySink> EntrySink for Recording<'_, S> {
     fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
         self.inner.add_group(entry)?;
         if self.record
-            && let Some(key) = entry.source_id("entryUUID")
+            && let Some(key) = entry.source_id(self.key)
         {
             self.groups.insert(key, entry.clone());
         }
@@ -949,6 +1004,32 @@ pub(crate) mod tests {
         assert_eq!(decode_sync_info(&tlv(SYNC_ID_SET, &[])), None, "no set");
         assert_eq!(decode_sync_info(&tlv(0xa4, &[])), None);
         assert_eq!(uuid_text(UUID), "3a1b2c4d-0001-0203-0405-060708090a0b");
+    }
+
+    #[test]
+    fn the_id_attributes_choose_how_changes_are_followed() {
+        let ldap = |extra: &str| -> LdapConfig {
+            toml::from_str(&format!("url = \"ldaps://dc\"\n{extra}")).unwrap()
+        };
+        let users = |id: &str| -> UsersConfig {
+            toml::from_str(&format!("base_dn = \"dc=x\"\nid_attribute = \"{id}\"")).unwrap()
+        };
+        let groups = |id: &str| -> GroupsConfig {
+            toml::from_str(&format!("base_dn = \"dc=x\"\nid_attribute = \"{id}\"")).unwrap()
+        };
+        let auto = ldap("");
+        assert_eq!(
+            flavor(&auto, &users("entryUUID"), &groups("entryuuid")),
+            Ok(Flavor::Syncrepl)
+        );
+        assert_eq!(
+            flavor(&auto, &users("objectGUID"), &groups("objectGuid")),
+            Ok(Flavor::Usn)
+        );
+        assert!(flavor(&auto, &users("objectGUID"), &groups("entryUUID")).is_err());
+        assert!(flavor(&auto, &users("uid"), &groups("cn")).is_err());
+        let off = ldap("incremental = \"off\"");
+        assert!(flavor(&off, &users("objectGUID"), &groups("objectGUID")).is_err());
     }
 
     fn entry(dn: &str) -> RawEntry {

@@ -178,11 +178,7 @@ pub(super) async fn read(
     stats.continuation_references.extend(skipped);
     let timeout = Duration::from_secs(config.timeout_secs);
     for mut entry in ranged {
-        for attribute in &member_attributes {
-            if entry.attrs.keys().any(|k| is_range_of(k, attribute)) {
-                complete_ranges(&mut ldap, timeout, &mut entry, attribute).await?;
-            }
-        }
+        complete_member_ranges(&mut ldap, timeout, &mut entry, &member_attributes).await?;
         builder.add_group(&entry)?;
     }
     let _ = ldap.unbind().await;
@@ -226,7 +222,7 @@ pub(super) fn group_attributes(groups: &GroupsConfig) -> Vec<String> {
 /// Runs one paged subtree search, feeding decoded entries to `each`.
 /// Returns the continuation references skipped, if any.
 #[allow(clippy::too_many_arguments)]
-async fn search(
+pub(super) async fn search(
     ldap: &mut Ldap,
     config: &LdapConfig,
     section: &'static str,
@@ -333,6 +329,21 @@ fn parse_range(key: &str) -> Option<(u64, Option<u64>)> {
         Some(end.parse().ok()?)
     };
     Some((start, end))
+}
+
+/// Completes each of `attributes` (lower-case) that `entry` holds as a range (`member;range=…`).
+pub(super) async fn complete_member_ranges(
+    ldap: &mut Ldap,
+    timeout: Duration,
+    entry: &mut RawEntry,
+    attributes: &[String],
+) -> Result<(), SourceError> {
+    for attribute in attributes {
+        if entry.attrs.keys().any(|k| is_range_of(k, attribute)) {
+            complete_ranges(ldap, timeout, entry, attribute).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Fetches the remaining values of a ranged attribute (AD answers `member;range=0-1499`): `entry`

@@ -9,6 +9,7 @@ pub mod ldap;
 pub(crate) mod ldif;
 mod result_code;
 mod tls;
+mod usn;
 
 pub use result_code::ResultCode;
 pub use tls::CertificateName;

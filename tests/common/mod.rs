@@ -16,6 +16,8 @@
 //! - [`emulators`]: the Python target emulators ([`Emulator`], [`EmulatorWorld`]);
 //! - [`proxy`]: the fault-injecting proxy ([`FaultProxy`]) put in front of a target;
 //! - [`faults`]: the fault matrix every sink type is driven through ([`drive_fault_matrix`]);
+//! - [`incremental`]: the state file's directory snapshot as plain data ([`snapshot_dump`]) and
+//!   an Active Directory source config ([`ad_config_toml`]);
 //! - [`run`]: the `ldapsync` binary, config TOML builders, [`run_ldapsync`], [`sync`],
 //!   [`assert_code`].
 //!
@@ -32,6 +34,7 @@ mod ds389;
 mod emulators;
 mod faults;
 mod http;
+mod incremental;
 mod ldap;
 mod pki;
 mod process;
@@ -44,6 +47,6 @@ mod slapd;
 // A test file that uses nothing of a submodule would warn about its re-export.
 #[allow(unused_imports)]
 pub use {
-    ds389::*, emulators::*, faults::*, http::*, ldap::*, pki::*, process::*, proxy::*, run::*,
-    samba::*, scim::*, slapd::*,
+    ds389::*, emulators::*, faults::*, http::*, incremental::*, ldap::*, pki::*, process::*,
+    proxy::*, run::*, samba::*, scim::*, slapd::*,
 };
