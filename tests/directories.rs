@@ -26,8 +26,6 @@ fn write_config(dir: &Path, slapd: &Slapd, groups_extra: &str) -> PathBuf {
     )
 }
 
-/// `sync --dry-run --output json`, which must exit 0.
-
 /// Group name → members, from the planned `create` and `member_add` operations.
 fn planned_members(plan: &Value) -> BTreeMap<String, BTreeSet<String>> {
     let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

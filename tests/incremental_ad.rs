@@ -130,7 +130,13 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
         "config.toml",
         format!(
             "{}\n{LENIENT_SAFETY}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
-            ad_config_toml(&dc, &state, (&teams, AD_GROUPS), (&people, AD_USERS)),
+            ad_config_toml(
+                &dc,
+                &dc.ldaps_url(),
+                &state,
+                (&teams, AD_GROUPS),
+                (&people, AD_USERS)
+            ),
             dir.path().join("audit.jsonl").display()
         ),
     );

@@ -25,24 +25,15 @@ fn dc() -> &'static SambaDc {
     DC.get_or_init(SambaDc::start)
 }
 
-/// A config reading `group_base`/`user_base` from the shared DC over LDAPS into a file sink
-/// (JSON lines), plus a SCIM sink when given.
+/// A config reading `groups` (base DN, filter) and the users under `user_base` from the shared
+/// DC over LDAPS into a file sink (JSON lines), plus a SCIM sink when given.
 fn write_config(
     dir: &Path,
-    group_base: &str,
-    group_filter: &str,
+    groups: (&str, &str),
     user_base: &str,
     scim: Option<&ScimServer>,
 ) -> PathBuf {
-    write_config_for(
-        dc(),
-        &dc().ldaps_url(),
-        dir,
-        group_base,
-        group_filter,
-        user_base,
-        scim,
-    )
+    write_config_for(dc(), &dc().ldaps_url(), dir, groups, user_base, scim)
 }
 
 /// [`write_config`] for any DC, reached at `url`.
@@ -50,50 +41,20 @@ fn write_config_for(
     dc: &SambaDc,
     url: &str,
     dir: &Path,
-    group_base: &str,
-    group_filter: &str,
+    groups: (&str, &str),
     user_base: &str,
     scim: Option<&ScimServer>,
 ) -> PathBuf {
     let mut text = format!(
-        r#"[ldap]
-url = "{url}"
-ca_file = "{ca}"
-bind_dn = "{admin}"
-bind_password = "{password}"
-page_size = 100
-
-[groups]
-base_dn = "{group_base}"
-filter = "{group_filter}"
-id_attribute = "objectGUID"
-name_attribute = "cn"
-
-[users]
-base_dn = "{user_base}"
-filter = "{AD_USERS}"
-id_attribute = "objectGUID"
-username_attribute = "sAMAccountName"
-email_attribute = "mail"
-
-[state]
-path = "{state}"
-
-[safety]
-max_group_deletes = 1000
-max_group_delete_percent = 100
-max_member_removes = 100000
-max_member_remove_percent = 100
-
-[[sinks]]
-name = "audit"
-type = "file"
-path = "{ops}"
-"#,
-        ca = dc.ca_file().display(),
-        admin = dc.admin_dn(),
-        password = dc.admin_password(),
-        state = dir.join("state.db").display(),
+        "{ad}\n{safety}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{ops}\"\n",
+        ad = ad_config_toml(
+            dc,
+            url,
+            &dir.join("state.db"),
+            groups,
+            (user_base, AD_USERS)
+        ),
+        safety = permissive_safety_toml(100_000),
         ops = dir.join("ops.jsonl").display(),
     );
     if let Some(scim) = scim {
@@ -179,7 +140,7 @@ fn objectguid_ids_nesting_and_rename() {
         scim.create_user(u, &format!("{u}@ad.ldapsync.test"));
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &ou, "(objectClass=group)", &ou, Some(&scim));
+    let config = write_config(dir.path(), (&ou, "(objectClass=group)"), &ou, Some(&scim));
 
     let (_, json) = dry_run(&config);
     let planned = planned_groups(operations(&json, "audit"));
@@ -271,8 +232,7 @@ fn domain_root_search_skips_continuation_references() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        root,
-        "(&(objectClass=group)(cn=root-*))",
+        (root, "(&(objectClass=group)(cn=root-*))"),
         root,
         None,
     );
@@ -343,7 +303,7 @@ fn large_group_read_completely_and_ranged_retrieval() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &ou, "(objectClass=group)", &ou, None);
+    let config = write_config(dir.path(), (&ou, "(objectClass=group)"), &ou, None);
     let (_, json) = dry_run(&config);
     let planned = planned_groups(operations(&json, "audit"));
     assert_eq!(planned["big-all"].0, dc.object_guid(&group_dn));
@@ -499,7 +459,7 @@ fn ad_user_filter_and_disabled_accounts() {
         &[&users[0], &users[1], &admin, &krbtgt, &guest, &computer],
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &ou, "(objectClass=group)", root, None);
+    let config = write_config(dir.path(), (&ou, "(objectClass=group)"), root, None);
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace(AD_USERS, AD_DOCUMENTED_USERS);
@@ -547,7 +507,7 @@ fn ad_primary_group_adds_members_by_rid() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &ou, "(objectClass=group)", &ou, None);
+    let config = write_config(dir.path(), (&ou, "(objectClass=group)"), &ou, None);
     assert_eq!(members_of(&config, "prim-g").0, set(&["prim-a"]));
     add_key(&config, "groups", "ad_primary_group = true");
     assert_eq!(members_of(&config, "prim-g").0, set(&["prim-a", "prim-b"]));
@@ -589,8 +549,7 @@ fn samba_generated_certificate_and_the_cn_fallback() {
         &dc,
         &format!("ldaps://{host}"),
         dir.path(),
-        &ou,
-        "(objectClass=group)",
+        (&ou, "(objectClass=group)"),
         &ou,
         None,
     );

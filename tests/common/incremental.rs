@@ -78,9 +78,11 @@ pub fn snapshot_dump(state: &Path) -> Dump {
 }
 
 /// The `[ldap]`, `[groups]`, `[users]` and `[state]` sections of a config reading `dc` over
-/// LDAPS as its Administrator, with AD conventions (objectGUID ids, sAMAccountName user names).
+/// LDAPS at `url` as its Administrator, with AD conventions (objectGUID ids, sAMAccountName user
+/// names).
 pub fn ad_config_toml(
     dc: &SambaDc,
+    url: &str,
     state: &Path,
     (group_base, group_filter): (&str, &str),
     (user_base, user_filter): (&str, &str),
@@ -93,7 +95,6 @@ pub fn ad_config_toml(
          [users]\nbase_dn = \"{user_base}\"\nfilter = \"{user_filter}\"\n\
          id_attribute = \"objectGUID\"\nusername_attribute = \"sAMAccountName\"\n\
          email_attribute = \"mail\"\n\n[state]\npath = \"{state}\"\n",
-        url = dc.ldaps_url(),
         ca = dc.ca_file().display(),
         admin = dc.admin_dn(),
         password = dc.admin_password(),
