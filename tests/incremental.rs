@@ -64,10 +64,6 @@ impl World {
     }
 }
 
-fn mode(report: &Value) -> &str {
-    report["read"]["mode"].as_str().unwrap_or_default()
-}
-
 fn operations(report: &Value) -> Vec<(String, String, Vec<String>)> {
     let operations = planned_operations(report).into_iter();
     operations.map(|o| (o.op, o.group, o.members)).collect()
@@ -78,21 +74,15 @@ fn incremental_runs_read_only_changes_and_match_a_full_read() {
     let w = World::new();
     let slapd = &w.slapd;
     let first = w.sync(&[], 0);
-    assert_eq!(mode(&first), "full", "no snapshot yet: {first}");
+    assert_eq!(read_mode(&first), "full", "no snapshot yet: {first}");
     assert_eq!(first["read"]["users"], 3);
     assert_eq!(operations(&first).len(), 4, "{first}"); // 2 creates, 2 member_adds
 
     // Nothing changed: an incremental read that reads nothing.
     let quiet = w.sync(&[], 0);
-    assert_eq!(mode(&quiet), "incremental", "{quiet}");
+    assert_eq!(read_mode(&quiet), "incremental", "{quiet}");
     assert_eq!(quiet["read"]["changes"], 0, "{quiet}");
-    assert_eq!(
-        (
-            quiet["read"]["users"].clone(),
-            quiet["read"]["groups"].clone()
-        ),
-        (3.into(), 2.into())
-    );
+    assert_eq!(read_counts(&quiet), (3, 2));
     assert!(operations(&quiet).is_empty(), "{quiet}");
 
     // Adds, modifications, a rename, a membership removal and deletions.
@@ -110,7 +100,7 @@ fn incremental_runs_read_only_changes_and_match_a_full_read() {
     slapd.add_group("data", &[&format!("uid=carol,{people}")]);
 
     let changed = w.sync(&[], 0);
-    assert_eq!(mode(&changed), "incremental", "{changed}");
+    assert_eq!(read_mode(&changed), "incremental", "{changed}");
     assert_eq!(changed["read"]["users"], 3, "alice, carol, dave: {changed}");
     assert_eq!(changed["read"]["groups"], 3, "{changed}");
     let mut ops = operations(&changed);
@@ -131,7 +121,7 @@ fn incremental_runs_read_only_changes_and_match_a_full_read() {
 
     // A full read of the same directory stores the same snapshot and plans nothing.
     let full = w.sync(&["--full"], 0);
-    assert_eq!(mode(&full), "full", "{full}");
+    assert_eq!(read_mode(&full), "full", "{full}");
     assert!(operations(&full).is_empty(), "{full}");
     assert_eq!(snapshot_dump(&w.state()), incremental);
 
@@ -151,7 +141,7 @@ fn incremental_runs_read_only_changes_and_match_a_full_read() {
     // A dry run reads incrementally too and writes nothing.
     let before = std::fs::read(w.state()).unwrap();
     let dry = w.sync(&["--dry-run"], 0);
-    assert_eq!(mode(&dry), "incremental", "{dry}");
+    assert_eq!(read_mode(&dry), "incremental", "{dry}");
     assert_eq!(std::fs::read(w.state()).unwrap(), before);
 }
 
@@ -159,18 +149,18 @@ fn incremental_runs_read_only_changes_and_match_a_full_read() {
 fn incremental_reads_fall_back_to_full_reads_and_never_delete_on_doubt() {
     let w = World::new();
     let slapd = &w.slapd;
-    assert_eq!(mode(&w.sync(&[], 0)), "full");
+    assert_eq!(read_mode(&w.sync(&[], 0)), "full");
 
     // `incremental = "off"`, then a changed filter: full reads (the snapshot is pinned).
     w.write_config("incremental = \"off\"");
-    assert_eq!(mode(&w.sync(&[], 0)), "full");
+    assert_eq!(read_mode(&w.sync(&[], 0)), "full");
     assert!(
         snapshot_dump(&w.state()).is_empty(),
         "off forgets the snapshot"
     );
     w.write_config("");
-    assert_eq!(mode(&w.sync(&[], 0)), "full");
-    assert_eq!(mode(&w.sync(&[], 0)), "incremental");
+    assert_eq!(read_mode(&w.sync(&[], 0)), "full");
+    assert_eq!(read_mode(&w.sync(&[], 0)), "incremental");
     std::fs::write(
         &w.config,
         std::fs::read_to_string(&w.config).unwrap().replace(
@@ -179,8 +169,8 @@ fn incremental_reads_fall_back_to_full_reads_and_never_delete_on_doubt() {
         ),
     )
     .unwrap();
-    assert_eq!(mode(&w.sync(&[], 0)), "full", "the filter changed");
-    assert_eq!(mode(&w.sync(&[], 0)), "incremental");
+    assert_eq!(read_mode(&w.sync(&[], 0)), "full", "the filter changed");
+    assert_eq!(read_mode(&w.sync(&[], 0)), "incremental");
 
     // A cookie the server rejects (newer than its own state, as after restoring the server
     // from a backup): the run reads in full and ends with the directory's true state.
@@ -194,7 +184,7 @@ fn incremental_reads_fall_back_to_full_reads_and_never_delete_on_doubt() {
     let groups = slapd.groups_dn();
     slapd.delete(&[&format!("cn=ops,{groups}")]);
     let after_bad_cookie = w.sync(&[], 0);
-    assert_eq!(mode(&after_bad_cookie), "full", "{after_bad_cookie}");
+    assert_eq!(read_mode(&after_bad_cookie), "full", "{after_bad_cookie}");
     let ops = operations(&after_bad_cookie);
     assert_eq!(ops.len(), 1, "{after_bad_cookie}");
     assert_eq!(ops[0].0, "delete", "{after_bad_cookie}");

@@ -61,10 +61,6 @@ impl World {
     }
 }
 
-fn mode(report: &Value) -> &str {
-    report["read"]["mode"].as_str().unwrap_or_default()
-}
-
 /// The planned operations, one (op, group, member) per member ("" for none).
 fn operations(report: &Value) -> BTreeSet<(String, String, String)> {
     let mut set = BTreeSet::new();
@@ -144,15 +140,8 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     let dc = &w.dc;
 
     let (first, _) = w.sync(&[], 0);
-    assert_eq!(mode(&first), "full", "no snapshot yet: {first}");
-    assert_eq!(
-        (
-            first["read"]["users"].clone(),
-            first["read"]["groups"].clone()
-        ),
-        (4.into(), 8.into()),
-        "{first}"
-    );
+    assert_eq!(read_mode(&first), "full", "no snapshot yet: {first}");
+    assert_eq!(read_counts(&first), (4, 8), "{first}");
     assert!(
         operations(&first).contains(&op("member_add", "eng", "erin")),
         "{first}"
@@ -160,15 +149,9 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
 
     // Nothing changed in the scopes: an incremental read that changes nothing.
     let (quiet, _) = w.sync(&[], 0);
-    assert_eq!(mode(&quiet), "incremental", "{quiet}");
+    assert_eq!(read_mode(&quiet), "incremental", "{quiet}");
     assert_eq!(quiet["read"]["changes"], 0, "{quiet}");
-    assert_eq!(
-        (
-            quiet["read"]["users"].clone(),
-            quiet["read"]["groups"].clone()
-        ),
-        (4.into(), 8.into())
-    );
+    assert_eq!(read_counts(&quiet), (4, 8));
     assert!(operations(&quiet).is_empty(), "{quiet}");
 
     // Adds, a modification, membership changes, renames and moves (AD rewrites the member
@@ -202,13 +185,10 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     assert!(eng_members.contains("CN=franklin,"), "{eng_members}");
 
     let (changed, _) = w.sync(&[], 0);
-    assert_eq!(mode(&changed), "incremental", "{changed}");
+    assert_eq!(read_mode(&changed), "incremental", "{changed}");
     assert_eq!(
-        (
-            changed["read"]["users"].clone(),
-            changed["read"]["groups"].clone()
-        ),
-        (3.into(), 7.into()),
+        read_counts(&changed),
+        (3, 7),
         "alice, caroline, dave; eng, operations, data, ext, far, edge, support: {changed}"
     );
     assert!(
@@ -261,33 +241,33 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
 
     // A full read of the same directory stores the same snapshot and plans nothing.
     let (full, _) = w.sync(&["--full"], 0);
-    assert_eq!(mode(&full), "full", "{full}");
+    assert_eq!(read_mode(&full), "full", "{full}");
     assert!(operations(&full).is_empty(), "{full}");
     assert_eq!(snapshot_dump(&w.state()), incremental);
     let (again, _) = w.sync(&[], 0);
-    assert_eq!(mode(&again), "incremental", "{again}");
+    assert_eq!(read_mode(&again), "incremental", "{again}");
     assert_eq!(again["read"]["changes"], 0, "{again}");
 
     // A cursor from another DC (or this one restored: a new invocationId) → a full read.
     w.tamper_cursor(|parts| parts[1] = "00000000-0000-0000-0000-000000000001".into());
     dc.remove_member(&eng, &dave);
     let (other_dc, stderr) = w.sync(&[], 0);
-    assert_eq!(mode(&other_dc), "full", "{other_dc}");
+    assert_eq!(read_mode(&other_dc), "full", "{other_dc}");
     assert!(stderr.contains("invocationId"), "{stderr}");
     assert_eq!(
         operations(&other_dc),
         BTreeSet::from([op("member_remove", "eng", "dave")]),
         "{other_dc}"
     );
-    assert_eq!(mode(&w.sync(&[], 0).0), "incremental");
+    assert_eq!(read_mode(&w.sync(&[], 0).0), "incremental");
 
     // A stored USN above the DC's highestCommittedUSN → a full read.
     w.tamper_cursor(|parts| parts[2] = "999999999".into());
     let (future, stderr) = w.sync(&[], 0);
-    assert_eq!(mode(&future), "full", "{future}");
+    assert_eq!(read_mode(&future), "full", "{future}");
     assert!(stderr.contains("highestCommittedUSN"), "{stderr}");
     assert!(operations(&future).is_empty(), "{future}");
-    assert_eq!(mode(&w.sync(&[], 0).0), "incremental");
+    assert_eq!(read_mode(&w.sync(&[], 0).0), "incremental");
 
     // A filter on memberOf: AD changes it without changing the user's uSNChanged, so such a
     // scope is read in full every time.
@@ -298,7 +278,7 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     std::fs::write(&w.config, text).unwrap();
     for _ in 0..2 {
         let (run, _) = w.sync(&[], 0);
-        assert_eq!(mode(&run), "full", "{run}");
+        assert_eq!(read_mode(&run), "full", "{run}");
         assert!(operations(&run).is_empty(), "{run}");
     }
 
@@ -316,13 +296,13 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     std::fs::write(&w.config, text).unwrap();
     let (first_plain, _) = w.sync(&[], 0);
     assert_eq!(
-        mode(&first_plain),
+        read_mode(&first_plain),
         "full",
         "the bind DN changed: {first_plain}"
     );
     assert!(operations(&first_plain).is_empty(), "{first_plain}");
     let (plain, stderr) = w.sync(&[], 0);
-    assert_eq!(mode(&plain), "full", "{plain}");
+    assert_eq!(read_mode(&plain), "full", "{plain}");
     assert!(stderr.contains("sees no deleted object"), "{stderr}");
     assert!(
         snapshot_dump(&w.state()).is_empty(),

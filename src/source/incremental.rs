@@ -68,6 +68,49 @@ pub struct ScopeSnapshot {
     pub replaced: bool,
 }
 
+impl ScopeSnapshot {
+    /// Removes the entries `keys` names (those it holds), marking them changed; how many.
+    pub(super) fn remove_entries(&mut self, keys: impl IntoIterator<Item = String>) -> u64 {
+        let mut removed = 0;
+        for key in keys {
+            if self.entries.remove(&key).is_some() {
+                self.changed.insert(key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Stores `entries` (those that differ from the stored ones), marking them changed; how many.
+    pub(super) fn store_entries(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, RawEntry)>,
+    ) -> u64 {
+        let mut stored = 0;
+        for (key, entry) in entries {
+            if self.entries.get(&key) != Some(&entry) {
+                self.changed.insert(key.clone());
+                self.entries.insert(key, entry);
+                stored += 1;
+            }
+        }
+        stored
+    }
+
+    /// An error when applying changes emptied a scope that held `before` entries: a read that
+    /// would delete everything is never trusted (docs/safety.md rule 1).
+    pub(super) fn check_not_emptied(
+        &self,
+        scope: &'static str,
+        before: usize,
+    ) -> Result<(), IncrementalError> {
+        if before > 0 && self.entries.is_empty() {
+            return Err(IncrementalError::ScopeEmptied { scope, before });
+        }
+        Ok(())
+    }
+}
+
 /// Both scopes, pinned to the server, bind DN, bases, filters and attributes they came from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -521,29 +564,11 @@ impl ScopeDelta {
                 .filter(|key| !self.present.contains(*key))
                 .cloned()
                 .collect();
-            for key in gone {
-                scope.entries.remove(&key);
-                scope.changed.insert(key);
-                changes += 1;
-            }
+            changes += scope.remove_entries(gone);
         }
-        for key in self.deletes {
-            if scope.entries.remove(&key).is_some() {
-                scope.changed.insert(key);
-                changes += 1;
-            }
-        }
-        for (key, entry) in self.upserts {
-            scope.changed.insert(key.clone());
-            scope.entries.insert(key, entry);
-            changes += 1;
-        }
-        if before > 0 && scope.entries.is_empty() {
-            return Err(IncrementalError::ScopeEmptied {
-                scope: name,
-                before,
-            });
-        }
+        changes += scope.remove_entries(self.deletes);
+        changes += scope.store_entries(self.upserts);
+        scope.check_not_emptied(name, before)?;
         if let Some(cookie) = self.cookie {
             scope.cookie = cookie;
         }

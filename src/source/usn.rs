@@ -635,31 +635,14 @@ fn apply(
     cookie: &[u8],
 ) -> Result<u64, IncrementalError> {
     let before = scope.entries.len();
-    let mut changes = 0;
     let gone: Vec<String> = scope
         .entries
         .keys()
         .filter(|key| changed.contains(key.as_str()) && !found.contains_key(*key))
         .cloned()
         .collect();
-    for key in gone {
-        scope.entries.remove(&key);
-        scope.changed.insert(key);
-        changes += 1;
-    }
-    for (key, entry) in found {
-        if scope.entries.get(&key) != Some(&entry) {
-            scope.changed.insert(key.clone());
-            scope.entries.insert(key, entry);
-            changes += 1;
-        }
-    }
-    if before > 0 && scope.entries.is_empty() {
-        return Err(IncrementalError::ScopeEmptied {
-            scope: name,
-            before,
-        });
-    }
+    let changes = scope.remove_entries(gone) + scope.store_entries(found);
+    scope.check_not_emptied(name, before)?;
     scope.cookie = cookie.to_vec();
     Ok(changes)
 }

@@ -77,6 +77,20 @@ pub fn snapshot_dump(state: &Path) -> Dump {
     dump
 }
 
+/// How a run read the directory: `read.mode` of its JSON report (`full` or `incremental`).
+pub fn read_mode(report: &serde_json::Value) -> &str {
+    report["read"]["mode"].as_str().unwrap_or_default()
+}
+
+/// `(read.users, read.groups)` of a JSON report: what the run's directory holds.
+pub fn read_counts(report: &serde_json::Value) -> (u64, u64) {
+    let read = &report["read"];
+    (
+        read["users"].as_u64().unwrap_or(0),
+        read["groups"].as_u64().unwrap_or(0),
+    )
+}
+
 /// The `[ldap]`, `[groups]`, `[users]` and `[state]` sections of a config reading `dc` over
 /// LDAPS at `url` as its Administrator, with AD conventions (objectGUID ids, sAMAccountName user
 /// names).
