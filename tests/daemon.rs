@@ -220,10 +220,7 @@ fn scim_sink(base_url: &str, token_file: &Path) -> String {
 
 /// A file sink `audit` writing to `path`.
 fn file_sink(path: &Path) -> String {
-    format!(
-        "\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
-        path.display()
-    )
+    format!("\n{}", file_sink_toml("audit", path))
 }
 
 fn schedule(cron: &str, run_on_start: bool, port: u16, max_age: Option<u64>) -> String {

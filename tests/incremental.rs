@@ -48,11 +48,9 @@ impl World {
                 "[users]\nfilter = \"(objectClass=inetOrgPerson)\"\n",
                 1,
             );
-        let sink = format!(
-            "{LENIENT_SAFETY}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
-            self.dir.path().join("audit.jsonl").display()
-        );
-        std::fs::write(&self.config, format!("{text}\n{sink}")).unwrap();
+        let sink = file_sink_toml("audit", &self.dir.path().join("audit.jsonl"));
+        let text = format!("{text}\n{LENIENT_SAFETY}\n{sink}");
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// `sync ARGS… --output json`, asserting the exit code; the JSON report.

@@ -120,21 +120,14 @@ fn ad_incremental_runs_follow_every_change_and_match_a_full_read() {
     dc.delete(&[&tmp]);
 
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.db");
+    let (state, audit) = (dir.path().join("state.db"), dir.path().join("audit.jsonl"));
+    let scopes = ((teams.as_str(), AD_GROUPS), (people.as_str(), AD_USERS));
+    let ad = ad_config_toml(&dc, &dc.ldaps_url(), &state, scopes.0, scopes.1);
+    let sink = file_sink_toml("audit", &audit);
     let config = write_file(
         dir.path(),
         "config.toml",
-        format!(
-            "{}\n{LENIENT_SAFETY}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n",
-            ad_config_toml(
-                &dc,
-                &dc.ldaps_url(),
-                &state,
-                (&teams, AD_GROUPS),
-                (&people, AD_USERS)
-            ),
-            dir.path().join("audit.jsonl").display()
-        ),
+        format!("{ad}\n{LENIENT_SAFETY}\n{sink}"),
     );
     let w = World { dc, dir, config };
     let dc = &w.dc;

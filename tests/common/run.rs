@@ -45,6 +45,15 @@ pub fn permissive_safety_toml(max_member_removes: u32) -> String {
     )
 }
 
+/// A `[[sinks]]` table: a file sink `name` writing one JSON line per operation to `path`
+/// (`-`: stdout).
+pub fn file_sink_toml(name: &str, path: &Path) -> String {
+    format!(
+        "[[sinks]]\nname = \"{name}\"\ntype = \"file\"\npath = \"{}\"\n",
+        path.display()
+    )
+}
+
 /// Runs `ldapsync --config CONFIG ARGS…` to completion (killed after 5 minutes) and captures its
 /// output. `LDAPSYNC_CONFIG` is removed from its environment.
 pub fn run_ldapsync(config: &Path, args: &[&str]) -> Output {
