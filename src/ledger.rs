@@ -92,8 +92,9 @@ pub trait LedgerWriter: Send {
         user: &MemberRef,
         target_id: &str,
     ) -> Result<(), LedgerWriteError>;
-    /// Records that a user the sink created was deactivated.
-    fn record_user_deactivated(&mut self, source_id: &str) -> Result<(), LedgerWriteError>;
+    /// Records that a user the sink created was deactivated (`active` false) or reactivated.
+    fn record_user_active(&mut self, source_id: &str, active: bool)
+    -> Result<(), LedgerWriteError>;
     /// Records members as gone from a group.
     fn record_members_removed(
         &mut self,

@@ -91,10 +91,11 @@ pub enum OpKind {
     Delete,
     UserCreate,
     UserDeactivate,
+    UserReactivate,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 9] = [
         OpKind::Create,
         OpKind::Adopt,
         OpKind::Update,
@@ -103,6 +104,7 @@ impl OpKind {
         OpKind::MemberRemove,
         OpKind::UserCreate,
         OpKind::UserDeactivate,
+        OpKind::UserReactivate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +117,7 @@ impl OpKind {
             OpKind::Delete => "delete",
             OpKind::UserCreate => "user_create",
             OpKind::UserDeactivate => "user_deactivate",
+            OpKind::UserReactivate => "user_reactivate",
         }
     }
 }
@@ -153,6 +156,9 @@ pub enum Operation {
     /// Deactivate a user the sink created (`user.target_id`), which left the scope: no longer a
     /// member of any synced group. `group` is empty (no group is concerned).
     UserDeactivate { group: GroupSpec, user: MemberRef },
+    /// Reactivate a user the sink created and deactivated (`user.target_id`), which is back in
+    /// the scope: a member of `group`, the first group that needs it.
+    UserReactivate { group: GroupSpec, user: MemberRef },
 }
 
 impl Operation {
@@ -166,6 +172,7 @@ impl Operation {
             Operation::Delete { .. } => OpKind::Delete,
             Operation::UserCreate { .. } => OpKind::UserCreate,
             Operation::UserDeactivate { .. } => OpKind::UserDeactivate,
+            Operation::UserReactivate { .. } => OpKind::UserReactivate,
         }
     }
 
@@ -178,7 +185,8 @@ impl Operation {
             | Operation::MemberRemove { group, .. }
             | Operation::Delete { group }
             | Operation::UserCreate { group, .. }
-            | Operation::UserDeactivate { group, .. } => group,
+            | Operation::UserDeactivate { group, .. }
+            | Operation::UserReactivate { group, .. } => group,
         }
     }
 
@@ -210,6 +218,9 @@ pub struct Summary {
     /// Users deactivated because they left the scope; shown only when not zero.
     #[serde(skip_serializing_if = "is_zero")]
     pub user_deactivate: u64,
+    /// Users the sink deactivated that came back into the scope; shown only when not zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub user_reactivate: u64,
 }
 
 fn is_zero(count: &u64) -> bool {
@@ -227,6 +238,7 @@ impl Summary {
             OpKind::MemberRemove => self.member_remove += count,
             OpKind::UserCreate => self.user_create += count,
             OpKind::UserDeactivate => self.user_deactivate += count,
+            OpKind::UserReactivate => self.user_reactivate += count,
         }
     }
     pub fn get(&self, kind: OpKind) -> u64 {
@@ -239,6 +251,7 @@ impl Summary {
             OpKind::MemberRemove => self.member_remove,
             OpKind::UserCreate => self.user_create,
             OpKind::UserDeactivate => self.user_deactivate,
+            OpKind::UserReactivate => self.user_reactivate,
         }
     }
 }
@@ -445,7 +458,9 @@ impl<'a> From<&'a Operation> for OperationView<'a> {
                 view.member_ids = Some(members.iter().map(|m| m.source_id.as_str()).collect());
             }
             Operation::Adopt { by, .. } => view.by = Some(by.as_str()),
-            Operation::UserCreate { user, .. } | Operation::UserDeactivate { user, .. } => {
+            Operation::UserCreate { user, .. }
+            | Operation::UserDeactivate { user, .. }
+            | Operation::UserReactivate { user, .. } => {
                 view.members = Some(vec![user.username.as_str()]);
                 view.member_ids = Some(vec![user.source_id.as_str()]);
             }

@@ -245,9 +245,10 @@ pub fn plan(directory: &Directory, ledger: &Ledger, view: &TargetView) -> Plan {
 }
 
 /// `provision_users`: a `user_create` for each member with no target user (for the first group,
-/// by name, that needs it), and a `user_deactivate` for each active user the sink created that is
-/// no longer a member of any group (it left the scope). Users the sink did not create are never
-/// deactivated.
+/// by name, that needs it), a `user_reactivate` for each member whose user the sink created and
+/// deactivated (it is back in the scope), and a `user_deactivate` for each active user the sink
+/// created that is no longer a member of any group (it left the scope). Users the sink did not
+/// create are never deactivated.
 fn user_ops(
     directory: &Directory,
     ledger: &Ledger,
@@ -266,14 +267,29 @@ fn user_ops(
                 .users
                 .as_ref()
                 .is_some_and(|users| users.contains_key(&user.source_id));
-            if fresh && !mapped {
-                let target_id = ledger
-                    .groups
-                    .get(&group.id)
-                    .and_then(|g| g.target_id.clone());
+            if !fresh {
+                continue;
+            }
+            let spec = || {
+                let known = ledger.groups.get(&group.id);
+                spec_of_group(group, known.and_then(|g| g.target_id.clone()))
+            };
+            let deactivated = ledger
+                .owned_users
+                .get(&user.source_id)
+                .filter(|owned| !owned.active);
+            if !mapped {
                 creates.push(op(Operation::UserCreate {
-                    group: spec_of_group(group, target_id),
+                    group: spec(),
                     user: MemberRef::new(Arc::clone(user)),
+                }));
+            } else if let Some(owned) = deactivated {
+                creates.push(op(Operation::UserReactivate {
+                    group: spec(),
+                    user: MemberRef {
+                        user: Arc::clone(user),
+                        target_id: Some(owned.target_id.clone()),
+                    },
                 }));
             }
         }
@@ -544,9 +560,9 @@ pub fn apply_to_ledger(ledger: &mut Ledger, plan: &Plan) {
                     },
                 );
             }
-            Operation::UserDeactivate { user, .. } => {
+            Operation::UserDeactivate { user, .. } | Operation::UserReactivate { user, .. } => {
                 if let Some(owned) = ledger.owned_users.get_mut(&user.source_id) {
-                    owned.active = false;
+                    owned.active = matches!(op, Operation::UserReactivate { .. });
                 }
             }
         }
@@ -1036,15 +1052,21 @@ mod tests {
     fn provisioning_plans_each_missing_user_once_and_deactivates_only_owned_users() {
         use crate::ledger::OwnedUser;
         // user1 is in two groups and has no target user; user2 was created by the sink and left
-        // the scope; user3 (in no group either) was not created by the sink.
+        // the scope; user3 (in no group either) was not created by the sink; user0 was created
+        // and deactivated by the sink, and is back in g1.
         let d = directory(&[("g1", "b", &[0, 1]), ("g2", "a", &[1])], 4);
         let mut ledger = mirroring(&d);
-        let owned = OwnedUser {
-            user: Arc::clone(d.user(2)),
-            target_id: "t2".into(),
-            active: true,
+        let owned = |index: u32, target_id: &str, active: bool| OwnedUser {
+            user: Arc::clone(d.user(index)),
+            target_id: target_id.into(),
+            active,
         };
-        ledger.owned_users.insert("u002".into(), owned);
+        ledger
+            .owned_users
+            .insert("u002".into(), owned(2, "t2", true));
+        ledger
+            .owned_users
+            .insert("u000".into(), owned(0, "t0", false));
         let view = TargetView {
             users: Some(
                 [("u000".to_string(), "t0".to_string())]
@@ -1066,16 +1088,43 @@ mod tests {
                 Operation::UserDeactivate { user, .. } => {
                     Some(("deactivate", "", user.username.as_str()))
                 }
+                Operation::UserReactivate { group, user } => {
+                    assert_eq!(user.target_id.as_deref(), Some("t0"));
+                    Some(("reactivate", group.name.as_str(), user.username.as_str()))
+                }
                 _ => None,
             })
             .collect();
         assert_eq!(
             user_ops,
-            [("create", "a", "user1"), ("deactivate", "", "user2")]
+            [
+                ("create", "a", "user1"),
+                ("reactivate", "b", "user0"),
+                ("deactivate", "", "user2")
+            ]
         );
         let summary = p.summary();
-        assert_eq!((summary.user_create, summary.user_deactivate), (1, 1));
+        let users = (summary.user_create, summary.user_reactivate);
+        assert_eq!((users, summary.user_deactivate), ((1, 1), 1));
         assert_eq!(summary.unmapped, 0);
+
+        // Once applied, the ledger knows user0 active and user2 inactive: nothing more to do
+        // with either (user1, created, is now mapped).
+        apply_to_ledger(&mut ledger, &p);
+        assert!(ledger.owned_users["u000"].active && !ledger.owned_users["u002"].active);
+        let mut users = view.users.clone().unwrap();
+        users.insert("u001".into(), "t1".into());
+        let view = TargetView {
+            users: Some(users),
+            ..view
+        };
+        let again = plan(&d, &ledger, &view).summary();
+        let user_ops = (
+            again.user_create,
+            again.user_reactivate,
+            again.user_deactivate,
+        );
+        assert_eq!(user_ops, (0, 0, 0));
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub enum SavedOperation {
         group: GroupSpec,
         user: SavedMember,
     },
+    UserReactivate {
+        group: GroupSpec,
+        user: SavedMember,
+    },
 }
 
 /// A member of a saved membership operation.
@@ -248,6 +252,10 @@ impl From<&Operation> for SavedOperation {
                 group: group.clone(),
                 user: saved_member(user),
             },
+            Operation::UserReactivate { group, user } => SavedOperation::UserReactivate {
+                group: group.clone(),
+                user: saved_member(user),
+            },
         }
     }
 }
@@ -284,6 +292,10 @@ impl From<&SavedOperation> for Operation {
                 user: plan_member(user),
             },
             SavedOperation::UserDeactivate { group, user } => Operation::UserDeactivate {
+                group: group.clone(),
+                user: plan_member(user),
+            },
+            SavedOperation::UserReactivate { group, user } => Operation::UserReactivate {
                 group: group.clone(),
                 user: plan_member(user),
             },

@@ -157,7 +157,7 @@ fn shown_name(name: &str) -> String {
 
 fn sign(kind: OpKind) -> char {
     match kind {
-        OpKind::Create | OpKind::MemberAdd | OpKind::UserCreate => '+',
+        OpKind::Create | OpKind::MemberAdd | OpKind::UserCreate | OpKind::UserReactivate => '+',
         OpKind::Update => '~',
         OpKind::Adopt => '=',
         OpKind::Delete | OpKind::MemberRemove | OpKind::UserDeactivate => '-',
@@ -211,10 +211,14 @@ pub fn text(report: &RunReport) -> String {
     for sink in &report.sinks {
         let _ = writeln!(out, "\n{}", summary_line(sink));
         let s = sink.summary;
-        if s.user_create + s.user_deactivate > 0 {
+        if s.user_create + s.user_deactivate + s.user_reactivate > 0 {
+            let reactivate = match s.user_reactivate {
+                0 => String::new(),
+                n => format!(", {n} user_reactivate"),
+            };
             let _ = writeln!(
                 out,
-                "  users: {} user_create, {} user_deactivate",
+                "  users: {} user_create, {} user_deactivate{reactivate}",
                 s.user_create, s.user_deactivate
             );
         }
@@ -253,6 +257,9 @@ pub fn text(report: &RunReport) -> String {
                 }
                 Operation::UserDeactivate { user, .. } => {
                     format!("{} (left the scope; not deleted)", user.username)
+                }
+                Operation::UserReactivate { user, .. } => {
+                    format!("{} (back in the scope, for {})", user.username, group.name)
                 }
                 Operation::Create { resume: true, .. } => {
                     format!("{} (resuming an unconfirmed create)", group.name)

@@ -567,12 +567,17 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a user the sink created was deactivated.
-    pub fn record_user_deactivated(&self, sink: &str, source_id: &str) -> Result<(), StoreError> {
+    /// Records that a user the sink created was deactivated (`active` false) or reactivated.
+    pub fn record_user_active(
+        &self,
+        sink: &str,
+        source_id: &str,
+        active: bool,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE owned_users SET active = 0, updated_at = ?3 WHERE sink = ?1 AND user_source_id = ?2",
-                params![sink, source_id, now()],
+                "UPDATE owned_users SET active = ?3, updated_at = ?4 WHERE sink = ?1 AND user_source_id = ?2",
+                params![sink, source_id, active, now()],
             )
             .map_err(self.err())?;
         Ok(())
@@ -1057,8 +1062,14 @@ impl LedgerWriter for SinkLedgerWriter<'_> {
             .store
             .record_user_created(&self.sink, user, target_id)?)
     }
-    fn record_user_deactivated(&mut self, source_id: &str) -> Result<(), LedgerWriteError> {
-        Ok(self.store.record_user_deactivated(&self.sink, source_id)?)
+    fn record_user_active(
+        &mut self,
+        source_id: &str,
+        active: bool,
+    ) -> Result<(), LedgerWriteError> {
+        Ok(self
+            .store
+            .record_user_active(&self.sink, source_id, active)?)
     }
 }
 
@@ -1075,6 +1086,7 @@ fn parse_summary(text: &str) -> Summary {
         unmapped: u64,
         user_create: u64,
         user_deactivate: u64,
+        user_reactivate: u64,
     }
     let s: Stored = serde_json::from_str(text).unwrap_or_default();
     Summary {
@@ -1087,6 +1099,7 @@ fn parse_summary(text: &str) -> Summary {
         unmapped: s.unmapped,
         user_create: s.user_create,
         user_deactivate: s.user_deactivate,
+        user_reactivate: s.user_reactivate,
     }
 }
 

@@ -581,4 +581,22 @@ fn provision_users_creates_missing_users_and_deactivates_those_that_leave() {
     );
     assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave"])]);
     assert_nothing_to_do(&w.config);
+
+    // erin comes back: her deactivated user is reactivated (not created again) and re-added.
+    w.slapd.add_member(&ops, &erin);
+    let plan = w.dry_run();
+    let summary = &plan["sinks"][0]["summary"];
+    assert_eq!(summary["user_reactivate"], 1, "{plan}");
+    assert_eq!(
+        summary["user_create"],
+        Value::Null,
+        "no user_create: {plan}"
+    );
+    assert_code(&sync(&w.config, &[]), 0);
+    let users = w.scim.users();
+    let erins: Vec<&Value> = users.iter().filter(|u| u["userName"] == "erin").collect();
+    assert_eq!(erins.len(), 1, "{users:?}");
+    assert_eq!(erins[0]["active"], true, "{}", erins[0]);
+    assert_eq!(w.groups()["ops"], vec![set(&["alice", "dave", "erin"])]);
+    assert_nothing_to_do(&w.config);
 }

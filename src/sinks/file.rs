@@ -124,7 +124,9 @@ impl Sink for FileSink {
                 Operation::UserCreate { user, .. } => {
                     recorder.user_created(group, user, &user.source_id)?
                 }
-                Operation::UserDeactivate { user, .. } => recorder.user_deactivated(group, user)?,
+                Operation::UserDeactivate { user, .. } | Operation::UserReactivate { user, .. } => {
+                    recorder.user_active_changed(op.kind(), group, user)?
+                }
             }
         }
         Ok(())

@@ -345,8 +345,8 @@ pub trait GroupApi: Send + Sync {
         Err("this sink does not create users".into())
     }
 
-    /// Deactivates the target user `id` (never deletes it).
-    async fn deactivate_user(&self, _id: &str) -> Result<Outcome, OpError> {
+    /// Deactivates the target user `id` (never deletes it), or with `active` reactivates it.
+    async fn set_user_active(&self, _id: &str, _active: bool) -> Result<Outcome, OpError> {
         Err("this sink does not deactivate users".into())
     }
 
@@ -890,14 +890,23 @@ pub async fn apply<A: GroupApi + ?Sized>(
                 Ok(id) => ops.recorder.user_created(group, user, &id)?,
                 Err(e) => ops.fail(OpKind::UserCreate, group, e.of(&user.username), 1),
             },
-            Operation::UserDeactivate { group, user } => {
+            Operation::UserDeactivate { group, user }
+            | Operation::UserReactivate { group, user } => {
+                let kind = op.kind();
                 let id = user.target_id.as_deref().unwrap_or_default();
-                match api.deactivate_user(id).await {
-                    Ok(Outcome::Done | Outcome::NotFound) => {
-                        ops.recorder.user_deactivated(group, user)?
+                let active = kind == OpKind::UserReactivate;
+                match api.set_user_active(id, active).await {
+                    // A deactivated user that is gone is as good as deactivated.
+                    Ok(Outcome::Done) => ops.recorder.user_active_changed(kind, group, user)?,
+                    Ok(Outcome::NotFound) if !active => {
+                        ops.recorder.user_active_changed(kind, group, user)?
+                    }
+                    Ok(Outcome::NotFound) => {
+                        let gone = format!("the target user {id} is gone");
+                        ops.fail(kind, group, OpError::from(gone).of(&user.username), 1)
                     }
                     Ok(Outcome::Refused(e)) | Err(e) => {
-                        ops.fail(OpKind::UserDeactivate, group, e.of(&user.username), 1)
+                        ops.fail(kind, group, e.of(&user.username), 1)
                     }
                 }
             }

@@ -385,14 +385,17 @@ impl<'a> Recorder<'a> {
         self.written(OpKind::UserCreate, 1, group, write)
     }
 
-    /// Records that a user the sink created was deactivated (`group`: the operation's, empty).
-    pub fn user_deactivated(
+    /// Records that a user the sink created was deactivated (`UserDeactivate`) or reactivated
+    /// (`UserReactivate`); `group`: the operation's.
+    pub fn user_active_changed(
         &mut self,
+        kind: OpKind,
         group: &GroupSpec,
         user: &MemberRef,
     ) -> Result<(), SinkError> {
-        let write = self.ledger.record_user_deactivated(&user.source_id);
-        self.written(OpKind::UserDeactivate, 1, group, write)
+        let active = kind == OpKind::UserReactivate;
+        let write = self.ledger.record_user_active(&user.source_id, active);
+        self.written(kind, 1, group, write)
     }
 
     /// Forgets a group the target no longer has, without counting a delete (it will be recreated).

@@ -358,9 +358,9 @@ impl GroupApi for ScimSink {
         }
     }
 
-    /// `PATCH /Users/{id}` replacing `active` with `false`.
-    async fn deactivate_user(&self, id: &str) -> Result<Outcome, OpError> {
-        let body = patch(vec![json!({"op": "replace", "value": {"active": false}})]);
+    /// `PATCH /Users/{id}` replacing `active`.
+    async fn set_user_active(&self, id: &str, active: bool) -> Result<Outcome, OpError> {
+        let body = patch(vec![json!({"op": "replace", "value": {"active": active}})]);
         let path = format!("/Users/{}", urlencoding::encode(id));
         outcome(
             self.http

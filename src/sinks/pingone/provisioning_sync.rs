@@ -426,7 +426,9 @@ impl ProvisioningSyncSink {
                 }
                 Operation::Delete { group } => recorder.deleted(group)?,
                 // Never planned for this sink (it does not provision users).
-                Operation::UserCreate { .. } | Operation::UserDeactivate { .. } => {}
+                Operation::UserCreate { .. }
+                | Operation::UserDeactivate { .. }
+                | Operation::UserReactivate { .. } => {}
             }
         }
         Ok(())
