@@ -1449,6 +1449,30 @@ mod tests {
         (result, recorder.report.clone())
     }
 
+    #[async_trait]
+    impl GroupSink for Fake {
+        const TYPE_NAME: &'static str = "fake-type";
+        async fn probe(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_group_sink_is_named_by_its_profile_and_typed_by_its_registration() {
+        let api = Fake::default();
+        assert_eq!(Sink::identity(&api), ("fake", "fake-type"));
+        assert_eq!(
+            (Sink::name(&api), Sink::type_name(&api)),
+            ("fake", "fake-type")
+        );
+        assert_eq!(api.member_chunk_size(), 2);
+        assert_eq!(
+            (api.target_label(), api.auth_hint()),
+            ("the target", "check the fake")
+        );
+        assert!(api.has_external_id());
+    }
+
     #[tokio::test]
     async fn a_resumed_create_adopts_and_a_conflict_adopts() {
         let mut api = Fake {
