@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+mod quiet;
 mod snapshot;
 
 use crate::ledger::{
@@ -142,6 +143,13 @@ CREATE TABLE snapshot_entries (
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 "#,
+    ),
+    // What a run that finds nothing changed relies on (store/quiet.rs): the configuration each
+    // run ran under and the entries it read.
+    M::up(
+        "ALTER TABLE runs ADD COLUMN config_fingerprint TEXT;
+         ALTER TABLE runs ADD COLUMN read_users INTEGER;
+         ALTER TABLE runs ADD COLUMN read_groups INTEGER;",
     ),
 ];
 
