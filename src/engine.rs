@@ -699,6 +699,20 @@ async fn quiet_run<S>(
             m.last_success_timestamp_seconds
                 .with_label_values(&[name])
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            // The same line as a sink run that applied nothing.
+            tracing::info!(
+                sink = name,
+                result = ?SinkResult::Success,
+                created = 0,
+                updated = 0,
+                deleted = 0,
+                members_added = 0,
+                members_removed = 0,
+                failed = 0,
+                unmapped = 0,
+                seconds = 0.0,
+                "sink run finished"
+            );
             SinkOutcome {
                 name: name.to_string(),
                 type_name: sink.type_name().to_string(),
