@@ -222,10 +222,12 @@ mod tests {
         store
             .record_members_added("s", "g1", &[a.clone(), b.clone()])
             .unwrap();
-        store.record_members_added("s", "g2", &[a.clone()]).unwrap();
+        store
+            .record_members_added("s", "g2", std::slice::from_ref(&a))
+            .unwrap();
         // Members of a group not in the ledger are not recorded.
         store
-            .record_members_added("s", "nope", &[a.clone()])
+            .record_members_added("s", "nope", std::slice::from_ref(&a))
             .unwrap();
         let users: i64 = store
             .conn
@@ -266,7 +268,11 @@ mod tests {
         assert_eq!(g1.members, 1);
 
         store
-            .rewrite_group("s", &GroupSpec::for_test("g2", "g2"), Some(&[b.clone()]))
+            .rewrite_group(
+                "s",
+                &GroupSpec::for_test("g2", "g2"),
+                Some(std::slice::from_ref(&b)),
+            )
             .unwrap();
         let ledger = store.load_ledger("s").unwrap();
         assert_eq!(

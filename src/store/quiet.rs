@@ -22,6 +22,15 @@ pub struct QuietBasis {
     pub groups_cookie: Vec<u8>,
 }
 
+/// The last real run: id, result, configuration fingerprint, users and groups read.
+type LastRun = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
 impl Store {
     /// Records, with a run, the configuration fingerprint it ran under and the entries it read.
     pub fn set_run_basis(
@@ -50,13 +59,7 @@ impl Store {
         let err = self.err();
         // The last real run (dry runs are not recorded), whatever its mode: an interrupted or
         // crashed one may have applied part of a plan.
-        let last: Option<(
-            i64,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<i64>,
-        )> = self
+        let last: Option<LastRun> = self
             .conn
             .query_row(
                 "SELECT id, result, config_fingerprint, read_users, read_groups FROM runs
