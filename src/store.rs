@@ -771,7 +771,24 @@ impl Store {
                 ?;
             }
             Ok(())
-        })
+        })?;
+        self.truncate_wal();
+        Ok(())
+    }
+
+    /// Moves the write-ahead log into the file and truncates it, once a run is recorded: a full
+    /// read writes the whole snapshot in one transaction, and the WAL would otherwise keep that
+    /// size on disk until the next checkpoint. Best effort: a reader beside a daemon (`status`)
+    /// can make it wait for the next run.
+    fn truncate_wal(&self) {
+        let result = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "the state file's WAL was not truncated");
+        }
     }
 
     /// The most recent runs, newest first.
