@@ -14,7 +14,7 @@ for size in $sizes; do
     IFS=: read -r users groups per_group <<<"$size"
     echo "== $users users, $groups groups, $((groups * per_group)) memberships" | tee -a "$out"
     LDAPSYNC_BENCH_USERS=$users LDAPSYNC_BENCH_GROUPS=$groups LDAPSYNC_BENCH_MEMBERS_PER_GROUP=$per_group \
-        cargo test --release --locked --test bench -- --ignored --nocapture 2>&1 | grep '^BENCH' | tee -a "$out"
+        cargo test --release --locked --test bench -- --ignored --nocapture --test-threads=1 2>&1 | grep '^BENCH' | tee -a "$out"
 done
 analysis=$(sed -n '/^## Analysis/,$p' docs/benchmarks.md 2>/dev/null || true)
 {

@@ -23,7 +23,7 @@ use crate::model::{GroupSpec, OpKind, Plan, Summary};
 use crate::plan::{self, Hold, Thresholds};
 use crate::planfile::{self, PlanFileError, SavedPlan, SavedSink};
 use crate::sinks::{ApplyReport, Recorder, Sink};
-use crate::source::incremental::{ReadMode, Snapshot};
+use crate::source::incremental::{self, Probe, ReadMode, Snapshot};
 use crate::source::{ReadStats, SourceError};
 use crate::store::{SinkRunRecord, Store, StoreError};
 use crate::telemetry::metrics;
@@ -425,13 +425,21 @@ pub enum EngineError {
 
 /// Performs one run over `sinks`. `store` is `None` only for a dry run with no state file yet,
 /// or a first real run (then `options.create_state` says where to create it after the read).
-pub async fn run<S>(
+pub async fn run<S: std::fmt::Debug>(
     config: &Config<S>,
-    store: Option<&mut Store>,
+    mut store: Option<&mut Store>,
     sinks: &[Box<dyn Sink>],
     options: &RunOptions,
 ) -> Result<RunReport, EngineError> {
     let started = Instant::now();
+    let fingerprint = config_fingerprint(config);
+    if let Some(store) = store.as_deref_mut()
+        && quiet_eligible(config, options)
+        && let Some(report) =
+            quiet_run(config, store, sinks, options, &fingerprint, started).await?
+    {
+        return Ok(report);
+    }
     let mode = match (options.dry_run, &options.saved) {
         (true, _) => "dry-run",
         (false, Some(_)) => "plan",
@@ -439,7 +447,6 @@ pub async fn run<S>(
     };
     // Declared before `store` so that a file created by this run outlives the borrow of it.
     let mut created: Option<Store> = None;
-    let mut store: Option<&mut Store> = store;
     // A saved plan is checked before anything is written, the history included.
     let mut run_id = match (&store, options.dry_run, &options.saved) {
         (Some(store), false, None) => Some(store.begin_run(mode)?),
@@ -556,28 +563,198 @@ pub async fn run<S>(
         plan_fingerprint: options.saved.as_ref().map(|p| p.fingerprint.clone()),
     };
     if let (Some(store), Some(id)) = (store, run_id) {
-        let records: Vec<SinkRunRecord> = report
-            .sinks
-            .iter()
-            .map(|s| SinkRunRecord {
-                sink: s.name.clone(),
-                result: s.result.as_str().to_string(),
-                planned: s.summary,
-                applied: s.applied.as_ref().map(|a| a.applied).unwrap_or_default(),
-                failed: s
-                    .applied
-                    .as_ref()
-                    .map(|a| a.failures.len() as u64)
-                    .unwrap_or(0),
-                unmapped: s.applied.as_ref().map(|a| a.unmapped).unwrap_or(0),
-                error: s.error.clone(),
-                unmapped_members: s.plan.unmapped.clone(),
-            })
-            .collect();
-        store.finish_run(id, report.result().as_str(), None, &records)?;
+        store.set_run_basis(id, &fingerprint, report.users, report.groups)?;
+        store.finish_run(id, report.result().as_str(), None, &sink_records(&report))?;
     }
     record_run_metrics(&report, options, started);
     Ok(report)
+}
+
+/// Each sink's part of a finished run, as the history records it.
+fn sink_records(report: &RunReport) -> Vec<SinkRunRecord> {
+    report
+        .sinks
+        .iter()
+        .map(|s| SinkRunRecord {
+            sink: s.name.clone(),
+            result: s.result.as_str().to_string(),
+            planned: s.summary,
+            applied: s.applied.as_ref().map(|a| a.applied).unwrap_or_default(),
+            failed: s
+                .applied
+                .as_ref()
+                .map(|a| a.failures.len() as u64)
+                .unwrap_or(0),
+            unmapped: s.applied.as_ref().map(|a| a.unmapped).unwrap_or(0),
+            error: s.error.clone(),
+            unmapped_members: s.plan.unmapped.clone(),
+        })
+        .collect()
+}
+
+/// What a run's plans depend on besides the directory and the ledgers: the configuration
+/// (secrets show as `***`) and this ldapsync's version. A run under another fingerprint never
+/// takes the no-change fast path.
+pub fn config_fingerprint<S: std::fmt::Debug>(config: &Config<S>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hash.update(b"\0");
+    hash.update(format!("{config:?}").as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a run may try the no-change fast path at all: a plain real incremental run (not
+/// `--full`, a dry run, a saved plan, `--save-plan` or a one-run override) from an LDAP server.
+fn quiet_eligible<S>(config: &Config<S>, options: &RunOptions) -> bool {
+    !options.dry_run
+        && !options.full
+        && options.saved.is_none()
+        && !options.fingerprints
+        && !options.allow_empty_scope
+        && options.interrupt.signal().is_none()
+        && config.ldap.incremental == IncrementalMode::Auto
+        && config.ldap.url.is_some()
+}
+
+/// The no-change fast path: when the state file vouches that the last run left nothing to do
+/// ([`Store::quiet_basis`]) and a refresh from the stored cookies says the directory did not
+/// change, the run is recorded with empty plans without loading the snapshot or any ledger.
+/// `None`: read and plan as usual (any doubt, any error of the check itself).
+async fn quiet_run<S>(
+    config: &Config<S>,
+    store: &mut Store,
+    sinks: &[Box<dyn Sink>],
+    options: &RunOptions,
+    fingerprint: &str,
+    started: Instant,
+) -> Result<Option<RunReport>, EngineError> {
+    let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let Some(basis) = store.quiet_basis(&names, fingerprint)? else {
+        return Ok(None);
+    };
+    let (users, groups) = (basis.users, basis.groups);
+    let (ldap, users_config, groups_config) = (
+        config.ldap.clone(),
+        config.users.clone(),
+        config.groups.clone(),
+    );
+    // On a task of its own, like a read: a decoder panic is contained.
+    let probe = tokio::spawn(async move {
+        incremental::probe(
+            &ldap,
+            &users_config,
+            &groups_config,
+            &basis.identity,
+            &basis.users_cookie,
+            &basis.groups_cookie,
+        )
+        .await
+    })
+    .await;
+    let (users_cookie, groups_cookie) = match probe {
+        Ok(Ok(Probe::Unchanged {
+            users_cookie,
+            groups_cookie,
+        })) => (users_cookie, groups_cookie),
+        Ok(Ok(Probe::Changed)) => return Ok(None),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "the no-change check was not possible; reading as usual");
+            return Ok(None);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the no-change check crashed; reading as usual");
+            return Ok(None);
+        }
+    };
+    let read = ReadInfo {
+        mode: ReadMode::Incremental,
+        seconds: started.elapsed().as_secs_f64(),
+        changes: 0,
+    };
+    let run_id = store.begin_run("sync")?;
+    store.update_snapshot_cookies(users_cookie.as_deref(), groups_cookie.as_deref())?;
+    let m = metrics();
+    m.ldap_entries_read_total
+        .with_label_values(&["user"])
+        .inc_by(users);
+    m.ldap_entries_read_total
+        .with_label_values(&["group"])
+        .inc_by(groups);
+    let outcomes: Vec<SinkOutcome> = sinks
+        .iter()
+        .map(|sink| {
+            let name = sink.name();
+            for kind in OpKind::ALL {
+                m.planned_operations
+                    .with_label_values(&[name, kind.as_str()])
+                    .set(0);
+                m.drift_operations
+                    .with_label_values(&[name, kind.as_str()])
+                    .set(0);
+            }
+            m.safety_hold_active.with_label_values(&[name]).set(0);
+            m.unmapped_members.with_label_values(&[name]).set(0);
+            m.run_progress_ratio.with_label_values(&[name]).set(1.0);
+            m.last_success_timestamp_seconds
+                .with_label_values(&[name])
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            // The same line as a sink run that applied nothing.
+            tracing::info!(
+                sink = name,
+                result = ?SinkResult::Success,
+                created = 0,
+                updated = 0,
+                deleted = 0,
+                members_added = 0,
+                members_removed = 0,
+                failed = 0,
+                unmapped = 0,
+                seconds = 0.0,
+                "sink run finished"
+            );
+            SinkOutcome {
+                name: name.to_string(),
+                type_name: sink.type_name().to_string(),
+                result: SinkResult::Success,
+                summary: Summary::default(),
+                plan: Plan::default(),
+                hold: None,
+                preview: None,
+                applied: Some(ApplyReport::default()),
+                error: None,
+                ledger_fingerprint: None,
+            }
+        })
+        .collect();
+    tracing::info!(
+        users,
+        groups,
+        "the directory did not change and the last run left nothing to do: nothing to plan"
+    );
+    let report = RunReport {
+        dry_run: false,
+        read_error: None,
+        allow_empty_scope: false,
+        interrupted: options.interrupt.signal(),
+        warnings: Vec::new(),
+        users,
+        groups,
+        read,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        sinks: outcomes,
+        directory_fingerprint: None,
+        plan_fingerprint: None,
+    };
+    store.set_run_basis(run_id, fingerprint, users, groups)?;
+    store.finish_run(
+        run_id,
+        report.result().as_str(),
+        None,
+        &sink_records(&report),
+    )?;
+    record_run_metrics(&report, options, started);
+    Ok(Some(report))
 }
 
 /// The `[safety]` section as the planner's thresholds.

@@ -9,16 +9,14 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap as HashMap;
-
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+mod members;
+mod quiet;
 mod snapshot;
 
-use crate::ledger::{
-    Ledger, LedgerGroup, LedgerMember, LedgerWriteError, LedgerWriter, Origin, OwnedUser,
-};
+use crate::ledger::{Ledger, LedgerGroup, LedgerWriteError, LedgerWriter, Origin, OwnedUser};
 use crate::model::{GroupSpec, MemberRef, Summary, Unmapped, User, UserMapping};
 
 const MIGRATIONS: &[M<'static>] = &[
@@ -141,6 +139,40 @@ CREATE TABLE snapshot_entries (
     scope INTEGER NOT NULL, key TEXT NOT NULL, dn INTEGER NOT NULL, attrs BLOB NOT NULL,
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
+"#,
+    ),
+    // What a run that finds nothing changed relies on (store/quiet.rs): the configuration each
+    // run ran under and the entries it read;
+    // and the compact ledger (store/members.rs): each membership was a row repeating the user's
+    // name, e-mail and DN; now each group holds its members as one blob of ids (4 bytes each,
+    // big-endian) into `ledger_users`, where each distinct recorded user is stored once.
+    M::up(
+        r#"
+ALTER TABLE runs ADD COLUMN config_fingerprint TEXT;
+ALTER TABLE runs ADD COLUMN read_users INTEGER;
+ALTER TABLE runs ADD COLUMN read_groups INTEGER;
+CREATE TABLE ledger_users (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    email TEXT,
+    dn TEXT NOT NULL,
+    target_id TEXT
+);
+CREATE INDEX ledger_users_by_source ON ledger_users (sink, user_source_id);
+ALTER TABLE ledger_groups ADD COLUMN members BLOB;
+ALTER TABLE ledger_groups ADD COLUMN member_count INTEGER NOT NULL DEFAULT 0;
+INSERT INTO ledger_users (sink, user_source_id, username, email, dn, target_id)
+    SELECT DISTINCT sink, user_source_id, username, email, dn, target_id FROM ledger_members;
+UPDATE ledger_groups SET (members, member_count) = (
+    SELECT unhex(group_concat(printf('%08X', u.id), '' ORDER BY u.id)), COUNT(*)
+    FROM ledger_members m JOIN ledger_users u
+      ON u.sink = m.sink AND u.user_source_id = m.user_source_id AND u.username = m.username
+         AND u.email IS m.email AND u.dn = m.dn AND u.target_id IS m.target_id
+    WHERE m.sink = ledger_groups.sink AND m.group_source_id = ledger_groups.source_id
+);
+DROP TABLE ledger_members;
 "#,
     ),
 ];
@@ -420,71 +452,37 @@ impl Store {
     /// Everything recorded for one sink.
     pub fn load_ledger(&self, sink: &str) -> Result<Ledger, StoreError> {
         let err = self.err();
+        // Users are interned: a user in a hundred groups is loaded once.
+        let users = self.ledger_users(sink)?;
         let mut groups: BTreeMap<String, LedgerGroup> = BTreeMap::new();
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT source_id, target_id, name, description, dn FROM ledger_groups WHERE sink = ?1",
-            )
-            .map_err(&err)?;
-        let rows = statement
-            .query_map([sink], |row| {
-                Ok(LedgerGroup {
-                    source_id: row.get(0)?,
-                    target_id: row.get(1)?,
-                    name: row.get(2)?,
-                    description: row.get(3)?,
-                    dn: row.get(4)?,
-                    members: BTreeMap::new(),
-                })
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let group = row.map_err(&err)?;
-            groups.insert(group.source_id.clone(), group);
-        }
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT group_source_id, user_source_id, username, email, dn, target_id FROM ledger_members WHERE sink = ?1",
+                "SELECT source_id, target_id, name, description, dn, members FROM ledger_groups WHERE sink = ?1",
             )
             .map_err(&err)?;
         let mut rows = statement.query([sink]).map_err(&err)?;
-        // Users and target ids are interned: a user in a hundred groups is loaded once.
-        let mut users: HashMap<String, (Arc<str>, Arc<User>)> = HashMap::default();
-        let mut target_ids: HashMap<String, Arc<str>> = HashMap::default();
         while let Some(row) = rows.next().map_err(&err)? {
-            let text = |i: usize| row.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?));
-            let Some(group) = groups.get_mut(text(0).map_err(&err)?.unwrap_or_default()) else {
-                continue;
+            let mut group = LedgerGroup {
+                source_id: row.get(0).map_err(&err)?,
+                target_id: row.get(1).map_err(&err)?,
+                name: row.get(2).map_err(&err)?,
+                description: row.get(3).map_err(&err)?,
+                dn: row.get(4).map_err(&err)?,
+                members: BTreeMap::new(),
             };
-            let user_id = text(1).map_err(&err)?.unwrap_or_default();
-            let (key, user) = match users.get(user_id) {
-                Some(found) => found.clone(),
-                None => {
-                    let user = Arc::new(User {
-                        source_id: user_id.to_string(),
-                        username: row.get(2).map_err(&err)?,
-                        email: row.get(3).map_err(&err)?,
-                        dn: row.get(4).map_err(&err)?,
-                    });
-                    let entry = (Arc::from(user_id), user);
-                    users.insert(user_id.to_string(), entry.clone());
-                    entry
+            let blob = row
+                .get_ref(5)
+                .map_err(&err)?
+                .as_blob_or_null()
+                .ok()
+                .flatten();
+            for id in members::unpack(blob.unwrap_or_default()) {
+                if let Some((key, member)) = users.get(&id) {
+                    group.members.insert(Arc::clone(key), member.clone());
                 }
-            };
-            let target_id = match text(5).map_err(&err)? {
-                None => None,
-                Some(id) => Some(match target_ids.get(id) {
-                    Some(interned) => Arc::clone(interned),
-                    None => {
-                        let interned: Arc<str> = Arc::from(id);
-                        target_ids.insert(id.to_string(), Arc::clone(&interned));
-                        interned
-                    }
-                }),
-            };
-            group.members.insert(key, LedgerMember { user, target_id });
+            }
+            groups.insert(group.source_id.clone(), group);
         }
         let cursor = self
             .conn
@@ -657,98 +655,11 @@ impl Store {
     pub fn record_deleted(&mut self, sink: &str, source_id: &str) -> Result<(), StoreError> {
         self.in_transaction(|tx| {
             tx.execute(
-                "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
-                params![sink, source_id],
-            )?;
-            tx.execute(
                 "DELETE FROM ledger_groups WHERE sink = ?1 AND source_id = ?2",
                 params![sink, source_id],
             )?;
             Ok(())
         })
-    }
-
-    /// Records members as present in a group, in one transaction.
-    pub fn record_members_added(
-        &mut self,
-        sink: &str,
-        group_source_id: &str,
-        members: &[MemberRef],
-    ) -> Result<(), StoreError> {
-        self.in_transaction(|tx| {
-            {
-                let mut statement = tx
-                    .prepare_cached(
-                        "INSERT INTO ledger_members (sink, group_source_id, user_source_id, username, email, dn, target_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT DO UPDATE SET username = excluded.username, email = excluded.email,
-                           dn = excluded.dn, target_id = excluded.target_id",
-                    )
-                    ?;
-                for m in members {
-                    statement
-                        .execute(params![
-                            sink,
-                            group_source_id,
-                            m.source_id,
-                            m.username,
-                            m.email,
-                            m.dn,
-                            m.target_id
-                        ])
-                        ?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Records members as gone from a group, in one transaction.
-    pub fn record_members_removed(
-        &mut self,
-        sink: &str,
-        group_source_id: &str,
-        user_source_ids: &[&str],
-    ) -> Result<(), StoreError> {
-        self.in_transaction(|tx| {
-            {
-                let mut statement = tx
-                    .prepare_cached(
-                        "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2 AND user_source_id = ?3",
-                    )
-                    ?;
-                for id in user_source_ids {
-                    statement
-                        .execute(params![sink, group_source_id, id])
-                        ?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Rewrites one group of a sink's ledger from what a full reconcile read in the target: the
-    /// group as read and exactly `members` (`None`: the group is gone, forgotten), in one
-    /// transaction.
-    pub fn rewrite_group(
-        &mut self,
-        sink: &str,
-        group: &GroupSpec,
-        members: Option<&[MemberRef]>,
-    ) -> Result<(), StoreError> {
-        let Some(members) = members else {
-            return self.record_deleted(sink, &group.source_id);
-        };
-        let target_id = group.target_id.clone().unwrap_or_default();
-        self.record_group(sink, group, &target_id)?;
-        self.in_transaction(|tx| {
-            tx.execute(
-                "DELETE FROM ledger_members WHERE sink = ?1 AND group_source_id = ?2",
-                params![sink, group.source_id],
-            )?;
-            Ok(())
-        })?;
-        self.record_members_added(sink, &group.source_id, members)
     }
 
     /// Records that a full reconcile of `sink` succeeded now.
@@ -865,7 +776,24 @@ impl Store {
                 ?;
             }
             Ok(())
-        })
+        })?;
+        self.truncate_wal();
+        Ok(())
+    }
+
+    /// Moves the write-ahead log into the file and truncates it, once a run is recorded: a full
+    /// read writes the whole snapshot in one transaction, and the WAL would otherwise keep that
+    /// size on disk until the next checkpoint. Best effort: a reader beside a daemon (`status`)
+    /// can make it wait for the next run.
+    fn truncate_wal(&self) {
+        let result = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "the state file's WAL was not truncated");
+        }
     }
 
     /// The most recent runs, newest first.
@@ -934,7 +862,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT g.source_id, g.name, g.target_id, g.origin, g.recorded_at, g.updated_at,
-                   (SELECT COUNT(*) FROM ledger_members m WHERE m.sink = g.sink AND m.group_source_id = g.source_id)
+                   g.member_count
                  FROM ledger_groups g WHERE g.sink = ?1 ORDER BY g.name, g.source_id",
             )
             .map_err(&err)?;
@@ -986,7 +914,7 @@ impl Store {
                 "SELECT s.sink,
                    (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NOT NULL),
                    (SELECT COUNT(*) FROM ledger_groups g WHERE g.sink = s.sink AND g.target_id IS NULL),
-                   (SELECT COUNT(*) FROM ledger_members m WHERE m.sink = s.sink),
+                   (SELECT IFNULL(SUM(member_count), 0) FROM ledger_groups g WHERE g.sink = s.sink),
                    (SELECT updated_at FROM sink_cursors c WHERE c.sink = s.sink),
                    (SELECT reconciled_at FROM sink_reconciles r WHERE r.sink = s.sink)
                  FROM (SELECT sink FROM ledger_groups UNION SELECT sink FROM sink_cursors

@@ -56,6 +56,127 @@ fn bench_directory(dir: &std::path::Path) -> (Slapd, usize, usize, usize) {
     (slapd, users, groups, per_group)
 }
 
+/// The benchmark's configuration: the directory into a file sink (`/dev/null`), state in
+/// `dir`/state.db, then `extra` (e.g. a `[schedule]`).
+fn bench_config(slapd: &Slapd, dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[ldap]\nurl = \"{}\"\nbind_dn = \"{}\"\nbind_password = \"{}\"\npage_size = 1000\n\n[groups]\nbase_dn = \"ou=Groups,dc=example,dc=com\"\nfilter = \"(objectClass=groupOfNames)\"\n\n[users]\nbase_dn = \"ou=People,dc=example,dc=com\"\nfilter = \"(objectClass=inetOrgPerson)\"\n\n[state]\npath = \"{}\"\n{extra}\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"/dev/null\"\n",
+        slapd.url(),
+        slapd.admin_dn(),
+        slapd.admin_password(),
+        dir.join("state.db").display()
+    )
+}
+
+/// The daemon on a one-second cron for 100 runs (the first is the initial sync; a few carry
+/// directory changes): its resident memory after each run, from /proc, must not drift upwards.
+#[test]
+#[ignore = "benchmark: run scripts/bench.sh"]
+fn daemon_soak() {
+    const RUNS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (slapd, _users, _groups, _) = bench_directory(dir.path());
+    let port = free_port();
+    let config = write_file(
+        dir.path(),
+        "daemon.toml",
+        bench_config(
+            &slapd,
+            dir.path(),
+            &format!(
+                "\n[schedule]\ncron = \"* * * * * *\"\nrun_on_start = true\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+            ),
+        ),
+    );
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let mut daemon = Command::new(ldapsync_bin())
+        .env("RUST_LOG", "warn")
+        .arg("--config")
+        .arg(&config)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let rss_mb = |pid: u32| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let state = dir.path().join("state.db");
+    let finished = || -> usize {
+        rusqlite::Connection::open_with_flags(&state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT COUNT(*) FROM runs WHERE finished_at IS NOT NULL",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .map(|n| n as usize)
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    // Per run, the lowest resident size seen between its end and the next run's end: the
+    // daemon at rest (a sample taken at the very end of a run may see it before it released
+    // that run's memory).
+    let mut samples: Vec<f64> = Vec::with_capacity(RUNS);
+    let mut seen = 0;
+    let mut resting = f64::MAX;
+    while samples.len() < RUNS {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("the daemon exited ({status})");
+        }
+        let now = finished();
+        resting = resting.min(rss_mb(daemon.id()));
+        if now > seen {
+            if seen > 0 {
+                samples.push(resting);
+            }
+            seen = now;
+            resting = f64::MAX;
+            // Every tenth run carries a change: a member added to one group.
+            if samples.len() % 10 == 5 {
+                let g = samples.len();
+                let mut modify = slapd.ldap_tool("ldapmodify");
+                modify.stdin(Stdio::piped()).stdout(Stdio::null());
+                let mut child = modify.spawn().unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("dn: cn=group{g:05},ou=Groups,dc=example,dc=com\nchangetype: modify\nadd: member\nmember: uid=user000001,ou=People,dc=example,dc=com\n\n").as_bytes())
+                    .unwrap();
+                let _ = child.wait();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "{} runs in an hour",
+            samples.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let settled = &samples[9..];
+    let low = settled.iter().cloned().fold(f64::MAX, f64::min);
+    let high = settled.iter().cloned().fold(0.0, f64::max);
+    let last10 = samples[RUNS - 10..].iter().sum::<f64>() / 10.0;
+    let first10 = samples[10..20].iter().sum::<f64>() / 10.0;
+    println!(
+        "BENCH daemon_soak runs={RUNS} seconds={:.0} resting_rss_after_run1={:.0}MB resting_rss_runs10_100=[{low:.0}..{high:.0}]MB mean_runs11_20={first10:.1}MB mean_runs91_100={last10:.1}MB drift={:+.1}MB",
+        started.elapsed().as_secs_f64(),
+        samples[0],
+        last10 - first10,
+    );
+}
+
 #[test]
 #[ignore = "benchmark: run scripts/bench.sh"]
 fn cold_dry_run_against_ldapsearch() {
@@ -110,13 +231,7 @@ fn cold_dry_run_against_ldapsearch() {
     let config = write_file(
         dir.path(),
         "config.toml",
-        format!(
-            "[ldap]\nurl = \"{}\"\nbind_dn = \"{}\"\nbind_password = \"{}\"\npage_size = 1000\n\n[groups]\nbase_dn = \"ou=Groups,dc=example,dc=com\"\nfilter = \"(objectClass=groupOfNames)\"\n\n[users]\nbase_dn = \"ou=People,dc=example,dc=com\"\nfilter = \"(objectClass=inetOrgPerson)\"\n\n[state]\npath = \"{}\"\n\n[[sinks]]\nname = \"audit\"\ntype = \"file\"\npath = \"/dev/null\"\n",
-            slapd.url(),
-            slapd.admin_dn(),
-            slapd.admin_password(),
-            dir.path().join("state.db").display()
-        ),
+        bench_config(&slapd, dir.path(), ""),
     );
     // Runs ldapsync under GNU time; returns wall time, peak RSS in MiB and stdout.
     let timed = |args: &[&str]| {

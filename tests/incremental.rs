@@ -215,3 +215,96 @@ fn incremental_reads_fall_back_to_full_reads_and_never_delete_on_doubt() {
     );
     w.sync(&[], 1);
 }
+
+/// Replaces every stored snapshot entry with bytes no reader accepts; returns what was there.
+fn damage_snapshot(state: &Path) -> Vec<(i64, String, Vec<u8>)> {
+    let db = rusqlite::Connection::open(state).unwrap();
+    let saved: Vec<(i64, String, Vec<u8>)> = db
+        .prepare("SELECT scope, key, attrs FROM snapshot_entries")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    db.execute("UPDATE snapshot_entries SET attrs = X'FFFFFFFF'", [])
+        .unwrap();
+    saved
+}
+
+fn restore_snapshot(state: &Path, saved: &[(i64, String, Vec<u8>)]) {
+    let db = rusqlite::Connection::open(state).unwrap();
+    for (scope, key, attrs) in saved {
+        db.execute(
+            "UPDATE snapshot_entries SET attrs = ?3 WHERE scope = ?1 AND key = ?2",
+            rusqlite::params![scope, key, attrs],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_no_change_run_loads_nothing_and_a_change_or_a_failed_run_is_never_skipped() {
+    let w = World::new();
+    let slapd = &w.slapd;
+    assert_eq!(operations(&w.sync(&[], 0)).len(), 4);
+    // The last run planned something: this one reads and plans as usual (and finds nothing).
+    let settled = w.sync(&[], 0);
+    assert_eq!(
+        (mode(&settled), settled["read"]["changes"].as_u64()),
+        ("incremental", Some(0))
+    );
+    assert!(operations(&settled).is_empty(), "{settled}");
+
+    // Nothing changed and the last run had nothing to do: the run does not even load the
+    // snapshot (a damaged one would have made it read in full), and reports the same shape.
+    let saved = damage_snapshot(&w.state());
+    let quiet = w.sync(&[], 0);
+    assert_eq!(mode(&quiet), "incremental", "{quiet}");
+    assert_eq!(quiet["read"]["changes"], 0, "{quiet}");
+    assert_eq!(
+        (
+            quiet["read"]["users"].clone(),
+            quiet["read"]["groups"].clone()
+        ),
+        (3.into(), 2.into())
+    );
+    assert_eq!(quiet["sinks"][0]["result"], "success", "{quiet}");
+    assert!(operations(&quiet).is_empty(), "{quiet}");
+    // `--full` never takes it: the damaged snapshot is replaced by a full read.
+    let full = w.sync(&["--full"], 0);
+    assert_eq!(mode(&full), "full", "{full}");
+    assert!(operations(&full).is_empty(), "{full}");
+    restore_snapshot(&w.state(), &saved); // (a no-op for the keys --full rewrote)
+
+    // A change in the directory is read and applied at the next run.
+    let people = slapd.people_dn();
+    let eng = format!("cn=eng,{}", slapd.groups_dn());
+    slapd.add_member(&eng, &format!("uid=carol,{people}"));
+    let changed = w.sync(&[], 0);
+    assert_eq!(mode(&changed), "incremental", "{changed}");
+    assert_eq!(
+        operations(&changed),
+        vec![("member_add".into(), "eng".into(), vec!["carol".into()])],
+        "{changed}"
+    );
+    assert!(operations(&w.sync(&[], 0)).is_empty());
+
+    // A sink run that fails: the snapshot and its cookie moved on, but the next run must not
+    // take the fast path; it plans the change again and applies it.
+    slapd.remove_member(&eng, &format!("uid=carol,{people}"));
+    let audit = w.dir.path().join("audit.jsonl");
+    let kept = std::fs::read(&audit).unwrap();
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::create_dir(&audit).unwrap();
+    let failed = w.sync(&[], 1);
+    assert_eq!(failed["sinks"][0]["result"], "failed", "{failed}");
+    std::fs::remove_dir(&audit).unwrap();
+    std::fs::write(&audit, kept).unwrap();
+    let retried = w.sync(&[], 0);
+    assert_eq!(retried["read"]["changes"], 0, "{retried}");
+    assert_eq!(
+        operations(&retried),
+        vec![("member_remove".into(), "eng".into(), vec!["carol".into()])],
+        "{retried}"
+    );
+}

@@ -474,6 +474,85 @@ async fn refresh(
     Ok((snapshot, changes))
 }
 
+/// What [`probe`] found: whether a refresh from the stored cookies changed nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Both scopes answered "no change since the cookie": the stored snapshot is the
+    /// directory. The cookies to store (the server may send a newer one; `None`: keep the old).
+    Unchanged {
+        users_cookie: Option<Vec<u8>>,
+        groups_cookie: Option<Vec<u8>>,
+    },
+    /// Something changed, or the answer does not say that nothing did (a present phase, a
+    /// configuration the snapshot was not made for): read as usual.
+    Changed,
+}
+
+/// Refreshes both scopes from the stored cookies without the snapshot itself, to learn whether
+/// anything changed (the no-change fast path of a run). Only an answer that names no entry,
+/// deletes none and ends in the delete phase counts as unchanged; anything else is `Changed`.
+pub async fn probe(
+    ldap_config: &LdapConfig,
+    users: &UsersConfig,
+    groups: &GroupsConfig,
+    stored_identity: &str,
+    users_cookie: &[u8],
+    groups_cookie: &[u8],
+) -> Result<Probe, IncrementalError> {
+    if ineligible(ldap_config, users, groups).is_some()
+        || identity(ldap_config, users, groups) != stored_identity
+    {
+        return Ok(Probe::Changed);
+    }
+    let mut ldap = connect(ldap_config).await?;
+    let timeout = Duration::from_secs(ldap_config.timeout_secs);
+    let mut cookies = Vec::with_capacity(2);
+    for (scope, base, filter, attrs, cookie) in [
+        (
+            "users",
+            &users.base_dn,
+            &users.filter,
+            user_attributes(users, groups),
+            users_cookie,
+        ),
+        (
+            "groups",
+            &groups.base_dn,
+            &groups.filter,
+            group_attributes(groups),
+            groups_cookie,
+        ),
+    ] {
+        let delta = sync_search(
+            &mut ldap,
+            timeout,
+            scope,
+            base,
+            Scope::Subtree,
+            filter,
+            attrs,
+            Some(cookie),
+        )
+        .await?;
+        let unchanged = delta.upserts.is_empty()
+            && delta.deletes.is_empty()
+            && delta.present.is_empty()
+            && !delta.present_phase;
+        if !unchanged {
+            let _ = ldap.unbind().await;
+            return Ok(Probe::Changed);
+        }
+        cookies.push(delta.cookie);
+    }
+    let _ = ldap.unbind().await;
+    let groups_cookie = cookies.pop().flatten();
+    let users_cookie = cookies.pop().flatten();
+    Ok(Probe::Unchanged {
+        users_cookie,
+        groups_cookie,
+    })
+}
+
 /// What one refresh said about a scope.
 #[derive(Debug, Default)]
 struct ScopeDelta {
