@@ -13,7 +13,7 @@
 # RUSTFLAGS and so rebuilds every dependency), fuzz/rustc-sancov.sh adds the same coverage flags
 # as `cargo fuzz build --dev --sanitizer none` to ldapsync and the targets alone, so every other
 # crate is reused from the test build in the same target directory ($CARGO_TARGET_DIR, else
-# target/). No sanitizer: ldapsync has no unsafe code for ASan to watch; libFuzzer finds panics,
+# target/). No sanitizer: the parsers have no unsafe code for ASan to watch; libFuzzer finds panics,
 # timeouts and memory blow-ups. For long local runs, `cargo install cargo-fuzz --locked` and
 # `cd fuzz && cargo fuzz run <target> --sanitizer none` work on stable as well.
 set -euo pipefail

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::Value;
@@ -250,7 +250,7 @@ fn a_no_change_run_loads_nothing_and_a_change_or_a_failed_run_is_never_skipped()
     // The last run planned something: this one reads and plans as usual (and finds nothing).
     let settled = w.sync(&[], 0);
     assert_eq!(
-        (mode(&settled), settled["read"]["changes"].as_u64()),
+        (read_mode(&settled), settled["read"]["changes"].as_u64()),
         ("incremental", Some(0))
     );
     assert!(operations(&settled).is_empty(), "{settled}");
@@ -259,7 +259,7 @@ fn a_no_change_run_loads_nothing_and_a_change_or_a_failed_run_is_never_skipped()
     // snapshot (a damaged one would have made it read in full), and reports the same shape.
     let saved = damage_snapshot(&w.state());
     let quiet = w.sync(&[], 0);
-    assert_eq!(mode(&quiet), "incremental", "{quiet}");
+    assert_eq!(read_mode(&quiet), "incremental", "{quiet}");
     assert_eq!(quiet["read"]["changes"], 0, "{quiet}");
     assert_eq!(
         (
@@ -272,7 +272,7 @@ fn a_no_change_run_loads_nothing_and_a_change_or_a_failed_run_is_never_skipped()
     assert!(operations(&quiet).is_empty(), "{quiet}");
     // `--full` never takes it: the damaged snapshot is replaced by a full read.
     let full = w.sync(&["--full"], 0);
-    assert_eq!(mode(&full), "full", "{full}");
+    assert_eq!(read_mode(&full), "full", "{full}");
     assert!(operations(&full).is_empty(), "{full}");
     restore_snapshot(&w.state(), &saved); // (a no-op for the keys --full rewrote)
 
@@ -281,7 +281,7 @@ fn a_no_change_run_loads_nothing_and_a_change_or_a_failed_run_is_never_skipped()
     let eng = format!("cn=eng,{}", slapd.groups_dn());
     slapd.add_member(&eng, &format!("uid=carol,{people}"));
     let changed = w.sync(&[], 0);
-    assert_eq!(mode(&changed), "incremental", "{changed}");
+    assert_eq!(read_mode(&changed), "incremental", "{changed}");
     assert_eq!(
         operations(&changed),
         vec![("member_add".into(), "eng".into(), vec!["carol".into()])],

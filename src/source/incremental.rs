@@ -499,7 +499,9 @@ pub async fn probe(
     users_cookie: &[u8],
     groups_cookie: &[u8],
 ) -> Result<Probe, IncrementalError> {
-    if ineligible(ldap_config, users, groups).is_some()
+    // Only syncrepl answers "nothing changed" without the snapshot; an AD read goes the usual
+    // way (its refresh needs the stored entries).
+    if flavor(ldap_config, users, groups) != Ok(Flavor::Syncrepl)
         || identity(ldap_config, users, groups) != stored_identity
     {
         return Ok(Probe::Changed);
