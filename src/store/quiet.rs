@@ -65,15 +65,7 @@ impl Store {
                 "SELECT id, result, config_fingerprint, read_users, read_groups FROM runs
                  WHERE mode != 'dry-run' ORDER BY id DESC LIMIT 1",
                 [],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                },
+                |row| row.try_into(),
             )
             .optional()
             .map_err(&err)?;
@@ -98,15 +90,7 @@ impl Store {
             .map_err(&err)?;
         for sink in sinks {
             let record: Option<(String, String, String, i64, i64)> = statement
-                .query_row(params![run_id, sink], |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                })
+                .query_row(params![run_id, sink], |row| row.try_into())
                 .optional()
                 .map_err(&err)?;
             let Some((result, planned, applied, failed, unmapped)) = record else {
@@ -126,16 +110,7 @@ impl Store {
                 return Ok(None);
             }
         }
-        let source: Option<(String, Vec<u8>, Vec<u8>)> = self
-            .conn
-            .query_row(
-                "SELECT identity, users_cookie, groups_cookie FROM snapshot_source WHERE id = 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()
-            .map_err(&err)?;
-        let Some((identity, users_cookie, groups_cookie)) = source else {
+        let Some((identity, users_cookie, groups_cookie)) = self.snapshot_source()? else {
             return Ok(None);
         };
         Ok(Some(QuietBasis {

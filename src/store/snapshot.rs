@@ -20,21 +20,28 @@ const INTERN_MIN: usize = 24;
 const USERS: i64 = 0;
 const GROUPS: i64 = 1;
 
+/// The stored snapshot's (identity, users cookie, groups cookie).
+pub(super) type SnapshotSource = (String, Vec<u8>, Vec<u8>);
+
 impl Store {
     /// The stored snapshot, if there is one and it can be read (a damaged one is ignored with a
     /// warning: the next read is a full one and replaces it).
-    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
-        let err = self.err();
-        let source: Option<(String, Vec<u8>, Vec<u8>)> = self
-            .conn
+    /// What the stored snapshot was read from, and its cookies; `None` when no snapshot is
+    /// stored.
+    pub(super) fn snapshot_source(&self) -> Result<Option<SnapshotSource>, StoreError> {
+        self.conn
             .query_row(
                 "SELECT identity, users_cookie, groups_cookie FROM snapshot_source WHERE id = 1",
                 [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| row.try_into(),
             )
             .optional()
-            .map_err(&err)?;
-        let Some((identity, users_cookie, groups_cookie)) = source else {
+            .map_err(self.err())
+    }
+
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        let err = self.err();
+        let Some((identity, users_cookie, groups_cookie)) = self.snapshot_source()? else {
             return Ok(None);
         };
         let mut strings: HashMap<i64, Vec<u8>> = HashMap::default();
