@@ -415,20 +415,29 @@ fn reconcile(
     // A member LDAP does not list that the ledger never recorded: added in the target by hand.
     let (stale, hand_added): (Vec<MemberRef>, Vec<MemberRef>) =
         remove.into_iter().partition(recorded_has);
-    for (members, repairs) in [(new_add, false), (re_add, true)] {
-        if !members.is_empty() {
-            let group = spec.clone();
-            batches
-                .adds
-                .push((Operation::MemberAdd { group, members }, repairs));
-        }
-    }
-    for (members, repairs) in [(stale, false), (hand_added, true)] {
-        if !members.is_empty() {
-            let group = spec.clone();
-            batches
-                .removes
-                .push((Operation::MemberRemove { group, members }, repairs));
+    let group = || spec.clone();
+    for (members, repairs, add) in [
+        (new_add, false, true),
+        (re_add, true, true),
+        (stale, false, false),
+        (hand_added, true, false),
+    ] {
+        match (members.is_empty(), add) {
+            (true, _) => {}
+            (false, true) => (batches.adds).push((
+                Operation::MemberAdd {
+                    group: group(),
+                    members,
+                },
+                repairs,
+            )),
+            (false, false) => (batches.removes).push((
+                Operation::MemberRemove {
+                    group: group(),
+                    members,
+                },
+                repairs,
+            )),
         }
     }
     resync.push(Resync {

@@ -766,10 +766,7 @@ fn a_slow_run_reports_progress_in_status_and_metrics() {
         notes.poll().contains("STATUS=last run")
     });
     let seen = &notes.seen;
-    let progress: Vec<&str> = seen
-        .lines()
-        .filter(|l| l.starts_with("STATUS=sync run in progress: progress: "))
-        .collect();
+    let progress = lines_starting(seen, "STATUS=sync run in progress: progress: ");
     assert!(!progress.is_empty(), "{seen}");
     assert!(
         progress

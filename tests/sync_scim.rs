@@ -621,10 +621,7 @@ fn a_slow_target_shows_progress_unless_quiet_and_summary_prints_one_line_per_sin
         "sink \"scim\" (scim): 6 create, 0 update, 0 delete, 12 member_add, 0 member_remove, 0 adopt, 0 unmapped: success\n"
     );
     let stderr = out.stderr_str();
-    let progress: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("progress: "))
-        .collect();
+    let progress = lines_starting(&stderr, "progress: ");
     assert!(!progress.is_empty(), "{stderr}");
     assert!(
         progress.iter().all(|l| l.contains("/18 operations")

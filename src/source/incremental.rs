@@ -371,21 +371,20 @@ struct Recording<'a, S: EntrySink> {
 impl<S: EntrySink> EntrySink for Recording<'_, S> {
     fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
         self.inner.add_user(entry)?;
-        if self.record
-            && let Some(key) = entry.source_id(self.key)
-        {
-            self.users.insert(key, entry.clone());
-        }
+        keep(self.record, &mut self.users, self.key, entry);
         Ok(())
     }
     fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
         self.inner.add_group(entry)?;
-        if self.record
-            && let Some(key) = entry.source_id(self.key)
-        {
-            self.groups.insert(key, entry.clone());
-        }
+        keep(self.record, &mut self.groups, self.key, entry);
         Ok(())
+    }
+}
+
+/// With `record`, keeps a copy of `entry` in `scope` under its `key` attribute.
+fn keep(record: bool, scope: &mut BTreeMap<String, RawEntry>, key: &str, entry: &RawEntry) {
+    if let Some(key) = entry.source_id(key).filter(|_| record) {
+        scope.insert(key, entry.clone());
     }
 }
 

@@ -228,6 +228,11 @@ impl OutputExt for Output {
     }
 }
 
+/// The lines of `text` that start with `prefix`.
+pub fn lines_starting<'t>(text: &'t str, prefix: &str) -> Vec<&'t str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
 /// Stops a child: SIGTERM, up to `grace` to exit, then SIGKILL; always reaps it.
 pub(super) fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
