@@ -181,16 +181,16 @@ mod tests {
         store.finish_run(id, result, None, sinks).unwrap();
     }
 
+    /// A finished run under fingerprint `f` of the one sink `s`.
+    fn run_s(store: &mut Store, result: &str, sink_result: &str, planned: Summary) {
+        run(store, "f", result, &[record("s", sink_result, planned)]);
+    }
+
     #[test]
     fn only_a_quiet_successful_last_run_under_the_same_config_vouches() {
         let (_dir, mut store) = store_with_snapshot();
         assert_eq!(store.quiet_basis(&["s"], "f").unwrap(), None, "no run yet");
-        run(
-            &mut store,
-            "f",
-            "success",
-            &[record("s", "success", Summary::default())],
-        );
+        run_s(&mut store, "success", "success", Summary::default());
         let basis = store.quiet_basis(&["s"], "f").unwrap().unwrap();
         assert_eq!((basis.users, basis.groups), (3, 2));
         assert_eq!(basis.users_cookie, vec![1]);
@@ -206,35 +206,15 @@ mod tests {
             member_add: 1,
             ..Summary::default()
         };
-        run(
-            &mut store,
-            "f",
-            "success",
-            &[record("s", "success", planned)],
-        );
+        run_s(&mut store, "success", "success", planned);
         assert_eq!(store.quiet_basis(&["s"], "f").unwrap(), None);
-        run(
-            &mut store,
-            "f",
-            "failure",
-            &[record("s", "failed", Summary::default())],
-        );
+        run_s(&mut store, "failure", "failed", Summary::default());
         assert_eq!(store.quiet_basis(&["s"], "f").unwrap(), None);
-        run(
-            &mut store,
-            "f",
-            "success",
-            &[record("s", "success", Summary::default())],
-        );
+        run_s(&mut store, "success", "success", Summary::default());
         assert!(store.quiet_basis(&["s"], "f").unwrap().is_some());
         store.begin_run("sync").unwrap();
         assert_eq!(store.quiet_basis(&["s"], "f").unwrap(), None, "unfinished");
-        run(
-            &mut store,
-            "f",
-            "success",
-            &[record("s", "success", Summary::default())],
-        );
+        run_s(&mut store, "success", "success", Summary::default());
 
         // A pending create intent: no.
         store
