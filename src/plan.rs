@@ -415,29 +415,18 @@ fn reconcile(
     // A member LDAP does not list that the ledger never recorded: added in the target by hand.
     let (stale, hand_added): (Vec<MemberRef>, Vec<MemberRef>) =
         remove.into_iter().partition(recorded_has);
-    let group = || spec.clone();
-    for (members, repairs, add) in [
-        (new_add, false, true),
-        (re_add, true, true),
-        (stale, false, false),
-        (hand_added, true, false),
-    ] {
-        match (members.is_empty(), add) {
-            (true, _) => {}
-            (false, true) => (batches.adds).push((
-                Operation::MemberAdd {
-                    group: group(),
-                    members,
-                },
-                repairs,
-            )),
-            (false, false) => (batches.removes).push((
-                Operation::MemberRemove {
-                    group: group(),
-                    members,
-                },
-                repairs,
-            )),
+    for (members, repairs) in [(new_add, false), (re_add, true)] {
+        if !members.is_empty() {
+            let group = spec.clone();
+            let add = Operation::MemberAdd { group, members };
+            batches.adds.push((add, repairs));
+        }
+    }
+    for (members, repairs) in [(stale, false), (hand_added, true)] {
+        if !members.is_empty() {
+            let group = spec.clone();
+            let remove = Operation::MemberRemove { group, members };
+            batches.removes.push((remove, repairs));
         }
     }
     resync.push(Resync {

@@ -844,7 +844,7 @@ impl GroupApi for ConnectApi<'_> {
         let members = format!("/v1/groups/{guid}/members");
         let http = &self.sink.http;
         for user_guid in chunk.iter().filter_map(|m| m.target_id.as_deref()) {
-            let done = match change {
+            let (accepted, response) = match change {
                 MemberChange::Add => {
                     let body = Body::json(&json!({"user_guid": user_guid}));
                     let r = http.send(Method::POST, &members, &[], Some(&body)).await?;
@@ -860,8 +860,8 @@ impl GroupApi for ConnectApi<'_> {
                     )
                 }
             };
-            if let (false, refused) = done {
-                return self.member_refusal(refused);
+            if !accepted {
+                return self.member_refusal(response);
             }
         }
         Ok(Outcome::Done)

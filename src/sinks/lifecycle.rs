@@ -896,11 +896,12 @@ pub async fn apply<A: GroupApi + ?Sized>(
                 let id = user.target_id.as_deref().unwrap_or_default();
                 let active = kind == OpKind::UserReactivate;
                 match api.set_user_active(id, active).await {
-                    // A deactivated user that is gone is as good as deactivated.
                     Ok(Outcome::Done) => ops.recorder.user_active_changed(kind, group, user)?,
+                    // A user to deactivate that is gone is as good as deactivated.
                     Ok(Outcome::NotFound) if !active => {
                         ops.recorder.user_active_changed(kind, group, user)?
                     }
+                    // Not mapped any more, so the next run plans its create.
                     Ok(Outcome::NotFound) => {
                         let gone = format!("the target user {id} is gone");
                         ops.fail(kind, group, OpError::from(gone).of(&user.username), 1)

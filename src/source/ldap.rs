@@ -445,7 +445,9 @@ fn text_and_sequence(tag: StructureTag) -> Option<(String, Vec<StructureTag>)> {
     if parts.len() != 2 {
         return None;
     }
-    let (PL::C(sequence), PL::P(text)) = (parts.pop()?.payload, parts.pop()?.payload) else {
+    let sequence = parts.pop()?;
+    let text = parts.pop()?;
+    let (PL::P(text), PL::C(sequence)) = (text.payload, sequence.payload) else {
         return None;
     };
     Some((String::from_utf8_lossy(&text).into_owned(), sequence))

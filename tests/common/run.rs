@@ -189,17 +189,22 @@ pub const DRIFT_REPAIRS: [(&str, &str, bool); 5] = [
 /// `sync --dry-run --output json` and its JSON plan (panics, showing the output, when stdout is
 /// not JSON), whatever the exit code.
 pub fn dry_run_json(config: &Path) -> serde_json::Value {
-    let out = sync(config, &["--dry-run", "--output", "json"]);
-    serde_json::from_str(&out.stdout_str())
-        .unwrap_or_else(|e| panic!("dry-run output is not JSON ({e}):\n{}", out.describe()))
+    dry_run_output(config).1
 }
 
 /// [`dry_run_json`], asserting that it exits 0.
 #[track_caller]
 pub fn dry_run_ok(config: &Path) -> serde_json::Value {
-    let plan = dry_run_json(config);
-    assert_eq!(plan["exit_code"], 0, "{plan}");
+    let (out, plan) = dry_run_output(config);
+    assert_code(&out, 0);
     plan
+}
+
+fn dry_run_output(config: &Path) -> (Output, serde_json::Value) {
+    let out = sync(config, &["--dry-run", "--output", "json"]);
+    let plan = serde_json::from_str(&out.stdout_str())
+        .unwrap_or_else(|e| panic!("dry-run output is not JSON ({e}):\n{}", out.describe()));
+    (out, plan)
 }
 
 /// [`dry_run_json`], asserting that it plans no operation (a converged target).
