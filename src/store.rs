@@ -4,7 +4,8 @@
 //! the process that opened it, so a second `sync` or `daemon` fails fast. Writes are batched:
 //! one transaction per recorded operation or chunk, one for the whole snapshot.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -263,10 +264,59 @@ pub struct Store {
     conn: Connection,
     _lock: File,
     path: PathBuf,
+    /// The tables `quick_check` found intact since this open (each is checked once).
+    checked: RefCell<BTreeSet<&'static str>>,
+}
+
+/// The tables every open reads (the run history, the scope counts, the snapshot's cookies and
+/// the sinks' cursors): checked when the file is opened.
+const HISTORY_TABLES: &[&str] = &[
+    "runs",
+    "run_sinks",
+    "snapshot_scope",
+    "snapshot_source",
+    "sink_cursors",
+    "sink_reconciles",
+];
+/// The directory snapshot: checked before it is loaded or replaced.
+const SNAPSHOT_TABLES: &[&str] = &["snapshot_strings", "snapshot_entries"];
+/// The sinks' ledgers: checked before one is loaded, listed, counted or written.
+const LEDGER_TABLES: &[&str] = &["ledger_groups", "ledger_users", "user_map", "owned_users"];
+
+fn damaged(shown: &str, what: &str) -> StoreError {
+    StoreError::Open {
+        path: shown.to_string(),
+        message: format!(
+            "the file is damaged ({what}); restore it from a backup, or move it away to rebuild the ledgers with `sync --full`"
+        ),
+    }
+}
+
+/// SQLite's `quick_check`, of the whole file (`table` `None`) or of one table and its indexes.
+fn quick_check(conn: &Connection, shown: &str, table: Option<&str>) -> Result<(), StoreError> {
+    let sql = match table {
+        Some(table) => format!("PRAGMA quick_check({table})"),
+        None => "PRAGMA quick_check".to_string(),
+    };
+    let problems: Vec<String> = conn
+        .prepare(&sql)
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(|e| damaged(shown, &e.to_string()))?;
+    match problems.iter().find(|p| *p != "ok") {
+        Some(first) => Err(damaged(shown, &format!("integrity check: {first}"))),
+        None => Ok(()),
+    }
 }
 
 /// The checks every open makes, writer or reader: the schema is not newer than this ldapsync
-/// knows (`user_version`), and the file is intact (`PRAGMA quick_check`).
+/// knows (`user_version`), and what every open reads is intact (`PRAGMA quick_check` of the
+/// history tables; of the whole file when a migration is due, since migrations rewrite tables).
+/// The snapshot and the ledgers are checked when first read ([`Store::check_tables`]), so a run
+/// that loads neither does not pay for reading every page of a large file.
 fn check_readable(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     let fail = |message: String| StoreError::Open {
         path: shown.to_string(),
@@ -281,23 +331,11 @@ fn check_readable(conn: &Connection, shown: &str) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    let problems: Vec<String> = conn
-        .prepare("PRAGMA quick_check")
-        .and_then(|mut statement| {
-            statement
-                .query_map([], |row| row.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
-        })
-        .map_err(|e| {
-            fail(format!(
-                "the file is damaged ({e}); restore it from a backup, or move it away to rebuild the ledgers with `sync --full`"
-            ))
-        })?;
-    if problems.iter().any(|p| p != "ok") {
-        let first = problems.first().cloned().unwrap_or_default();
-        return Err(fail(format!(
-            "the file is damaged (integrity check: {first}); restore it from a backup, or move it away to rebuild the ledgers with `sync --full`"
-        )));
+    if version < MIGRATIONS.len() as i64 {
+        return quick_check(conn, shown, None);
+    }
+    for table in HISTORY_TABLES {
+        quick_check(conn, shown, Some(table))?;
     }
     Ok(())
 }
@@ -353,6 +391,7 @@ impl Store {
             conn,
             _lock: lock,
             path: path.to_path_buf(),
+            checked: RefCell::default(),
         };
         // This process holds the lock: a run still "running" belongs to a process that died.
         let closed = store.close_unfinished_runs(
@@ -407,6 +446,7 @@ impl Store {
             conn,
             _lock: lock,
             path: path.to_path_buf(),
+            checked: RefCell::default(),
         };
         let pending = Migrations::from_slice(MIGRATIONS)
             .pending_migrations(&store.conn)
@@ -423,6 +463,19 @@ impl Store {
             });
         }
         Ok(Some(store))
+    }
+
+    /// Checks `tables` (and their indexes) with `quick_check` before this process first reads
+    /// them: a damaged page is refused before anything is planned from it or written next to it.
+    fn check_tables(&self, tables: &[&'static str]) -> Result<(), StoreError> {
+        for table in tables {
+            if self.checked.borrow().contains(table) {
+                continue;
+            }
+            quick_check(&self.conn, &self.path.display().to_string(), Some(table))?;
+            self.checked.borrow_mut().insert(table);
+        }
+        Ok(())
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -451,6 +504,7 @@ impl Store {
 
     /// Everything recorded for one sink.
     pub fn load_ledger(&self, sink: &str) -> Result<Ledger, StoreError> {
+        self.check_tables(LEDGER_TABLES)?;
         let err = self.err();
         // Users are interned: a user in a hundred groups is loaded once.
         let users = self.ledger_users(sink)?;
@@ -852,6 +906,7 @@ impl Store {
     /// What the ledgers of `sinks` (every sink with a ledger or a run when empty) hold, group
     /// by group, with the unmapped members of each sink's latest recorded run.
     pub fn ledger_listing(&self, sinks: &[String]) -> Result<Vec<LedgerListing>, StoreError> {
+        self.check_tables(LEDGER_TABLES)?;
         let err = self.err();
         let names: Vec<String> = if sinks.is_empty() {
             self.ledger_counts()?.into_iter().map(|c| c.sink).collect()
@@ -907,6 +962,7 @@ impl Store {
 
     /// Per-sink ledger sizes and cursor times.
     pub fn ledger_counts(&self) -> Result<Vec<LedgerCounts>, StoreError> {
+        self.check_tables(&["ledger_groups"])?;
         let err = self.err();
         let mut statement = self
             .conn
@@ -1083,6 +1139,122 @@ mod tests {
         assert_eq!(ledger.cursor.as_deref(), Some("tok"));
         store.record_deleted("s", "g1").unwrap();
         assert!(store.load_ledger("s").unwrap().groups.is_empty());
+    }
+
+    /// A state file with a ledger (a group with a member), a snapshot and a run; its path.
+    fn state_with_everything(dir: &Path) -> PathBuf {
+        use crate::source::RawEntry;
+        use crate::source::incremental::{ScopeSnapshot, Snapshot};
+        let path = dir.join("state.db");
+        let mut store = Store::open(&path).unwrap();
+        store.record_group("s", &spec("g1", "a"), "T1").unwrap();
+        let member = MemberRef {
+            user: Arc::new(User::for_test("u1", "alice")),
+            target_id: Some("TU1".into()),
+        };
+        store
+            .record_members_added("s", "g1", std::slice::from_ref(&member))
+            .unwrap();
+        store.record_user_created("s", &member, "TU1").unwrap();
+        let mapping = UserMapping {
+            key: "userName=alice".into(),
+            target_id: "TU1".into(),
+        };
+        store
+            .record_users("s", &[("u1".to_string(), mapping)].into())
+            .unwrap();
+        let scope = |dn: &str| ScopeSnapshot {
+            cookie: b"c".to_vec(),
+            entries: [(
+                "k".to_string(),
+                RawEntry::for_test(
+                    dn,
+                    &[("member", &["uid=alice,ou=People,dc=example,dc=com"])],
+                ),
+            )]
+            .into(),
+            replaced: true,
+            ..ScopeSnapshot::default()
+        };
+        let snapshot = Snapshot {
+            identity: "i".into(),
+            users: scope("uid=alice,ou=People,dc=example,dc=com"),
+            groups: scope("cn=a,ou=Groups,dc=example,dc=com"),
+        };
+        store.save_snapshot(Some(&snapshot)).unwrap();
+        let run = store.begin_run("sync").unwrap();
+        store.finish_run(run, "success", None, &[]).unwrap();
+        path
+    }
+
+    /// Overwrites the root page of `table` (which holds all of its rows in a small file).
+    fn garble_root_page(path: &Path, table: &str) {
+        let root: i64 = Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let mut bytes = std::fs::read(path).unwrap();
+        let start = (root as usize - 1) * 4096;
+        for byte in &mut bytes[start..start + 3000] {
+            *byte = 0xA5;
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn each_table_is_checked_before_it_is_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = std::fs::read(state_with_everything(dir.path())).unwrap();
+        let path = dir.path().join("state.db");
+        let is_damaged = |result: Result<(), StoreError>, what: &str| match result {
+            Err(e) => assert!(e.to_string().contains("the file is damaged"), "{what}: {e}"),
+            Ok(()) => panic!("{what}: a damaged table was read without an error"),
+        };
+        // The history is checked on every open, writer or reader.
+        garble_root_page(&path, "runs");
+        is_damaged(Store::open(&path).map(drop), "open, runs damaged");
+        is_damaged(
+            Store::open_read_only(&path).map(drop),
+            "read-only open, runs damaged",
+        );
+        for table in ["ledger_groups", "ledger_users", "user_map", "owned_users"] {
+            std::fs::write(&path, &pristine).unwrap();
+            garble_root_page(&path, table);
+            // Opening, and what does not read the ledgers, still work: a no-change run never
+            // pays for checking what it does not read.
+            let store = Store::open(&path).unwrap();
+            assert!(store.load_snapshot().unwrap().is_some(), "{table}");
+            is_damaged(store.load_ledger("s").map(drop), table);
+            is_damaged(store.load_ledger("s").map(drop), "a second load");
+            is_damaged(store.ledger_listing(&[]).map(drop), table);
+        }
+        std::fs::write(&path, &pristine).unwrap();
+        garble_root_page(&path, "ledger_groups");
+        let store = Store::open_read_only(&path).unwrap().unwrap();
+        is_damaged(store.quiet_basis(&["s"], "f").map(drop), "quiet basis");
+        is_damaged(store.ledger_counts().map(drop), "counts");
+        for table in ["snapshot_entries", "snapshot_strings"] {
+            std::fs::write(&path, &pristine).unwrap();
+            garble_root_page(&path, table);
+            let mut store = Store::open(&path).unwrap();
+            assert_eq!(store.load_ledger("s").unwrap().groups.len(), 1, "{table}");
+            is_damaged(store.load_snapshot().map(drop), table);
+            is_damaged(store.save_snapshot(None), table);
+        }
+        // An intact file passes every check; the open checked the history, the loads the rest.
+        std::fs::write(&path, &pristine).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(store.checked.borrow().is_empty());
+        store.load_ledger("s").unwrap();
+        store.load_snapshot().unwrap();
+        assert_eq!(
+            store.checked.borrow().len(),
+            LEDGER_TABLES.len() + SNAPSHOT_TABLES.len()
+        );
     }
 
     #[test]

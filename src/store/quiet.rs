@@ -56,6 +56,8 @@ impl Store {
         sinks: &[&str],
         config_fingerprint: &str,
     ) -> Result<Option<QuietBasis>, StoreError> {
+        // The one ledger table read here (for unconfirmed creates).
+        self.check_tables(&["ledger_groups"])?;
         let err = self.err();
         // The last real run (dry runs are not recorded), whatever its mode: an interrupted or
         // crashed one may have applied part of a plan.

@@ -10,7 +10,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{Store, StoreError, now};
+use super::{SNAPSHOT_TABLES, Store, StoreError, now};
 use crate::source::RawEntry;
 use crate::source::incremental::{ScopeSnapshot, Snapshot};
 
@@ -24,8 +24,6 @@ const GROUPS: i64 = 1;
 pub(super) type SnapshotSource = (String, Vec<u8>, Vec<u8>);
 
 impl Store {
-    /// The stored snapshot, if there is one and it can be read (a damaged one is ignored with a
-    /// warning: the next read is a full one and replaces it).
     /// What the stored snapshot was read from, and its cookies; `None` when no snapshot is
     /// stored.
     pub(super) fn snapshot_source(&self) -> Result<Option<SnapshotSource>, StoreError> {
@@ -39,7 +37,11 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// The stored snapshot, if there is one. An entry whose blob cannot be decoded is ignored
+    /// with a warning (the next read is a full one and replaces it); a damaged page (SQLite's
+    /// check) is an error, like a damaged ledger.
     pub fn load_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        self.check_tables(SNAPSHOT_TABLES)?;
         let err = self.err();
         let Some((identity, users_cookie, groups_cookie)) = self.snapshot_source()? else {
             return Ok(None);
@@ -99,6 +101,7 @@ impl Store {
     /// changed entries of a refreshed one. `None` forgets any stored snapshot (the next run
     /// reads in full).
     pub fn save_snapshot(&mut self, snapshot: Option<&Snapshot>) -> Result<(), StoreError> {
+        self.check_tables(SNAPSHOT_TABLES)?;
         self.in_transaction(|tx| {
             let Some(snapshot) = snapshot else {
                 tx.execute_batch(
