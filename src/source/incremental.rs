@@ -370,21 +370,27 @@ struct Recording<'a, S: EntrySink> {
 
 impl<S: EntrySink> EntrySink for Recording<'_, S> {
     fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
-        self.inner.add_user(entry)?;
+        self.take_user(entry.clone())
+    }
+    fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
+        self.take_group(entry.clone())
+    }
+    fn take_user(&mut self, entry: RawEntry) -> Result<(), SourceError> {
+        self.inner.add_user(&entry)?;
         keep(self.record, &mut self.users, self.key, entry);
         Ok(())
     }
-    fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError> {
-        self.inner.add_group(entry)?;
+    fn take_group(&mut self, entry: RawEntry) -> Result<(), SourceError> {
+        self.inner.add_group(&entry)?;
         keep(self.record, &mut self.groups, self.key, entry);
         Ok(())
     }
 }
 
-/// With `record`, keeps a copy of `entry` in `scope` under its `key` attribute.
-fn keep(record: bool, scope: &mut BTreeMap<String, RawEntry>, key: &str, entry: &RawEntry) {
+/// With `record`, keeps `entry` in `scope` under its `key` attribute.
+fn keep(record: bool, scope: &mut BTreeMap<String, RawEntry>, key: &str, entry: RawEntry) {
     if let Some(key) = entry.source_id(key).filter(|_| record) {
-        scope.insert(key, entry.clone());
+        scope.insert(key, entry);
     }
 }
 

@@ -143,7 +143,7 @@ pub(super) async fn read(
         user_attrs,
         |entry| {
             stats.users += 1;
-            builder.add_user(&entry)
+            builder.take_user(entry)
         },
         &mut failure,
     )
@@ -169,7 +169,7 @@ pub(super) async fn read(
                 ranged.push(entry);
                 Ok(())
             } else {
-                builder.add_group(&entry)
+                builder.take_group(entry)
             }
         },
         &mut failure,
@@ -179,7 +179,7 @@ pub(super) async fn read(
     let timeout = Duration::from_secs(config.timeout_secs);
     for mut entry in ranged {
         complete_member_ranges(&mut ldap, timeout, &mut entry, &member_attributes).await?;
-        builder.add_group(&entry)?;
+        builder.take_group(entry)?;
     }
     let _ = ldap.unbind().await;
     Ok(stats)

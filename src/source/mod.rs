@@ -98,6 +98,15 @@ pub(crate) fn member_attributes(groups: &GroupsConfig) -> Vec<String> {
 pub trait EntrySink {
     fn add_user(&mut self, entry: &RawEntry) -> Result<(), SourceError>;
     fn add_group(&mut self, entry: &RawEntry) -> Result<(), SourceError>;
+    /// [`add_user`](Self::add_user) for an entry the reader no longer needs: a sink that keeps
+    /// entries (the snapshot recorder) takes it instead of copying it.
+    fn take_user(&mut self, entry: RawEntry) -> Result<(), SourceError> {
+        self.add_user(&entry)
+    }
+    /// [`add_group`](Self::add_group) for an entry the reader no longer needs.
+    fn take_group(&mut self, entry: RawEntry) -> Result<(), SourceError> {
+        self.add_group(&entry)
+    }
 }
 
 /// Why the directory could not be read completely. Every variant fails the run for every sink.
