@@ -4,7 +4,9 @@
 //! are four bytes each (a big-endian id, sorted) in their group's row, and a user in a hundred
 //! groups is one `ledger_users` row. A row of `ledger_users` is immutable: a member recorded
 //! with other attributes (a new DN, another target id) gets a row of its own, so every group
-//! keeps exactly what was recorded for it. Writing a group's members rewrites its blob (and
+//! keeps exactly what was recorded for it. The table is keyed by (sink, user source id, id), so
+//! finding a user's rows needs no separate index; ids come from the one-row `ledger_user_ids`
+//! counter (they are never reused). Writing a group's members rewrites its blob (and
 //! `member_count`, which `ledger` and `status` show without decoding) in one transaction.
 
 use std::collections::BTreeSet;
@@ -141,12 +143,17 @@ impl Store {
                 let id = match same {
                     Some(row) => row.0,
                     None => {
+                        let id: i64 = tx
+                            .prepare_cached(
+                                "UPDATE ledger_user_ids SET last = last + 1 WHERE only = 1 RETURNING last",
+                            )?
+                            .query_row([], |row| row.get(0))?;
                         tx.prepare_cached(
-                            "INSERT INTO ledger_users (sink, user_source_id, username, email, dn, target_id)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            "INSERT INTO ledger_users (sink, user_source_id, id, username, email, dn, target_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         )?
-                        .execute(params![sink, m.source_id, m.username, m.email, m.dn, m.target_id])?;
-                        tx.last_insert_rowid()
+                        .execute(params![sink, m.source_id, id, m.username, m.email, m.dn, m.target_id])?;
+                        id
                     }
                 };
                 ids.insert(id);
@@ -292,7 +299,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let mut conn = rusqlite::Connection::open(&path).unwrap();
-        let before = super::super::MIGRATIONS.len() - 1;
+        // The schema before members were packed (the eighth migration).
+        let before = 7;
         rusqlite_migration::Migrations::from_slice(super::super::MIGRATIONS)
             .to_version(&mut conn, before)
             .unwrap();
