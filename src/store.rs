@@ -691,8 +691,13 @@ impl Store {
         })
     }
 
-    /// Records that a full reconcile of `sink` succeeded now.
+    /// Records that a full reconcile of `sink` succeeded now, and drops the ledger users no
+    /// group refers to any more (the reconcile rewrote every group).
     pub fn set_reconciled(&self, sink: &str) -> Result<(), StoreError> {
+        let pruned = self.prune_ledger_users(sink)?;
+        if pruned > 0 {
+            tracing::debug!(sink, pruned, "dropped ledger users no group refers to");
+        }
         self.conn
             .execute(
                 "INSERT INTO sink_reconciles (sink, reconciled_at) VALUES (?1, ?2)

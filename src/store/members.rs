@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 
 use super::{Store, StoreError};
 use crate::ledger::LedgerMember;
@@ -182,6 +182,49 @@ impl Store {
         })
     }
 
+    /// Drops the `ledger_users` rows of `sink` that no group's members refer to any more (a
+    /// member recorded again with other attributes, or gone from every group, leaves its old
+    /// row behind); how many. One pass over the sink's member blobs and users, in one
+    /// transaction: done after a full reconcile, which rewrote every group.
+    pub(super) fn prune_ledger_users(&self, sink: &str) -> Result<usize, StoreError> {
+        let err = self.err();
+        // `&self` as the callers hold it; this connection is used by one thread at a time.
+        let tx = self.conn.unchecked_transaction().map_err(&err)?;
+        let mut used = FxHashSet::default();
+        {
+            let mut statement = tx
+                .prepare("SELECT members FROM ledger_groups WHERE sink = ?1")
+                .map_err(&err)?;
+            let mut rows = statement.query([sink]).map_err(&err)?;
+            while let Some(row) = rows.next().map_err(&err)? {
+                if let Ok(Some(blob)) = row.get_ref(0).map_err(&err)?.as_blob_or_null() {
+                    used.extend(unpack(blob));
+                }
+            }
+        }
+        let stale: Vec<(String, i64)> = tx
+            .prepare("SELECT user_source_id, id FROM ledger_users WHERE sink = ?1")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([sink], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .filter(|row| row.as_ref().map_or(true, |(_, id)| !used.contains(id)))
+                    .collect()
+            })
+            .map_err(&err)?;
+        {
+            let mut delete = tx
+                .prepare(
+                    "DELETE FROM ledger_users WHERE sink = ?1 AND user_source_id = ?2 AND id = ?3",
+                )
+                .map_err(&err)?;
+            for (user, id) in &stale {
+                delete.execute(params![sink, user, id]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(stale.len())
+    }
+
     /// Rewrites one group of a sink's ledger from what a full reconcile read in the target: the
     /// group as read and exactly `members` (`None`: the group is gone, forgotten).
     pub fn rewrite_group(
@@ -292,6 +335,18 @@ mod tests {
         );
         store.record_deleted("s", "g1").unwrap();
         assert_eq!(store.ledger_counts().unwrap()[0].memberships, 1);
+
+        // A full reconcile drops the rows no group refers to: a (TA, uid=a), a (uid=a2), and
+        // b's is the only one left.
+        let before = store.load_ledger("s").unwrap().groups;
+        store.set_reconciled("s").unwrap();
+        let users: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM ledger_users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1);
+        assert_eq!(store.load_ledger("s").unwrap().groups, before);
+        assert_eq!(store.prune_ledger_users("s").unwrap(), 0);
     }
 
     #[test]
