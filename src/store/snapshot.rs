@@ -17,10 +17,6 @@ use crate::source::incremental::{ScopeSnapshot, Snapshot};
 /// Values at least this long are interned (DNs); shorter ones (ids, names) are stored inline.
 const INTERN_MIN: usize = 24;
 
-/// The string id that means "the entry's key": SQLite hands out row ids from 1, so no stored
-/// string has it (and blobs written before it existed never use it).
-const KEY: i64 = 0;
-
 const USERS: i64 = 0;
 const GROUPS: i64 = 1;
 
@@ -81,7 +77,7 @@ impl Store {
             let entry = attrs
                 .as_blob()
                 .ok()
-                .and_then(|blob| unpack(&key, dn, blob, &strings));
+                .and_then(|blob| unpack(dn, blob, &strings));
             let Some(entry) = entry else {
                 tracing::warn!(
                     key,
@@ -250,9 +246,9 @@ impl Interner<'_, '_> {
 }
 
 /// `count (name-len name value-count (value-header value?)*)*` in LEB128 varints; a value
-/// header is `len << 1` followed by the bytes, or `string-id << 1 | 1`, where string id
-/// [`KEY`] stands for the entry's key (its entryUUID, unique to the entry: interning it
-/// would store it a second time).
+/// header is `len << 1` followed by the bytes, or `string-id << 1 | 1`. A value equal to the
+/// entry's key (its entryUUID) is unique to the entry: it is stored inline, as interning it
+/// would cost a string row besides.
 fn pack(key: &str, entry: &RawEntry, interner: &mut Interner<'_, '_>) -> rusqlite::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64);
     put(&mut out, entry.attrs.len() as u64);
@@ -264,9 +260,7 @@ fn pack(key: &str, entry: &RawEntry, interner: &mut Interner<'_, '_>) -> rusqlit
         out.extend_from_slice(name.as_bytes());
         put(&mut out, values.len() as u64);
         for value in values {
-            if !key.is_empty() && value == key.as_bytes() {
-                put(&mut out, ((KEY as u64) << 1) | 1);
-            } else if value.len() >= INTERN_MIN {
+            if value.len() >= INTERN_MIN && value != key.as_bytes() {
                 let id = interner.intern(value)?;
                 put(&mut out, ((id as u64) << 1) | 1);
             } else {
@@ -279,7 +273,7 @@ fn pack(key: &str, entry: &RawEntry, interner: &mut Interner<'_, '_>) -> rusqlit
 }
 
 /// The inverse of [`pack`]; `None` on anything malformed (the state file is outside data too).
-fn unpack(key: &str, dn: i64, blob: &[u8], strings: &HashMap<i64, Vec<u8>>) -> Option<RawEntry> {
+fn unpack(dn: i64, blob: &[u8], strings: &HashMap<i64, Vec<u8>>) -> Option<RawEntry> {
     let mut reader = blob;
     let dn = String::from_utf8_lossy(strings.get(&dn)?).into_owned();
     let count = get(&mut reader)?;
@@ -295,9 +289,7 @@ fn unpack(key: &str, dn: i64, blob: &[u8], strings: &HashMap<i64, Vec<u8>>) -> O
         let mut values = Vec::with_capacity(values_count.min(1 << 16) as usize);
         for _ in 0..values_count {
             let header = get(&mut reader)?;
-            if header == ((KEY as u64) << 1) | 1 {
-                values.push(key.as_bytes().to_vec());
-            } else if header & 1 == 1 {
+            if header & 1 == 1 {
                 values.push(strings.get(&((header >> 1) as i64))?.clone());
             } else {
                 let len = header >> 1;
@@ -450,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn a_value_equal_to_the_key_is_not_interned() {
+    fn a_value_equal_to_the_key_is_stored_inline() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state.db")).unwrap();
         let uuid = "0f3a6c1e-5b7d-4e2a-9c8f-1d2e3f4a5b6c";
@@ -473,10 +465,6 @@ mod tests {
         assert_eq!(strings, [dn.as_bytes()], "the DN only, not the entryUUID");
         let loaded = store.load_snapshot().unwrap().unwrap();
         assert_eq!(loaded.users.entries, snapshot.users.entries);
-        // The marker decodes to the key of the entry it is in.
-        let strings = [(1, dn.as_bytes().to_vec())].into_iter().collect();
-        let blob = [1, 1, b'a', 1, 1];
-        assert_eq!(unpack("k", 1, &blob, &strings).unwrap().attrs["a"], [b"k"]);
     }
 
     /// A state file written by the schema before this one (strings with a UNIQUE index, ledger
@@ -605,7 +593,7 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM ledger_users", [], |r| r.get(0))
             .unwrap();
         assert_eq!(users, 4, "carol is stored once");
-        // A full read of the same directory stores the entryUUID as the key and drops it as a
+        // A full read of the same directory stores the entryUUID inline and drops it as a
         // string; the snapshot reads back the same.
         let mut full = expected.clone();
         for s in [&mut full.users, &mut full.groups] {
@@ -625,14 +613,14 @@ mod tests {
         #[test]
         fn any_blob_unpacks_or_is_refused(blob in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
             let strings: HashMap<i64, Vec<u8>> = [(0, b"dn".to_vec()), (1, b"x".to_vec())].into_iter().collect();
-            let _ = unpack("k", 0, &blob, &strings);
+            let _ = unpack(0, &blob, &strings);
         }
     }
 
     #[test]
     fn damaged_blobs_are_rejected_not_panicked_on() {
         let strings: HashMap<i64, Vec<u8>> = [(1, b"dn".to_vec())].into_iter().collect();
-        assert!(unpack("k", 1, &[0], &strings).is_some());
+        assert!(unpack(1, &[0], &strings).is_some());
         for blob in [
             &[][..],
             &[1],
@@ -641,8 +629,8 @@ mod tests {
             &[1, 1, b'a', 1, 9],
             &[0xff; 12],
         ] {
-            assert!(unpack("k", 1, blob, &strings).is_none(), "{blob:?}");
+            assert!(unpack(1, blob, &strings).is_none(), "{blob:?}");
         }
-        assert!(unpack("k", 2, &[0], &strings).is_none(), "unknown DN id");
+        assert!(unpack(2, &[0], &strings).is_none(), "unknown DN id");
     }
 }
