@@ -198,8 +198,8 @@ CREATE TABLE ledger_users_new (
 ) WITHOUT ROWID;
 INSERT INTO ledger_users_new (sink, user_source_id, id, username, email, dn, target_id)
     SELECT sink, user_source_id, id, username, email, dn, target_id FROM ledger_users;
-CREATE TABLE ledger_user_ids (only INTEGER PRIMARY KEY CHECK (only = 1), last INTEGER NOT NULL);
-INSERT INTO ledger_user_ids (only, last) SELECT 1, COALESCE(MAX(id), 0) FROM ledger_users;
+CREATE TABLE ledger_user_ids (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+INSERT INTO ledger_user_ids (id, last) SELECT 1, COALESCE(MAX(id), 0) FROM ledger_users;
 DROP TABLE ledger_users;
 ALTER TABLE ledger_users_new RENAME TO ledger_users;
 "#,

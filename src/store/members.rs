@@ -145,7 +145,7 @@ impl Store {
                     None => {
                         let id: i64 = tx
                             .prepare_cached(
-                                "UPDATE ledger_user_ids SET last = last + 1 WHERE only = 1 RETURNING last",
+                                "UPDATE ledger_user_ids SET last = last + 1 WHERE id = 1 RETURNING last",
                             )?
                             .query_row([], |row| row.get(0))?;
                         tx.prepare_cached(
