@@ -176,6 +176,35 @@ UPDATE ledger_groups SET (members, member_count) = (
 DROP TABLE ledger_members;
 "#,
     ),
+    // A smaller file (store/snapshot.rs, store/members.rs): interned strings lose their UNIQUE
+    // index (a save finds existing ids in memory, and only this process writes), and
+    // `ledger_users` is keyed by (sink, user source id) itself, so it needs no separate lookup
+    // index; its ids (what member blobs hold) are handed out from `ledger_user_ids`. Ids,
+    // blobs and every row are copied unchanged.
+    M::up(
+        r#"
+CREATE TABLE snapshot_strings_new (id INTEGER PRIMARY KEY, value BLOB NOT NULL);
+INSERT INTO snapshot_strings_new (id, value) SELECT id, value FROM snapshot_strings;
+DROP TABLE snapshot_strings;
+ALTER TABLE snapshot_strings_new RENAME TO snapshot_strings;
+CREATE TABLE ledger_users_new (
+    sink TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    email TEXT,
+    dn TEXT NOT NULL,
+    target_id TEXT,
+    PRIMARY KEY (sink, user_source_id, id)
+) WITHOUT ROWID;
+INSERT INTO ledger_users_new (sink, user_source_id, id, username, email, dn, target_id)
+    SELECT sink, user_source_id, id, username, email, dn, target_id FROM ledger_users;
+CREATE TABLE ledger_user_ids (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+INSERT INTO ledger_user_ids (id, last) SELECT 1, COALESCE(MAX(id), 0) FROM ledger_users;
+DROP TABLE ledger_users;
+ALTER TABLE ledger_users_new RENAME TO ledger_users;
+"#,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -716,8 +745,13 @@ impl Store {
         })
     }
 
-    /// Records that a full reconcile of `sink` succeeded now.
+    /// Records that a full reconcile of `sink` succeeded now, and drops the ledger users no
+    /// group refers to any more (the reconcile rewrote every group).
     pub fn set_reconciled(&self, sink: &str) -> Result<(), StoreError> {
+        let pruned = self.prune_ledger_users(sink)?;
+        if pruned > 0 {
+            tracing::debug!(sink, pruned, "dropped ledger users no group refers to");
+        }
         self.conn
             .execute(
                 "INSERT INTO sink_reconciles (sink, reconciled_at) VALUES (?1, ?2)

@@ -5,7 +5,9 @@
 //! a cold `ldapsync sync --dry-run`, and reports ldapsync's peak RSS; then counts the requests
 //! an initial push of the same directory makes into a fast in-process SCIM target
 //! ([`initial_push_request_count`]). Sizes can be scaled with LDAPSYNC_BENCH_USERS /
-//! LDAPSYNC_BENCH_GROUPS / LDAPSYNC_BENCH_MEMBERS_PER_GROUP.
+//! LDAPSYNC_BENCH_GROUPS / LDAPSYNC_BENCH_MEMBERS_PER_GROUP. With LDAPSYNC_BENCH_STATE_ONLY set,
+//! [`cold_dry_run_against_ldapsearch`] stops after printing the state file's size; set to a path,
+//! it first copies the state file there (to inspect it, e.g. with sqlite3's `dbstat`).
 
 mod common;
 
@@ -307,6 +309,12 @@ fn cold_dry_run_against_ldapsearch() {
         "BENCH state_file_after_first_sync={:.1}MB",
         state_mb(&state)
     );
+    if let Some(keep) = std::env::var_os("LDAPSYNC_BENCH_STATE_ONLY") {
+        if keep != "1" {
+            std::fs::copy(&state, &keep).unwrap();
+        }
+        return;
+    }
 
     // The median of three runs of `args`, its largest peak RSS and the last stdout.
     let median = |args: &[&str]| {

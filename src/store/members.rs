@@ -4,14 +4,16 @@
 //! are four bytes each (a big-endian id, sorted) in their group's row, and a user in a hundred
 //! groups is one `ledger_users` row. A row of `ledger_users` is immutable: a member recorded
 //! with other attributes (a new DN, another target id) gets a row of its own, so every group
-//! keeps exactly what was recorded for it. Writing a group's members rewrites its blob (and
+//! keeps exactly what was recorded for it. The table is keyed by (sink, user source id, id), so
+//! finding a user's rows needs no separate index; ids come from the one-row `ledger_user_ids`
+//! counter (they are never reused). Writing a group's members rewrites its blob (and
 //! `member_count`, which `ledger` and `status` show without decoding) in one transaction.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 
 use super::{Store, StoreError};
 use crate::ledger::LedgerMember;
@@ -141,12 +143,17 @@ impl Store {
                 let id = match same {
                     Some(row) => row.0,
                     None => {
+                        let id: i64 = tx
+                            .prepare_cached(
+                                "UPDATE ledger_user_ids SET last = last + 1 WHERE id = 1 RETURNING last",
+                            )?
+                            .query_row([], |row| row.get(0))?;
                         tx.prepare_cached(
-                            "INSERT INTO ledger_users (sink, user_source_id, username, email, dn, target_id)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            "INSERT INTO ledger_users (sink, user_source_id, id, username, email, dn, target_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         )?
-                        .execute(params![sink, m.source_id, m.username, m.email, m.dn, m.target_id])?;
-                        tx.last_insert_rowid()
+                        .execute(params![sink, m.source_id, id, m.username, m.email, m.dn, m.target_id])?;
+                        id
                     }
                 };
                 ids.insert(id);
@@ -173,6 +180,49 @@ impl Store {
             }
             store_ids(tx, sink, group_source_id, &ids)
         })
+    }
+
+    /// Drops the `ledger_users` rows of `sink` that no group's members refer to any more (a
+    /// member recorded again with other attributes, or gone from every group, leaves its old
+    /// row behind); how many. One pass over the sink's member blobs and users, in one
+    /// transaction: done after a full reconcile, which rewrote every group.
+    pub(super) fn prune_ledger_users(&self, sink: &str) -> Result<usize, StoreError> {
+        let err = self.err();
+        // `&self` as the callers hold it; this connection is used by one thread at a time.
+        let tx = self.conn.unchecked_transaction().map_err(&err)?;
+        let mut used = FxHashSet::default();
+        {
+            let mut statement = tx
+                .prepare("SELECT members FROM ledger_groups WHERE sink = ?1")
+                .map_err(&err)?;
+            let mut rows = statement.query([sink]).map_err(&err)?;
+            while let Some(row) = rows.next().map_err(&err)? {
+                if let Ok(Some(blob)) = row.get_ref(0).map_err(&err)?.as_blob_or_null() {
+                    used.extend(unpack(blob));
+                }
+            }
+        }
+        let stale: Vec<(String, i64)> = tx
+            .prepare("SELECT user_source_id, id FROM ledger_users WHERE sink = ?1")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([sink], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .filter(|row| row.as_ref().map_or(true, |(_, id)| !used.contains(id)))
+                    .collect()
+            })
+            .map_err(&err)?;
+        {
+            let mut delete = tx
+                .prepare(
+                    "DELETE FROM ledger_users WHERE sink = ?1 AND user_source_id = ?2 AND id = ?3",
+                )
+                .map_err(&err)?;
+            for (user, id) in &stale {
+                delete.execute(params![sink, user, id]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(stale.len())
     }
 
     /// Rewrites one group of a sink's ledger from what a full reconcile read in the target: the
@@ -285,6 +335,18 @@ mod tests {
         );
         store.record_deleted("s", "g1").unwrap();
         assert_eq!(store.ledger_counts().unwrap()[0].memberships, 1);
+
+        // A full reconcile drops the rows no group refers to: a (TA, uid=a), a (uid=a2), and
+        // b's is the only one left.
+        let before = store.load_ledger("s").unwrap().groups;
+        store.set_reconciled("s").unwrap();
+        let users: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM ledger_users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1);
+        assert_eq!(store.load_ledger("s").unwrap().groups, before);
+        assert_eq!(store.prune_ledger_users("s").unwrap(), 0);
     }
 
     #[test]
@@ -292,7 +354,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let mut conn = rusqlite::Connection::open(&path).unwrap();
-        let before = super::super::MIGRATIONS.len() - 1;
+        // The schema before members were packed (the eighth migration).
+        let before = 7;
         rusqlite_migration::Migrations::from_slice(super::super::MIGRATIONS)
             .to_version(&mut conn, before)
             .unwrap();

@@ -125,22 +125,18 @@ impl Store {
             let replaced = snapshot.users.replaced && snapshot.groups.replaced;
             let mut interner = Interner {
                 tx,
-                ids: HashMap::default(),
+                ids: None,
                 used: FxHashSet::default(),
             };
-            if replaced {
-                // A full read interns every value again: start from the stored ids, so that
-                // unchanged entries pack to the bytes already stored and are not rewritten.
-                let mut statement = tx.prepare("SELECT id, value FROM snapshot_strings")?;
-                let mut rows = statement.query([])?;
-                while let Some(row) = rows.next()? {
-                    interner.ids.insert(row.get(1)?, row.get(0)?);
-                }
-            }
             for (code, scope) in [(USERS, &snapshot.users), (GROUPS, &snapshot.groups)] {
                 write_scope(&mut interner, code, scope)?;
             }
-            if replaced && interner.ids.len() > interner.used.len() {
+            if replaced && interner.ids.is_none() {
+                // Nothing was interned: no entry refers to any string.
+                tx.execute_batch("DELETE FROM snapshot_strings;")?;
+            }
+            let stored = interner.ids.as_ref().map_or(0, HashMap::len);
+            if replaced && stored > interner.used.len() {
                 // Strings no entry refers to any more (old DNs, removed values).
                 tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS snapshot_used (id INTEGER PRIMARY KEY); DELETE FROM snapshot_used;")?;
                 {
@@ -170,7 +166,7 @@ fn write_scope(
         tx.prepare_cached("DELETE FROM snapshot_entries WHERE scope = ?1 AND key = ?2")?;
     let mut write = |key: &str, entry: &RawEntry, interner: &mut Interner<'_, '_>| {
         let dn = interner.intern(entry.dn.as_bytes())?;
-        let attrs = pack(entry, interner)?;
+        let attrs = pack(key, entry, interner)?;
         upsert.execute(params![code, key, dn, attrs]).map(|_| ())
     };
     if scope.replaced {
@@ -186,7 +182,7 @@ fn write_scope(
         }
         for (key, entry) in &scope.entries {
             let dn = interner.intern(entry.dn.as_bytes())?;
-            let attrs = pack(entry, interner)?;
+            let attrs = pack(key, entry, interner)?;
             if stored.remove(key.as_str()) != Some((dn, attrs.clone())) {
                 upsert.execute(params![code, key, dn, attrs])?;
             }
@@ -208,42 +204,55 @@ fn write_scope(
 }
 
 /// Gives each long value one row in `snapshot_strings`.
+///
+/// The table has no index on the value (it would be as large as the strings): the first value
+/// a write interns reads every stored string into `ids`, and new ones are added there. Only
+/// the process holding the state file's lock writes, so the map stays complete for the
+/// transaction. A write that interns nothing (an incremental run that changed no entry) reads
+/// nothing.
 struct Interner<'a, 'c> {
     tx: &'a Transaction<'c>,
-    ids: HashMap<Vec<u8>, i64>,
+    ids: Option<HashMap<Vec<u8>, i64>>,
     /// Ids handed out by this write (a full write drops the others).
     used: FxHashSet<i64>,
 }
 
 impl Interner<'_, '_> {
     fn intern(&mut self, value: &[u8]) -> rusqlite::Result<i64> {
-        if let Some(&id) = self.ids.get(value) {
-            self.used.insert(id);
-            return Ok(id);
-        }
-        let inserted: Option<i64> = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO snapshot_strings (value) VALUES (?1) ON CONFLICT (value) DO NOTHING RETURNING id",
-            )?
-            .query_row([value], |row| row.get(0))
-            .optional()?;
-        let id = match inserted {
-            Some(id) => id,
-            None => self
-                .tx
-                .prepare_cached("SELECT id FROM snapshot_strings WHERE value = ?1")?
-                .query_row([value], |row| row.get(0))?,
+        let ids = match self.ids.take() {
+            Some(ids) => ids,
+            None => {
+                let mut ids = HashMap::default();
+                let mut statement = self.tx.prepare("SELECT id, value FROM snapshot_strings")?;
+                let mut rows = statement.query([])?;
+                while let Some(row) = rows.next()? {
+                    ids.insert(row.get(1)?, row.get(0)?);
+                }
+                ids
+            }
         };
-        self.ids.insert(value.to_vec(), id);
+        let ids = self.ids.insert(ids);
+        let id = match ids.get(value) {
+            Some(&id) => id,
+            None => {
+                self.tx
+                    .prepare_cached("INSERT INTO snapshot_strings (value) VALUES (?1)")?
+                    .execute([value])?;
+                let id = self.tx.last_insert_rowid();
+                ids.insert(value.to_vec(), id);
+                id
+            }
+        };
         self.used.insert(id);
         Ok(id)
     }
 }
 
 /// `count (name-len name value-count (value-header value?)*)*` in LEB128 varints; a value
-/// header is `len << 1` followed by the bytes, or `string-id << 1 | 1`.
-fn pack(entry: &RawEntry, interner: &mut Interner<'_, '_>) -> rusqlite::Result<Vec<u8>> {
+/// header is `len << 1` followed by the bytes, or `string-id << 1 | 1`. A value equal to the
+/// entry's key (its entryUUID) is unique to the entry: it is stored inline, as interning it
+/// would cost a string row besides.
+fn pack(key: &str, entry: &RawEntry, interner: &mut Interner<'_, '_>) -> rusqlite::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64);
     put(&mut out, entry.attrs.len() as u64);
     // Sorted, so that the same entry always packs the same way.
@@ -254,7 +263,7 @@ fn pack(entry: &RawEntry, interner: &mut Interner<'_, '_>) -> rusqlite::Result<V
         out.extend_from_slice(name.as_bytes());
         put(&mut out, values.len() as u64);
         for value in values {
-            if value.len() >= INTERN_MIN {
+            if value.len() >= INTERN_MIN && value != key.as_bytes() {
                 let id = interner.intern(value)?;
                 put(&mut out, ((id as u64) << 1) | 1);
             } else {
@@ -433,6 +442,174 @@ mod tests {
 
         store.save_snapshot(None).unwrap();
         assert!(store.load_snapshot().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_value_equal_to_the_key_is_stored_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let uuid = "0f3a6c1e-5b7d-4e2a-9c8f-1d2e3f4a5b6c";
+        let dn = "uid=alice,ou=People,dc=example,dc=com";
+        let alice = entry(dn, &[("entryuuid", &[uuid]), ("uid", &["alice"])]);
+        let snapshot = Snapshot {
+            identity: "i".into(),
+            users: scope(&[(uuid, alice)], b"c1"),
+            groups: scope(&[], b"c2"),
+        };
+        store.save_snapshot(Some(&snapshot)).unwrap();
+        let strings: Vec<Vec<u8>> = store
+            .conn
+            .prepare("SELECT value FROM snapshot_strings")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(strings, [dn.as_bytes()], "the DN only, not the entryUUID");
+        let loaded = store.load_snapshot().unwrap().unwrap();
+        assert_eq!(loaded.users.entries, snapshot.users.entries);
+    }
+
+    /// A state file written by the schema before this one (strings with a UNIQUE index, ledger
+    /// users with a rowid and a lookup index) upgrades and reads back the same snapshot and
+    /// ledger; writing continues from the ids it holds.
+    #[test]
+    fn the_migration_keeps_the_snapshot_and_the_ledger() {
+        use crate::model::{GroupSpec, MemberRef, User};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        // The schema before this file's compaction (the ninth migration).
+        let before = 8;
+        rusqlite_migration::Migrations::from_slice(super::super::MIGRATIONS)
+            .to_version(&mut conn, before)
+            .unwrap();
+        let uuid = "0f3a6c1e-5b7d-4e2a-9c8f-1d2e3f4a5b6c";
+        let alice_dn = "uid=alice,ou=People,dc=example,dc=com";
+        let group_dn = "cn=g,ou=Groups,dc=example,dc=com";
+        // What the previous version wrote: alice's entryUUID interned (string 3).
+        let mut user_blob = Vec::new();
+        for n in [2, 9] {
+            put(&mut user_blob, n);
+        }
+        user_blob.extend_from_slice(b"entryuuid");
+        for n in [1, (3 << 1) | 1, 3] {
+            put(&mut user_blob, n);
+        }
+        user_blob.extend_from_slice(b"uid");
+        for n in [1, 5 << 1] {
+            put(&mut user_blob, n);
+        }
+        user_blob.extend_from_slice(b"alice");
+        let mut group_blob = Vec::new();
+        for n in [1, 6] {
+            put(&mut group_blob, n);
+        }
+        group_blob.extend_from_slice(b"member");
+        for n in [1, (1 << 1) | 1] {
+            put(&mut group_blob, n);
+        }
+        conn.execute_batch(
+            "INSERT INTO snapshot_source (id, identity, users_cookie, groups_cookie, read_at)
+               VALUES (1, 'ident', x'6331', x'6332', 'now');
+             INSERT INTO ledger_groups (sink, source_id, target_id, name, dn, updated_at, members, member_count)
+               VALUES ('s', 'g1', 'T1', 'one', 'cn=one', 'now', x'0000000500000009', 2),
+                      ('s', 'g2', 'T2', 'two', 'cn=two', 'now', x'00000007', 1);
+             INSERT INTO ledger_users (id, sink, user_source_id, username, email, dn, target_id) VALUES
+               (5, 's', 'a', 'alice', 'a@x', 'uid=alice', 'TA'),
+               (7, 's', 'a', 'alice', 'a@x', 'uid=alice2', 'TA'),
+               (9, 's', 'b', 'bob', NULL, 'uid=bob', NULL);",
+        )
+        .unwrap();
+        for (id, value) in [(1, alice_dn), (2, group_dn), (3, uuid)] {
+            conn.execute(
+                "INSERT INTO snapshot_strings (id, value) VALUES (?1, ?2)",
+                params![id, value.as_bytes()],
+            )
+            .unwrap();
+        }
+        for (scope, key, dn, blob) in [(USERS, uuid, 1, &user_blob), (GROUPS, "g1", 2, &group_blob)]
+        {
+            conn.execute(
+                "INSERT INTO snapshot_entries (scope, key, dn, attrs) VALUES (?1, ?2, ?3, ?4)",
+                params![scope, key, dn, blob],
+            )
+            .unwrap();
+        }
+        drop(conn);
+
+        let mut store = Store::open(&path).unwrap();
+        let expected = Snapshot {
+            identity: "ident".into(),
+            users: ScopeSnapshot {
+                cookie: b"c1".to_vec(),
+                entries: [(
+                    uuid.to_string(),
+                    entry(alice_dn, &[("entryuuid", &[uuid]), ("uid", &["alice"])]),
+                )]
+                .into(),
+                ..ScopeSnapshot::default()
+            },
+            groups: ScopeSnapshot {
+                cookie: b"c2".to_vec(),
+                entries: [(
+                    "g1".to_string(),
+                    entry(group_dn, &[("member", &[alice_dn])]),
+                )]
+                .into(),
+                ..ScopeSnapshot::default()
+            },
+        };
+        assert_eq!(store.load_snapshot().unwrap().unwrap(), expected);
+        let ledger = store.load_ledger("s").unwrap();
+        let g1 = &ledger.groups["g1"];
+        assert_eq!(g1.target_id.as_deref(), Some("T1"));
+        assert_eq!(g1.members.len(), 2);
+        assert_eq!(g1.members["a"].dn, "uid=alice");
+        assert_eq!(g1.members["a"].target_id.as_deref(), Some("TA"));
+        assert_eq!(g1.members["b"].email, None);
+        assert_eq!(ledger.groups["g2"].members["a"].dn, "uid=alice2");
+
+        // Writing goes on: a new user gets an id after the stored ones, a known one its row.
+        let carol = MemberRef {
+            user: Arc::new(User::for_test("c", "carol")),
+            target_id: None,
+        };
+        store
+            .record_members_added("s", "g2", std::slice::from_ref(&carol))
+            .unwrap();
+        let g2 = store.conn.query_row(
+            "SELECT members FROM ledger_groups WHERE sink = 's' AND source_id = 'g2'",
+            [],
+            |r| r.get::<_, Vec<u8>>(0),
+        );
+        assert_eq!(g2.unwrap(), [0, 0, 0, 7, 0, 0, 0, 10]);
+        store
+            .record_group("s", &GroupSpec::for_test("g3", "g3"), "T3")
+            .unwrap();
+        store
+            .record_members_added("s", "g3", std::slice::from_ref(&carol))
+            .unwrap();
+        let users: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM ledger_users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 4, "carol is stored once");
+        // A full read of the same directory stores the entryUUID inline and drops it as a
+        // string; the snapshot reads back the same.
+        let mut full = expected.clone();
+        for s in [&mut full.users, &mut full.groups] {
+            s.replaced = true;
+        }
+        store.save_snapshot(Some(&full)).unwrap();
+        let strings: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM snapshot_strings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(strings, 2, "the two DNs");
+        assert_eq!(store.load_snapshot().unwrap().unwrap(), expected);
     }
 
     proptest::proptest! {
