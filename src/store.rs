@@ -310,7 +310,13 @@ const HISTORY_TABLES: &[&str] = &[
 /// The directory snapshot: checked before it is loaded or replaced.
 const SNAPSHOT_TABLES: &[&str] = &["snapshot_strings", "snapshot_entries"];
 /// The sinks' ledgers: checked before one is loaded, listed, counted or written.
-const LEDGER_TABLES: &[&str] = &["ledger_groups", "ledger_users", "user_map", "owned_users"];
+const LEDGER_TABLES: &[&str] = &[
+    "ledger_groups",
+    "ledger_users",
+    "ledger_user_ids",
+    "user_map",
+    "owned_users",
+];
 
 fn damaged(shown: &str, what: &str) -> StoreError {
     StoreError::Open {
