@@ -120,6 +120,8 @@ pub struct DirectoryBuilder {
     groups: Vec<PendingGroup>,
     warnings: Vec<String>,
     suppressed_warnings: u64,
+    /// The member DN being resolved, normalized (one buffer for every member).
+    scratch: String,
 }
 
 struct PendingGroup {
@@ -144,6 +146,7 @@ impl DirectoryBuilder {
             groups: Vec::new(),
             warnings: Vec::new(),
             suppressed_warnings: 0,
+            scratch: String::new(),
         }
     }
 
@@ -334,11 +337,12 @@ impl DirectoryBuilder {
                     )),
                 }
             } else {
-                let normalized = dn::normalize(strip_unique_member_uid(value));
-                match self.user_by_dn.get(&normalized) {
+                dn::normalize_into(strip_unique_member_uid(value), &mut self.scratch);
+                let normalized = self.scratch.as_str();
+                match self.user_by_dn.get(normalized) {
                     Some(&index) => members.push(index),
-                    None if self.excluded.contains(&normalized) => {}
-                    None => unresolved.push((normalized, value.to_string())),
+                    None if self.excluded.contains(normalized) => {}
+                    None => unresolved.push((normalized.to_string(), value.to_string())),
                 }
             }
         }

@@ -6,11 +6,24 @@
 /// Canonical form of `dn`, suitable as a map key. Never fails: input that is not a valid DN
 /// is lower-cased and trimmed of spaces, so it simply matches nothing.
 pub fn normalize(dn: &str) -> String {
+    let mut out = String::new();
+    normalize_into(dn, &mut out);
+    out
+}
+
+/// [`normalize`] into `out` (cleared first): resolving a million member DNs reuses one buffer
+/// instead of allocating a string for each.
+pub fn normalize_into(dn: &str, out: &mut String) {
+    out.clear();
     // Most DNs need no unescaping or re-escaping: lower-casing them is the canonical form.
-    if is_plain(dn) {
-        return dn.to_lowercase();
+    if !is_plain(dn) {
+        out.push_str(&normalize_parsed(dn));
+    } else if dn.is_ascii() {
+        out.push_str(dn);
+        out.make_ascii_lowercase();
+    } else {
+        out.push_str(&dn.to_lowercase());
     }
-    normalize_parsed(dn)
 }
 
 fn normalize_parsed(dn: &str) -> String {
