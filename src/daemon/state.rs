@@ -92,18 +92,21 @@ impl StateFile {
     }
 }
 
-/// Hands the memory a run freed back to the system. A run allocates on the read's runtime
-/// workers and frees on this blocking-pool thread; the allocator (mimalloc, `src/main.rs`)
-/// returns memory freed across threads lazily, so without this the daemon's resident size
-/// between runs stays near the largest run's high-water mark.
+/// Hands the memory a run freed back to the system. glibc keeps freed heap in per-thread arenas
+/// (the read's runtime workers, this blocking-pool thread) and returns little of it by itself,
+/// so without this the daemon's resident size between runs stays at the largest run's
+/// high-water mark and creeps up from it as the arenas fragment.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_freed_memory() {
-    // SAFETY: mi_collect takes no pointer and only walks mimalloc's own heaps (the calling
-    // thread's, and the abandoned and delayed-free lists under mimalloc's own locks); it may be
-    // called from any thread at any time.
+    // SAFETY: malloc_trim takes no pointer and only walks glibc's own free lists (of every
+    // arena, under their locks); it is safe to call from any thread at any time.
     unsafe {
-        libmimalloc_sys::mi_collect(true);
+        libc::malloc_trim(0);
     }
 }
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 /// A run in flight on the blocking pool; dropping it abandons the run.
 pub(super) struct RunTask {
