@@ -1138,6 +1138,18 @@ fn lock_exclusive(file: &File, shown: &str) -> Result<(), StoreError> {
     }
 }
 
+/// A state file in `dir` migrated up to schema `version` only (what an older ldapsync wrote),
+/// and a plain connection to fill it; migration tests then open it with [`Store::open`].
+#[cfg(test)]
+fn state_file_at_version(dir: &Path, version: usize) -> (PathBuf, Connection) {
+    let path = dir.join("state.db");
+    let mut conn = Connection::open(&path).unwrap();
+    Migrations::from_slice(MIGRATIONS)
+        .to_version(&mut conn, version)
+        .unwrap();
+    (path, conn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -352,13 +352,8 @@ mod tests {
     #[test]
     fn the_migration_packs_membership_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
         // The schema before members were packed (the eighth migration).
-        let before = 7;
-        rusqlite_migration::Migrations::from_slice(super::super::MIGRATIONS)
-            .to_version(&mut conn, before)
-            .unwrap();
+        let (path, conn) = super::super::state_file_at_version(dir.path(), 7);
         conn.execute_batch(
             "INSERT INTO ledger_groups (sink, source_id, target_id, name, dn, updated_at) VALUES
                ('s', 'g1', 'T1', 'one', 'cn=one', 'now'), ('s', 'g2', 'T2', 'two', 'cn=two', 'now'),

@@ -479,13 +479,8 @@ mod tests {
         use std::sync::Arc;
 
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
         // The schema before this file's compaction (the ninth migration).
-        let before = 8;
-        rusqlite_migration::Migrations::from_slice(super::super::MIGRATIONS)
-            .to_version(&mut conn, before)
-            .unwrap();
+        let (path, conn) = super::super::state_file_at_version(dir.path(), 8);
         let uuid = "0f3a6c1e-5b7d-4e2a-9c8f-1d2e3f4a5b6c";
         let alice_dn = "uid=alice,ou=People,dc=example,dc=com";
         let group_dn = "cn=g,ou=Groups,dc=example,dc=com";
