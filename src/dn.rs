@@ -114,7 +114,9 @@ fn parse(dn: &str) -> Option<Vec<Rdn>> {
 
 fn parse_preserving_case(dn: &str) -> Option<Vec<Rdn>> {
     // RFC 4514 allows spaces (not other whitespace) around a DN; a tab is part of a value.
-    let bytes = dn.trim_matches(' ').as_bytes();
+    // Only leading spaces are trimmed here: a trailing one may be escaped (`cn=a\ `, which
+    // `escape_value` writes), and the value loop below drops the unescaped ones.
+    let bytes = dn.trim_start_matches(' ').as_bytes();
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -150,6 +152,11 @@ fn parse_preserving_case(dn: &str) -> Option<Vec<Rdn>> {
         if i < bytes.len() && bytes[i] == b'#' {
             // hex-encoded BER value: keep its text form
             while i < bytes.len() && bytes[i] != b',' && bytes[i] != b'+' {
+                trailing_unescaped_spaces = if bytes[i] == b' ' {
+                    trailing_unescaped_spaces + 1
+                } else {
+                    0
+                };
                 value.push(bytes[i]);
                 i += 1;
             }
@@ -288,6 +295,22 @@ mod tests {
         fn fast_path_matches_parsing_for_any_input(dn in "[a-zA-Z=, +\\\\#;\"Üé0-9]{0,24}") {
             proptest::prop_assert_eq!(normalize(&dn), normalize_parsed(&dn));
         }
+    }
+
+    #[test]
+    fn an_escaped_trailing_space_survives_normalizing_twice() {
+        // Found by the dn fuzz target: trimming the whole DN first ate the escaped space.
+        for dn in [
+            "cn=Rui  \\   ",
+            "cn=a\\ ",
+            "cn=#ab  ,dc=x",
+            "  cn=a  ,dc=x  ",
+        ] {
+            let once = normalize(dn);
+            assert_eq!(normalize(&once), once, "{dn:?}");
+        }
+        assert_eq!(normalize("cn=Rui  \\   "), "cn=rui  \\ ");
+        assert_eq!(normalize("cn=#ab  ,dc=x"), "cn=\\#ab,dc=x");
     }
 
     #[test]
