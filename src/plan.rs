@@ -792,6 +792,21 @@ mod tests {
     }
 
     #[test]
+    fn a_new_description_or_a_move_alone_is_an_update() {
+        let d = directory(&[("g1", "a", &[0])], 1);
+        let ledger = mirroring(&d);
+        let mut described = d.clone();
+        described.groups[0].description = Some("Sales".into());
+        let mut moved = d.clone();
+        moved.groups[0].dn = "cn=a,ou=elsewhere".into();
+        for (changed, what) in [(described, "description"), (moved, "dn")] {
+            let p = plan(&changed, &ledger, &TargetView::default());
+            let kinds: Vec<_> = p.operations.iter().map(|o| o.kind()).collect();
+            assert_eq!(kinds, [OpKind::Update], "a changed {what}");
+        }
+    }
+
+    #[test]
     fn guard_holds_on_absolute_and_percent_and_allow_lifts() {
         let d = directory(
             &[("g1", "a", &[0, 1]), ("g2", "b", &[]), ("g3", "c", &[])],
