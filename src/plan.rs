@@ -1062,6 +1062,68 @@ mod tests {
     }
 
     #[test]
+    fn a_full_reconcile_repairs_a_description_and_keeps_a_move_out_of_drift() {
+        use crate::model::ActualGroup;
+        let d = directory(&[("g1", "a", &[]), ("g2", "b", &[])], 0);
+        let mut ledger = mirroring(&d);
+        // g1: its description was changed in the target by hand. g2: moved in LDAP (a new
+        // DN), and its target does not report descriptions.
+        ledger.groups.get_mut("g1").unwrap().description = None;
+        ledger.groups.get_mut("g2").unwrap().dn = "cn=b,ou=old".into();
+        ledger.groups.get_mut("g2").unwrap().description = Some("recorded".into());
+        let mut moved = d.clone();
+        moved.groups[1].description = Some("recorded".into());
+        let state = |name: &str, description| ActualGroup {
+            name: name.into(),
+            description,
+            members: Vec::new(),
+        };
+        let actual = [
+            (
+                "g1".to_string(),
+                Some(state("a", Some(Some("by hand".into())))),
+            ),
+            ("g2".to_string(), Some(state("b", None))),
+        ]
+        .into_iter()
+        .collect();
+        let view = TargetView {
+            actual: Some(actual),
+            ..TargetView::default()
+        };
+        let p = plan(&moved, &ledger, &view);
+        let updates: Vec<(&str, Option<&str>, &str, bool)> = p
+            .operations
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                Operation::Update { group, previous } => (
+                    group.name.as_str(),
+                    previous.description.as_deref(),
+                    previous.dn.as_str(),
+                    p.is_drift(i),
+                ),
+                other => panic!("only updates expected, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            updates,
+            [
+                ("a", Some("by hand"), "cn=a,ou=g", true),
+                ("b", Some("recorded"), "cn=b,ou=old", false),
+            ]
+        );
+        // The ledger is rewritten with what the target holds (and the recorded DN).
+        let g1 = p.resync.iter().find(|r| r.group.source_id == "g1").unwrap();
+        assert_eq!(g1.group.description.as_deref(), Some("by hand"));
+        let g2 = p.resync.iter().find(|r| r.group.source_id == "g2").unwrap();
+        assert_eq!(
+            (g2.group.description.as_deref(), g2.group.dn.as_str()),
+            (Some("recorded"), "cn=b,ou=old")
+        );
+    }
+
+    #[test]
     fn provisioning_plans_each_missing_user_once_and_deactivates_only_owned_users() {
         use crate::ledger::OwnedUser;
         // user1 is in two groups and has no target user; user2 was created by the sink and left
