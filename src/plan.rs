@@ -1062,43 +1062,56 @@ mod tests {
     }
 
     #[test]
-    fn a_full_reconcile_repairs_a_description_and_keeps_a_move_out_of_drift() {
+    fn a_full_reconcile_tells_drift_from_changes_made_in_ldap() {
         use crate::model::ActualGroup;
-        let d = directory(&[("g1", "a", &[]), ("g2", "b", &[])], 0);
+        let d = directory(
+            &[
+                ("g1", "a", &[]),
+                ("g2", "b", &[]),
+                ("g3", "c", &[]),
+                ("g4", "d", &[]),
+            ],
+            0,
+        );
         let mut ledger = mirroring(&d);
-        // g1: its description was changed in the target by hand. g2: moved in LDAP (a new
-        // DN), and its target does not report descriptions.
-        ledger.groups.get_mut("g1").unwrap().description = None;
+        let mut now = d.clone();
+        // g1: its description was changed in the target by hand (drift).
+        // g2: moved in LDAP (a new DN); its target does not report descriptions.
         ledger.groups.get_mut("g2").unwrap().dn = "cn=b,ou=old".into();
         ledger.groups.get_mut("g2").unwrap().description = Some("recorded".into());
-        let mut moved = d.clone();
-        moved.groups[1].description = Some("recorded".into());
+        now.groups[1].description = Some("recorded".into());
+        // g3: renamed in LDAP; the target still holds the old name (not drift).
+        ledger.groups.get_mut("g3").unwrap().name = "c-old".into();
+        // g4: renamed in the target by hand (drift) while LDAP gave it a description the
+        // target does not report.
+        now.groups[3].description = Some("new in ldap".into());
         let state = |name: &str, description| ActualGroup {
             name: name.into(),
             description,
             members: Vec::new(),
         };
         let actual = [
-            (
-                "g1".to_string(),
-                Some(state("a", Some(Some("by hand".into())))),
-            ),
-            ("g2".to_string(), Some(state("b", None))),
+            ("g1", state("a", Some(Some("by hand".into())))),
+            ("g2", state("b", None)),
+            ("g3", state("c-old", Some(None))),
+            ("g4", state("d-by-hand", None)),
         ]
         .into_iter()
+        .map(|(id, state)| (id.to_string(), Some(state)))
         .collect();
         let view = TargetView {
             actual: Some(actual),
             ..TargetView::default()
         };
-        let p = plan(&moved, &ledger, &view);
-        let updates: Vec<(&str, Option<&str>, &str, bool)> = p
+        let p = plan(&now, &ledger, &view);
+        let updates: Vec<(&str, &str, Option<&str>, &str, bool)> = p
             .operations
             .iter()
             .enumerate()
             .map(|(i, o)| match o {
                 Operation::Update { group, previous } => (
                     group.name.as_str(),
+                    previous.name.as_str(),
                     previous.description.as_deref(),
                     previous.dn.as_str(),
                     p.is_drift(i),
@@ -1109,8 +1122,10 @@ mod tests {
         assert_eq!(
             updates,
             [
-                ("a", Some("by hand"), "cn=a,ou=g", true),
-                ("b", Some("recorded"), "cn=b,ou=old", false),
+                ("a", "a", Some("by hand"), "cn=a,ou=g", true),
+                ("b", "b", Some("recorded"), "cn=b,ou=old", false),
+                ("c", "c-old", None, "cn=c,ou=g", false),
+                ("d", "d-by-hand", None, "cn=d,ou=g", true),
             ]
         );
         // The ledger is rewritten with what the target holds (and the recorded DN).
