@@ -877,10 +877,22 @@ mod tests {
             ..safety
         };
         let hold = guard(&p, &ledger, &low_floor, false).unwrap();
-        assert!(
-            hold.reasons[0].contains("above the limit of 10%"),
-            "{hold:?}"
+        assert_eq!(
+            hold.reasons,
+            ["3 membership removals are 42.9% of the 7 recorded, above the limit of 10%"]
         );
+        // Limits are inclusive: exactly the absolute limit, or a share below the percentage,
+        // goes through.
+        let at_the_limit = Thresholds {
+            max_member_removes: 3,
+            ..safety.clone()
+        };
+        assert_eq!(guard(&p, &ledger, &at_the_limit, false), None);
+        let below_the_percentage = Thresholds {
+            max_member_remove_percent: 43.0,
+            ..low_floor
+        };
+        assert_eq!(guard(&p, &ledger, &below_the_percentage, false), None);
     }
 
     #[test]
@@ -896,6 +908,11 @@ mod tests {
         );
         let real = hold.message(false);
         assert!(real.contains("sync --dry-run --save-plan FILE"), "{real}");
+        assert_eq!(
+            hold.to_string(),
+            real,
+            "an error shows the real run's message"
+        );
     }
 
     #[test]
