@@ -1341,6 +1341,8 @@ mod tests {
         policy: AdoptPolicy,
         /// Keys users by userName for the user map (and logs each user lookup).
         caches_users: bool,
+        /// `check --connect` fails.
+        probe_fails: bool,
     }
 
     impl Fake {
@@ -1446,7 +1448,8 @@ mod tests {
             operations,
             ..Plan::default()
         };
-        let result = apply(api, &plan, &mut recorder).await;
+        // Through the `Sink` impl every group sink gets, as the engine calls it.
+        let result = Sink::apply(api, &plan, &mut recorder).await;
         (result, recorder.report.clone())
     }
 
@@ -1454,7 +1457,13 @@ mod tests {
     impl GroupSink for Fake {
         const TYPE_NAME: &'static str = "fake-type";
         async fn probe(&self) -> Result<(), SinkError> {
-            Ok(())
+            match self.probe_fails {
+                true => Err(SinkError::Target {
+                    sink: "fake".into(),
+                    message: "probe refused".into(),
+                }),
+                false => Ok(()),
+            }
         }
     }
 
@@ -1472,6 +1481,18 @@ mod tests {
             ("the target", "check the fake")
         );
         assert!(api.has_external_id());
+    }
+
+    #[tokio::test]
+    async fn check_connect_runs_the_probe() {
+        let api = Fake::default();
+        Sink::check(&api).await.unwrap();
+        let refusing = Fake {
+            probe_fails: true,
+            ..Fake::default()
+        };
+        let error = Sink::check(&refusing).await.unwrap_err().to_string();
+        assert!(error.contains("probe refused"), "{error}");
     }
 
     #[tokio::test]
@@ -1769,7 +1790,10 @@ mod tests {
             warnings: Vec::new(),
         };
         let mut ledger = Ledger::default();
-        let view = resolve(&api, &directory, &ledger, false).await.unwrap();
+        // Through the `Sink` impl, as the engine calls it.
+        let view = Sink::resolve(&api, &directory, &ledger, false)
+            .await
+            .unwrap();
         assert_eq!(view.learned.len(), 2);
         assert_eq!(view.learned["u-x"].key, "userName=x");
         ledger.users = view.learned.clone().into_iter().collect();
@@ -1787,6 +1811,16 @@ mod tests {
         api.calls.lock().unwrap().clear();
         resolve(&api, &directory, &renamed, false).await.unwrap();
         assert!(api.calls().contains(&"user y".to_string()));
+        // A failed lookup fails the read, saying when it happened.
+        api.user_error = Some(OpError::from("HTTP 500"));
+        let error = Sink::resolve(&api, &directory, &ledger, true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("reading the target before planning") && error.contains("HTTP 500"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
