@@ -1875,4 +1875,120 @@ mod tests {
         let plain = OpError::from("HTTP 401");
         assert_eq!((plain.status(), plain.is_auth()), (None, false));
     }
+
+    /// What the driver decides on: may the request have been carried out (look it up before
+    /// sending it again), did the target ask to wait too long, was the credential refused.
+    #[test]
+    fn op_errors_are_classified_by_kind_and_status() {
+        let (method, path) = (String::from("POST"), String::from("/groups"));
+        let answered = |status: u16| HttpError::Status {
+            method: method.clone(),
+            path: path.clone(),
+            status,
+            detail: String::new(),
+        };
+        let target = |status: Option<u16>| OpError::Target {
+            status,
+            message: "refused".into(),
+        };
+        let cases: Vec<(&str, OpError, (bool, bool, bool))> = vec![
+            (
+                "no answer",
+                HttpError::Transport {
+                    method: method.clone(),
+                    path: path.clone(),
+                    message: "reset".into(),
+                }
+                .into(),
+                (true, false, false),
+            ),
+            (
+                "unreadable answer",
+                HttpError::Decode {
+                    method: method.clone(),
+                    path: path.clone(),
+                    detail: "not JSON".into(),
+                }
+                .into(),
+                (true, false, false),
+            ),
+            ("HTTP 500", answered(500).into(), (true, false, false)),
+            ("HTTP 503", answered(503).into(), (true, false, false)),
+            ("HTTP 429", answered(429).into(), (true, false, false)),
+            ("HTTP 499", answered(499).into(), (false, false, false)),
+            ("HTTP 409", answered(409).into(), (false, false, false)),
+            ("HTTP 401", answered(401).into(), (false, false, true)),
+            (
+                "a long Retry-After on 503",
+                HttpError::RetryAfterTooLong {
+                    method: method.clone(),
+                    path: path.clone(),
+                    status: 503,
+                    asked: 3600,
+                    max: 60,
+                }
+                .into(),
+                (true, true, false),
+            ),
+            (
+                "a long Retry-After on 429",
+                HttpError::RetryAfterTooLong {
+                    method: method.clone(),
+                    path: path.clone(),
+                    status: 429,
+                    asked: 3600,
+                    max: 60,
+                }
+                .into(),
+                (true, true, false),
+            ),
+            (
+                "a long Retry-After on 403",
+                HttpError::RetryAfterTooLong {
+                    method: method.clone(),
+                    path: path.clone(),
+                    status: 403,
+                    asked: 3600,
+                    max: 60,
+                }
+                .into(),
+                (false, true, false),
+            ),
+            (
+                "a failed token request",
+                HttpError::Token {
+                    path: "/token".into(),
+                    detail: "invalid_client".into(),
+                }
+                .into(),
+                (false, false, true),
+            ),
+            (
+                "a refusal in the sink's words",
+                target(None),
+                (true, false, false),
+            ),
+            (
+                "a refusal with HTTP 409",
+                target(Some(409)),
+                (false, false, false),
+            ),
+            (
+                "a refusal with HTTP 502",
+                target(Some(502)),
+                (true, false, false),
+            ),
+            (
+                "a refusal with HTTP 401",
+                target(Some(401)),
+                (false, false, true),
+            ),
+        ];
+        for (what, error, expected) in cases {
+            let kind = |e: &OpError| (e.maybe_committed(), e.asks_to_wait_too_long(), e.is_auth());
+            assert_eq!(kind(&error), expected, "{what}");
+            // For one member or user of an operation, the same.
+            assert_eq!(kind(&error.of("alice")), expected, "{what}, for one object");
+        }
+    }
 }
