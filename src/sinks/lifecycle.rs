@@ -1343,6 +1343,8 @@ mod tests {
         caches_users: bool,
         /// `check --connect` fails.
         probe_fails: bool,
+        /// A target without externalIds (names are the identity).
+        no_external_id: bool,
     }
 
     impl Fake {
@@ -1360,6 +1362,7 @@ mod tests {
         fn profile(&self) -> ApiProfile<'_> {
             ApiProfile {
                 member_chunk_size: 2,
+                external_id: !self.no_external_id,
                 ..ApiProfile::new("fake", "the target", "check the fake", self.policy)
             }
         }
@@ -1481,6 +1484,30 @@ mod tests {
             ("the target", "check the fake")
         );
         assert!(api.has_external_id());
+    }
+
+    /// What a sink gets when it does not implement the optional parts of [`GroupApi`].
+    #[tokio::test]
+    async fn the_defaults_of_a_group_api_read_nothing_and_refuse_a_full_reconcile() {
+        let api = Fake {
+            no_external_id: true,
+            ..Fake::default()
+        };
+        assert!(!api.has_external_id());
+        assert!(api.list_groups().await.unwrap().is_none());
+        assert!(api.group_members("G").await.unwrap().is_empty());
+        let error = api.read_group("G").await.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "a full reconcile cannot read groups from the target yet"
+        );
+        assert!(
+            api.skipped_note()
+                .contains("these membership changes were not sent"),
+            "{}",
+            api.skipped_note()
+        );
+        assert!(!api.provisions_users() && !api.plans_user_ops());
     }
 
     #[tokio::test]
