@@ -1508,6 +1508,20 @@ mod tests {
             api.skipped_note()
         );
         assert!(!api.provisions_users() && !api.plans_user_ops());
+        let refused = (
+            api.create_user(&member("x")).await.unwrap_err().to_string(),
+            api.set_user_active("X", false)
+                .await
+                .unwrap_err()
+                .to_string(),
+        );
+        assert_eq!(
+            refused,
+            (
+                "this sink does not create users".to_string(),
+                "this sink does not deactivate users".to_string()
+            )
+        );
     }
 
     #[tokio::test]
@@ -1751,10 +1765,32 @@ mod tests {
         assert_eq!(identify(&api, &g, &hand_made, Lookup::Adopt), Ok(None));
         api.policy = AdoptPolicy::Never;
         assert_eq!(identify(&api, &g, &hand_made, Lookup::Adopt), Ok(None));
+        assert_eq!(identify(&api, &g, &hand_made, Lookup::Ours), Ok(None));
         // Two of the same name: ambiguous, refused.
         api.policy = AdoptPolicy::Name;
         let two = [listed("4", "g03", None), listed("6", "g03", None)];
         assert!(identify(&api, &g, &two, Lookup::Adopt).is_err());
+        // A target without externalIds (Connect, ForgeRock): the exact name is the identity of
+        // ldapsync's own unconfirmed create, whatever `adopt` says; adopting a group ldapsync
+        // never created by its name still needs `adopt = "name"`.
+        api.no_external_id = true;
+        for policy in [
+            AdoptPolicy::Never,
+            AdoptPolicy::ExternalId,
+            AdoptPolicy::Name,
+        ] {
+            api.policy = policy;
+            let (found, by) = identify(&api, &g, &hand_made, Lookup::Ours)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (found.id.as_str(), by),
+                ("4", AdoptedBy::Name),
+                "{policy:?}"
+            );
+            let adopted = identify(&api, &g, &hand_made, Lookup::Adopt).unwrap();
+            assert_eq!(adopted.is_some(), policy == AdoptPolicy::Name, "{policy:?}");
+        }
     }
 
     #[tokio::test]
