@@ -1345,6 +1345,8 @@ mod tests {
         probe_fails: bool,
         /// A target without externalIds (names are the identity).
         no_external_id: bool,
+        /// The `by_name` of every candidates lookup.
+        by_name: StdMutex<Vec<bool>>,
     }
 
     impl Fake {
@@ -1369,9 +1371,10 @@ mod tests {
         async fn candidates(
             &self,
             group: &GroupSpec,
-            _: bool,
+            by_name: bool,
         ) -> Result<Vec<TargetGroup>, OpError> {
             self.log(format!("find {}", group.name));
+            self.by_name.lock().unwrap().push(by_name);
             Ok(self
                 .existing
                 .get(&group.name)
@@ -1522,6 +1525,36 @@ mod tests {
                 "this sink does not deactivate users".to_string()
             )
         );
+    }
+
+    /// Candidates are looked up by name too only where a name may identify the group: with
+    /// `adopt = "name"` when adopting, and always on a target without externalIds.
+    #[tokio::test]
+    async fn lookups_ask_for_names_only_where_a_name_may_identify_the_group() {
+        use AdoptPolicy::{ExternalId, Name, Never};
+        for (no_external_id, policy, lookup, by_name) in [
+            (false, Name, Lookup::Adopt, true),
+            (false, Name, Lookup::Ours, false),
+            (false, ExternalId, Lookup::Adopt, false),
+            (false, Never, Lookup::Ours, false),
+            (true, ExternalId, Lookup::Ours, true),
+            (true, Never, Lookup::Adopt, true),
+        ] {
+            let api = Fake {
+                no_external_id,
+                policy,
+                ..Fake::default()
+            };
+            find_existing(&api, &group("a", None), lookup)
+                .await
+                .unwrap();
+            assert_eq!(
+                *api.by_name.lock().unwrap(),
+                [by_name],
+                "{policy:?} {lookup:?}, externalIds: {}",
+                !no_external_id
+            );
+        }
     }
 
     #[tokio::test]
