@@ -561,6 +561,12 @@ pub fn identify<'c>(
     Ok(unique(named, &format!("are named {:?}", group.name))?.map(|c| (c, AdoptedBy::Name)))
 }
 
+/// Whether a candidates lookup asks for same-named groups too: where a name may identify the
+/// group, with `adopt = "name"` when adopting, and always on a target without externalIds.
+fn looks_up_by_name(api: &(impl GroupApi + ?Sized), lookup: Lookup) -> bool {
+    lookup == Lookup::Adopt && api.adopt_policy() == AdoptPolicy::Name || !api.has_external_id()
+}
+
 /// Looks `group` up in the target and checks the answers ([`identify`]): its target id and how
 /// it matched.
 pub async fn find_existing<A: GroupApi + ?Sized>(
@@ -568,9 +574,7 @@ pub async fn find_existing<A: GroupApi + ?Sized>(
     group: &GroupSpec,
     lookup: Lookup,
 ) -> Result<Option<(String, AdoptedBy)>, OpError> {
-    let by_name = lookup == Lookup::Adopt && api.adopt_policy() == AdoptPolicy::Name
-        || !api.has_external_id();
-    let candidates = api.candidates(group, by_name).await?;
+    let candidates = api.candidates(group, looks_up_by_name(api, lookup)).await?;
     Ok(identify(api, group, &candidates, lookup)?.map(|(c, by)| (c.id.clone(), by)))
 }
 
@@ -639,9 +643,9 @@ pub async fn resolve<A: GroupApi + ?Sized>(
         let candidates = match &listed {
             Some(all) => all.as_slice(),
             None => {
-                let by_name = *lookup == Lookup::Adopt && api.adopt_policy() == AdoptPolicy::Name
-                    || !api.has_external_id();
-                looked_up = api.candidates(group, by_name).await?;
+                looked_up = api
+                    .candidates(group, looks_up_by_name(api, *lookup))
+                    .await?;
                 looked_up.as_slice()
             }
         };
